@@ -1,0 +1,44 @@
+"""tooltune: teach language models to use tools.
+
+The data flow is task -> rollout -> trajectory -> reward -> update -> evaluation; the public API
+below is the part of each stage a user touches.
+"""
+
+from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, tool
+from tooltune.rollout import (
+    Completion,
+    Policy,
+    SamplingParams,
+    ScriptedPolicy,
+    TrajectoryCollector,
+    read_trajectories,
+    write_trajectories,
+)
+from tooltune.types import AgentAction, AgentStep, AgentTrajectory, TokenRecord, ToolCall, ToolResponse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentAction",
+    "AgentConfig",
+    "AgentStep",
+    "AgentTrajectory",
+    "Completion",
+    "ConfigError",
+    "Policy",
+    "SamplingParams",
+    "ScriptedPolicy",
+    "TaskTier",
+    "TokenRecord",
+    "ToolCall",
+    "ToolDefinition",
+    "ToolError",
+    "ToolRegistry",
+    "ToolResponse",
+    "TrajectoryCollector",
+    "load_config",
+    "read_trajectories",
+    "tool",
+    "write_trajectories",
+]

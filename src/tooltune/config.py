@@ -1,0 +1,290 @@
+"""Configuration: the seed's `AgentConfig` plus the knobs the real trainers need.
+
+Configs load from TOML or YAML and from `--set key=value` overrides. Anything that cannot be
+right (an unknown key, a string where a number belongs, a negative learning rate, tier weights that
+cannot be normalised) is refused with a `ConfigError` that names the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class TaskTier(str, Enum):
+    """Complexity tiers for agent tasks."""
+
+    SIMPLE = "simple"  # one tool call
+    MULTI_TOOL_SEQ = "multi_tool_seq"  # the result of one call feeds the next
+    MULTI_TOOL_PAR = "multi_tool_par"  # independent calls in one turn
+    COMPLEX = "complex"  # planning, several tools, recovery from errors
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def _default_tier_weights() -> dict[TaskTier, float]:
+    return {
+        TaskTier.SIMPLE: 0.3,
+        TaskTier.MULTI_TOOL_SEQ: 0.3,
+        TaskTier.MULTI_TOOL_PAR: 0.2,
+        TaskTier.COMPLEX: 0.2,
+    }
+
+
+def _default_reward_weights() -> dict[str, float]:
+    return {
+        "outcome": 1.0,
+        "format": 0.1,
+        "tool_success": 1.0,
+        "efficiency": 0.1,
+        "unnecessary_calls": 0.1,
+    }
+
+
+@dataclass
+class AgentConfig:
+    """Configuration for agent training. The first groups are the seed's, with its defaults."""
+
+    # Model configuration
+    d_model: int = 4096
+    max_trajectory_len: int = 8192
+
+    # Tool configuration
+    max_tools: int = 32
+    max_tool_calls_per_turn: int = 5
+    tool_call_timeout: float = 30.0
+
+    # Training configuration
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    num_epochs: int = 3
+
+    # GRPO configuration
+    num_samples: int = 8  # samples per prompt for GRPO
+    kl_coef: float = 0.1  # KL penalty coefficient
+    reward_baseline: str = "mean"  # mean, min, or learned
+
+    # Trajectory collection
+    max_turns: int = 10
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    # Task distribution
+    task_tier_weights: dict[TaskTier, float] = field(default_factory=_default_tier_weights)
+
+    # --- beyond the seed: what a correct trainer needs -------------------------------------
+    seed: int = 0
+    max_new_tokens: int = 256  # per assistant turn
+    max_observation_chars: int = 2000  # tool output shown to the model is cut to this
+
+    clip_eps: float = 0.2  # PPO ratio clipping
+    ppo_epochs: int = 1  # inner epochs over one GRPO batch
+    loss_aggregation: str = "seq_mean"  # seq_mean (GRPO), token_mean (DAPO), constant (Dr. GRPO)
+    scale_rewards: bool = True  # divide group advantages by their std
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.1
+    grad_accum_steps: int = 1
+    weight_decay: float = 0.0
+
+    sft_epochs: int = 3
+    sft_learning_rate: float = 1e-3
+    sft_batch_size: int = 16
+
+    reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)
+
+    def __post_init__(self) -> None:
+        hints = _field_types()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Refuse impossible values; each message names the key."""
+        positive_ints = [
+            "d_model", "max_trajectory_len", "max_tools", "max_tool_calls_per_turn",
+            "batch_size", "num_samples", "max_turns", "max_new_tokens", "max_observation_chars",
+            "ppo_epochs", "grad_accum_steps", "sft_batch_size",
+        ]  # fmt: skip
+        for key in positive_ints:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)!r}")
+        for key in ["num_epochs", "sft_epochs"]:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ["learning_rate", "sft_learning_rate", "tool_call_timeout", "max_grad_norm"]:
+            value = getattr(self, key)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
+        for key in ["kl_coef", "temperature", "weight_decay", "clip_eps"]:
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{key} must be >= 0 and finite, got {value!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        _check_choice("reward_baseline", self.reward_baseline, ("mean", "min", "learned"))
+        _check_choice(
+            "loss_aggregation", self.loss_aggregation, ("seq_mean", "token_mean", "constant")
+        )
+        self.task_tier_weights = _normalise_tier_weights(self.task_tier_weights)
+        for name, weight in self.reward_weights.items():
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"reward_weights.{name} must be a number >= 0, got {weight!r}")
+
+    # -- conversion ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["task_tier_weights"] = {t.value: w for t, w in self.task_tier_weights.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
+        """Build from plain data (TOML/YAML/JSON), checking keys and types."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a table of key = value, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> AgentConfig:
+        return AgentConfig.from_dict({**self.to_dict(), **changes})
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(AgentConfig)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _normalise_tier_weights(weights: dict[Any, Any]) -> dict[TaskTier, float]:
+    out: dict[TaskTier, float] = {}
+    for tier, weight in weights.items():
+        try:
+            tier = TaskTier(tier)
+        except ValueError:
+            names = ", ".join(t.value for t in TaskTier)
+            raise ConfigError(f"task_tier_weights: unknown tier {tier!r} (tiers: {names})") from None
+        if not (isinstance(weight, int | float) and not isinstance(weight, bool)):
+            raise ConfigError(f"task_tier_weights.{tier.value} must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"task_tier_weights.{tier.value} must be >= 0, got {weight!r}")
+        out[tier] = float(weight)
+    total = sum(out.values())
+    if not total > 0:
+        raise ConfigError("task_tier_weights cannot be normalised: they must sum to more than 0")
+    return {tier: w / total for tier, w in out.items()}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted where floats are expected."""
+    origin = get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table (mapping), got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if get_args(hint):  # pragma: no cover - no such fields today
+        return value
+    return value
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as TOML, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read TOML (.toml) or YAML (.yaml/.yml) or JSON into plain data, with a clear error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of key = value")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> AgentConfig:
+    """Defaults <- `base` (e.g. a preset) <- file at `path` <- `key=value` overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_config_file(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        target = data
+        for part in keys[:-1]:
+            if part not in target:
+                default = AgentConfig().to_dict().get(part) if target is data else None
+                target[part] = dict(default) if isinstance(default, dict) else {}
+            target = target[part]
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a table")
+        target[keys[-1]] = value
+    return AgentConfig.from_dict(data)

@@ -1,0 +1,305 @@
+"""Rollouts: a policy acts, tools answer, and the episode becomes an `AgentTrajectory`.
+
+`TrajectoryCollector.collect` runs a whole batch of episodes turn by turn: every unfinished
+episode generates in one `policy.generate` call, the tool calls of the whole batch run
+concurrently, and finished episodes leave the batch. For token policies (those with `encode`),
+each episode's exact token ids, loss mask and sampling log-probs are recorded as they happen and
+the same ids are fed back to the model, so training sees exactly what sampling saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tooltune.chat_format import (
+    IM_END,
+    assistant_header,
+    build_system_prompt,
+    format_observation,
+    parse_action,
+    parse_prompt,
+    render_turn,
+)
+from tooltune.config import AgentConfig, TaskTier
+from tooltune.registry import ToolRegistry
+from tooltune.types import AgentStep, AgentTrajectory, TokenRecord
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=lambda: [IM_END])
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """One generated assistant turn. `text` excludes the stop string; token policies fill
+    `token_ids` (including the stop token, so a training sequence closes the turn) and the
+    sampling `logprobs` aligned with them."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"  # "stop" or "length"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Text in, text out. Token policies also have `encode`/`decode` and accept the exact
+    prompt ids in `prompt_token_ids`."""
+
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        prompt_token_ids: list[list[int]] | None = None,
+    ) -> list[Completion]: ...
+
+
+class TaskLike(Protocol):
+    id: str
+    prompt: str
+    tier: TaskTier
+    tools: list[str]
+
+
+ToolSource = ToolRegistry | Callable[[str, list[str] | None], ToolRegistry]
+
+
+class ScriptedPolicy:
+    """Replays fixed assistant turns: `script[user prompt]` is the list of turns for that
+    episode, and the turn index is read from the prompt itself, so batches work."""
+
+    def __init__(self, script: dict[str, Sequence[str]] | Sequence[str]) -> None:
+        self.script = script
+
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        prompt_token_ids: list[list[int]] | None = None,
+    ) -> list[Completion]:
+        out = []
+        for prompt in prompts:
+            messages = parse_prompt(prompt)
+            turn = sum(1 for m in messages if m["role"] == "assistant" and m["content"])
+            if isinstance(self.script, dict):
+                user = next((m["content"] for m in messages if m["role"] == "user"), "")
+                turns = self.script.get(user, [])
+            else:
+                turns = self.script
+            out.append(Completion(turns[turn] if turn < len(turns) else "I cannot answer."))
+        return out
+
+
+@dataclass
+class _Episode:
+    trajectory: AgentTrajectory
+    task: Any
+    registry: ToolRegistry
+    text: str  # the whole conversation so far, ending in an open assistant turn
+    tokens: TokenRecord | None
+    done: bool = False
+
+
+class TrajectoryCollector:
+    """Collect agent trajectories (the seed's loop, batched)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        tools: ToolSource,
+        config: AgentConfig | None = None,
+        *,
+        sampling: SamplingParams | None = None,
+        tool_style: str = "json",
+        verifier: Callable[[Any, AgentTrajectory], bool] | None = None,
+        reward_fn: Callable[[AgentTrajectory, Any], float] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.tools = tools
+        self.config = config or AgentConfig()
+        self.sampling = sampling or SamplingParams(
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_new_tokens=self.config.max_new_tokens,
+            seed=self.config.seed,
+        )
+        self.tool_style = tool_style
+        self.verifier = verifier
+        self.reward_fn = reward_fn
+        self.token_mode = callable(getattr(policy, "encode", None))
+        self._im_end_id = policy.encode(IM_END)[-1] if self.token_mode else None
+
+    # -- the seed's single-episode API ---------------------------------------------------------
+    def collect_trajectory(self, task: str | TaskLike, tier: TaskTier = TaskTier.SIMPLE) -> AgentTrajectory:
+        return self.collect([task], tier=tier)[0]
+
+    # -- batched collection --------------------------------------------------------------------
+    def collect(
+        self,
+        tasks: Iterable[str | TaskLike],
+        num_samples: int = 1,
+        tier: TaskTier = TaskTier.SIMPLE,
+    ) -> list[AgentTrajectory]:
+        """Roll out `num_samples` episodes per task; results are grouped task by task."""
+        episodes = [self._start(task, tier) for task in tasks for _ in range(num_samples)]
+        try:
+            for turn in range(self.config.max_turns):
+                active = [e for e in episodes if not e.done and self._has_room(e)]
+                for e in episodes:
+                    if not e.done and e not in active:
+                        self._stop(e, "max_trajectory_len")
+                if not active:
+                    break
+                self._turn(active, turn)
+            for e in episodes:
+                if not e.done:
+                    self._stop(e, "max_turns")
+            for e in episodes:
+                self._finish(e)
+        finally:
+            for e in episodes:
+                e.registry.close()
+        return [e.trajectory for e in episodes]
+
+    def _start(self, task: str | TaskLike, tier: TaskTier) -> _Episode:
+        episode_id = uuid.uuid4().hex[:12]
+        if isinstance(task, str):
+            prompt, task_id, tool_names = task, None, None
+        else:
+            prompt, task_id, tool_names, tier = task.prompt, task.id, task.tools, task.tier
+        if isinstance(self.tools, ToolRegistry):
+            registry = self.tools.subset(tool_names) if tool_names else self.tools
+        else:
+            registry = self.tools(episode_id, tool_names)
+        trajectory = AgentTrajectory(
+            prompt=prompt,
+            task_tier=TaskTier(tier),
+            task_id=task_id,
+            tools=registry.openai_tools(),
+            metadata={"episode_id": episode_id},
+        )
+        system = build_system_prompt(trajectory.tools, style=self.tool_style)
+        text = render_turn("system", system) + render_turn("user", prompt) + assistant_header()
+        tokens = None
+        if self.token_mode:
+            tokens = TokenRecord()
+            tokens.extend(self.policy.encode(text), generated=False)
+        return _Episode(trajectory, task, registry, text, tokens)
+
+    def _has_room(self, episode: _Episode) -> bool:
+        used = len(episode.tokens) if episode.tokens is not None else len(episode.text) // 4
+        return used + self.sampling.max_new_tokens <= self.config.max_trajectory_len
+
+    def _turn(self, active: list[_Episode], turn: int) -> None:
+        ids = [e.tokens.ids for e in active] if self.token_mode else None
+        completions = self.policy.generate([e.text for e in active], self.sampling, ids)
+        actions = []
+        for episode, completion in zip(active, completions, strict=True):
+            action = parse_action(
+                completion.text, known_tools=episode.registry.names, id_prefix=f"call_{turn}"
+            )
+            actions.append(action)
+            episode.text += completion.text + IM_END
+            if episode.tokens is not None:
+                episode.tokens.extend(
+                    completion.token_ids, generated=True, logprobs=completion.logprobs
+                )
+                if not completion.token_ids or completion.token_ids[-1] != self._im_end_id:
+                    episode.tokens.extend(self.policy.encode(IM_END), generated=False)
+
+        def run_calls(pair: tuple[_Episode, Any]) -> list:
+            episode, action = pair
+            return episode.registry.execute_many(action.tool_calls) if action.tool_calls else []
+
+        pairs = list(zip(active, actions, strict=True))
+        with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+            all_responses = list(pool.map(run_calls, pairs))
+
+        for (episode, action), responses in zip(pairs, all_responses, strict=True):
+            observation = None
+            if responses:
+                observation = format_observation(responses, self.config.max_observation_chars)
+            episode.trajectory.steps.append(
+                AgentStep(action=action, observation=observation, tool_responses=responses)
+            )
+            if action.type == "respond":
+                episode.trajectory.final_answer = action.content
+                self._stop(episode, "answer")
+                continue
+            follow = "\n"
+            if observation is not None:
+                follow += render_turn("tool", observation)
+            follow += assistant_header()
+            episode.text += follow
+            if episode.tokens is not None:
+                episode.tokens.extend(self.policy.encode(follow), generated=False)
+
+    def _stop(self, episode: _Episode, reason: str) -> None:
+        episode.done = True
+        episode.trajectory.metadata["stop_reason"] = reason
+
+    def _finish(self, episode: _Episode) -> None:
+        trajectory = episode.trajectory
+        trajectory.tokens = episode.tokens
+        trajectory.metadata["text"] = episode.text
+        if self.verifier is not None and not isinstance(episode.task, str):
+            trajectory.success = bool(self.verifier(episode.task, trajectory))
+        if self.reward_fn is not None:
+            trajectory.total_reward = float(self.reward_fn(trajectory, episode.task))
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL
+# --------------------------------------------------------------------------------------------
+
+
+def write_trajectories(
+    path: str | Path, trajectories: Iterable[AgentTrajectory], *, messages: bool = False, append: bool = False
+) -> int:
+    """Write one trajectory per line: tooltune's lossless form, or `messages=True` for rows of
+    OpenAI-style chat messages that other libraries load. Returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("a" if append else "w", encoding="utf-8") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_record() if messages else t.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return count
+
+
+def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
+    """Read either form written by `write_trajectories`; a bad line names its number."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if "messages" in row:
+                    t = AgentTrajectory.from_messages(
+                        row["messages"], row.get("task_tier", "simple"), row.get("tools")
+                    )
+                    t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
+                    t.total_reward = float(row.get("total_reward", 0.0))
+                    out.append(t)
+                else:
+                    out.append(AgentTrajectory.from_dict(row))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a trajectory: {exc}") from None
+    return out
