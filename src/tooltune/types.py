@@ -284,9 +284,7 @@ def _response_from_content(call_id: str, name: str, content: str) -> ToolRespons
     if content.startswith(ERROR_PREFIX):
         return ToolResponse(call_id, False, None, error=content[len(ERROR_PREFIX) :], name=name)
     try:
-        result = json.loads(content)
+        result = json.loads(content)  # tools return JSON values; plain text stays text
     except json.JSONDecodeError:
-        result = None
-    if not isinstance(result, dict | list):
-        result = content  # scalars stay as the text the model saw
+        result = content
     return ToolResponse(call_id, True, result, name=name)

@@ -1,0 +1,199 @@
+import json
+import time
+
+import pytest
+
+from tooltune import (
+    AgentConfig,
+    AgentTrajectory,
+    Completion,
+    ScriptedPolicy,
+    TaskTier,
+    ToolRegistry,
+    TrajectoryCollector,
+    read_trajectories,
+    tool,
+    write_trajectories,
+)
+from tooltune.chat_format import IM_END, parse_prompt
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+@tool
+def nap(seconds: float) -> str:
+    """Sleep a while."""
+    time.sleep(seconds)
+    return "rested"
+
+
+CALL = '<tool_call>{"name": "multiply", "arguments": {"a": 17, "b": 23}}</tool_call>'
+
+
+def collector(script, **config):
+    registry = ToolRegistry([multiply, nap], config=AgentConfig(**config))
+    return TrajectoryCollector(ScriptedPolicy(script), registry, registry.config)
+
+
+def test_think_call_observe_answer():
+    t = collector({"What's 17*23?": ["<think>multiply</think>\n" + CALL, "17*23 = 391"]}).collect_trajectory("What's 17*23?")
+    assert [s.action.type for s in t.steps] == ["tool_call", "respond"]
+    assert t.steps[0].tool_responses[0].result == 391
+    assert '"result": 391' in t.steps[0].observation
+    assert t.final_answer == "17*23 = 391" and t.metadata["stop_reason"] == "answer"
+    # the model saw its own text and the tool turn
+    text = t.metadata["text"]
+    assert text.count("<|im_start|>assistant\n") == 2 and "<|im_start|>tool\n<tool_response>" in text
+
+
+def test_max_turns_and_bad_calls_recorded():
+    t = collector(["<tool_call>{oops</tool_call>"] * 5, max_turns=3).collect_trajectory("loop")
+    assert len(t.steps) == 3 and t.final_answer is None and t.metadata["stop_reason"] == "max_turns"
+    assert all(not s.tool_responses[0].success for s in t.steps)
+    assert "not valid JSON" in t.steps[0].observation
+
+
+def test_batch_runs_tool_calls_of_all_episodes_concurrently():
+    nap_call = '<tool_call>{"name": "nap", "arguments": {"seconds": 0.5}}</tool_call>'
+    prompts = [f"task {i}" for i in range(6)]
+    c = collector({p: [nap_call, "done"] for p in prompts})
+    start = time.perf_counter()
+    trajectories = c.collect(prompts)
+    assert time.perf_counter() - start < 1.5
+    assert [t.final_answer for t in trajectories] == ["done"] * 6
+
+
+def test_per_turn_limit_applies_in_rollouts():
+    calls = "\n".join([CALL] * 4)
+    t = collector({"x": [calls, "ok"]}, max_tool_calls_per_turn=2).collect_trajectory("x")
+    assert [r.success for r in t.steps[0].tool_responses] == [True, True, False, False]
+
+
+def test_num_samples_groups_and_verifier_and_reward():
+    class Task:
+        def __init__(self, i):
+            self.id, self.prompt, self.tier, self.tools = f"t{i}", f"q{i}", TaskTier.SIMPLE, ["multiply"]
+
+    registry = ToolRegistry([multiply, nap])
+    c = TrajectoryCollector(
+        ScriptedPolicy({"q0": [CALL, "391"], "q1": ["no idea"]}),
+        registry,
+        verifier=lambda task, t: t.final_answer == "391",
+        reward_fn=lambda t, task: 1.0 if t.final_answer == "391" else 0.0,
+    )
+    out = c.collect([Task(0), Task(1)], num_samples=3)
+    assert [t.task_id for t in out] == ["t0"] * 3 + ["t1"] * 3
+    assert [t.success for t in out] == [True] * 3 + [False] * 3
+    assert [t.total_reward for t in out] == [1.0] * 3 + [0.0] * 3
+    assert [tt["function"]["name"] for tt in out[0].tools] == ["multiply"]  # only the task's tools
+    assert len({t.metadata["episode_id"] for t in out}) == 6
+
+
+class CharPolicy:
+    """A token policy over characters, to check the token record without a real model."""
+
+    specials = ["<|im_end|>", "<|im_start|>"]
+
+    def encode(self, text):
+        ids, i = [], 0
+        while i < len(text):
+            for n, s in enumerate(self.specials):
+                if text.startswith(s, i):
+                    ids.append(1000 + n)
+                    i += len(s)
+                    break
+            else:
+                ids.append(ord(text[i]))
+                i += 1
+        return ids
+
+    def decode(self, ids):
+        return "".join(self.specials[i - 1000] if i >= 1000 else chr(i) for i in ids)
+
+    def __init__(self, script):
+        self.inner = ScriptedPolicy(script)
+        self.seen = []
+
+    def generate(self, prompts, sampling, prompt_token_ids=None):
+        self.seen.append(prompt_token_ids)
+        out = []
+        for prompt, ids in zip(prompts, prompt_token_ids, strict=True):
+            assert self.decode(ids) == prompt  # the exact ids of the conversation come in
+            text = self.inner.generate([prompt], sampling)[0].text
+            gen = self.encode(text) + [1000]
+            out.append(Completion(text, gen, [-0.5] * len(gen)))
+        return out
+
+
+def test_token_record_has_no_drift_and_masks_only_generated_tokens():
+    policy = CharPolicy({"q": [CALL, "391"]})
+    registry = ToolRegistry([multiply])
+    t = TrajectoryCollector(policy, registry).collect_trajectory("q")
+    rec = t.tokens
+    assert len(rec.ids) == len(rec.mask) == len(rec.logprobs)
+    assert policy.decode(rec.ids) == t.metadata["text"]  # re-rendering gives the same tokens
+    generated = "".join(policy.decode([i]) for i, m in zip(rec.ids, rec.mask, strict=True) if m)
+    assert generated == CALL + IM_END + "391" + IM_END
+    assert all(lp == -0.5 for lp, m in zip(rec.logprobs, rec.mask, strict=True) if m)
+    assert all(lp == 0.0 for lp, m in zip(rec.logprobs, rec.mask, strict=True) if not m)
+
+
+def test_max_trajectory_len_stops_episode():
+    policy = CharPolicy({"q": [CALL] * 10})
+    config = AgentConfig(max_trajectory_len=2000, max_new_tokens=100)
+    t = TrajectoryCollector(policy, ToolRegistry([multiply]), config).collect_trajectory("q")
+    assert t.metadata["stop_reason"] == "max_trajectory_len"
+    assert len(t.tokens) <= 2000
+
+
+def _sample_trajectory():
+    return collector({"What's 17*23?": ["<think>plan</think>\n" + CALL + "\n" + CALL.replace("17", "2"), "391"]}).collect_trajectory("What's 17*23?")
+
+
+def test_json_round_trip_is_lossless(tmp_path):
+    t = _sample_trajectory()
+    t.reward_components = {"outcome": 1.0}
+    assert AgentTrajectory.from_json(t.to_json()) == t
+    path = tmp_path / "t.jsonl"
+    assert write_trajectories(path, [t, t]) == 2
+    assert read_trajectories(path) == [t, t]
+
+
+def test_openai_messages_round_trip(tmp_path):
+    t = _sample_trajectory()
+    messages = t.to_messages(system_prompt="sys")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    call = messages[2]["tool_calls"][0]
+    assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {"a": 17, "b": 23}
+    assert messages[3]["tool_call_id"] == call["id"] and messages[2]["reasoning_content"] == "plan"
+    back = AgentTrajectory.from_messages(messages, TaskTier.SIMPLE, t.tools)
+    assert [s.action for s in back.steps] == [s.action for s in t.steps]
+    assert [[(r.call_id, r.success, r.result) for r in s.tool_responses] for s in back.steps] == [
+        [(r.call_id, r.success, r.result) for r in s.tool_responses] for s in t.steps
+    ]
+    assert back.final_answer == "391" and back.steps[0].observation == t.steps[0].observation
+    path = tmp_path / "m.jsonl"
+    write_trajectories(path, [t], messages=True)
+    row = json.loads(path.read_text())
+    assert set(row) >= {"messages", "tools"}
+    assert read_trajectories(path)[0].final_answer == "391"
+
+
+def test_bad_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        read_trajectories(path)
+
+
+def test_scripted_policy_reads_turns_from_prompt():
+    policy = ScriptedPolicy({"hi": ["a", "b"]})
+    from tooltune.chat_format import render_prompt
+
+    prompt = render_prompt([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}])
+    assert parse_prompt(prompt)[-1]["role"] == "assistant"
+    assert policy.generate([prompt], None)[0].text == "b"
