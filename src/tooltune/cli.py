@@ -1,0 +1,233 @@
+"""The `tooltune` command: a thin layer over the library.
+
+Bad command-line input exits with status 2 and one clear line on stderr; a tool call that runs
+but fails prints its `ToolResponse` (with `"success": false`) and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed on one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except (UsageError, ConfigError) as exc:
+        print(f"tooltune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tooltune: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tooltune",
+        description="Teach language models to use tools: rollouts, SFT, GRPO, verified evaluation.",
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML/YAML config file (AgentConfig fields)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set max_turns=5 (repeatable)")  # fmt: skip
+    common.add_argument("--world", type=Path, help="world directory (default: a cache per seed)")
+    common.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
+
+    demo = sub.add_parser("demo", parents=[common], help="build the world, train, evaluate, report")
+    demo.add_argument("--preset", default="default", help="smoke | default (default: default)")
+    demo.add_argument("--model", default="builtin", help="builtin | smollm2-135m | a local HF model dir")
+    demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    demo.add_argument("--name", help="run name (default: from preset and time)")
+    demo.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    demo.set_defaults(handler=_demo)
+
+    tools = sub.add_parser("tools", help="list or call the built-in tools")
+    tools_sub = tools.add_subparsers(metavar="ACTION")
+    listing = tools_sub.add_parser("list", parents=[common], help="names, descriptions, JSON Schemas")
+    listing.add_argument("--json", action="store_true", help="print the OpenAI-style tools JSON list")
+    listing.set_defaults(handler=_tools_list)
+    call = tools_sub.add_parser("call", parents=[common], help="call one tool, print its ToolResponse")
+    call.add_argument("name", help="tool name (see `tooltune tools list`)")
+    call.add_argument("--args", default="{}", help="arguments as a JSON object")
+    call.set_defaults(handler=_tools_call)
+    tools.set_defaults(handler=lambda a: tools.print_help() or 2)
+
+    evaluate = sub.add_parser("eval", parents=[common], help="evaluate a policy on held-out tasks")
+    evaluate.add_argument("--policy", default="expert", help="expert | a saved model directory")
+    evaluate.add_argument("--split", default="test", help="train | validation | test | heldout_tools")
+    evaluate.add_argument("-n", type=int, default=200, help="number of tasks per tier (default 200)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--trajectories", type=Path, help="also write the trajectories as JSONL")
+    evaluate.set_defaults(handler=_eval)
+
+    tasks = sub.add_parser("tasks", help="look at generated tasks")
+    tasks_sub = tasks.add_subparsers(metavar="ACTION")
+    sample = tasks_sub.add_parser("sample", parents=[common], help="print sampled tasks")
+    sample.add_argument("--tier", choices=[t.value for t in TaskTier], help="only this tier")
+    sample.add_argument("--split", default="train")
+    sample.add_argument("-n", type=int, default=3)
+    sample.add_argument("--json", action="store_true")
+    sample.set_defaults(handler=_tasks_sample)
+    tasks.set_defaults(handler=lambda a: tasks.print_help() or 2)
+
+    bfcl = sub.add_parser("bfcl", help="Berkeley Function Calling Leaderboard files")
+    bfcl_sub = bfcl.add_subparsers(metavar="ACTION")
+    check = bfcl_sub.add_parser("check", help="score predictions with BFCL's AST rules")
+    check.add_argument("--questions", type=Path, required=True)
+    check.add_argument("--answers", type=Path, required=True)
+    check.add_argument("--predictions", type=Path, required=True)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_bfcl_check)
+    bfcl.set_defaults(handler=lambda a: bfcl.print_help() or 2)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> AgentConfig:
+    return load_config(args.config, args.overrides, base=base)
+
+
+def _environment(args: argparse.Namespace, config: AgentConfig):
+    from tooltune.environment import Environment
+
+    return Environment(world_dir=args.world, seed=args.seed, config=config)
+
+
+def _tools_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    with _environment(args, config) as env, env.registry() as registry:
+        if args.json:
+            print(json.dumps(registry.openai_tools(), indent=2, ensure_ascii=False))
+            return 0
+        for definition in registry:
+            print(definition.to_prompt_format())
+            print(f"  schema: {json.dumps(definition.parameters, ensure_ascii=False)}\n")
+    return 0
+
+
+def _tools_call(args: argparse.Namespace) -> int:
+    from tooltune.types import ToolCall
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--args is not valid JSON: {exc.msg} (at character {exc.pos})") from None
+    if not isinstance(arguments, dict):
+        raise UsageError("--args must be a JSON object, e.g. --args '{\"query\": \"x\"}'")
+    config = _config(args)
+    with _environment(args, config) as env, env.registry() as registry:
+        if args.name not in registry:
+            raise UsageError(f"unknown tool {args.name!r}; available: {', '.join(registry.names)}")
+        response = registry.execute(ToolCall(id="cli", name=args.name, arguments=arguments))
+    print(json.dumps(_response_dict(response), indent=2, ensure_ascii=False))
+    return 0 if response.success else 1
+
+
+def _response_dict(response) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(response)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tooltune.evaluation import evaluate
+    from tooltune.tasks import sample_tasks
+
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    config = _config(args)
+    with _environment(args, config) as env:
+        policy = _load_policy(args.policy, env, config)
+        tasks = []
+        for tier in TaskTier:
+            tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier])
+        result = evaluate(policy, tasks, env, config)
+    metrics = result["metrics"] if "metrics" in result else result
+    if args.trajectories and "trajectories" in result:
+        from tooltune.rollout import write_trajectories
+
+        write_trajectories(args.trajectories, result["trajectories"])
+    metrics = {k: v for k, v in metrics.items() if k != "trajectories"}
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False))
+    else:
+        from tooltune.evaluation import format_metrics
+
+        print(format_metrics(metrics))
+    return 0
+
+
+def _load_policy(name: str, env, config: AgentConfig):
+    if name == "expert":
+        from tooltune.tasks.expert import ExpertPolicy
+
+        return ExpertPolicy(env)
+    path = Path(name)
+    if not path.exists():
+        raise UsageError(f"--policy must be 'expert' or a saved model directory; {name!r} does not exist")
+    from tooltune.policies import load_policy
+
+    return load_policy(path)
+
+
+def _tasks_sample(args: argparse.Namespace) -> int:
+    from tooltune.tasks import format_task, sample_tasks
+
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    tiers = [TaskTier(args.tier)] if args.tier else None
+    tasks = sample_tasks(args.split, args.n, seed=args.seed, tiers=tiers)
+    if args.json:
+        for task in tasks:
+            print(json.dumps(task.to_dict(), ensure_ascii=False))
+    else:
+        print("\n\n".join(format_task(t) for t in tasks))
+    return 0
+
+
+def _bfcl_check(args: argparse.Namespace) -> int:
+    from tooltune.tasks import bfcl
+
+    for path in (args.questions, args.answers, args.predictions):
+        if not path.is_file():
+            raise UsageError(f"no such file: {path}")
+    try:
+        report = bfcl.check_files(args.questions, args.answers, args.predictions)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(f"accuracy {report['accuracy']:.1%} on {report['n']} entries")
+        for entry in report["entries"]:
+            if not entry["valid"]:
+                print(f"  {entry['id']}: {'; '.join(entry['reasons'])}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tooltune.training.pipeline import run_demo
+
+    return run_demo(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
