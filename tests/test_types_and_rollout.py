@@ -1,5 +1,6 @@
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -171,7 +172,7 @@ def test_openai_messages_round_trip(tmp_path):
     assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {"a": 17, "b": 23}
     assert messages[3]["tool_call_id"] == call["id"] and messages[2]["reasoning_content"] == "plan"
     back = AgentTrajectory.from_messages(messages, TaskTier.SIMPLE, t.tools)
-    assert [s.action for s in back.steps] == [s.action for s in t.steps]
+    assert [s.action for s in back.steps] == [replace(s.action, raw=None) for s in t.steps]
     assert [[(r.call_id, r.success, r.result) for r in s.tool_responses] for s in back.steps] == [
         [(r.call_id, r.success, r.result) for r in s.tool_responses] for s in t.steps
     ]
@@ -197,3 +198,16 @@ def test_scripted_policy_reads_turns_from_prompt():
     prompt = render_prompt([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}])
     assert parse_prompt(prompt)[-1]["role"] == "assistant"
     assert policy.generate([prompt], None)[0].text == "b"
+
+
+def test_segments_rebuild_the_collected_text_and_tokenize():
+    t = collector({"q": ["<think>x</think>", "  " + CALL + " ", "391"]}).collect_trajectory("q")
+    from tooltune.rollout import tokenize_trajectory, trajectory_segments
+
+    assert t.steps[1].action.raw == "  " + CALL + " "  # the model's exact text is kept
+    assert "".join(text for text, _ in trajectory_segments(t)) == t.metadata["text"]
+    policy = CharPolicy({})
+    record = tokenize_trajectory(t, policy.encode)
+    assert policy.decode(record.ids) == t.metadata["text"]
+    model_text = "".join(policy.decode([i]) for i, m in zip(record.ids, record.mask, strict=True) if m)
+    assert model_text == "<think>x</think><|im_end|>  " + CALL + " <|im_end|>391<|im_end|>"

@@ -25,6 +25,7 @@ from tooltune.chat_format import (
     format_observation,
     parse_action,
     parse_prompt,
+    render_action,
     render_turn,
 )
 from tooltune.config import AgentConfig, TaskTier
@@ -190,8 +191,7 @@ class TrajectoryCollector:
             tools=registry.openai_tools(),
             metadata={"episode_id": episode_id},
         )
-        system = build_system_prompt(trajectory.tools, style=self.tool_style)
-        text = render_turn("system", system) + render_turn("user", prompt) + assistant_header()
+        text = opening_text(trajectory, self.tool_style)
         tokens = None
         if self.token_mode:
             tokens = TokenRecord()
@@ -210,6 +210,8 @@ class TrajectoryCollector:
             action = parse_action(
                 completion.text, known_tools=episode.registry.names, id_prefix=f"call_{turn}"
             )
+            if completion.text != render_action(action):
+                action.raw = completion.text
             actions.append(action)
             episode.text += completion.text + IM_END
             if episode.tokens is not None:
@@ -238,10 +240,7 @@ class TrajectoryCollector:
                 episode.trajectory.final_answer = action.content
                 self._stop(episode, "answer")
                 continue
-            follow = "\n"
-            if observation is not None:
-                follow += render_turn("tool", observation)
-            follow += assistant_header()
+            follow = follow_text(observation)
             episode.text += follow
             if episode.tokens is not None:
                 episode.tokens.extend(self.policy.encode(follow), generated=False)
@@ -258,6 +257,52 @@ class TrajectoryCollector:
             trajectory.success = bool(self.verifier(episode.task, trajectory))
         if self.reward_fn is not None:
             trajectory.total_reward = float(self.reward_fn(trajectory, episode.task))
+
+
+# --------------------------------------------------------------------------------------------
+# The exact text of an episode, piece by piece (shared by collection and SFT tokenisation)
+# --------------------------------------------------------------------------------------------
+
+
+def opening_text(trajectory: AgentTrajectory, tool_style: str = "json") -> str:
+    """System turn with the offered tools, the user turn, and the open assistant turn."""
+    system = build_system_prompt(trajectory.tools, style=tool_style)
+    return render_turn("system", system) + render_turn("user", trajectory.prompt) + assistant_header()
+
+
+def follow_text(observation: str | None) -> str:
+    """What follows a closed assistant turn: the tool turn (if any) and the next header."""
+    text = "\n"
+    if observation is not None:
+        text += render_turn("tool", observation)
+    return text + assistant_header()
+
+
+def trajectory_segments(
+    trajectory: AgentTrajectory, tool_style: str = "json"
+) -> list[tuple[str, bool]]:
+    """(text, written_by_the_model) pieces whose concatenation is the episode's text as the
+    collector built it. The model's pieces are each turn's text plus the closing `<|im_end|>`."""
+    pieces = [(opening_text(trajectory, tool_style), False)]
+    for step in trajectory.steps:
+        action = step.action
+        text = action.raw if action.raw is not None else render_action(action)
+        pieces.append((text + IM_END, True))
+        if action.type == "respond":
+            break
+        pieces.append((follow_text(step.observation), False))
+    return pieces
+
+
+def tokenize_trajectory(
+    trajectory: AgentTrajectory, encode: Callable[[str], list[int]], tool_style: str = "json"
+) -> TokenRecord:
+    """Token record for a trajectory that was not sampled from a token policy (an expert's
+    demonstration, a JSONL of chat messages): mask 1 on the assistant's turns only."""
+    record = TokenRecord()
+    for text, generated in trajectory_segments(trajectory, tool_style):
+        record.extend(encode(text), generated=generated)
+    return record
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class AgentAction:
     content: str  # text outside <think> and the calls: the answer for "respond"
     tool_calls: list[ToolCall] = field(default_factory=list)
     thinking: str = ""  # the <think> part, if any
+    raw: str | None = None  # the exact text the model wrote for this turn, when it differs
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentAction:
