@@ -21,8 +21,14 @@ plain_text = st.text(
 ).map(str.strip)
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 calls = st.builds(
@@ -42,7 +48,12 @@ def actions(draw):
 
 
 def _strip_ids(action):
-    return (action.type, action.content, action.thinking, [(c.name, c.arguments, c.parse_error) for c in action.tool_calls])
+    return (
+        action.type,
+        action.content,
+        action.thinking,
+        [(c.name, c.arguments, c.parse_error) for c in action.tool_calls],
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -60,7 +71,31 @@ def test_arbitrary_text_never_raises(text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["<tool_call>", "</tool_call>", "<think>", "</think>", "{", "}", '"name"', ":", '"x"', "[", "]", ",", "a", " ", "\n", '"arguments"']), max_size=40))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "<tool_call>",
+                "</tool_call>",
+                "<think>",
+                "</think>",
+                "{",
+                "}",
+                '"name"',
+                ":",
+                '"x"',
+                "[",
+                "]",
+                ",",
+                "a",
+                " ",
+                "\n",
+                '"arguments"',
+            ]
+        ),
+        max_size=40,
+    )
+)
 def test_tag_soup_never_raises(pieces):
     parse_action("".join(pieces), known_tools={"x"})
 
@@ -75,8 +110,15 @@ def test_one_megabyte_of_random_text():
 def test_several_calls_think_and_answer():
     text = '<think>need two facts</think>\nLet me look.\n<tool_call>{"name": "a", "arguments": {"q": 1}}</tool_call>\n<tool_call>{"name": "b", "arguments": {}}</tool_call>'
     action = parse_action(text)
-    assert action.type == "tool_call" and action.thinking == "need two facts" and action.content == "Let me look."
-    assert [(c.id, c.name, c.arguments) for c in action.tool_calls] == [("call_0", "a", {"q": 1}), ("call_1", "b", {})]
+    assert (
+        action.type == "tool_call"
+        and action.thinking == "need two facts"
+        and action.content == "Let me look."
+    )
+    assert [(c.id, c.name, c.arguments) for c in action.tool_calls] == [
+        ("call_0", "a", {"q": 1}),
+        ("call_1", "b", {}),
+    ]
     answer = parse_action("<think>done</think>The answer is 42.<|im_end|>garbage")
     assert answer.type == "respond" and answer.content == "The answer is 42."
     assert parse_action("<think>still thinking").type == "think"
@@ -107,11 +149,26 @@ def test_double_encoded_arguments_accepted():
 
 def test_closing_tag_inside_arguments_survives():
     action = AgentAction("tool_call", "", [ToolCall("", "a", {"s": "</tool_call> tricky"})])
-    assert parse_action(render_action(action)).tool_calls[0].arguments == {"s": "</tool_call> tricky"}
+    assert parse_action(render_action(action)).tool_calls[0].arguments == {
+        "s": "</tool_call> tricky"
+    }
 
 
 def test_prompt_rendering_and_parse_prompt():
-    tools = [{"type": "function", "function": {"name": "a", "description": "A tool", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "a",
+                "description": "A tool",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"q": {"type": "string"}},
+                    "required": ["q"],
+                },
+            },
+        }
+    ]
     system = build_system_prompt(tools)
     assert '"name": "a"' in system and "<tools>" in system
     assert "a(q: string) - A tool" in build_system_prompt(tools, style="compact")
@@ -123,11 +180,17 @@ def test_prompt_rendering_and_parse_prompt():
 
 def test_observation_format_and_clipping():
     obs = format_observation(
-        [ToolResponse("1", True, {"x": 1}, name="a"), ToolResponse("2", False, None, error="boom", name="b"),
-         ToolResponse("3", True, "y" * 50, name="c")],
+        [
+            ToolResponse("1", True, {"x": 1}, name="a"),
+            ToolResponse("2", False, None, error="boom", name="b"),
+            ToolResponse("3", True, "y" * 50, name="c"),
+        ],
         max_chars=10,
     )
     blocks = obs.split("\n")
-    assert json.loads(blocks[0][len("<tool_response>"):-len("</tool_response>")]) == {"name": "a", "result": {"x": 1}}
+    assert json.loads(blocks[0][len("<tool_response>") : -len("</tool_response>")]) == {
+        "name": "a",
+        "result": {"x": 1},
+    }
     assert '"error": "boom"' in blocks[1]
     assert "40 more characters cut" in blocks[2]

@@ -5,7 +5,12 @@ from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
 
 def test_defaults_match_the_seed():
     c = AgentConfig()
-    assert (c.d_model, c.max_trajectory_len, c.max_tools, c.max_tool_calls_per_turn) == (4096, 8192, 32, 5)
+    assert (c.d_model, c.max_trajectory_len, c.max_tools, c.max_tool_calls_per_turn) == (
+        4096,
+        8192,
+        32,
+        5,
+    )
     assert (c.tool_call_timeout, c.learning_rate, c.batch_size, c.num_epochs) == (30.0, 1e-5, 16, 3)
     assert (c.num_samples, c.kl_coef, c.reward_baseline) == (8, 0.1, "mean")
     assert (c.max_turns, c.temperature, c.top_p) == (10, 0.7, 0.9)
@@ -19,8 +24,12 @@ def test_defaults_match_the_seed():
 
 def test_toml_yaml_and_overrides(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('max_turns = 4\nlearning_rate = 3e-4\n[task_tier_weights]\nsimple = 1\ncomplex = 1\n')
-    c = load_config(toml, overrides=["kl_coef=0.05", "reward_baseline=min", "task_tier_weights.simple=3"])
+    toml.write_text(
+        "max_turns = 4\nlearning_rate = 3e-4\n[task_tier_weights]\nsimple = 1\ncomplex = 1\n"
+    )
+    c = load_config(
+        toml, overrides=["kl_coef=0.05", "reward_baseline=min", "task_tier_weights.simple=3"]
+    )
     assert c.max_turns == 4 and c.learning_rate == 3e-4 and c.kl_coef == 0.05
     assert c.reward_baseline == "min"
     assert c.task_tier_weights == {TaskTier.SIMPLE: 0.75, TaskTier.COMPLEX: 0.25}
@@ -69,8 +78,15 @@ def test_unknown_key_suggests(tmp_path):
         load_config(p)
 
 
-@pytest.mark.parametrize("name, text", [("broken.toml", "max_turns = = 3"), ("broken.yaml", "a: [1,"),
-                                        ("list.yaml", "- 1\n- 2\n"), ("x.ini", "a=1")])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("broken.toml", "max_turns = = 3"),
+        ("broken.yaml", "a: [1,"),
+        ("list.yaml", "- 1\n- 2\n"),
+        ("x.ini", "a=1"),
+    ],
+)
 def test_broken_files_are_clear_errors(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)

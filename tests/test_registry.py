@@ -10,7 +10,9 @@ from tooltune.registry import ToolRegistryError
 
 
 @tool
-def lookup(city: str, field: Literal["population", "area"] = "population", limit: int | None = None) -> dict:
+def lookup(
+    city: str, field: Literal["population", "area"] = "population", limit: int | None = None
+) -> dict:
     """Look up a fact about a city.
 
     Args:
@@ -32,8 +34,14 @@ def test_schema_from_hints_and_docstring():
     assert lookup.name == "lookup"
     assert lookup.description == "Look up a fact about a city."
     props = lookup.parameters["properties"]
-    assert props["city"] == {"type": "string", "description": "Name of the city, as written in the atlas."}
-    assert props["field"]["enum"] == ["population", "area"] and props["field"]["default"] == "population"
+    assert props["city"] == {
+        "type": "string",
+        "description": "Name of the city, as written in the atlas.",
+    }
+    assert (
+        props["field"]["enum"] == ["population", "area"]
+        and props["field"]["default"] == "population"
+    )
     assert props["field"]["type"] == "string"
     assert props["limit"]["type"] == ["integer", "null"]
     assert props["limit"]["description"] == "Maximum number of results to return."
@@ -49,7 +57,10 @@ def test_decorator_with_options_and_lists():
         return sum(values)
 
     assert total.name == "add_all" and total.timeout == 2
-    assert total.parameters["properties"]["values"] == {"type": "array", "items": {"type": "number"}}
+    assert total.parameters["properties"]["values"] == {
+        "type": "array",
+        "items": {"type": "number"},
+    }
 
 
 def test_register_accepts_definitions_functions_and_seed_style():
@@ -71,7 +82,10 @@ def test_register_accepts_definitions_functions_and_seed_style():
     )
     assert registry.names == ["lookup", "shout", "echo"]
     assert registry.execute(call("shout", text="hi")).result == "HI"
-    assert registry.execute(call("echo")).error == "invalid arguments for echo: missing required argument 'text'"
+    assert (
+        registry.execute(call("echo")).error
+        == "invalid arguments for echo: missing required argument 'text'"
+    )
     with pytest.raises(ToolRegistryError, match="already registered"):
         registry.register(lookup)
 
@@ -92,7 +106,7 @@ def test_prompt_and_openai_formats():
     [
         ({}, "missing required argument 'city'"),
         ({"city": 3}, "argument 'city' must be of type string, got 3"),
-        ({"city": "A", "field": "height"}, "must be one of [\"population\", \"area\"]"),
+        ({"city": "A", "field": "height"}, 'must be one of ["population", "area"]'),
         ({"city": "A", "colour": "red"}, "unknown argument 'colour' (allowed: city, field, limit)"),
         ({"city": "A", "limit": "5"}, "argument 'limit' must be of type"),
     ],
@@ -177,7 +191,9 @@ def test_max_tools_enforced_at_registration():
 
 def test_registry_takes_limits_from_default_config():
     registry = ToolRegistry()
-    assert registry.config.tool_call_timeout == 30.0 and registry.config.max_tool_calls_per_turn == 5
+    assert (
+        registry.config.tool_call_timeout == 30.0 and registry.config.max_tool_calls_per_turn == 5
+    )
 
 
 def test_async_tools_and_parse_errors():
@@ -196,7 +212,9 @@ def test_bad_names_and_schemas_refused():
     with pytest.raises(ToolRegistryError, match="tool name"):
         ToolDefinition(name="no spaces", description="", parameters={}, function=print)
     with pytest.raises(ToolRegistryError, match="invalid schema"):
-        ToolDefinition(name="x", description="", parameters={"type": "object", "properties": 3}, function=print)
+        ToolDefinition(
+            name="x", description="", parameters={"type": "object", "properties": 3}, function=print
+        )
 
 
 def test_close_runs_closers_once():

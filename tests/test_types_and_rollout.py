@@ -41,14 +41,18 @@ def collector(script, **config):
 
 
 def test_think_call_observe_answer():
-    t = collector({"What's 17*23?": ["<think>multiply</think>\n" + CALL, "17*23 = 391"]}).collect_trajectory("What's 17*23?")
+    t = collector(
+        {"What's 17*23?": ["<think>multiply</think>\n" + CALL, "17*23 = 391"]}
+    ).collect_trajectory("What's 17*23?")
     assert [s.action.type for s in t.steps] == ["tool_call", "respond"]
     assert t.steps[0].tool_responses[0].result == 391
     assert '"result": 391' in t.steps[0].observation
     assert t.final_answer == "17*23 = 391" and t.metadata["stop_reason"] == "answer"
     # the model saw its own text and the tool turn
     text = t.metadata["text"]
-    assert text.count("<|im_start|>assistant\n") == 2 and "<|im_start|>tool\n<tool_response>" in text
+    assert (
+        text.count("<|im_start|>assistant\n") == 2 and "<|im_start|>tool\n<tool_response>" in text
+    )
 
 
 def test_max_turns_and_bad_calls_recorded():
@@ -77,7 +81,12 @@ def test_per_turn_limit_applies_in_rollouts():
 def test_num_samples_groups_and_verifier_and_reward():
     class Task:
         def __init__(self, i):
-            self.id, self.prompt, self.tier, self.tools = f"t{i}", f"q{i}", TaskTier.SIMPLE, ["multiply"]
+            self.id, self.prompt, self.tier, self.tools = (
+                f"t{i}",
+                f"q{i}",
+                TaskTier.SIMPLE,
+                ["multiply"],
+            )
 
     registry = ToolRegistry([multiply, nap])
     c = TrajectoryCollector(
@@ -152,7 +161,9 @@ def test_max_trajectory_len_stops_episode():
 
 
 def _sample_trajectory():
-    return collector({"What's 17*23?": ["<think>plan</think>\n" + CALL + "\n" + CALL.replace("17", "2"), "391"]}).collect_trajectory("What's 17*23?")
+    return collector(
+        {"What's 17*23?": ["<think>plan</think>\n" + CALL + "\n" + CALL.replace("17", "2"), "391"]}
+    ).collect_trajectory("What's 17*23?")
 
 
 def test_json_round_trip_is_lossless(tmp_path):
@@ -167,9 +178,19 @@ def test_json_round_trip_is_lossless(tmp_path):
 def test_openai_messages_round_trip(tmp_path):
     t = _sample_trajectory()
     messages = t.to_messages(system_prompt="sys")
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+    ]
     call = messages[2]["tool_calls"][0]
-    assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {"a": 17, "b": 23}
+    assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {
+        "a": 17,
+        "b": 23,
+    }
     assert messages[3]["tool_call_id"] == call["id"] and messages[2]["reasoning_content"] == "plan"
     back = AgentTrajectory.from_messages(messages, TaskTier.SIMPLE, t.tools)
     assert [s.action for s in back.steps] == [replace(s.action, raw=None) for s in t.steps]
@@ -195,7 +216,9 @@ def test_scripted_policy_reads_turns_from_prompt():
     policy = ScriptedPolicy({"hi": ["a", "b"]})
     from tooltune.chat_format import render_prompt
 
-    prompt = render_prompt([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}])
+    prompt = render_prompt(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    )
     assert parse_prompt(prompt)[-1]["role"] == "assistant"
     assert policy.generate([prompt], None)[0].text == "b"
 
@@ -209,5 +232,7 @@ def test_segments_rebuild_the_collected_text_and_tokenize():
     policy = CharPolicy({})
     record = tokenize_trajectory(t, policy.encode)
     assert policy.decode(record.ids) == t.metadata["text"]
-    model_text = "".join(policy.decode([i]) for i, m in zip(record.ids, record.mask, strict=True) if m)
+    model_text = "".join(
+        policy.decode([i]) for i, m in zip(record.ids, record.mask, strict=True) if m
+    )
     assert model_text == "<think>x</think><|im_end|>  " + CALL + " <|im_end|>391<|im_end|>"

@@ -15,7 +15,14 @@ from tooltune.rollout import (
     read_trajectories,
     write_trajectories,
 )
-from tooltune.types import AgentAction, AgentStep, AgentTrajectory, TokenRecord, ToolCall, ToolResponse
+from tooltune.types import (
+    AgentAction,
+    AgentStep,
+    AgentTrajectory,
+    TokenRecord,
+    ToolCall,
+    ToolResponse,
+)
 
 __version__ = "0.1.0"
 

@@ -13,6 +13,7 @@ the registry answers with a failed response the model can learn from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Collection, Iterable
@@ -37,7 +38,7 @@ SPECIAL_TOKENS = [
 
 SYSTEM_INSTRUCTIONS = (
     "You are a helpful assistant that answers by using tools. "
-    "To call a tool, write <tool_call>{\"name\": tool name, \"arguments\": JSON object}</tool_call>. "
+    'To call a tool, write <tool_call>{"name": tool name, "arguments": JSON object}</tool_call>. '
     "Calls that do not depend on each other go in the same turn. Tool results come back in a "
     "tool turn. When you know the answer, reply with it and make no call."
 )
@@ -72,7 +73,9 @@ def _compact_signature(entry: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     params = []
     for name, info in schema.get("properties", {}).items():
-        kind = "|".join(map(json.dumps, info["enum"])) if "enum" in info else info.get("type", "any")
+        kind = (
+            "|".join(map(json.dumps, info["enum"])) if "enum" in info else info.get("type", "any")
+        )
         kind = "|".join(kind) if isinstance(kind, list) else kind
         params.append(f"{name}{'' if name in required else '?'}: {kind}")
     return f"{fn['name']}({', '.join(params)}) - {fn.get('description', '')}"
@@ -121,7 +124,9 @@ def format_observation(responses: Iterable[ToolResponse], max_chars: int = 2000)
             item["result"] = _clip(response.result, max_chars)
         else:
             item["error"] = _clip(response.error or "unknown error", max_chars)
-        blocks.append(f"{TOOL_RESPONSE_OPEN}{json.dumps(item, ensure_ascii=False)}{TOOL_RESPONSE_CLOSE}")
+        blocks.append(
+            f"{TOOL_RESPONSE_OPEN}{json.dumps(item, ensure_ascii=False)}{TOOL_RESPONSE_CLOSE}"
+        )
     return "\n".join(blocks)
 
 
@@ -189,22 +194,22 @@ def _parse_call(body: str, call_id: str, known_tools: Collection[str] | None) ->
         data = json.loads(body)
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        return error(f"tool call is not valid JSON ({msg}); write {{\"name\": ..., \"arguments\": {{...}}}}")
+        return error(
+            f'tool call is not valid JSON ({msg}); write {{"name": ..., "arguments": {{...}}}}'
+        )
     if not isinstance(data, dict):
-        return error("tool call must be a JSON object with \"name\" and \"arguments\"")
+        return error('tool call must be a JSON object with "name" and "arguments"')
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        return error("tool call has no \"name\" (a non-empty string)")
+        return error('tool call has no "name" (a non-empty string)')
     arguments = data.get("arguments", data.get("parameters", {}))
     if isinstance(arguments, str):  # some models double-encode arguments
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            pass
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
-        return error(f"\"arguments\" of {name} must be a JSON object", name)
+        return error(f'"arguments" of {name} must be a JSON object', name)
     if known_tools is not None and name not in known_tools:
         available = ", ".join(sorted(known_tools)) or "none"
         return error(f"unknown tool {name!r}; available tools: {available}", name)

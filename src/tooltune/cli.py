@@ -51,18 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="build the world, train, evaluate, report")
     demo.add_argument("--preset", default="default", help="smoke | default (default: default)")
-    demo.add_argument("--model", default="builtin", help="builtin | smollm2-135m | a local HF model dir")
+    demo.add_argument(
+        "--model", default="builtin", help="builtin | smollm2-135m | a local HF model dir"
+    )
     demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     demo.add_argument("--name", help="run name (default: from preset and time)")
-    demo.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    demo.add_argument("--fresh", action="store_true",
+                      help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     demo.set_defaults(handler=_demo)
 
     tools = sub.add_parser("tools", help="list or call the built-in tools")
     tools_sub = tools.add_subparsers(metavar="ACTION")
-    listing = tools_sub.add_parser("list", parents=[common], help="names, descriptions, JSON Schemas")
-    listing.add_argument("--json", action="store_true", help="print the OpenAI-style tools JSON list")
+    listing = tools_sub.add_parser(
+        "list", parents=[common], help="names, descriptions, JSON Schemas"
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="print the OpenAI-style tools JSON list"
+    )
     listing.set_defaults(handler=_tools_list)
-    call = tools_sub.add_parser("call", parents=[common], help="call one tool, print its ToolResponse")
+    call = tools_sub.add_parser(
+        "call", parents=[common], help="call one tool, print its ToolResponse"
+    )
     call.add_argument("name", help="tool name (see `tooltune tools list`)")
     call.add_argument("--args", default="{}", help="arguments as a JSON object")
     call.set_defaults(handler=_tools_call)
@@ -70,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", parents=[common], help="evaluate a policy on held-out tasks")
     evaluate.add_argument("--policy", default="expert", help="expert | a saved model directory")
-    evaluate.add_argument("--split", default="test", help="train | validation | test | heldout_tools")
-    evaluate.add_argument("-n", type=int, default=200, help="number of tasks per tier (default 200)")
+    evaluate.add_argument(
+        "--split", default="test", help="train | validation | test | heldout_tools"
+    )
+    evaluate.add_argument(
+        "-n", type=int, default=200, help="number of tasks per tier (default 200)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--trajectories", type=Path, help="also write the trajectories as JSONL")
     evaluate.set_defaults(handler=_eval)
@@ -131,7 +144,7 @@ def _tools_call(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise UsageError(f"--args is not valid JSON: {exc.msg} (at character {exc.pos})") from None
     if not isinstance(arguments, dict):
-        raise UsageError("--args must be a JSON object, e.g. --args '{\"query\": \"x\"}'")
+        raise UsageError('--args must be a JSON object, e.g. --args \'{"query": "x"}\'')
     config = _config(args)
     with _environment(args, config) as env, env.registry() as registry:
         if args.name not in registry:
@@ -160,7 +173,7 @@ def _eval(args: argparse.Namespace) -> int:
         for tier in TaskTier:
             tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier])
         result = evaluate(policy, tasks, env, config)
-    metrics = result["metrics"] if "metrics" in result else result
+    metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
         from tooltune.rollout import write_trajectories
 
@@ -182,8 +195,10 @@ def _load_policy(name: str, env, config: AgentConfig):
         return ExpertPolicy(env)
     path = Path(name)
     if not path.exists():
-        raise UsageError(f"--policy must be 'expert' or a saved model directory; {name!r} does not exist")
-    from tooltune.policies import load_policy
+        raise UsageError(
+            f"--policy must be 'expert' or a saved model directory; {name!r} does not exist"
+        )
+    from tooltune.training.pipeline import load_policy
 
     return load_policy(path)
 

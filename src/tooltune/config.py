@@ -13,14 +13,14 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 
-class TaskTier(str, Enum):
+class TaskTier(StrEnum):
     """Complexity tiers for agent tasks."""
 
     SIMPLE = "simple"  # one tool call
@@ -182,7 +182,9 @@ def _normalise_tier_weights(weights: dict[Any, Any]) -> dict[TaskTier, float]:
             tier = TaskTier(tier)
         except ValueError:
             names = ", ".join(t.value for t in TaskTier)
-            raise ConfigError(f"task_tier_weights: unknown tier {tier!r} (tiers: {names})") from None
+            raise ConfigError(
+                f"task_tier_weights: unknown tier {tier!r} (tiers: {names})"
+            ) from None
         if not (isinstance(weight, int | float) and not isinstance(weight, bool)):
             raise ConfigError(f"task_tier_weights.{tier.value} must be a number, got {weight!r}")
         if not (math.isfinite(weight) and weight >= 0):

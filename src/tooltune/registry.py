@@ -63,7 +63,9 @@ class ToolDefinition:
         try:
             jsonschema.Draft202012Validator.check_schema(self.parameters)
         except jsonschema.SchemaError as exc:
-            raise ToolRegistryError(f"tool {self.name!r} has an invalid schema: {exc.message}") from None
+            raise ToolRegistryError(
+                f"tool {self.name!r} has an invalid schema: {exc.message}"
+            ) from None
         self._validator = jsonschema.Draft202012Validator(self.parameters)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -95,7 +97,9 @@ class ToolDefinition:
     def validate(self, arguments: Any) -> str | None:
         """None when `arguments` fit the schema, else a message that tells the model what to fix."""
         if not isinstance(arguments, dict):
-            return f"arguments for {self.name} must be a JSON object, got {type(arguments).__name__}"
+            return (
+                f"arguments for {self.name} must be a JSON object, got {type(arguments).__name__}"
+            )
         errors = sorted(self._validator.iter_errors(arguments), key=lambda e: list(e.path))
         if not errors:
             return None
@@ -157,7 +161,9 @@ def schema_from_function(fn: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
     return summary or fn.__name__.replace("_", " "), parameters
 
 
-_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$")
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$"
+)
 _ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 
 
@@ -261,7 +267,9 @@ def _as_object_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
             "required": list(parameters),
             "additionalProperties": False,
         }
-    raise ToolRegistryError("parameters must be a JSON Schema object or a mapping of name -> schema")
+    raise ToolRegistryError(
+        "parameters must be a JSON Schema object or a mapping of name -> schema"
+    )
 
 
 def _type_label(info: dict[str, Any]) -> str:

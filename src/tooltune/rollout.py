@@ -143,7 +143,9 @@ class TrajectoryCollector:
         self._im_end_id = policy.encode(IM_END)[-1] if self.token_mode else None
 
     # -- the seed's single-episode API ---------------------------------------------------------
-    def collect_trajectory(self, task: str | TaskLike, tier: TaskTier = TaskTier.SIMPLE) -> AgentTrajectory:
+    def collect_trajectory(
+        self, task: str | TaskLike, tier: TaskTier = TaskTier.SIMPLE
+    ) -> AgentTrajectory:
         return self.collect([task], tier=tier)[0]
 
     # -- batched collection --------------------------------------------------------------------
@@ -267,7 +269,9 @@ class TrajectoryCollector:
 def opening_text(trajectory: AgentTrajectory, tool_style: str = "json") -> str:
     """System turn with the offered tools, the user turn, and the open assistant turn."""
     system = build_system_prompt(trajectory.tools, style=tool_style)
-    return render_turn("system", system) + render_turn("user", trajectory.prompt) + assistant_header()
+    return (
+        render_turn("system", system) + render_turn("user", trajectory.prompt) + assistant_header()
+    )
 
 
 def follow_text(observation: str | None) -> str:
@@ -311,7 +315,11 @@ def tokenize_trajectory(
 
 
 def write_trajectories(
-    path: str | Path, trajectories: Iterable[AgentTrajectory], *, messages: bool = False, append: bool = False
+    path: str | Path,
+    trajectories: Iterable[AgentTrajectory],
+    *,
+    messages: bool = False,
+    append: bool = False,
 ) -> int:
     """Write one trajectory per line: tooltune's lossless form, or `messages=True` for rows of
     OpenAI-style chat messages that other libraries load. Returns the number written."""
@@ -320,7 +328,9 @@ def write_trajectories(
     count = 0
     with path.open("a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
-            f.write(json.dumps(t.to_record() if messages else t.to_dict(), ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(t.to_record() if messages else t.to_dict(), ensure_ascii=False) + "\n"
+            )
             count += 1
         f.flush()
         os.fsync(f.fileno())

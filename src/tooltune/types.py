@@ -215,7 +215,9 @@ class AgentTrajectory:
                 started = True
                 continue
             if role == "assistant":
-                calls = [_call_from_openai(c, i) for i, c in enumerate(message.get("tool_calls") or [])]
+                calls = [
+                    _call_from_openai(c, i) for i, c in enumerate(message.get("tool_calls") or [])
+                ]
                 content = _text(message.get("content"))
                 kind = "tool_call" if calls else ("respond" if content.strip() else "think")
                 action = AgentAction(kind, content, calls, message.get("reasoning_content") or "")
@@ -253,8 +255,14 @@ def _text(content: Any) -> str:
 
 
 def _call_to_openai(call: ToolCall) -> dict[str, Any]:
-    arguments = call.raw if call.parse_error and call.raw is not None else json.dumps(call.arguments)
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
+    arguments = (
+        call.raw if call.parse_error and call.raw is not None else json.dumps(call.arguments)
+    )
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    }
 
 
 def _call_from_openai(data: dict[str, Any], index: int) -> ToolCall:
@@ -267,7 +275,9 @@ def _call_from_openai(data: dict[str, Any], index: int) -> ToolCall:
     try:
         arguments = json.loads(raw) if raw else {}
     except (json.JSONDecodeError, TypeError) as exc:
-        return ToolCall(call_id, name, {}, parse_error=f"arguments are not valid JSON: {exc}", raw=raw)
+        return ToolCall(
+            call_id, name, {}, parse_error=f"arguments are not valid JSON: {exc}", raw=raw
+        )
     if not isinstance(arguments, dict):
         return ToolCall(call_id, name, {}, parse_error="arguments must be a JSON object", raw=raw)
     return ToolCall(id=call_id, name=name, arguments=arguments)

@@ -1,0 +1,520 @@
+"""The training pipeline: evaluate (before) -> SFT -> evaluate -> GRPO -> evaluate -> report.
+
+Every stage ends with an atomic checkpoint (`state.json` is replaced only after the files it
+points to are complete), and GRPO also checkpoints every `checkpoint_every` steps, so a run that is
+killed resumes where its last checkpoint left off: no step is lost from the record or repeated in
+it. Evaluation always runs on held-out test tasks, greedily, through the real tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+from tooltune.rollout import (
+    SamplingParams,
+    TrajectoryCollector,
+    read_trajectories,
+    tokenize_trajectory,
+    write_trajectories,
+)
+
+STAGES = ("data", "before", "sft", "after_sft", "grpo", "after_grpo")
+
+
+@dataclass
+class PipelineSettings:
+    """What the demo trains and on how much data (the `[pipeline]` table of a preset)."""
+
+    model: str = "builtin"  # builtin | smollm2-135m | a local Hugging Face model directory
+    model_size: str = "tiny"  # built-in model only
+    vocab_size: int = 2048  # built-in tokenizer only
+    max_seq_len: int = 1024
+    tool_style: str = "compact"  # how tools are listed in the system prompt (json for HF models)
+    lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
+    sft_tasks: int = 1600
+    val_tasks: int = 60
+    eval_tasks_per_tier: int = 50
+    grpo_steps: int = 30
+    checkpoint_every: int = 5
+    saved_trajectories: int = 8  # per tier and stage, into trajectories.jsonl
+
+    def __post_init__(self) -> None:
+        for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"pipeline.{key} must be at least 1")
+        for key in ("val_tasks", "grpo_steps", "saved_trajectories"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"pipeline.{key} must be >= 0")
+        if self.tool_style not in ("json", "compact"):
+            raise ConfigError("pipeline.tool_style must be json or compact")
+
+
+def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config table, pipeline table) of a built-in preset or a TOML file path."""
+    path = Path(name)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        try:
+            text = resources.files("tooltune.presets").joinpath(f"{name}.toml").read_text("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"unknown preset {name!r}; built-in presets: smoke, default"
+            ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {name!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"config", "pipeline"}
+    if unknown:
+        raise ConfigError(f"preset {name!r} has unknown tables: {', '.join(sorted(unknown))}")
+    return dict(data.get("config", {})), dict(data.get("pipeline", {}))
+
+
+def make_settings(table: dict[str, Any]) -> PipelineSettings:
+    known = {f.name: f.type for f in fields(PipelineSettings)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown pipeline key {key!r} (known: {', '.join(known)})")
+        default = getattr(PipelineSettings, key)
+        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(
+            value, type(default)
+        ):
+            raise ConfigError(
+                f"pipeline.{key} must be of type {type(default).__name__}, got {value!r}"
+            )
+    return PipelineSettings(**table)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """A run directory: state, checkpoints and logs, each written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = directory / "state.json"
+
+    def load_state(self) -> dict[str, Any] | None:
+        if not self.state_path.exists():
+            return None
+        try:
+            state = json.loads(self.state_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.state_path} is corrupt ({exc}); rerun with --fresh") from None
+        if not isinstance(state, dict) or "completed" not in state:
+            raise ConfigError(f"{self.state_path} is not a tooltune run state; rerun with --fresh")
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_atomic(self.state_path, json.dumps(state, indent=2))
+
+    def checkpoint(self, name: str, policy: Any, extra: dict[str, Any] | None = None) -> str:
+        """Write `checkpoints/<name>` completely, then swap it in; returns its relative path."""
+        final = self.dir / "checkpoints" / name
+        tmp = final.with_name(f".{name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        policy.save(tmp / "policy")
+        if extra:
+            torch.save(extra, tmp / "trainer.pt")
+        (tmp / "COMPLETE").write_text("ok")
+        old = final.with_name(f".{name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return str(final.relative_to(self.dir))
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def trim_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop log rows written after the checkpoint we resume from."""
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class AgentTrainingPipeline:
+    """Complete pipeline for agent training on the built-in world."""
+
+    def __init__(
+        self,
+        env: Any,
+        config: AgentConfig,
+        settings: PipelineSettings,
+        run_dir: str | Path,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+    ) -> None:
+        self.env = env
+        self.config = config
+        self.settings = settings
+        self.run = _Run(Path(run_dir))
+        self.log = log
+        self.progress = progress
+        self.policy: Any = None
+        self.history: dict[str, list[float]] = {"loss": [], "reward": [], "success_rate": []}
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def _tasks(self, split: str, n: int, seed: int, per_tier: bool = False) -> list[Any]:
+        from tooltune.tasks import sample_tasks
+
+        if per_tier:
+            return [t for tier in TaskTier for t in sample_tasks(split, n, seed=seed, tiers=[tier])]
+        weights = {t.value: w for t, w in self.config.task_tier_weights.items()}
+        return sample_tasks(split, n, seed=seed, tier_weights=weights)
+
+    def test_tasks(self) -> list[Any]:
+        return self._tasks(
+            "test", self.settings.eval_tasks_per_tier, self.config.seed + 1, per_tier=True
+        )
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        """Run (or resume) every stage; returns the metrics of the three evaluations."""
+        state = self.run.load_state()
+        if state is None:
+            state = {"completed": [], "metrics": {}, "history": self.history, "grpo_step": 0,
+                     "config": self.config.to_dict(), "settings": asdict(self.settings)}  # fmt: skip
+            (self.run.dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            self._check_same_run(state)
+            self.history = state["history"]
+            self.log(
+                f"resuming {self.run.dir} after stage {state['completed'][-1] if state['completed'] else 'start'}"
+            )
+        write_atomic(self.run.dir / "config.json", json.dumps(
+            {"config": self.config.to_dict(), "pipeline": asdict(self.settings)}, indent=2))  # fmt: skip
+
+        demos = self._stage_data(state)
+        for stage in STAGES[1:]:
+            if stage in state["completed"]:
+                continue
+            started = time.perf_counter()
+            if stage in ("before", "after_sft", "after_grpo"):
+                state["metrics"][stage] = self._evaluate(stage)
+            elif stage == "sft":
+                self._sft(demos)
+            elif stage == "grpo":
+                self._grpo(state)
+            state["completed"].append(stage)
+            state["history"] = self.history
+            state["checkpoint"] = self.run.checkpoint("latest", self.policy)
+            self.run.save_state(state)
+            self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s")
+        return state["metrics"]
+
+    def _check_same_run(self, state: dict[str, Any]) -> None:
+        if state.get("config") != self.config.to_dict() or state.get("settings") != asdict(
+            self.settings
+        ):
+            raise ConfigError(
+                f"{self.run.dir} holds a run with another configuration; use another --out or --fresh"
+            )
+
+    # -- stage: data (expert demonstrations, tokenizer, initial model) -------------------------
+    def _stage_data(self, state: dict[str, Any]) -> list[Any]:
+        demos_path = self.run.dir / "demonstrations.jsonl"
+        if "data" in state["completed"]:
+            self.policy = self._load_checkpoint(state["checkpoint"])
+            return read_trajectories(demos_path)
+        started = time.perf_counter()
+        tasks = self._tasks("train", self.settings.sft_tasks, self.config.seed)
+        demos = self._collect_expert(tasks)
+        failed = [d for d in demos if not d.success]
+        if failed:
+            self.log(
+                f"warning: the expert failed {len(failed)} of {len(demos)} training tasks; they are left out"
+            )
+        demos = [d for d in demos if d.success]
+        write_trajectories(demos_path, demos)
+        self.policy = self._new_policy(demos)
+        state["completed"].append("data")
+        state["checkpoint"] = self.run.checkpoint("latest", self.policy)
+        self.run.save_state(state)
+        self.log(f"[data] {len(demos)} expert demonstrations, model with "
+                 f"{sum(p.numel() for p in self.policy.parameters()):,} parameters "
+                 f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+        return demos
+
+    def _collect_expert(self, tasks: list[Any]) -> list[Any]:
+        from tooltune.tasks import verify
+        from tooltune.tasks.expert import ExpertPolicy
+
+        collector = TrajectoryCollector(
+            ExpertPolicy(self.env), self.env.registry, self.config,
+            tool_style=self.settings.tool_style,
+            verifier=lambda task, t: verify(task, t, self.env),
+        )  # fmt: skip
+        out: list[Any] = []
+        for chunk in _chunks(tasks, 64, self._bar(len(tasks), "expert demonstrations")):
+            out += collector.collect(chunk)
+        return out
+
+    def _new_policy(self, demos: list[Any]) -> Any:
+        s = self.settings
+        if s.model == "builtin":
+            from tooltune.policies import BuiltinPolicy
+
+            texts = [d.metadata["text"] for d in demos]
+            return BuiltinPolicy.create(texts, size=s.model_size, seed=self.config.seed,
+                                        vocab_size=s.vocab_size, max_seq_len=s.max_seq_len)  # fmt: skip
+        from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
+
+        path = load_smollm2() if s.model == "smollm2-135m" else s.model
+        return HFPolicy.from_pretrained(path, lora=LoraSettings() if s.lora else None)
+
+    def _load_checkpoint(self, relative: str) -> Any:
+        directory = self.run.dir / relative
+        if not (directory / "COMPLETE").exists():
+            raise ConfigError(f"checkpoint {directory} is incomplete; rerun with --fresh")
+        return load_policy(directory / "policy")
+
+    # -- stage: evaluation -----------------------------------------------------------------------
+    def _evaluate(self, stage: str) -> dict[str, Any]:
+        from tooltune.evaluation import evaluate
+
+        tasks = self.test_tasks()
+        self.policy.eval()
+        result = evaluate(self.policy, tasks, self.env, self.config,
+                          tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
+        metrics = {k: v for k, v in result.items() if k != "trajectories"}
+        self._save_samples(stage, result.get("trajectories", []))
+        self.run.log_metrics({"stage": stage, **_flat(metrics)})
+        acc = metrics["accuracy"]
+        self.log(f"[{stage}] accuracy " + ", ".join(f"{t.value} {acc[t.value]:.0%}" for t in TaskTier)
+                 + f"; failures {metrics['tool_call_failure_rate']:.0%}, "
+                 f"unnecessary {metrics['unnecessary_call_rate']:.0%}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
+        return metrics
+
+    def _save_samples(self, stage: str, trajectories: list[Any]) -> None:
+        keep = []
+        for tier in TaskTier:
+            of_tier = [t for t in trajectories if t.task_tier == tier]
+            keep += of_tier[: self.settings.saved_trajectories]
+        for t in keep:
+            t.metadata["stage"] = stage
+            t.tokens = None  # token ids are for training; the file is for people and other tools
+        write_trajectories(self.run.dir / "trajectories.jsonl", keep, append=True)
+
+    # -- stage: SFT ------------------------------------------------------------------------------
+    def _sft(self, demos: list[Any]) -> None:
+        from tooltune.training.sft import train_sft
+
+        records = [
+            tokenize_trajectory(d, self.policy.encode, self.settings.tool_style) for d in demos
+        ]
+        val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
+        val_demos = self._collect_expert(val_tasks) if val_tasks else []
+        val_records = [tokenize_trajectory(d, self.policy.encode, self.settings.tool_style)
+                       for d in val_demos if d.success]  # fmt: skip
+
+        def after_epoch(epoch: int, policy: Any) -> dict[str, Any]:
+            metrics: dict[str, Any] = {}
+            if val_tasks:
+                from tooltune.evaluation import evaluate
+
+                result = evaluate(policy, val_tasks, self.env, self.config,
+                                  tool_style=self.settings.tool_style, progress=False)  # fmt: skip
+                metrics = {"val_accuracy": result["accuracy"]}
+            return metrics
+
+        history = train_sft(self.policy, records, self.config, val_records,
+                            max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log)  # fmt: skip
+        for epoch, loss in enumerate(history.train_loss):
+            row = {"stage": "sft", "epoch": epoch + 1, "train_loss": loss,
+                   "val_loss": history.val_loss[epoch], **_flat(history.epoch_metrics[epoch])}  # fmt: skip
+            self.run.log_metrics(row)
+            self.history["loss"].append(loss)
+            acc = history.epoch_metrics[epoch].get("val_accuracy", {})
+            if "overall" in acc:
+                self.history["success_rate"].append(acc["overall"])
+        self.run.checkpoint("sft", self.policy)
+
+    # -- stage: GRPO -----------------------------------------------------------------------------
+    def _grpo(self, state: dict[str, Any]) -> None:
+        from tooltune.tasks import verify
+        from tooltune.training.grpo import GRPOTrainer
+        from tooltune.training.rewards import rubric_from_config
+        from tooltune.training.schedule import make_scheduler
+
+        cfg, s = self.config, self.settings
+        if s.grpo_steps == 0:
+            return
+        reference = (
+            self._load_checkpoint("checkpoints/sft") if state["grpo_step"] else self.policy.clone()
+        )
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, s.grpo_steps, cfg.warmup_ratio)
+        start = state["grpo_step"]
+        if start:
+            trainer_state = torch.load(
+                self.run.dir / state["checkpoint"] / "trainer.pt", weights_only=False
+            )
+            optimizer.load_state_dict(trainer_state["optimizer"])
+            scheduler.load_state_dict(trainer_state["scheduler"])
+            self.run.trim_metrics(lambda r: r.get("stage") != "grpo" or r["step"] < start)
+        trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
+                              max_len=s.max_seq_len)  # fmt: skip
+        rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))
+        sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+        collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
+                                        tool_style=s.tool_style, reward_fn=rubric.apply)  # fmt: skip
+        bar = self._bar(s.grpo_steps, "GRPO", initial=start)
+        for step in range(start, s.grpo_steps):
+            tasks = self._tasks(
+                "train", cfg.batch_size, seed=cfg.seed * 100_003 + 7919 * (step + 1)
+            )
+            sampling.seed = cfg.seed * 1_000_003 + step
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            self.policy.eval()
+            trajectories = collector.collect(tasks, num_samples=cfg.num_samples)
+            groups = [
+                trajectories[i : i + cfg.num_samples]
+                for i in range(0, len(trajectories), cfg.num_samples)
+            ]
+            self.policy.train()
+            metrics = trainer.train_step(groups)
+            success = sum(t.success for t in trajectories) / len(trajectories)
+            self.history["loss"].append(metrics["loss"])
+            self.history["reward"].append(metrics["mean_reward"])
+            self.history["success_rate"].append(success)
+            self.run.log_metrics(
+                {"stage": "grpo", "step": step, "success_rate": success, **metrics}
+            )
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['mean_reward']:.2f}", success=f"{success:.0%}")
+            if (step + 1) % s.checkpoint_every == 0 and step + 1 < s.grpo_steps:
+                state["grpo_step"] = step + 1
+                state["history"] = self.history
+                extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                state["checkpoint"] = self.run.checkpoint("latest", self.policy, extra)
+                self.run.save_state(state)
+        if bar is not None:
+            bar.close()
+        state["grpo_step"] = s.grpo_steps
+
+    def _bar(self, total: int, desc: str, initial: int = 0) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, initial=initial, dynamic_ncols=True)
+
+
+def _chunks(items: list[Any], size: int, bar: Any) -> Any:
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        yield chunk
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_policy(directory: str | Path) -> Any:
+    """A saved policy directory: the built-in format or a Hugging Face model."""
+    directory = Path(directory)
+    meta_path = directory / "config.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{meta_path} is corrupt: {exc}") from None
+        if meta.get("format") == "tooltune-builtin":
+            from tooltune.policies import BuiltinPolicy
+
+            return BuiltinPolicy.load(directory)
+    from tooltune.policies import HFPolicy
+
+    return HFPolicy.from_pretrained(directory)
+
+
+# ------------------------------------------------------------------------------------------------
+# `tooltune demo`
+# ------------------------------------------------------------------------------------------------
+
+
+def run_demo(args: Any) -> int:
+    """Build the world, train, evaluate, and write the run directory with its report."""
+    from tooltune.environment import Environment
+    from tooltune.training.report import write_report
+
+    started = time.perf_counter()
+    config_table, pipeline_table = load_preset(args.preset)
+    config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
+    for override in args.overrides:
+        if override.startswith("pipeline."):
+            key, _, value = override[len("pipeline.") :].partition("=")
+            pipeline_table[key.strip()] = tomllib.loads(f"v = {value}")["v"] if value else value
+    if args.model != "builtin":
+        pipeline_table["model"] = args.model
+        pipeline_table.setdefault("tool_style", "json")
+    config_table.setdefault("seed", args.seed)
+    config = load_config(args.config, config_overrides, base=config_table)
+    settings = make_settings(pipeline_table)
+    name = (
+        args.name
+        or f"{Path(args.preset).stem}-{settings.model.replace('/', '_')}-seed{config.seed}"
+    )
+    run_dir = Path(args.out) if args.out else Path("runs") / name
+    if getattr(args, "fresh", False):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    print(f"tooltune demo: preset {args.preset}, model {settings.model}, run directory {run_dir}")
+    with Environment(world_dir=args.world, seed=config.seed, config=config) as env:
+        pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
+        metrics = pipeline.run_all()
+        test_n = len(pipeline.test_tasks())
+    elapsed = time.perf_counter() - started
+    report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed)
+    print(f"report: {report}")
+    print(f"total time: {elapsed / 60:.1f} min")
+    return 0

@@ -1,0 +1,143 @@
+"""The run report: the reference design's two tables on held-out test tasks, plus curves.
+
+`metrics.json` is the machine-readable form; `report.md` and `report.html` are for people; the
+PNG curves show loss, reward and success over training.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tooltune.config import AgentConfig, TaskTier
+
+TIER_NAMES = {
+    TaskTier.SIMPLE: "Simple",
+    TaskTier.MULTI_TOOL_SEQ: "Multi-Tool Seq",
+    TaskTier.MULTI_TOOL_PAR: "Multi-Tool Par",
+    TaskTier.COMPLEX: "Complex",
+}
+STAGE_NAMES = {"before": "Before Training", "after_sft": "After SFT", "after_grpo": "After GRPO"}
+SEED_ACCURACY = {"simple": 0.96, "multi_tool_seq": 0.88, "multi_tool_par": 0.85, "complex": 0.74}
+KEYS = ("avg_steps", "tool_call_failure_rate", "unnecessary_call_rate", "parallel_call_rate")
+
+
+def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
+    """The fields of metrics.json for each evaluated stage."""
+    out: dict[str, Any] = {}
+    for stage in STAGE_NAMES:
+        if stage not in metrics:
+            continue
+        m = metrics[stage]
+        row = {"accuracy": {t.value: m["accuracy"][t.value] for t in TaskTier}}
+        row["accuracy"]["overall"] = m["accuracy"].get("overall")
+        row.update({k: m[k] for k in KEYS if k in m})
+        row["n_test_tasks"] = m.get("n_tasks", n_test)
+        out[stage] = row
+    return out
+
+
+def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
+    stages = [s for s in STAGE_NAMES if s in summary]
+    rows = [["Task Tier", *(STAGE_NAMES[s] for s in stages), "Seed target (after GRPO)"]]
+    for tier in TaskTier:
+        rows.append([TIER_NAMES[tier], *(f"{summary[s]['accuracy'][tier.value]:.0%}" for s in stages),
+                     f"{SEED_ACCURACY[tier.value]:.0%}"])  # fmt: skip
+    return rows
+
+
+def efficiency_table(summary: dict[str, Any]) -> list[list[str]]:
+    stages = [s for s in STAGE_NAMES if s in summary]
+    rows = [["Metric", *(STAGE_NAMES[s] for s in stages), "Seed target (after)"]]
+    labels = [("avg_steps", "Avg. Steps per Task", "{:.2f}", "3.1"),
+              ("tool_call_failure_rate", "Tool Call Failures", "{:.1%}", "4%"),
+              ("unnecessary_call_rate", "Unnecessary Tool Calls", "{:.1%}", "8%"),
+              ("parallel_call_rate", "Parallel calls on Multi-Tool Par", "{:.0%}", "-")]  # fmt: skip
+    for key, label, fmt, target in labels:
+        if all(key in summary[s] and summary[s][key] is not None for s in stages):
+            rows.append([label, *(fmt.format(summary[s][key]) for s in stages), target])
+    return rows
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:]
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(k, v) for k, v in history.items() if v]
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2))
+    axes = [axes] if len(series) == 1 else list(axes)
+    for ax, (name, values) in zip(axes, series, strict=True):
+        ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("SFT epochs, then GRPO steps")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    run_dir: str | Path,
+    metrics: dict[str, Any],
+    history: dict[str, list[float]],
+    settings: Any,
+    config: AgentConfig,
+    n_test: int,
+    elapsed_s: float,
+) -> Path:
+    run_dir = Path(run_dir)
+    summary = summarise(metrics, n_test)
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    curves = plot_curves(history, run_dir / "curves.png")
+    acc, eff = accuracy_table(summary), efficiency_table(summary)
+    title = f"tooltune run: {run_dir.name}"
+    facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
+             + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per tier), greedy decoding,"
+             f" real tools; {settings.sft_tasks} expert demonstrations; {settings.grpo_steps} GRPO steps of"
+             f" {config.batch_size} tasks x {config.num_samples} samples; wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
+    md = [f"# {title}", "", facts, "", "## Tool use accuracy", "", _markdown(acc), "",
+          "## Efficiency", "", _markdown(eff), ""]  # fmt: skip
+    if curves:
+        md += ["## Training curves", "", f"![curves]({curves.name})", ""]
+    md += [
+        "Configuration: `config.json`; per-step log: `metrics.jsonl`; sample episodes: `trajectories.jsonl`."
+    ]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+             "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .7rem;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")  # fmt: skip
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(facts)}</p>",
+            "<h2>Tool use accuracy</h2>", _html_table(acc), "<h2>Efficiency</h2>", _html_table(eff)]  # fmt: skip
+    if curves:
+        page.append(
+            f"<h2>Training curves</h2><img src='{curves.name}' alt='loss, reward and success curves'>"
+        )
+    page.append(
+        f"<details><summary>Settings</summary><pre>{html.escape(json.dumps(asdict(settings), indent=2))}</pre></details>"
+    )
+    page.append("</body></html>")
+    (run_dir / "report.html").write_text("\n".join(page))
+    return run_dir / "report.md"
