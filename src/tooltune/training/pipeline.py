@@ -146,9 +146,9 @@ class _Run:
         with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
-    def trim_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Drop log rows written after the checkpoint we resume from."""
-        path = self.dir / "metrics.jsonl"
+    def trim(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop JSONL rows written after the checkpoint a resumed run starts from."""
+        path = self.dir / name
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
@@ -212,6 +212,10 @@ class AgentTrainingPipeline:
         else:
             self._check_same_run(state)
             self.history = state["history"]
+            done, step = set(state["completed"]), state["grpo_step"]
+            self.run.trim("metrics.jsonl", lambda r: r["stage"] in done
+                          or (r["stage"] == "grpo" and r["step"] < step))  # fmt: skip
+            self.run.trim("trajectories.jsonl", lambda r: r["metadata"].get("stage") in done)
             self.log(
                 f"resuming {self.run.dir} after stage {state['completed'][-1] if state['completed'] else 'start'}"
             )
@@ -386,7 +390,6 @@ class AgentTrainingPipeline:
             )
             optimizer.load_state_dict(trainer_state["optimizer"])
             scheduler.load_state_dict(trainer_state["scheduler"])
-            self.run.trim_metrics(lambda r: r.get("stage") != "grpo" or r["step"] < start)
         trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
                               max_len=s.max_seq_len)  # fmt: skip
         rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))

@@ -1,0 +1,106 @@
+"""The main job end to end: `tooltune demo --preset smoke`, and a kill-and-resume run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tooltune.cli import main
+
+TIERS = ("simple", "multi_tool_seq", "multi_tool_par", "complex")
+
+
+def _demo_args(tmp_path: Path, run: str, *extra: str) -> list[str]:
+    return [
+        "demo",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / run),
+        "--world",
+        str(tmp_path / "world"),
+        *extra,
+    ]
+
+
+def _check_run(run: Path) -> dict:
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "trajectories.jsonl",
+        "report.md",
+        "report.html",
+        "metrics.json",
+        "curves.png",
+        "state.json",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "latest" / "COMPLETE").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for stage in ("before", "after_sft", "after_grpo"):
+        row = metrics[stage]
+        assert set(TIERS) <= set(row["accuracy"])
+        assert all(0.0 <= row["accuracy"][t] <= 1.0 for t in TIERS)
+        for key in ("avg_steps", "tool_call_failure_rate", "unnecessary_call_rate"):
+            assert row[key] >= 0
+        assert row["n_test_tasks"] > 0
+    report = (run / "report.md").read_text()
+    assert "| Simple |" in report and "After GRPO" in report and "Tool Call Failures" in report
+    return metrics
+
+
+def test_smoke_demo_writes_a_complete_run(tmp_path, capsys):
+    started = time.perf_counter()
+    assert main(_demo_args(tmp_path, "run")) == 0
+    out = capsys.readouterr().out
+    assert "total time" in out
+    metrics = _check_run(tmp_path / "run")
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == list(range(len(grpo))) and grpo
+    sft = [r for r in rows if r["stage"] == "sft"]
+    assert sft and sft[-1]["train_loss"] < 6.0  # far below log(vocab): the model learned something
+    assert metrics["after_sft"]["n_test_tasks"] == metrics["before"]["n_test_tasks"]
+    print(f"smoke demo took {time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
+    args = _demo_args(tmp_path, "run", "--set", "pipeline.grpo_steps=6")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tooltune.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state_path = tmp_path / "run" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state_path.exists() and json.loads(state_path.read_text()).get("grpo_step", 0) >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the run never reached GRPO step 2")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(args) == 0
+    _check_run(tmp_path / "run")
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(6))
+    assert [r["stage"] for r in rows if r["stage"] in ("before", "after_sft", "after_grpo")] == [
+        "before",
+        "after_sft",
+        "after_grpo",
+    ]
