@@ -1,0 +1,277 @@
+"""The built-in environment: a world on disk, its services, and one tool registry per episode.
+
+`Environment` builds the world when it is missing, loads (or builds) the search index, and
+starts the flight service and the web server only when a registry first needs them. Each call to
+`registry(episode_id)` returns a fresh `ToolRegistry` whose stateful tools are isolated to that
+episode: file writes go to the episode's overlay directory, flight bookings carry the episode id
+header, and the browser has its own history. Stateless tools (search, maths, Python, SQL, images)
+are built once and shared.
+
+The flight database is copied into the environment's private temporary directory, so bookings of
+one environment never leak into another or into the cached world.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tooltune.config import AgentConfig
+from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, ToolRegistryError, tool
+from tooltune.tasks.generators import FAMILIES
+from tooltune.tasks.splits import default_world_dir
+from tooltune.tasks.world import World, build_world, load_world, world_is_built
+
+_EPISODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+TOOL_FAMILY = {name: family for family, names in FAMILIES.items() for name in names}
+BUILTIN_TOOLS = [name for family, names in FAMILIES.items() if family != "registry" for name in names]
+GEO_ATTRIBUTES = {"population": "population", "area_km2": "area_km2", "founded": "founded", "region": "region"}
+
+
+def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
+    """The held-out tools: `geo_lookup` and `corp_registry`, over the world's database.
+
+    They expose the same facts as `sql_query` and `search`, but with names, parameters and
+    descriptions no training task ever shows, to measure transfer to unseen tools."""
+    uri = f"file:{Path(db_path).resolve()}?mode=ro"
+
+    def fetch(query: str, params: tuple) -> sqlite3.Row | None:
+        con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        con.row_factory = sqlite3.Row
+        try:
+            return con.execute(query, params).fetchone()
+        finally:
+            con.close()
+
+    @tool
+    def geo_lookup(place: str, attribute: str) -> dict:
+        """Gazetteer: one attribute of a city.
+
+        Args:
+            place: City name, e.g. "Varenholt".
+            attribute: One of population, area_km2, founded, region.
+        """
+        if attribute not in GEO_ATTRIBUTES:
+            raise ToolError(f"unknown attribute {attribute!r}; use one of {', '.join(GEO_ATTRIBUTES)}")
+        row = fetch(
+            f"SELECT name, {GEO_ATTRIBUTES[attribute]} AS value FROM places WHERE lower(name) = lower(?)",
+            (place.strip(),),
+        )
+        if row is None:
+            raise ToolError(f"no city called {place!r} in the gazetteer")
+        return {"place": row["name"], "attribute": attribute, "value": row["value"]}
+
+    @tool
+    def corp_registry(company: str) -> dict:
+        """Company registry extract: leadership, seat, size and finances of a registered company.
+
+        Args:
+            company: Registered company name.
+        """
+        row = fetch("SELECT * FROM companies WHERE lower(name) = lower(?)", (company.strip(),))
+        if row is None:
+            raise ToolError(f"{company!r} is not in the company registry")
+        return {
+            "company": row["name"],
+            "chief_executive": row["ceo"],
+            "headquarters": row["hq_city"],
+            "industry": row["industry"],
+            "annual_revenue_musd": row["revenue_musd"],
+            "founded": row["founded"],
+            "employees": row["employees"],
+        }
+
+    return [geo_lookup, corp_registry]
+
+
+class Environment:
+    """The world, its services and per-episode tool registries; use as a context manager."""
+
+    def __init__(
+        self,
+        world_dir: str | Path | None = None,
+        seed: int = 0,
+        config: AgentConfig | None = None,
+    ) -> None:
+        self.config = config or AgentConfig()
+        self.world_dir = Path(world_dir) if world_dir is not None else default_world_dir(seed)
+        if not world_is_built(self.world_dir):
+            build_world(self.world_dir, seed)
+        self.world: World = load_world(self.world_dir)
+        self.seed = self.world.seed
+        self._tmp = Path(tempfile.mkdtemp(prefix="tooltune-env-"))
+        self.flights_db = self._tmp / "flights.db"
+        shutil.copyfile(self.world.flights_db, self.flights_db)
+        self.episodes_dir = self._tmp / "episodes"
+        self.episodes_dir.mkdir()
+        self._lock = threading.RLock()
+        self._shared: dict[str, list[ToolDefinition]] = {}
+        self._index: Any = None
+        self._flights: Any = None
+        self._web: Any = None
+        self._spec: dict | None = None
+        self.closed = False
+
+    # -- services -----------------------------------------------------------------------------
+    @property
+    def index(self) -> Any:
+        """The BM25 index of the corpus (read from disk when the corpus is unchanged)."""
+        with self._lock:
+            if self._index is None:
+                from tooltune.tools.search import SearchIndex
+
+                self._index = SearchIndex.build(self.world.corpus_dir, self.world.index_dir)
+            return self._index
+
+    def flight_url(self) -> str:
+        with self._lock:
+            if self._flights is None:
+                from tooltune.tools.flights import FlightService, flight_openapi_spec
+
+                service = FlightService(self.flights_db)
+                url = service.start()
+                self._flights, self._spec = service, flight_openapi_spec(url)
+            return self._flights.base_url
+
+    def web_url(self) -> str:
+        with self._lock:
+            if self._web is None:
+                from tooltune.tools.browser import WebServer
+
+                server = WebServer(self.world.web_dir)
+                server.start()
+                self._web = server
+            return self._web.base_url
+
+    def overlay_dir(self, episode_id: str) -> Path:
+        """Where the episode's file writes go (reads look here first)."""
+        if not _EPISODE.match(episode_id):
+            raise ValueError(f"bad episode id {episode_id!r}")
+        return self.episodes_dir / episode_id
+
+    # -- tools --------------------------------------------------------------------------------
+    def _shared_family(self, family: str) -> list[ToolDefinition]:
+        with self._lock:
+            return self._build_shared(family)
+
+    def _build_shared(self, family: str) -> list[ToolDefinition]:
+        if family not in self._shared:
+            if family == "search":
+                from tooltune.tools.search import make_search_tools
+
+                tools = make_search_tools(self.index)
+            elif family == "python":
+                from tooltune.tools.code_runner import make_code_tools
+
+                tools = make_code_tools()
+            elif family == "math":
+                from tooltune.tools.math_solver import make_math_tools
+
+                tools = make_math_tools()
+            elif family == "database":
+                from tooltune.tools.database import make_database_tools
+
+                tools = make_database_tools(self.world.db_path)
+            elif family == "images":
+                from tooltune.tools.images import make_image_tools
+
+                tools = make_image_tools(self.world.sandbox_dir)
+            elif family == "registry":
+                tools = make_registry_tools(self.world.db_path)
+            else:
+                raise KeyError(family)
+            self._shared[family] = tools
+        return self._shared[family]
+
+    def _episode_family(self, family: str, episode_id: str) -> list[ToolDefinition]:
+        if family == "files":
+            from tooltune.tools.files import make_file_tools
+
+            return make_file_tools(self.world.sandbox_dir, overlay=self.overlay_dir(episode_id))
+        if family == "flights":
+            from tooltune.tools.openapi import make_openapi_tools
+
+            url = self.flight_url()
+            return make_openapi_tools(self._spec, base_url=url, headers={"X-Episode-Id": episode_id})
+        if family == "browser":
+            from tooltune.tools.browser import make_browser_tools
+
+            url = self.web_url()
+            return make_browser_tools([url], start_url=url + "/index.html")
+        return self._shared_family(family)
+
+    def tool_names(self, include_heldout: bool = False) -> list[str]:
+        return BUILTIN_TOOLS + (FAMILIES["registry"] if include_heldout else [])
+
+    def registry(self, episode_id: str | None = None, tools: list[str] | None = None) -> ToolRegistry:
+        """A fresh registry for one episode: every built-in tool, or only the named ones (which
+        may include the held-out tools `geo_lookup` and `corp_registry`)."""
+        if self.closed:
+            raise RuntimeError("the environment is closed")
+        episode_id = episode_id or uuid.uuid4().hex[:12]
+        names = list(BUILTIN_TOOLS if tools is None else tools)
+        unknown = [n for n in names if n not in TOOL_FAMILY]
+        if unknown:
+            known = ", ".join(self.tool_names(include_heldout=True))
+            raise ToolRegistryError(f"unknown tools: {', '.join(unknown)} (known: {known})")
+        by_name: dict[str, ToolDefinition] = {}
+        for family in dict.fromkeys(TOOL_FAMILY[n] for n in names):
+            for definition in self._episode_family(family, episode_id):
+                by_name[definition.name] = definition
+        registry = ToolRegistry(config=self.config)
+        for name in dict.fromkeys(names):
+            registry.register(by_name[name])
+        if "files" in {TOOL_FAMILY[n] for n in names}:
+            overlay = self.overlay_dir(episode_id)
+            registry.on_close(lambda: _remove_if_empty(overlay))
+        return registry
+
+    def __call__(self, episode_id: str | None = None, tools: list[str] | None = None) -> ToolRegistry:
+        """An environment is a tool source for `TrajectoryCollector` (episode_id, names)."""
+        return self.registry(episode_id, tools)
+
+    # -- verification -------------------------------------------------------------------------
+    def verify(self, task: Any, trajectory: Any) -> bool:
+        from tooltune.tasks.checkers import verify
+
+        return verify(task, trajectory, self)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the services and delete the environment's temporary files."""
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            if self._flights is not None:
+                self._flights.stop()
+            if self._web is not None:
+                self._web.stop()
+            self._flights = self._web = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close must not leave servers behind
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

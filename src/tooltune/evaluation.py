@@ -1,0 +1,140 @@
+"""Evaluation: roll a policy out on tasks and compute the seed's tables.
+
+Accuracy per tier comes from `tooltune.tasks.verify` (the answer or the world state, never a
+reward). The efficiency table is computed from the trajectories:
+
+    avg_steps               assistant turns per episode
+    tool_call_failure_rate  failed tool calls / tool calls
+    unnecessary_call_rate   calls beyond each task's minimal solution / tool calls
+    parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
+
+Episodes run in batches through `TrajectoryCollector`, which generates for the whole batch at
+once and runs the batch's tool calls concurrently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from tooltune.config import AgentConfig, TaskTier
+from tooltune.rollout import SamplingParams, TrajectoryCollector
+from tooltune.tasks.checkers import verify
+from tooltune.types import AgentTrajectory
+
+TIERS = [t.value for t in TaskTier]
+
+
+def _parallel_done(task: Any, trajectory: AgentTrajectory) -> bool:
+    needed = max(2, int(task.metadata.get("parallel") or 2))
+    return any(len(step.action.tool_calls) >= needed for step in trajectory.steps)
+
+
+def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[str, Any]:
+    """The seed's tables from finished trajectories (one per task, in order)."""
+    if len(tasks) != len(trajectories):
+        raise ValueError("one trajectory per task is needed")
+    correct: Counter = Counter()
+    counts: Counter = Counter()
+    by_template: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    steps = calls = failed = extra = 0
+    par_total = par_done = 0
+    for task, traj in zip(tasks, trajectories, strict=True):
+        tier = TaskTier(task.tier).value
+        counts[tier] += 1
+        correct[tier] += bool(traj.success)
+        template = task.metadata.get("template", "")
+        by_template[template][0] += bool(traj.success)
+        by_template[template][1] += 1
+        n_calls = len(traj.tool_calls)
+        steps += len(traj.steps)
+        calls += n_calls
+        failed += sum(not r.success for r in traj.tool_responses)
+        extra += max(0, n_calls - len(task.minimal_calls))
+        if tier == TaskTier.MULTI_TOOL_PAR.value and task.metadata.get("parallel", 0) >= 2:
+            par_total += 1
+            par_done += _parallel_done(task, traj)
+    n = len(tasks)
+    accuracy = {t: (correct[t] / counts[t] if counts[t] else None) for t in TIERS}
+    accuracy["overall"] = sum(correct.values()) / n if n else None
+    return {
+        "n_tasks": n,
+        "counts": {t: counts[t] for t in TIERS},
+        "correct": {t: correct[t] for t in TIERS},
+        "accuracy": accuracy,
+        "avg_steps": steps / n if n else None,
+        "avg_tool_calls": calls / n if n else None,
+        "tool_calls": calls,
+        "tool_call_failure_rate": failed / calls if calls else 0.0,
+        "unnecessary_call_rate": extra / calls if calls else 0.0,
+        "parallel_call_rate": par_done / par_total if par_total else None,
+        "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
+    }
+
+
+def run_evaluation(
+    policy: Any,
+    tasks: list,
+    env: Any,
+    config: AgentConfig | None = None,
+    *,
+    batch_size: int = 32,
+    sampling: SamplingParams | None = None,
+    tool_style: str = "json",
+    progress: Any = None,
+    **collector_kwargs: Any,
+) -> tuple[dict[str, Any], list[AgentTrajectory]]:
+    """Roll out `policy` once per task in `env`; (metrics, trajectories in task order)."""
+    config = config or getattr(env, "config", None) or AgentConfig()
+    if sampling is None:
+        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    collector = TrajectoryCollector(
+        policy,
+        env,
+        config,
+        sampling=sampling,
+        tool_style=tool_style,
+        verifier=lambda task, trajectory: verify(task, trajectory, env),
+        **collector_kwargs,
+    )
+    trajectories: list[AgentTrajectory] = []
+    for start in range(0, len(tasks), max(1, batch_size)):
+        batch = tasks[start : start + batch_size]
+        trajectories += collector.collect(batch)
+        if progress is not None:
+            progress(len(trajectories), len(tasks))
+    return compute_metrics(tasks, trajectories), trajectories
+
+
+def evaluate(
+    policy: Any,
+    tasks: list,
+    env: Any,
+    config: AgentConfig | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Metrics of `policy` on `tasks` (see the module docstring); the trajectories are under
+    the key "trajectories" (drop it before writing the metrics as JSON)."""
+    metrics, trajectories = run_evaluation(policy, tasks, env, config, **kwargs)
+    return {**metrics, "trajectories": trajectories}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The seed's two tables as text."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = ["| Task Tier | Accuracy | n |", "|---|---|---|"]
+    names = {"simple": "Simple", "multi_tool_seq": "Multi-Tool Seq", "multi_tool_par": "Multi-Tool Par",
+             "complex": "Complex"}  # fmt: skip
+    for tier in TIERS:
+        lines.append(f"| {names[tier]} | {pct(metrics['accuracy'][tier])} | {metrics['counts'][tier]} |")
+    lines.append(f"| Overall | {pct(metrics['accuracy']['overall'])} | {metrics['n_tasks']} |")
+    lines += ["", "| Metric | Value |", "|---|---|"]
+    avg = metrics["avg_steps"]
+    lines.append(f"| Avg. Steps per Task | {'-' if avg is None else f'{avg:.2f}'} |")
+    lines.append(f"| Tool Call Failures | {pct(metrics['tool_call_failure_rate'])} |")
+    lines.append(f"| Unnecessary Tool Calls | {pct(metrics['unnecessary_call_rate'])} |")
+    lines.append(f"| Parallel Calls (Multi-Tool Par) | {pct(metrics['parallel_call_rate'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The built-in policy: a BPE tokenizer plus the small transformer, trained from scratch.
+
+It implements tooltune's token-policy interface (``generate``, ``encode``/``decode``,
+``token_logprobs``, ``save``/``load``, ``clone``) and needs nothing beyond torch and tokenizers,
+so the whole pipeline runs on a laptop CPU. See ``tooltune.policies.sampling`` for the exact
+generation semantics (stop strings, log-probs, determinism).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tooltune.policies.sampling import generate_tokens
+from tooltune.policies.tokenizer import BPETokenizer
+from tooltune.policies.transformer import KVCache, Transformer, TransformerConfig, config_for_size
+from tooltune.rollout import Completion, SamplingParams
+
+FORMAT = "tooltune-builtin"
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """[B, T-1] log-prob of token t+1 under the logits at t; 0 where token t+1 is padding."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return picked * attention_mask[:, 1:].to(picked.dtype)
+
+
+class _Backend:
+    """Adapts the transformer to the shared decode loop."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        return self.model.new_cache(batch, capacity)
+
+    def forward_last(self, ids, mask, cache):
+        return self.model(ids, attention_mask=mask, cache=cache)[:, -1]
+
+    def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+        return cache.select_rows(rows)
+
+
+class BuiltinPolicy:
+    """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
+
+    def __init__(self, model: Transformer, tokenizer: BPETokenizer) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                f"{model.config.vocab_size} embeddings"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def create(
+        cls,
+        texts: Iterable[str],
+        size: str = "tiny",
+        seed: int = 0,
+        vocab_size: int = 4096,
+        **overrides,
+    ) -> BuiltinPolicy:
+        """Train a tokenizer on ``texts`` and build a freshly initialised model of a named size
+        (``tiny``, ``small``, ``base``, ``large``; see ``transformer.MODEL_SIZES``).
+        ``overrides`` set other config fields (``max_seq_len``, ``dropout``...)."""
+        tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size)
+        config = config_for_size(size, tokenizer.vocab_size, **overrides)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = Transformer(config)
+        return cls(model, tokenizer)
+
+    # -- tokens ---------------------------------------------------------------------------
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.config.max_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    # -- module plumbing --------------------------------------------------------------------
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> BuiltinPolicy:
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> BuiltinPolicy:
+        self.model.eval()
+        return self
+
+    def to(self, device: str | torch.device) -> BuiltinPolicy:
+        self.model.to(device)
+        return self
+
+    def clone(self) -> BuiltinPolicy:
+        """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return BuiltinPolicy(model, self.tokenizer)
+
+    # -- generation and scoring -------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        prompt_token_ids: list[list[int]] | None = None,
+        use_cache: bool = True,
+    ) -> list[Completion]:
+        """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
+        as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
+        sequence at every step (only useful to measure what the KV cache saves)."""
+        if prompt_token_ids is None:
+            prompt_token_ids = self.tokenizer.encode_batch(list(prompts))
+        elif len(prompt_token_ids) != len(prompts):
+            raise ValueError("prompt_token_ids must have one entry per prompt")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return generate_tokens(
+                _Backend(self.model),
+                prompt_token_ids,
+                sampling,
+                eos_ids=[self.tokenizer.eos_token_id, self.tokenizer.endoftext_id],
+                pad_id=self.pad_token_id,
+                decode=self.decode,
+                max_seq_len=self.max_seq_len,
+                device=self.device,
+                use_cache=use_cache,
+            )
+        finally:
+            self.model.train(was_training)
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients. Padding may be on
+        either side (positions are counted from the mask); padded targets get 0."""
+        logits = self.model(input_ids, attention_mask=attention_mask)
+        return sequence_logprobs(logits, input_ids, attention_mask)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """One directory: config.json, tokenizer.json, model.pt (a plain state dict)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "model": asdict(self.model.config)}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+        self.tokenizer.save(directory / "tokenizer.json")
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save(state, directory / "model.pt")
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> BuiltinPolicy:
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{directory} has no config.json: not a saved built-in policy")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{directory} holds {meta.get('format')!r}, not a {FORMAT} policy")
+        model = Transformer(TransformerConfig(**meta["model"]))
+        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        tokenizer = BPETokenizer.load(directory / "tokenizer.json")
+        return cls(model.to(device), tokenizer)

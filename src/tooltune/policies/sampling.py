@@ -1,0 +1,206 @@
+"""Batched token-by-token generation shared by the built-in and Hugging Face policies.
+
+One loop serves both models through a tiny backend interface (``DecodeBackend``): a forward
+pass that returns the logits of each row's last position, a cache constructor, and a row
+selector. Semantics, identical for every token policy:
+
+* Prompts are left-padded into one batch, so every row's next token sits in the last column.
+* ``temperature == 0`` is greedy decoding. Otherwise tokens are drawn from
+  ``softmax(logits / temperature)`` restricted to the top-p nucleus, with a ``torch.Generator``
+  seeded from ``sampling.seed`` (or from torch's global RNG when the seed is None, so
+  ``torch.manual_seed`` also makes runs repeatable).
+* The reported log-prob of a token is taken from ``log_softmax(logits / temperature)`` over the
+  FULL vocabulary: top-p truncation is NOT included. That is the quantity a trainer can recompute
+  (``token_logprobs`` divided by the temperature), and it is finite for every token. With
+  ``temperature == 0`` it is the untempered ``log_softmax(logits)``.
+* A row finishes on an end-of-sequence id, when its generated text contains a stop string, or
+  when it has used its token budget (``max_new_tokens``, capped by the model's context length).
+  ``Completion.text`` excludes the stop string (and anything after it), but ``token_ids`` keep
+  every generated id up to and including the one that completed the stop string. For the
+  default stop ``<|im_end|>`` that is the end-of-turn token itself, so a training sequence built
+  from the ids ends the assistant turn properly, exactly as the model produced it.
+* Finished rows are dropped from the batch (and its KV cache) once a quarter of the rows are
+  done, so long-running rows do not pay for short ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from tooltune.rollout import Completion, SamplingParams
+
+
+class DecodeBackend(Protocol):
+    def new_cache(self, batch: int, capacity: int) -> Any: ...
+
+    def forward_last(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Logits [B, V] at the last position. ``mask`` covers cached + new positions;
+        ``cache`` is None for a full recompute, else it is updated in place."""
+        ...
+
+    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any: ...
+
+
+def validate_sampling(sampling: SamplingParams) -> None:
+    if sampling.temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {sampling.temperature}")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {sampling.max_new_tokens}")
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B])."""
+    logits = logits.float()
+    if temperature <= 0:
+        tokens = logits.argmax(dim=-1)
+        logp = F.log_softmax(logits, dim=-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logp = F.log_softmax(logits / temperature, dim=-1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+        outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class StopChecker:
+    """Finds stop strings in a row's generated text by decoding only its tail.
+
+    A stop string of n UTF-8 bytes spans at most n tokens (every token is at least one byte),
+    so the last n + 1 tokens contain any occurrence that the newest token completed.
+    """
+
+    def __init__(self, stop: Sequence[str], decode: Callable[[list[int]], str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.decode = decode
+        self.window = max((len(s.encode("utf-8")) for s in self.stop), default=0) + 1
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stop:
+            return False
+        tail = self.decode(ids[-self.window :])
+        return any(s in tail for s in self.stop)
+
+    def cut(self, text: str) -> str:
+        """Text before the earliest stop string."""
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return text[: min(found)] if found else text
+
+
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        if p:
+            ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate_tokens(
+    backend: DecodeBackend,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: SamplingParams,
+    *,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    decode: Callable[[list[int]], str],
+    max_seq_len: int,
+    device: torch.device,
+    use_cache: bool = True,
+) -> list[Completion]:
+    """Generate one completion per prompt, all rows decoded together (see module docstring)."""
+    validate_sampling(sampling)
+    for i, p in enumerate(prompt_ids):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: generation needs at least one token")
+    eos = set(int(e) for e in eos_ids)
+    stopper = StopChecker(list(sampling.stop or []), decode)
+    budgets = [min(sampling.max_new_tokens, max_seq_len - len(p)) for p in prompt_ids]
+    results: list[Completion | None] = [None] * len(prompt_ids)
+    rows = [i for i, b in enumerate(budgets) if b > 0]
+    for i, b in enumerate(budgets):
+        if b <= 0:  # no room left in the context (or nothing asked for)
+            results[i] = Completion(text="", token_ids=[], logprobs=[], finish_reason="length")
+    if not rows:
+        return results  # type: ignore[return-value]
+
+    generator = make_generator(sampling.seed, device)
+    ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id, device)
+    capacity = ids.shape[1] + max(budgets[i] for i in rows)
+    cache = backend.new_cache(len(rows), capacity) if use_cache else None
+    logits = backend.forward_last(ids, mask, cache)
+    out_ids: dict[int, list[int]] = {i: [] for i in rows}
+    out_lps: dict[int, list[float]] = {i: [] for i in rows}
+    done = [False] * len(rows)
+
+    while True:
+        tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
+        for j, i in enumerate(rows):
+            if done[j]:
+                continue
+            tok = int(tokens[j])
+            out_ids[i].append(tok)
+            out_lps[i].append(float(logps[j]))
+            reason = None
+            if tok in eos or stopper.hit(out_ids[i]):
+                reason = "stop"
+            elif len(out_ids[i]) >= budgets[i]:
+                reason = "length"
+            if reason is not None:
+                done[j] = True
+                results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
+        n_done = sum(done)
+        if n_done == len(rows):
+            break
+        ids = torch.cat([ids, tokens[:, None]], dim=1) if not use_cache else tokens[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        if n_done and (n_done * 4 >= len(rows) or not use_cache):
+            keep = [j for j in range(len(rows)) if not done[j]]
+            keep_t = torch.tensor(keep, device=device)
+            rows = [rows[j] for j in keep]
+            done = [False] * len(rows)
+            ids, mask = ids[keep_t], mask[keep_t]
+            if cache is not None:
+                cache = backend.select_cache(cache, keep_t)
+        logits = backend.forward_last(ids, mask, cache)
+    return results  # type: ignore[return-value]
+
+
+def _finish(
+    ids: list[int],
+    logprobs: list[float],
+    reason: str,
+    eos: set[int],
+    stopper: StopChecker,
+    decode: Callable[[list[int]], str],
+) -> Completion:
+    visible = ids[:-1] if ids and ids[-1] in eos else ids
+    text = stopper.cut(decode(visible))
+    return Completion(
+        text=text, token_ids=list(ids), logprobs=list(logprobs), finish_reason=reason
+    )

@@ -1,0 +1,239 @@
+"""A small decoder-only transformer, in one plain file.
+
+RoPE positions, RMSNorm, SwiGLU MLP, tied input/output embeddings and causal attention through
+``F.scaled_dot_product_attention``. The model takes a 2-D ``attention_mask`` (1 = real token,
+0 = padding) that covers the cached keys plus the new tokens, so one batch can hold prompts of
+different lengths (left padding during generation, right padding during training); positions are
+counted per row from that mask, so a padded row computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 384
+    max_seq_len: int = 2048
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("the head size must be even for rotary embeddings")
+
+
+# Named sizes; parameter counts are for a 4096-token vocabulary (embeddings counted once, tied).
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384),  # ~1.4M
+    "small": dict(d_model=256, n_layers=6, n_heads=4, d_ff=768),  # ~6.1M
+    "base": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1536),  # ~29M
+    "large": dict(d_model=640, n_layers=10, n_heads=10, d_ff=1728),  # ~52M
+}
+
+
+def config_for_size(size: str, vocab_size: int, **overrides) -> TransformerConfig:
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+    return TransformerConfig(vocab_size=vocab_size, **{**MODEL_SIZES[size], **overrides})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.float().pow(2).mean(-1, keepdim=True).add(self.eps).rsqrt()
+        return (x.float() * norm).type_as(x) * self.weight
+
+
+def rope_tables(
+    head_dim: int, positions: torch.Tensor, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape [B, 1, T, head_dim/2] for integer positions [B, T]."""
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head vector; x is [B, H, T, hd]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Preallocated keys/values for incremental decoding: [layers, B, H, capacity, head_dim].
+
+    ``length`` is the number of filled positions (the same for every row: rows are aligned by
+    left padding, and padded slots are masked by the attention mask). ``select_rows`` drops
+    finished rows so they stop costing compute.
+    """
+
+    def __init__(self, config: TransformerConfig, batch: int, capacity: int, device, dtype):
+        hd = config.d_model // config.n_heads
+        shape = (config.n_layers, batch, config.n_heads, capacity, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def select_rows(self, rows: torch.Tensor) -> KVCache:
+        self.k = self.k[:, rows, :, :].contiguous()
+        self.v = self.v[:, rows, :, :].contiguous()
+        return self
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.d_model // config.n_heads
+        self.layer_idx = layer_idx
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.k[self.layer_idx, :, :, start : start + T] = k
+            cache.v[self.layer_idx, :, :, start : start + T] = v
+            k = cache.k[self.layer_idx, :, :, : start + T]
+            v = cache.v[self.layer_idx, :, :, : start + T]
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:  # no padding, no cache: plain causal attention (the training fast path)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.apply(self._init_weights)
+        # GPT-2 style: shrink the residual projections so the residual stream starts small.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.config, batch, capacity, p.device, p.dtype)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] for ids [B, T].
+
+        ``attention_mask`` is [B, past + T] (past = cached positions): 1 for real tokens,
+        0 for padding. Without a mask and a cache every token is real and attention is causal.
+        With a cache the new keys/values are written at ``cache.length`` and the length advances.
+        """
+        B, T = ids.shape
+        past = cache.length if cache is not None else 0
+        if cache is not None and past + T > cache.capacity:
+            raise ValueError(f"KV cache overflow: {past + T} > capacity {cache.capacity}")
+        if attention_mask is None:
+            positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
+            mask = None if cache is None else self._attn_mask(torch.ones(B, past + T), T)
+        else:
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} != {(B, past + T)}"
+                )
+            # Position of a token = number of real tokens before it in its row.
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            all_real = cache is None and bool(attention_mask.all())
+            mask = None if all_real else self._attn_mask(attention_mask, T)
+        if mask is not None:
+            mask = mask.to(ids.device)
+        cos, sin = rope_tables(self.config.d_model // self.config.n_heads, positions, self.config.rope_theta)
+        x = self.drop(self.embed(ids))
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x) @ self.embed.weight.T
+
+    @staticmethod
+    def _attn_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+        """Boolean [B, 1, T, S] mask: causal, real keys only, and each query may always see
+        itself (so a padding query's row is never fully masked, which would give NaN)."""
+        B, S = attention_mask.shape
+        past = S - T
+        q_pos = torch.arange(past, S, device=attention_mask.device)[:, None]
+        k_pos = torch.arange(S, device=attention_mask.device)[None, :]
+        causal = k_pos <= q_pos  # [T, S]
+        real = attention_mask.bool()[:, None, :]  # [B, 1, S]
+        allowed = (causal & real) | (k_pos == q_pos)
+        return allowed[:, None]

@@ -1,0 +1,107 @@
+"""Tasks: what an episode asks for, which tools it offers, and how success is verified.
+
+A `Task` is plain data (it round-trips through JSON) so task sets can be sampled once, saved and
+shared between training, evaluation and the CLI. The `check` spec is what `verify` applies to a
+finished trajectory; it never looks at rewards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tooltune.config import TaskTier
+
+
+@dataclass
+class Task:
+    """One task of the built-in world (or of BFCL)."""
+
+    id: str
+    prompt: str
+    tier: TaskTier
+    tools: list[str]
+    answer: Any  # expected answer, for people and checkers
+    check: dict  # serialisable checker spec (see tooltune.tasks.checkers)
+    minimal_calls: list[dict]  # [{"name":..., "arguments":...}] the shortest solution
+    split: str = "train"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tier = TaskTier(self.tier)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tier"] = self.tier.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        known = {"id", "prompt", "tier", "tools", "answer", "check", "minimal_calls", "split", "metadata"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown task fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Task:
+        return cls.from_dict(json.loads(text))
+
+
+def save_tasks(path: Any, tasks: list[Task]) -> None:
+    """Write tasks as JSON lines."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("w", encoding="utf-8") as f:
+        for task in tasks:
+            f.write(task.to_json() + "\n")
+
+
+def load_tasks(path: Any) -> list[Task]:
+    """Read tasks written by `save_tasks`; a bad line names its number."""
+    from pathlib import Path
+
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(Task.from_json(line))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise ValueError(f"{path}:{number}: not a task: {exc}") from None
+    return out
+
+
+def format_task(task: Task) -> str:
+    """A task as a person reads it: prompt, tier, tools, expected answer and shortest solution."""
+    lines = [
+        f"[{task.id}] tier={task.tier.value} split={task.split}",
+        f"prompt: {task.prompt}",
+        f"tools: {', '.join(task.tools)}",
+        f"answer: {json.dumps(task.answer, ensure_ascii=False)}",
+        f"check: {json.dumps(task.check, ensure_ascii=False)[:300]}",
+        "minimal calls:",
+    ]
+    lines += [f"  {json.dumps(c, ensure_ascii=False)}" for c in task.minimal_calls] or ["  (none)"]
+    return "\n".join(lines)
+
+
+# Imported after Task exists: these modules import it from here.
+from tooltune.tasks.checkers import verify  # noqa: E402
+from tooltune.tasks.splits import SPLITS, sample_tasks  # noqa: E402
+
+__all__ = [
+    "SPLITS",
+    "Task",
+    "TaskTier",
+    "format_task",
+    "load_tasks",
+    "sample_tasks",
+    "save_tasks",
+    "verify",
+]

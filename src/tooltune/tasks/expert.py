@@ -1,0 +1,420 @@
+"""A scripted expert that solves the built-in tasks through the real tools.
+
+`ExpertPolicy` is a `Policy`: for each prompt it reads the conversation so far (with
+`chat_format.parse_prompt`), finds the task by its user message, and decides the next assistant
+turn from the task's plan and the tool results already in the conversation. Values are always
+read from those results (a chief executive's name from the search snippet, a column name from
+`describe_table`, a flight id from `search_flights`); the world's ground truth is only used to
+choose what to call. Its trajectories are the SFT demonstrations.
+
+The policy is stateless: a plan is a Python generator that yields turns and receives each
+turn's results, and every `generate` call replays the generator over the results found in the
+prompt. Replaying is cheap and makes batches, retries and resumed conversations trivially right.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from tooltune.chat_format import (
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+    parse_prompt,
+    render_action,
+)
+from tooltune.tasks.checkers import normalize_text
+from tooltune.tasks.generators import closest_column, expand_slots, fmt_value, long_date
+from tooltune.types import AgentAction, ToolCall
+
+NUMERIC_FIELDS = {"Revenue", "Age", "Net worth", "Population", "Area", "Founded", "Employees",
+                  "Approved budget", "Elevation"}  # fmt: skip
+_RESPONSE = re.compile(re.escape(TOOL_RESPONSE_OPEN) + r"(.*?)" + re.escape(TOOL_RESPONSE_CLOSE), re.DOTALL)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+class ExpertError(RuntimeError):
+    """A tool result the plan cannot continue from (the expert then gives up, visibly)."""
+
+
+@dataclass
+class Result:
+    """One tool response as the model sees it in the tool turn."""
+
+    name: str
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+@dataclass
+class Turn:
+    """One assistant turn: a short plan, tool calls, or the final answer."""
+
+    think: str = ""
+    calls: list[dict] = field(default_factory=list)
+    answer: str | None = None
+
+    def render(self) -> str:
+        calls = [ToolCall(id=f"call_{i}", name=c["name"], arguments=c["arguments"]) for i, c in enumerate(self.calls)]
+        kind = "tool_call" if calls else "respond"
+        return render_action(AgentAction(kind, self.answer or "", calls, self.think))
+
+
+Plan = Generator[Turn, list[Result], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the conversation
+# --------------------------------------------------------------------------------------------
+
+
+def parse_results(content: str) -> list[Result]:
+    """The `<tool_response>` blocks of a tool turn."""
+    out = []
+    for body in _RESPONSE.findall(content):
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            out.append(Result("", False, error="unreadable tool response"))
+            continue
+        if "error" in data:
+            out.append(Result(data.get("name", ""), False, error=str(data["error"])))
+        else:
+            value = data.get("result")
+            if isinstance(value, str):  # a clipped long result arrives as text
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            out.append(Result(data.get("name", ""), True, value))
+    return out
+
+
+def conversation(prompt: str) -> tuple[str, list[list[Result]]]:
+    """(user message, results of each tool turn so far) from a rendered prompt."""
+    messages = parse_prompt(prompt)
+    user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    results = [parse_results(m["content"]) for m in messages if m["role"] == "tool"]
+    return user, results
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction: values from tool results
+# --------------------------------------------------------------------------------------------
+
+
+def to_number(text: Any) -> int | float:
+    if isinstance(text, bool):
+        raise ExpertError(f"not a number: {text!r}")
+    if isinstance(text, int | float):
+        return text
+    match = _NUMBER.search(str(text))
+    if not match:
+        raise ExpertError(f"no number in {text!r}")
+    value = float(match.group().replace(",", ""))
+    return int(value) if value.is_integer() and "." not in match.group() else value
+
+
+def field_value(text: str, name: str) -> Any:
+    """`Name: value` from an article, a memo or a page (`- Name: value`)."""
+    match = re.search(rf"{re.escape(name)}:\s*(.+?)(?:\.\s|\.$|\.\.\.|\n|$)", text)
+    if not match:
+        raise ExpertError(f"no {name!r} in the text")
+    value = match.group(1).strip()
+    return to_number(value) if name in NUMERIC_FIELDS else value
+
+
+def _sql(result: Any, column: str | None) -> Any:
+    if not isinstance(result, dict) or not result.get("rows"):
+        raise ExpertError("the query returned no rows")
+    columns = result.get("columns", [])
+    index = columns.index(column) if column in columns else 0
+    return result["rows"][0][index]
+
+
+def _hit(result: Any, title: str) -> dict:
+    hits = result if isinstance(result, list) else []
+    for hit in hits:
+        if isinstance(hit, dict) and normalize_text(hit.get("title", "")) == normalize_text(title):
+            return hit
+    raise ExpertError(f"no search result titled {title!r}")
+
+
+def _csv_rows(result: Any) -> list[dict]:
+    content = result.get("content", "") if isinstance(result, dict) else str(result)
+    return list(csv.DictReader(io.StringIO(content)))
+
+
+def _links(result: Any) -> dict[str, int]:
+    content = result.get("content", "") if isinstance(result, dict) else ""
+    return {m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)}
+
+
+def extract(spec: dict, result: Any, values: dict) -> Any:
+    kind = spec["kind"]
+    if kind == "sql":
+        return _sql(result, spec.get("column"))
+    if kind == "search":
+        return field_value(_hit(result, expand_slots(spec["title"], values))["snippet"], spec["field"])
+    if kind == "field":
+        if isinstance(result, dict):
+            text = result.get("content") or result.get("text") or ""
+        else:
+            text = str(result)
+        return field_value(text, spec["field"])
+    if kind == "numeric":
+        number = result.get("numeric") if isinstance(result, dict) else None
+        value = number if number is not None else to_number(result.get("result"))
+        return round(value, 10) if isinstance(value, float) else value
+    if kind == "solve":
+        return to_number(result["numeric"][0][spec["var"]])
+    if kind == "stdout":
+        return to_number(result["stdout"].strip())
+    if kind == "csv":
+        for row in _csv_rows(result):
+            if row.get(spec["key_col"]) == spec["key"]:
+                return to_number(row[spec["col"]])
+        raise ExpertError(f"no row with {spec['key_col']} = {spec['key']}")
+    if kind == "csv_column":
+        return [to_number(row[spec["col"]]) for row in _csv_rows(result)]
+    if kind == "shapes":
+        shapes = result.get("shapes", []) if isinstance(result, dict) else []
+        return sum(
+            1
+            for s in shapes
+            if (spec.get("color") is None or s.get("color") == spec["color"])
+            and (spec.get("shape") is None or s.get("kind") == spec["shape"])
+        )
+    if kind == "link":
+        target = expand_slots(spec["text"], values)
+        links = _links(result)
+        if target not in links:
+            raise ExpertError(f"no link {target!r} on the page")
+        return links[target]
+    if kind == "page_field":
+        return field_value(result.get("content", ""), spec["field"])
+    if kind == "key":
+        if not isinstance(result, dict) or spec["key"] not in result:
+            raise ExpertError(f"no {spec['key']!r} in the result")
+        return result[spec["key"]]
+    if kind == "none":
+        return None
+    raise ExpertError(f"unknown extraction {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------------------
+
+
+def _checked(results: list[Result], n: int) -> list[Result]:
+    if len(results) != n:
+        raise ExpertError(f"expected {n} tool results, got {len(results)}")
+    return results
+
+
+def _plain_step(step: dict, values: dict) -> Plan:
+    calls = [expand_slots(o["call"], values) for o in step["calls"]]
+    results = _checked((yield Turn(expand_slots(step["think"], values), calls)), len(calls))
+    missing = []
+    for o, r, c in zip(step["calls"], results, calls, strict=True):
+        if not r.ok:
+            raise ExpertError(f"{c['name']} failed: {r.error}")
+        try:
+            values[o["as"]] = extract(o["extract"], r.value, values)
+        except ExpertError:
+            if o["extract"]["kind"] != "search":
+                raise
+            missing.append(o)  # the snippet did not show the fact: open the document
+            continue
+        for name, spec in o.get("also", {}).items():
+            values[name] = extract(spec, r.value, values)
+    if missing:
+        hits = []
+        for o, r in zip(step["calls"], results, strict=True):
+            if o in missing:
+                hits.append(_hit(r.value, expand_slots(o["extract"]["title"], values))["id"])
+        think = "The snippets do not show everything; open the documents."
+        opened = _checked((yield Turn(think, [{"name": "open_document", "arguments": {"doc_id": h}} for h in hits])), len(hits))
+        for o, r in zip(missing, opened, strict=True):
+            if not r.ok:
+                raise ExpertError(f"open_document failed: {r.error}")
+            values[o["as"]] = field_value(r.value.get("text", ""), o["extract"]["field"])
+            for name, spec in o.get("also", {}).items():
+                values[name] = field_value(r.value.get("text", ""), spec["field"])
+
+
+def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
+    origin, destination = expand_slots(step["origin"], values), expand_slots(step["destination"], values)
+    passenger, day, criterion = expand_slots(step["passenger"], values), step["date"], step["criterion"]
+    phrase = plan.get("date_phrase", "")
+    when = f"Today is {long_date(today)}, so {phrase} is {day}. " if phrase else ""
+    think = f"{when}Search {origin} to {destination} on {day}, book the {criterion} flight for {passenger}, then confirm."
+    search = {"name": "search_flights", "arguments": {"origin": origin, "destination": destination, "date": day}}
+    (found,) = _checked((yield Turn(think, [search])), 1)
+    if not found.ok or not isinstance(found.value, dict):
+        raise ExpertError(f"search_flights failed: {found.error}")
+    flights = list(found.value.get("flights", []))
+    if criterion == "cheapest":
+        flights.sort(key=lambda f: (f["price"], f["departure"]))
+    else:
+        flights.sort(key=lambda f: (f["departure"], f["price"]))
+    booking = None
+    for i, flight in enumerate(flights):
+        if i == 0:
+            think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${fmt_value(flight['price'])}). Book it."
+        else:
+            think = f"That flight sold out. The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
+        book = {"name": "book_flight", "arguments": {"flight_id": flight["id"], "passenger": passenger}}
+        (booked,) = _checked((yield Turn(think, [book])), 1)
+        if booked.ok:
+            booking, chosen = booked.value, flight
+            break
+        if "sold out" not in booked.error and "409" not in booked.error:
+            raise ExpertError(f"book_flight failed: {booked.error}")
+    if booking is None:
+        raise ExpertError("every flight sold out")
+    confirm = {"name": "confirm_booking", "arguments": {"booking_id": booking["booking_id"]}}
+    (confirmed,) = _checked((yield Turn(f"Booking {booking['booking_id']} is pending; confirm it.", [confirm])), 1)
+    if not confirmed.ok or confirmed.value.get("status") != "confirmed":
+        raise ExpertError(f"confirm_booking failed: {confirmed.error}")
+    values.update(
+        booking_id=booking["booking_id"], flight_id=chosen["id"], airline=chosen["airline"],
+        departure=chosen["departure"], price=chosen["price"], passenger=passenger, date=day,
+    )  # fmt: skip
+
+
+def _read_or_find(step: dict, values: dict) -> Plan:
+    path = step["path"]
+    read = {"name": "read_file", "arguments": {"path": path}}
+    (first,) = _checked((yield Turn(f"Read {path}.", [read])), 1)
+    if not first.ok:
+        think = f"{path} is not there; it was probably moved. Search the files for {step['pattern']}."
+        search = {"name": "search_files", "arguments": {"pattern": step["pattern"]}}
+        (found,) = _checked((yield Turn(think, [search])), 1)
+        if not found.ok:
+            raise ExpertError(f"search_files failed: {found.error}")
+        paths = [m.split(":", 1)[0] for m in found.value.get("matches", [])]
+        chosen = next((p for p in paths if step["select"] in p), None)
+        if chosen is None:
+            raise ExpertError(f"no file matching {step['select']!r}")
+        (first,) = _checked((yield Turn(f"The memo is now at {chosen}. Read it.", [{"name": "read_file", "arguments": {"path": chosen}}])), 1)
+        if not first.ok:
+            raise ExpertError(f"read_file failed: {first.error}")
+    values[step["as"]] = extract(step["extract"], first.value, values)
+
+
+def _sql_fix(step: dict, values: dict) -> Plan:
+    query = step["query"]
+    (first,) = _checked((yield Turn("Run the query as given first.", [{"name": "sql_query", "arguments": {"query": query}}])), 1)
+    if not first.ok:
+        wrong = re.search(r"no such column: (\w+)", first.error)
+        table = re.search(r"\bFROM\s+(\w+)", query, re.IGNORECASE)
+        if not wrong or not table:
+            raise ExpertError(f"cannot repair: {first.error}")
+        think = f"Column {wrong.group(1)} does not exist. Check the columns of {table.group(1)}."
+        (desc,) = _checked((yield Turn(think, [{"name": "describe_table", "arguments": {"table": table.group(1)}}])), 1)
+        if not desc.ok:
+            raise ExpertError(f"describe_table failed: {desc.error}")
+        columns = [c["name"] for c in desc.value.get("columns", [])]
+        right = closest_column(wrong.group(1), columns)
+        if right is None:
+            raise ExpertError(f"no column like {wrong.group(1)!r}")
+        fixed = re.sub(rf"\b{re.escape(wrong.group(1))}\b", right, query)
+        think = f"The column is called {right}. Run the corrected query."
+        (first,) = _checked((yield Turn(think, [{"name": "sql_query", "arguments": {"query": fixed}}])), 1)
+        if not first.ok:
+            raise ExpertError(f"the corrected query failed: {first.error}")
+    values[step["as"]] = extract(step["extract"], first.value, values)
+
+
+BOOKING_ANSWER = ("Booked <<passenger>> on flight <<flight_id>> (<<airline>>, <<date>>, departing <<departure>>, "
+                  "$<<price>>). Booking <<booking_id>> is confirmed.")  # fmt: skip
+
+
+def run_plan(plan: dict, today: date) -> Plan:
+    """The expert's whole episode for one task, as a generator of turns."""
+    values: dict[str, Any] = {}
+    for step in plan["steps"]:
+        macro = step.get("macro")
+        if macro == "book":
+            yield from _book(step, values, plan, today)
+        elif macro == "read_or_find":
+            yield from _read_or_find(step, values)
+        elif macro == "sql_fix":
+            yield from _sql_fix(step, values)
+        else:
+            yield from _plain_step(step, values)
+    reduce = plan.get("reduce")
+    think = ""
+    if reduce:
+        numbers = [to_number(values[v]) for v in reduce["vars"]]
+        pick = max if reduce["kind"] == "argmax" else min
+        best = reduce["names"][numbers.index(pick(numbers))]
+        values[reduce["as"]] = best
+        listed = ", ".join(f"{n} {fmt_value(v)}" for n, v in zip(reduce["names"], numbers, strict=True))
+        side = "highest" if reduce["kind"] == "argmax" else "lowest"
+        think = f"{reduce.get('what', 'values').capitalize()}: {listed}. The {side} is {best}."
+    yield Turn(think=think, answer=expand_slots(plan["answer"] or BOOKING_ANSWER, values))
+
+
+def next_turn(plan: dict, today: date, history: list[list[Result]]) -> Turn:
+    """Replay the plan over the results seen so far; the next turn is what it yields then."""
+    gen = run_plan(plan, today)
+    try:
+        turn = next(gen)
+        for results in history:
+            if turn.answer is not None:
+                break
+            turn = gen.send(results)
+    except ExpertError as exc:
+        return Turn(answer=f"I could not finish the task: {exc}")
+    except StopIteration:
+        return Turn(answer="I could not finish the task.")
+    return turn
+
+
+class ExpertPolicy:
+    """A `Policy` that plays the expert for the tasks it was given (found by user prompt)."""
+
+    def __init__(self, tasks: list | None = None, today: date | None = None, world: Any = None) -> None:
+        self.tasks: dict[str, Any] = {}
+        self.today = today or (world.today if world is not None else None)
+        self.add(tasks or [])
+
+    def add(self, tasks: list) -> None:
+        for task in tasks:
+            if "plan" not in task.metadata:
+                raise ValueError(f"task {task.id} has no expert plan")
+            self.tasks[task.prompt] = task
+
+    def _today(self, task: Any) -> date:
+        if self.today is not None:
+            return self.today
+        match = re.search(r"Today is \w+, (\d+) (\w+) (\d{4})", task.prompt)
+        if match:
+            from tooltune.tasks.generators import MONTHS
+
+            return date(int(match.group(3)), MONTHS.index(match.group(2)) + 1, int(match.group(1)))
+        return date.today()
+
+    def generate(self, prompts: list[str], sampling: Any = None, prompt_token_ids: Any = None) -> list:
+        from tooltune.rollout import Completion
+
+        out = []
+        for prompt in prompts:
+            user, history = conversation(prompt)
+            task = self.tasks.get(user)
+            if task is None:
+                out.append(Completion("I have no plan for this task."))
+                continue
+            turn = next_turn(task.metadata["plan"], self._today(task), history)
+            out.append(Completion(turn.render()))
+        return out

@@ -1,0 +1,152 @@
+"""Splits and sampling: train / validation / test / heldout_tools.
+
+Entities (places, companies, people, products, orders, files, images, routes) are divided into
+pools of 60/20/20 when the world is built; each split draws its entities from its own pool, so
+the test set asks about companies and cities the training set never mentions. Some templates are
+held out as well: they appear only in test, so test also measures transfer to new task shapes.
+`heldout_tools` tasks need `geo_lookup` / `corp_registry`, tools never offered in training.
+
+Every sample is reproducible: task `i` of `sample_tasks(split, n, seed)` is generated from its
+own random stream, so it does not depend on `n` or on the other tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from tooltune.config import TaskTier
+from tooltune.tasks import Task
+from tooltune.tasks.generators import (
+    BUILTIN_FAMILIES,
+    FAMILIES,
+    TEMPLATES,
+    Ctx,
+    Draft,
+    Template,
+    minimal_calls,
+)
+from tooltune.tasks.world import World, build_world, load_world, world_is_built
+
+SPLITS = ("train", "validation", "test", "heldout_tools")
+POOL_OF_SPLIT = {"train": "train", "validation": "validation", "test": "test", "heldout_tools": "test"}
+DEFAULT_TIER_WEIGHTS = {
+    TaskTier.SIMPLE: 0.3,
+    TaskTier.MULTI_TOOL_SEQ: 0.3,
+    TaskTier.MULTI_TOOL_PAR: 0.2,
+    TaskTier.COMPLEX: 0.2,
+}
+_MAX_TRIES = 50
+
+
+def default_world_dir(seed: int = 0) -> Path:
+    return Path.home() / ".cache" / "tooltune" / f"world-{seed}"
+
+
+def get_world(world: World | str | Path | None = None, seed: int = 0) -> World:
+    """A `World`, loading (or building) it from a directory; None means the default cache dir."""
+    if isinstance(world, World):
+        return world
+    if hasattr(world, "world") and isinstance(world.world, World):  # an Environment
+        return world.world
+    path = Path(world) if world is not None else default_world_dir(seed)
+    if not world_is_built(path):
+        return build_world(path, seed)
+    return load_world(path)
+
+
+def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
+    """Templates a split may use: train/validation never see held-out templates or tools."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    if split == "heldout_tools":
+        chosen = [t for t in TEMPLATES if t.heldout_tools]
+    elif split == "test":
+        chosen = [t for t in TEMPLATES if not t.heldout_tools]
+    else:
+        chosen = [t for t in TEMPLATES if not t.heldout_tools and not t.heldout]
+    return [t for t in chosen if tier is None or t.tier == tier]
+
+
+def _tool_names(draft: Draft, rng: random.Random) -> list[str]:
+    """The families the task needs plus one distractor family, in a fixed order."""
+    needed = list(dict.fromkeys(draft.families))
+    spare = [f for f in BUILTIN_FAMILIES if f not in needed and f != "flights"]
+    families = set(needed) | {rng.choice(spare)}
+    order = [*BUILTIN_FAMILIES, "registry"]
+    return [name for fam in order if fam in families for name in FAMILIES[fam]]
+
+
+def make_task(template: Template, world: World, split: str, rng: random.Random, task_id: str) -> Task:
+    """One task from `template`; raises LookupError when the pool cannot support it."""
+    ctx = Ctx(world=world, rng=rng, pool=POOL_OF_SPLIT[split])
+    draft = template.make(ctx)
+    return Task(
+        id=task_id,
+        prompt=draft.prompt,
+        tier=template.tier,
+        tools=_tool_names(draft, rng),
+        answer=draft.answer,
+        check=draft.check,
+        minimal_calls=minimal_calls(draft),
+        split=split,
+        metadata={
+            "template": template.id,
+            "plan": draft.plan,
+            "parallel": draft.parallel,
+            "world_seed": world.seed,
+        },
+    )
+
+
+def _weights(tier_weights: dict[Any, float] | None, tiers: list[Any] | None) -> dict[TaskTier, float]:
+    weights = {TaskTier(k): float(v) for k, v in (tier_weights or DEFAULT_TIER_WEIGHTS).items()}
+    if tiers is not None:
+        allowed = {TaskTier(t) for t in tiers}
+        weights = {t: (weights.get(t, 0.0) or 1.0) for t in allowed}
+    weights = {t: w for t, w in weights.items() if w > 0}
+    if not weights:
+        raise ValueError("no tier has a positive weight")
+    return weights
+
+
+def sample_tasks(
+    split: str,
+    n: int,
+    seed: int = 0,
+    tier_weights: dict[Any, float] | None = None,
+    tiers: list[Any] | None = None,
+    world: World | str | Path | None = None,
+    unique: bool = True,
+) -> list[Task]:
+    """`n` tasks of `split`, tiers drawn by `tier_weights` (default 30/30/20/20), optionally only
+    `tiers`. With `unique`, prompts do not repeat within the sample (when the pool allows)."""
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    w = get_world(world)
+    weights = _weights(tier_weights, tiers)
+    tier_list, tier_w = list(weights), list(weights.values())
+    by_tier = {t: templates_for(split, t) for t in tier_list}
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for i in range(n):
+        rng = random.Random(f"{split}:{seed}:{i}")
+        tier = rng.choices(tier_list, tier_w)[0]
+        if not by_tier[tier]:
+            raise ValueError(f"split {split!r} has no templates of tier {tier.value}")
+        task = None
+        for attempt in range(_MAX_TRIES):
+            template = rng.choice(by_tier[tier])
+            try:
+                candidate = make_task(template, w, split, rng, f"{split}-{seed}-{i:05d}")
+            except LookupError:  # the pool cannot support this template (e.g. a tie)
+                continue
+            task = candidate
+            if not (unique and candidate.prompt in seen):
+                break
+        if task is None:
+            raise RuntimeError(f"could not generate task {i} of split {split!r} (tier {tier.value})")
+        seen.add(task.prompt)
+        tasks.append(task)
+    return tasks

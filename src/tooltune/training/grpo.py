@@ -1,0 +1,369 @@
+"""Group Relative Policy Optimization over recorded agent trajectories.
+
+Each task is rolled out `num_samples` times; a sample's advantage is its reward relative to its
+group (mean, min or a learned baseline), optionally divided by the group's reward std. The policy
+is updated with the token-level PPO-clipped objective, using the sampling log-probs recorded at
+rollout time as the old policy, plus a k3 KL penalty towards a frozen reference policy. Only the
+model's own tokens (mask == 1) enter the loss; prompts and tool outputs are context.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tooltune.training.sft import TokenBatch, collate, policy_device, trainable_parameters
+
+AGGREGATIONS = ("seq_mean", "token_mean", "constant")
+BASELINES = ("mean", "min", "learned")
+
+# A learned baseline maps one group of trajectories to one baseline value per trajectory.
+BaselineFn = Callable[[Sequence[Any]], Sequence[float]]
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    baseline: str = "mean",
+    scale: bool = True,
+    learned: Sequence[float] | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Advantages of one group's rewards: `(r - b) / std(r)` (std only when `scale`).
+
+    `b` is the group mean, the group minimum, or the per-sample `learned` baseline. The std is the
+    unbiased sample std of the group's rewards. Unlike the seed, the "min" baseline is not re-centred
+    afterwards, so it really is a different baseline from "mean".
+    """
+    if baseline == "mean":
+        b = rewards.mean()
+    elif baseline == "min":
+        b = rewards.min()
+    elif baseline == "learned":
+        if learned is None or len(learned) != len(rewards):
+            raise ValueError("the learned baseline must give one value per trajectory")
+        b = torch.as_tensor(list(learned), dtype=rewards.dtype)
+    else:
+        raise ValueError(f"unknown reward_baseline {baseline!r}; expected one of {BASELINES}")
+    adv = rewards - b
+    if scale and len(rewards) > 1:
+        adv = adv / (rewards.std() + eps)
+    return adv
+
+
+@dataclass
+class LossTerms:
+    """The loss of one (micro-)batch and the sums needed to report batch-level statistics."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    kl_loss: torch.Tensor
+    kl_sum: float
+    clipped: float
+    ratio_sum: float
+    drift_sum: float
+    tokens: float
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    kl_coef: float,
+    aggregation: str,
+    *,
+    num_seqs: int | None = None,
+    num_tokens: float | None = None,
+    constant: float = 1.0,
+) -> LossTerms:
+    """Token-level clipped GRPO loss for `[B, T]` log-probs and `[B]` advantages.
+
+    Per token: `-min(r*A, clip(r, 1-eps, 1+eps)*A) + kl_coef * k3`, with `r = exp(logp - old)`
+    and `k3 = exp(ref - logp) - (ref - logp) - 1` (non-negative, unbiased for KL(pi || ref)).
+
+    Aggregation over mask==1 tokens:
+      * "seq_mean":   mean over each sequence's tokens, then mean over sequences (GRPO);
+      * "token_mean": sum over all tokens / number of tokens in the batch (DAPO);
+      * "constant":   sum over all tokens / (num_seqs * constant) (Dr. GRPO).
+    `num_seqs` / `num_tokens` are the sizes of the whole optimisation batch; passing them when
+    this call sees only a micro-batch makes the micro-batch losses add up to the full-batch loss.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"unknown loss_aggregation {aggregation!r}; expected one of {AGGREGATIONS}"
+        )
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype).unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    if ref_logp is not None:
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1.0
+    else:
+        kl = torch.zeros_like(logp)
+
+    num_seqs = logp.shape[0] if num_seqs is None else num_seqs
+    if aggregation == "seq_mean":
+        lengths = mask.sum(dim=1).clamp(min=1.0)
+
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return ((x * mask).sum(dim=1) / lengths).sum() / num_seqs
+    elif aggregation == "token_mean":
+        denom = mask.sum().item() if num_tokens is None else num_tokens
+
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return (x * mask).sum() / max(denom, 1.0)
+    else:
+
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return (x * mask).sum() / (num_seqs * constant)
+
+    policy_loss = reduce(pg)
+    kl_loss = reduce(kl)
+    with torch.no_grad():
+        is_clipped = ((ratio < 1.0 - clip_eps) & (adv < 0)) | ((ratio > 1.0 + clip_eps) & (adv > 0))
+        stats = (
+            (kl * mask).sum().item(),
+            (is_clipped.to(mask.dtype) * mask).sum().item(),
+            (ratio * mask).sum().item(),
+            ((logp - old_logp).abs() * mask).sum().item(),
+            mask.sum().item(),
+        )
+    return LossTerms(policy_loss + kl_coef * kl_loss, policy_loss, kl_loss, *stats)
+
+
+def accepts_temperature(policy: Any) -> bool:
+    """Whether `policy.token_logprobs` takes a `temperature` keyword."""
+    try:
+        params = inspect.signature(policy.token_logprobs).parameters
+    except (TypeError, ValueError):
+        return False
+    return "temperature" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+
+
+OLD_LOGPROBS = ("auto", "recorded", "recompute")
+
+
+class GRPOTrainer:
+    """GRPO updates for a token policy (`token_logprobs`, `.model`, `pad_token_id`).
+
+    `train_step` does the whole update, `optimizer.step()` included. `baseline_fn` is required when
+    `config.reward_baseline == "learned"` (see `reward_model.learned_baseline`). `minibatch_size`
+    splits each inner epoch into several optimizer steps (None: one step over the whole batch);
+    `config.grad_accum_steps` splits every optimizer step into that many micro-batches for memory,
+    with normalisers taken over the whole step so the result is the same as one big batch.
+    `loss_constant` is the Dr. GRPO divisor per sequence (default `config.max_new_tokens`).
+
+    Old log-probs (`old_logprobs`): "recorded" uses the sampling log-probs stored in each
+    `TokenRecord`; "recompute" scores the batch with the current policy before the update.
+    Samplers report log-probs of the temperature-scaled distribution, so the recorded ones only
+    match what the trainer computes when the temperature is 1 or `token_logprobs` accepts a
+    `temperature` keyword (then the trainer passes `config.temperature`, for the policy and the
+    reference alike). "auto" picks "recorded" in those cases and "recompute" otherwise, instead of
+    letting a temperature mismatch masquerade as a policy change and clip every token.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        ref_policy: Any | None,
+        optimizer: torch.optim.Optimizer,
+        config: Any,
+        *,
+        scheduler: Any | None = None,
+        baseline_fn: BaselineFn | None = None,
+        minibatch_size: int | None = None,
+        loss_constant: float | None = None,
+        max_len: int | None = None,
+        old_logprobs: str = "auto",
+    ):
+        if config.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown loss_aggregation {config.loss_aggregation!r}")
+        if config.reward_baseline not in BASELINES:
+            raise ValueError(f"unknown reward_baseline {config.reward_baseline!r}")
+        if config.reward_baseline == "learned" and baseline_fn is None:
+            raise ValueError('reward_baseline="learned" needs a baseline_fn (a reward model)')
+        if ref_policy is None and config.kl_coef > 0:
+            raise ValueError("kl_coef > 0 needs a reference policy")
+        if old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {old_logprobs!r}")
+        self.policy = policy
+        self.ref_policy = ref_policy
+        self.optimizer = optimizer
+        self.config = config
+        self.scheduler = scheduler
+        self.baseline_fn = baseline_fn
+        self.minibatch_size = minibatch_size
+        self.loss_constant = float(loss_constant or getattr(config, "max_new_tokens", 256))
+        self.max_len = max_len if max_len is not None else getattr(policy, "max_seq_len", None)
+        self.params = trainable_parameters(policy)
+        temperature = float(getattr(config, "temperature", 1.0))
+        self.temperature = temperature if temperature > 0 else 1.0
+        self._policy_kwargs = self._temperature_kwargs(policy)
+        self._ref_kwargs = self._temperature_kwargs(ref_policy) if ref_policy is not None else {}
+        if old_logprobs == "auto":
+            consistent = self.temperature == 1.0 or bool(self._policy_kwargs)
+            old_logprobs = "recorded" if consistent else "recompute"
+        self.old_logprobs = old_logprobs
+        if ref_policy is not None:
+            ref_policy.model.eval()
+            for p in ref_policy.model.parameters():
+                p.requires_grad_(False)
+
+    def _temperature_kwargs(self, policy: Any) -> dict[str, float]:
+        if self.temperature != 1.0 and accepts_temperature(policy):
+            return {"temperature": self.temperature}
+        return {}
+
+    def compute_advantages(
+        self, groups: Sequence[Sequence[Any]]
+    ) -> tuple[list[Any], list[float], list[float], int]:
+        """Flatten the groups that carry signal: (trajectories, advantages, rewards, skipped).
+
+        A group whose rewards are all equal has no relative signal (every advantage would be 0
+        under the mean baseline), so it is skipped rather than spending compute on it.
+        """
+        kept: list[Any] = []
+        advantages: list[float] = []
+        rewards_all: list[float] = []
+        skipped = 0
+        for group in groups:
+            rewards = torch.tensor([float(t.total_reward) for t in group], dtype=torch.float64)
+            rewards_all.extend(rewards.tolist())
+            if len(group) < 2 or (rewards.max() - rewards.min()).item() < 1e-9:
+                skipped += 1
+                continue
+            learned = None
+            if self.config.reward_baseline == "learned":
+                learned = list(self.baseline_fn(group))
+            adv = group_advantages(
+                rewards, self.config.reward_baseline, self.config.scale_rewards, learned
+            )
+            kept.extend(group)
+            advantages.extend(adv.tolist())
+        return kept, advantages, rewards_all, skipped
+
+    def _logprobs(self, policy: Any, kwargs: dict, batch: TokenBatch) -> torch.Tensor:
+        return policy.token_logprobs(batch.input_ids, batch.attention_mask, **kwargs).float()
+
+    @torch.no_grad()
+    def _score(self, policy: Any, kwargs: dict, full: TokenBatch) -> torch.Tensor:
+        """Log-probs of the whole batch without gradients, in micro-batches."""
+        was_training = policy.model.training
+        policy.model.eval()
+        try:
+            n = full.input_ids.shape[0]
+            step = max(1, math.ceil(n / max(1, int(getattr(self.config, "grad_accum_steps", 1)))))
+            parts = [
+                self._logprobs(policy, kwargs, full.select(list(range(s, min(s + step, n)))))
+                for s in range(0, n, step)
+            ]
+        finally:
+            policy.model.train(was_training)
+        return torch.cat(parts)
+
+    def train_step(self, groups: Sequence[Sequence[Any]]) -> dict[str, float]:
+        """One GRPO update on `groups` (one inner list of sampled trajectories per task)."""
+        cfg = self.config
+        trajectories, advantages, rewards, skipped = self.compute_advantages(groups)
+        metrics: dict[str, float] = {
+            "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0,
+            "skipped_groups": float(skipped),
+            "num_groups": float(len(groups)),
+            "num_trajectories": float(len(trajectories)),
+        }
+        if not trajectories:
+            metrics.update(
+                loss=0.0, policy_loss=0.0, kl_div=0.0, mean_advantage=0.0, clip_fraction=0.0,
+                grad_norm=0.0, ratio_mean=1.0, logprob_drift=0.0, num_tokens=0.0,
+                optimizer_steps=0.0, lr=self.optimizer.param_groups[0]["lr"],
+            )  # fmt: skip
+            return metrics
+
+        device = policy_device(self.policy)
+        full = collate(trajectories, self.policy.pad_token_id, self.max_len).to(device)
+        if self.old_logprobs == "recompute":
+            full.old_logprobs = self._score(self.policy, self._policy_kwargs, full)
+        adv = torch.tensor(advantages, dtype=torch.float32, device=device)
+        ref_logp = None
+        if self.ref_policy is not None:
+            ref_logp = self._score(self.ref_policy, self._ref_kwargs, full)
+
+        n = len(trajectories)
+        mb_size = n if not self.minibatch_size else min(self.minibatch_size, n)
+        accum = max(1, int(getattr(cfg, "grad_accum_steps", 1)))
+        clip_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
+        sums = dict(loss=0.0, policy_loss=0.0, kl=0.0, clipped=0.0, ratio=0.0, tokens=0.0, gn=0.0)
+        drift, drift_tokens = 0.0, 0.0
+        steps = 0
+        # Dropout off: the ratio must measure how the policy changed, not dropout noise, and
+        # the recorded log-probs were sampled without dropout. Gradients flow in eval mode.
+        was_training = self.policy.model.training
+        self.policy.model.eval()
+        for _epoch in range(max(1, int(cfg.ppo_epochs))):
+            order = torch.randperm(n).tolist() if mb_size < n else list(range(n))
+            for start in range(0, n, mb_size):
+                mb_index = order[start : start + mb_size]
+                mb_tokens = full.loss_mask[mb_index].sum().item()
+                self.optimizer.zero_grad(set_to_none=True)
+                micro = max(1, math.ceil(len(mb_index) / accum))
+                for m in range(0, len(mb_index), micro):
+                    idx = mb_index[m : m + micro]
+                    batch = full.select(idx)
+                    logp = self._logprobs(self.policy, self._policy_kwargs, batch)
+                    terms = grpo_loss(
+                        logp,
+                        batch.old_logprobs,
+                        None if ref_logp is None else ref_logp[idx],
+                        adv[idx],
+                        batch.loss_mask,
+                        cfg.clip_eps,
+                        cfg.kl_coef,
+                        cfg.loss_aggregation,
+                        num_seqs=len(mb_index),
+                        num_tokens=mb_tokens,
+                        constant=self.loss_constant,
+                    )
+                    terms.loss.backward()
+                    sums["loss"] += terms.loss.item()
+                    sums["policy_loss"] += terms.policy_loss.item()
+                    sums["kl"] += terms.kl_sum
+                    sums["clipped"] += terms.clipped
+                    sums["ratio"] += terms.ratio_sum
+                    sums["tokens"] += terms.tokens
+                    if steps == 0:  # before any update: how far old log-probs are from ours
+                        drift += terms.drift_sum
+                        drift_tokens += terms.tokens
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                sums["gn"] += float(grad_norm)
+                steps += 1
+        self.policy.model.train(was_training)
+
+        tokens = max(sums["tokens"], 1.0)
+        metrics.update(
+            loss=sums["loss"] / steps,
+            policy_loss=sums["policy_loss"] / steps,
+            kl_div=sums["kl"] / tokens,
+            mean_advantage=sum(advantages) / len(advantages),
+            clip_fraction=sums["clipped"] / tokens,
+            ratio_mean=sums["ratio"] / tokens,
+            logprob_drift=drift / max(drift_tokens, 1.0),
+            grad_norm=sums["gn"] / steps,
+            num_tokens=full.loss_mask.sum().item(),
+            optimizer_steps=float(steps),
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        return metrics

@@ -1,0 +1,313 @@
+"""Supervised fine-tuning on tokenised agent trajectories.
+
+The loss is the mean negative log-likelihood of the model's own tokens only (`TokenRecord.mask == 1`):
+prompts, tool outputs and chat formatting are context, never targets, so the model learns to
+produce calls and answers rather than to predict what tools print.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tooltune.training.schedule import make_scheduler
+
+
+@dataclass
+class TokenBatch:
+    """A right-padded batch of token records, aligned with `token_logprobs` output.
+
+    `loss_mask[b, t]` and `old_logprobs[b, t]` refer to token `t + 1` (the target predicted at
+    position `t`), so they line up with the `[B, T-1]` tensor a policy's `token_logprobs` returns.
+    """
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long
+    loss_mask: torch.Tensor  # [B, T-1] float
+    old_logprobs: torch.Tensor  # [B, T-1] float
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in self.astuple()))
+
+    def astuple(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.loss_mask, self.old_logprobs)
+
+    def select(self, index: torch.Tensor | list[int]) -> TokenBatch:
+        return TokenBatch(*(t[index] for t in self.astuple()))
+
+
+def record_of(item: Any) -> Any:
+    """The `TokenRecord` of a trajectory (or the record itself); a clear error if it has none."""
+    if hasattr(item, "ids") and hasattr(item, "mask"):
+        return item
+    tokens = getattr(item, "tokens", None)
+    if tokens is None:
+        task_id = getattr(item, "task_id", "?")
+        raise ValueError(
+            f"trajectory {task_id!r} has no token record; collect it with a token policy "
+            "(one with encode/token_logprobs) or tokenise it before training"
+        )
+    return tokens
+
+
+def to_token_records(
+    items: Sequence[Any], encode: Callable[[str], list[int]] | None = None, tool_style: str = "json"
+) -> list[Any]:
+    """Token records for SFT: a trajectory's own record when it has one (the exact ids it was
+    sampled with), else the trajectory rendered in the chat format and encoded with `encode`
+    (mask 1 on the assistant's turns), e.g. expert demonstrations or imported chats."""
+    from tooltune.rollout import tokenize_trajectory
+
+    out = []
+    for item in items:
+        if hasattr(item, "ids") and hasattr(item, "mask"):
+            out.append(item)
+        elif getattr(item, "tokens", None) is not None:
+            out.append(item.tokens)
+        elif encode is not None:
+            out.append(tokenize_trajectory(item, encode, tool_style))
+        else:
+            out.append(record_of(item))  # raises the clear "no token record" error
+    return out
+
+
+def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> TokenBatch:
+    """Pad token records (or trajectories carrying them) into one `TokenBatch`.
+
+    Records longer than `max_len` keep their first `max_len` tokens: the policy cannot attend
+    further, and the earliest turns are the ones later turns depend on.
+    """
+    if not records:
+        raise ValueError("cannot collate an empty list of records")
+    recs = [record_of(r) for r in records]
+    for r in recs:
+        logprobs = r.logprobs if r.logprobs else [0.0] * len(r.ids)
+        if not (len(r.ids) == len(r.mask) == len(logprobs)):
+            raise ValueError(
+                f"token record lengths differ: ids={len(r.ids)} mask={len(r.mask)} "
+                f"logprobs={len(r.logprobs)}"
+            )
+    lengths = [len(r.ids) if max_len is None else min(len(r.ids), max_len) for r in recs]
+    width = max(2, max(lengths))
+    bsz = len(recs)
+    input_ids = torch.full((bsz, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((bsz, width), dtype=torch.long)
+    mask = torch.zeros((bsz, width), dtype=torch.float32)
+    logprobs = torch.zeros((bsz, width), dtype=torch.float32)
+    for b, (r, n) in enumerate(zip(recs, lengths, strict=True)):
+        input_ids[b, :n] = torch.tensor(r.ids[:n], dtype=torch.long)
+        attention[b, :n] = 1
+        mask[b, :n] = torch.tensor(r.mask[:n], dtype=torch.float32)
+        if r.logprobs:
+            logprobs[b, :n] = torch.tensor(r.logprobs[:n], dtype=torch.float32)
+    return TokenBatch(input_ids, attention, mask[:, 1:].contiguous(), logprobs[:, 1:].contiguous())
+
+
+def policy_device(policy: Any) -> torch.device:
+    """Device of the policy's parameters (CPU for a parameterless module)."""
+    for p in policy.model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def trainable_parameters(policy: Any) -> list[torch.nn.Parameter]:
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters")
+    return params
+
+
+@dataclass
+class SFTHistory:
+    """What happened during SFT: one entry per epoch, plus per-optimizer-step traces."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float | None] = field(default_factory=list)
+    epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    num_train_tokens: int = 0
+    dropped_empty: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "epoch_metrics": self.epoch_metrics,
+            "step_loss": self.step_loss,
+            "grad_norm": self.grad_norm,
+            "lr": self.lr,
+            "num_train_tokens": self.num_train_tokens,
+            "dropped_empty": self.dropped_empty,
+        }
+
+
+def masked_nll_sum(policy: Any, batch: TokenBatch) -> torch.Tensor:
+    """Sum over the batch of -log p(token) for mask==1 tokens (keeps the graph)."""
+    logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+    return -(logp * batch.loss_mask).sum()
+
+
+@torch.no_grad()
+def evaluate_loss(
+    policy: Any, records: Sequence[Any], batch_size: int = 16, max_len: int | None = None
+) -> float:
+    """Mean NLL per supervised token over `records` (no gradients)."""
+    device = policy_device(policy)
+    was_training = policy.model.training
+    policy.model.eval()
+    total, count = 0.0, 0.0
+    try:
+        for start in range(0, len(records), batch_size):
+            batch = collate(records[start : start + batch_size], policy.pad_token_id, max_len)
+            batch = batch.to(device)
+            total += masked_nll_sum(policy, batch).item()
+            count += batch.loss_mask.sum().item()
+    finally:
+        policy.model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def _num_supervised(record: Any, max_len: int | None) -> int:
+    rec = record_of(record)
+    mask = rec.mask if max_len is None else rec.mask[:max_len]
+    return int(sum(mask[1:]))
+
+
+def train_sft(
+    policy: Any,
+    train_records: Sequence[Any],
+    config: Any,
+    val_records: Sequence[Any] | None = None,
+    *,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    max_len: int | None = None,
+    callback: Callable[[int, Any], dict[str, Any] | None] | None = None,
+    log: Callable[[str], None] | None = None,
+    tool_style: str = "json",
+) -> SFTHistory:
+    """Fine-tune `policy` on token records or trajectories, in place.
+
+    Trajectories without a token record are rendered and encoded with `policy.encode` (see
+    `to_token_records`); `tool_style` must match the one used at rollout time.
+
+    Uses AdamW with `config.weight_decay`, warm-up + cosine decay (`config.warmup_ratio`) and
+    gradient clipping (`config.max_grad_norm`); one optimizer step per batch of `batch_size`
+    records. `config.grad_accum_steps` splits each batch into that many micro-batches to save
+    memory; the loss is normalised by the supervised-token count of the whole batch, so the
+    update is the same as without splitting (as in GRPO). After every epoch the validation loss is computed and `callback(epoch, policy)` runs;
+    a dict it returns is stored in `history.epoch_metrics`.
+    """
+    epochs = config.sft_epochs if epochs is None else epochs
+    lr = config.sft_learning_rate if learning_rate is None else learning_rate
+    batch_size = config.sft_batch_size if batch_size is None else batch_size
+    accum = max(1, int(config.grad_accum_steps))
+    if max_len is None:
+        max_len = getattr(policy, "max_seq_len", None)
+    history = SFTHistory()
+    encode = getattr(policy, "encode", None)
+
+    all_records = to_token_records(train_records, encode, tool_style)
+    records = [r for r in all_records if _num_supervised(r, max_len) > 0]
+    history.dropped_empty = len(all_records) - len(records)
+    if not records:
+        raise ValueError("no training record has any supervised (mask == 1) token")
+    val = [
+        r
+        for r in to_token_records(val_records or [], encode, tool_style)
+        if _num_supervised(r, max_len) > 0
+    ]
+
+    if epochs <= 0:
+        return history
+    params = trainable_parameters(policy)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(records) / batch_size)
+    scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, config.warmup_ratio)
+    device = policy_device(policy)
+    generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0)))
+    clip = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
+
+    policy.model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(records), generator=generator).tolist()
+        epoch_nll, epoch_tokens = 0.0, 0.0
+        for start in range(0, len(order), batch_size):
+            batch_records = [records[i] for i in order[start : start + batch_size]]
+            micro = math.ceil(len(batch_records) / accum)
+            parts = [
+                collate(batch_records[m : m + micro], policy.pad_token_id, max_len).to(device)
+                for m in range(0, len(batch_records), micro)
+            ]
+            batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
+            optimizer.zero_grad(set_to_none=True)
+            batch_nll = 0.0
+            for part in parts:
+                nll = masked_nll_sum(policy, part)
+                (nll / batch_tokens).backward()
+                batch_nll += nll.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            history.lr.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+            history.step_loss.append(batch_nll / batch_tokens)
+            history.grad_norm.append(float(grad_norm))
+            epoch_nll += batch_nll
+            epoch_tokens += batch_tokens
+        history.num_train_tokens += int(epoch_tokens)
+        history.train_loss.append(epoch_nll / epoch_tokens)
+        history.val_loss.append(evaluate_loss(policy, val, batch_size, max_len) if val else None)
+        metrics = callback(epoch, policy) if callback is not None else None
+        history.epoch_metrics.append(dict(metrics or {}))
+        if log is not None:
+            val_text = "n/a" if history.val_loss[-1] is None else f"{history.val_loss[-1]:.4f}"
+            log(
+                f"sft epoch {epoch + 1}/{epochs}: train_loss={history.train_loss[-1]:.4f} "
+                f"val_loss={val_text} {metrics or ''}".rstrip()
+            )
+    return history
+
+
+def load_chat_jsonl(path: str | Path) -> list[Any]:
+    """Read a JSONL file of OpenAI-style chats into `AgentTrajectory` objects.
+
+    Each line is `{"messages": [...], "tools": [...]}` (tools optional), the format of most public
+    tool-calling SFT sets. Blank lines are skipped; a malformed line raises a ValueError naming
+    its line number, so a bad file fails loudly instead of training on half of it.
+    """
+    from tooltune.types import AgentTrajectory
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'messages' list")
+            tools = row.get("tools") or []
+            if not isinstance(tools, list):
+                raise ValueError(f"{path}:{lineno}: 'tools' must be a list")
+            try:
+                traj = AgentTrajectory.from_messages(
+                    row["messages"], task_tier=row.get("task_tier") or "simple", tools=tools
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{lineno}: cannot convert messages ({exc})") from exc
+            if row.get("task_id") is not None:
+                traj.task_id = str(row["task_id"])
+            traj.metadata.setdefault("source", f"{Path(path).name}:{lineno}")
+            out.append(traj)
+    return out

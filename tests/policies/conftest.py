@@ -1,0 +1,36 @@
+import pytest
+
+from tooltune.chat_format import render_prompt
+
+QUESTION_TEXTS = [
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    '<tool_call>{"name": "search", "arguments": {"query": "capital of France"}}</tool_call>',
+    "<think>I should look this up.</think> The answer is 42.",
+    render_prompt([{"role": "user", "content": "What is 2 + 2?"}]) + "4<|im_end|>",
+] * 10
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return list(QUESTION_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """An untrained tiny model; shared, so tests must not train it (clone it first).
+
+    The default initialisation gives near-uniform logits and greedy decoding then repeats one
+    token whatever the input, which would let position or padding bugs go unnoticed. Larger
+    random weights make every next token depend sharply on the whole prefix."""
+    import torch
+
+    from tooltune.policies.builtin import BuiltinPolicy
+
+    policy = BuiltinPolicy.create(QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if p.dim() == 2:
+                std = 0.1 if name == "embed.weight" else 2.0 * p.shape[1] ** -0.5
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return policy

@@ -1,0 +1,169 @@
+import torch
+
+from tooltune.chat_format import IM_END, IM_START, SPECIAL_TOKENS, TOOL_CALL_OPEN, render_prompt
+from tooltune.policies.builtin import BuiltinPolicy
+from tooltune.policies.tokenizer import BPETokenizer
+from tooltune.policies.transformer import MODEL_SIZES, Transformer, config_for_size
+from tooltune.rollout import SamplingParams
+
+
+
+def chat_prompt(question: str) -> str:
+    return render_prompt(
+        [{"role": "system", "content": "You use tools."}, {"role": "user", "content": question}]
+    )
+
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24, stop=[])
+PROMPTS = [chat_prompt("What is 2 + 2?"), "The quick", chat_prompt("Capital of France? Search it.")]
+
+
+def test_tokenizer_round_trip_and_special_tokens(tmp_path, texts):
+    tok = BPETokenizer.train(texts, vocab_size=512)
+    for special in SPECIAL_TOKENS:
+        assert len(tok.encode(special)) == 1
+    text = f'{IM_START}user\nnaïve 日本 {{"a": [1, 2]}}{IM_END}{TOOL_CALL_OPEN}'
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids[0] == tok.token_id(IM_START) and tok.token_id(TOOL_CALL_OPEN) in ids
+    tok.save(tmp_path / "tok.json")
+    assert BPETokenizer.load(tmp_path / "tok.json").encode(text) == ids
+
+
+def test_named_sizes_span_one_to_fifty_million_parameters():
+    counts = {}
+    for size in MODEL_SIZES:
+        with torch.device("meta"):
+            counts[size] = Transformer(config_for_size(size, 4096)).num_parameters()
+    assert 1e6 <= counts["tiny"] < 2e6
+    assert 40e6 <= counts["large"] <= 60e6
+    assert sorted(counts.values()) == list(counts.values())
+
+
+def test_generation_is_deterministic_under_seed(tiny_policy):
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=20, stop=[], seed=7)
+    a = tiny_policy.generate(PROMPTS, sampling)
+    b = tiny_policy.generate(PROMPTS, sampling)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.logprobs for c in a] == [c.logprobs for c in b]
+    sampling.seed = 8
+    c = tiny_policy.generate(PROMPTS, sampling)
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+
+
+def test_kv_cache_matches_full_recompute(tiny_policy):
+    cached = tiny_policy.generate(PROMPTS, GREEDY)
+    full = tiny_policy.generate(PROMPTS, GREEDY, use_cache=False)
+    assert [c.token_ids for c in cached] == [c.token_ids for c in full]
+    for a, b in zip(cached, full, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_batched_matches_unbatched_with_left_padding(tiny_policy):
+    lengths = [len(tiny_policy.encode(p)) for p in PROMPTS]
+    assert len(set(lengths)) == len(PROMPTS)  # rows really are padded differently
+    batched = tiny_policy.generate(PROMPTS, GREEDY)
+    single = [tiny_policy.generate([p], GREEDY)[0] for p in PROMPTS]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    for a, b in zip(batched, single, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+        assert len(set(a.token_ids)) > 3  # a varied continuation, not one repeated token
+
+
+def test_prompt_token_ids_are_used_verbatim(tiny_policy):
+    ids = tiny_policy.encode(PROMPTS[1])
+    by_ids = tiny_policy.generate(["ignored"], GREEDY, prompt_token_ids=[ids])
+    by_text = tiny_policy.generate([PROMPTS[1]], GREEDY)
+    assert by_ids[0].token_ids == by_text[0].token_ids
+
+
+def test_stop_string_truncates_text_but_keeps_ids(tiny_policy):
+    free = tiny_policy.generate([PROMPTS[1]], GREEDY)[0]
+    assert len(free.text) > 6
+    stop = free.text[3:6]  # a string the model is known to produce
+    stopped = tiny_policy.generate([PROMPTS[1]], SamplingParams(**{**vars(GREEDY), "stop": [stop]}))[0]
+    assert stopped.finish_reason == "stop"
+    assert stop not in stopped.text and free.text.startswith(stopped.text + stop)
+    n = len(stopped.token_ids)
+    assert stopped.token_ids == free.token_ids[:n]
+    assert stop in tiny_policy.decode(stopped.token_ids)
+    assert stop not in tiny_policy.decode(stopped.token_ids[:-1])
+
+
+def test_token_logprobs_match_sampling_logprobs_and_carry_gradients(tiny_policy):
+    policy = tiny_policy.clone()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12, stop=[], seed=3)
+    completions = policy.generate(PROMPTS[:2], sampling)
+    seqs = [policy.encode(p) + c.token_ids for p, c in zip(PROMPTS[:2], completions, strict=True)]
+    width = max(map(len, seqs))
+    ids = torch.full((2, width), policy.pad_token_id)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for row, s in enumerate(seqs):  # right padding, as trainers collate
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    policy.train()
+    logp = policy.token_logprobs(ids, mask)
+    assert logp.shape == (2, width - 1)
+    for row, (s, c) in enumerate(zip(seqs, completions, strict=True)):
+        n = len(c.token_ids)
+        got = logp[row, len(s) - 1 - n : len(s) - 1]
+        assert torch.allclose(got, torch.tensor(c.logprobs), atol=1e-4)
+    assert (logp[0, len(seqs[0]) - 1 :] == 0).all() and (logp[1, len(seqs[1]) - 1 :] == 0).all()
+    (-logp.sum()).backward()
+    grads = [p.grad for p in policy.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_token_logprobs_ignore_padding_side(tiny_policy):
+    seq = tiny_policy.encode(PROMPTS[0])
+    alone = tiny_policy.token_logprobs(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long))
+    pad = tiny_policy.pad_token_id
+    left = torch.tensor([[pad] * 5 + seq])
+    left_mask = torch.tensor([[0] * 5 + [1] * len(seq)])
+    with torch.no_grad():
+        shifted = tiny_policy.token_logprobs(left, left_mask)
+    assert torch.allclose(shifted[0, 5:], alone[0].detach(), atol=1e-5)
+
+
+def test_save_load_round_trip(tiny_policy, tmp_path):
+    tiny_policy.save(tmp_path / "policy")
+    assert {p.name for p in (tmp_path / "policy").iterdir()} == {
+        "config.json", "tokenizer.json", "model.pt",
+    }  # fmt: skip
+    loaded = BuiltinPolicy.load(tmp_path / "policy")
+    sampling = SamplingParams(temperature=0.8, max_new_tokens=16, stop=[], seed=1)
+    a = tiny_policy.generate(PROMPTS, sampling)
+    b = loaded.generate(PROMPTS, sampling)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.logprobs for c in a] == [c.logprobs for c in b]
+
+
+def test_clone_is_frozen_and_independent(tiny_policy):
+    ref = tiny_policy.clone()
+    assert not any(p.requires_grad for p in ref.parameters())
+    assert not ref.model.training
+    with torch.no_grad():
+        ref.model.embed.weight.add_(1.0)
+    assert not torch.equal(ref.model.embed.weight, tiny_policy.model.embed.weight)
+
+
+def test_sft_steps_make_the_model_reproduce_a_string(texts):
+    target = chat_prompt("Say the code.") + 'The code is <tool_call>{"x": 731}</tool_call>' + IM_END
+    policy = BuiltinPolicy.create([target] * 5 + texts, size="tiny", seed=0, vocab_size=512)
+    prompt = chat_prompt("Say the code.")
+    ids = torch.tensor([policy.encode(target)])
+    mask = torch.ones_like(ids)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    policy.train()
+    for _ in range(200):
+        loss = -policy.token_logprobs(ids, mask).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    out = policy.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=40))[0]
+    assert out.text == 'The code is <tool_call>{"x": 731}</tool_call>'
+    assert out.token_ids[-1] == policy.eos_token_id and out.finish_reason == "stop"

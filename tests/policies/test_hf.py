@@ -1,0 +1,174 @@
+"""HFPolicy on a tiny randomly initialised Qwen2 with a tokenizer trained here (no downloads)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from tooltune.chat_format import IM_END, SPECIAL_TOKENS, TOOL_CALL_OPEN, render_prompt  # noqa: E402
+from tooltune.policies.hf import HFPolicy, LoraSettings, load_smollm2  # noqa: E402
+from tooltune.rollout import SamplingParams  # noqa: E402
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    '{"name": "search", "arguments": {"query": "capital of France"}}',
+    "Paris is the capital of France. The answer is 42.",
+] * 20
+
+
+def prompt(question: str) -> str:
+    return render_prompt([{"role": "user", "content": question}])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A Qwen2-shaped model whose tokenizer knows <|im_start|>/<|im_end|> but none of
+    tooltune's other markers, like most chat models."""
+    path = tmp_path_factory.mktemp("tiny_qwen2")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>"
+    )
+    config = transformers.Qwen2Config(
+        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():  # sharper random logits, so greedy outputs depend on the prefix
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
+        model.get_input_embeddings().weight.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy(model_dir):
+    return HFPolicy.from_pretrained(model_dir)
+
+
+def test_tooltune_tokens_are_added_as_single_ids(policy, model_dir):
+    original = transformers.AutoTokenizer.from_pretrained(model_dir)
+    assert len(policy.tokenizer) == len(original) + len(SPECIAL_TOKENS) - 3
+    assert policy.model.get_input_embeddings().weight.shape[0] == len(policy.tokenizer)
+    for special in SPECIAL_TOKENS:
+        assert len(policy.encode(special)) == 1
+    text = prompt("hi") + f'{TOOL_CALL_OPEN}{{"a": 1}}</tool_call>{IM_END}'
+    assert policy.decode(policy.encode(text)) == text
+    assert policy.eos_token_id == policy.encode(IM_END)[0]
+    assert policy.pad_token_id is not None
+
+
+def test_generation_batched_cached_and_seeded(policy):
+    prompts = [prompt("What is the capital of France?"), prompt("Hi"), "The quick"]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12, stop=[])
+    batched = policy.generate(prompts, greedy)
+    single = [policy.generate([p], greedy)[0] for p in prompts]
+    full = policy.generate(prompts, greedy, use_cache=False)
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in full]
+    assert len(set(batched[0].token_ids)) > 2
+    sampled = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=10, stop=[], seed=5)
+    a, b = policy.generate(prompts, sampled), policy.generate(prompts, sampled)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    # Sampling log-probs equal the training-time log-probs of the same tokens.
+    seq = policy.encode(prompts[0]) + a[0].token_ids
+    ids = torch.tensor([seq])
+    with torch.no_grad():
+        logp = policy.token_logprobs(ids, torch.ones_like(ids))
+    n = len(a[0].token_ids)
+    assert torch.allclose(logp[0, -n:], torch.tensor(a[0].logprobs), atol=1e-4)
+
+
+def test_token_logprobs_with_padding_and_gradients(policy):
+    seq = policy.encode(prompt("What is the capital of France?"))
+    pad = policy.pad_token_id
+    ids = torch.tensor([seq + [pad] * 3, [pad] * 3 + seq])
+    mask = torch.tensor([[1] * len(seq) + [0] * 3, [0] * 3 + [1] * len(seq)])
+    logp = policy.token_logprobs(ids, mask)
+    assert logp.shape == (2, len(seq) + 2)
+    assert torch.allclose(logp[0, : len(seq) - 1], logp[1, 3:], atol=1e-4)
+    logp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+    policy.model.zero_grad(set_to_none=True)
+
+
+def test_lora_step_changes_only_adapter_weights(model_dir, tmp_path):
+    policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    text = prompt("Call a tool") + f'{TOOL_CALL_OPEN}{{"name": "search"}}</tool_call>{IM_END}'
+    ids = torch.tensor([policy.encode(text)])
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    policy.train()
+    for _ in range(2):  # LoRA's B starts at zero, so A only moves from the second step
+        loss = -policy.token_logprobs(ids, torch.ones_like(ids)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {n for n, p in policy.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+    # The adapter saves alone and reloads onto its base with the same outputs.
+    policy.save(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    reloaded = HFPolicy.from_pretrained(tmp_path / "adapter")
+    policy.eval()
+    with torch.no_grad():
+        a = policy.token_logprobs(ids, torch.ones_like(ids))
+        b = reloaded.token_logprobs(ids, torch.ones_like(ids))
+    assert torch.allclose(a, b, atol=1e-5)
+    ref = policy.clone()
+    assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_full_save_round_trip(policy, tmp_path):
+    policy.save(tmp_path / "full")
+    loaded = HFPolicy.from_pretrained(tmp_path / "full")
+    assert len(loaded.tokenizer) == len(policy.tokenizer)
+    sampling = SamplingParams(temperature=0.9, max_new_tokens=8, stop=[], seed=2)
+    prompts = [prompt("Hi"), "The quick brown"]
+    a, b = policy.generate(prompts, sampling), loaded.generate(prompts, sampling)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        HFPolicy.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_smollm2_generates_and_takes_a_lora_step(tmp_path_factory):
+    path = load_smollm2()
+    assert (path / "model.safetensors").exists()
+    policy = HFPolicy.from_pretrained(path, lora=LoraSettings(r=4, alpha=8))
+    out = policy.generate(
+        [prompt("What is the capital of France? Answer in one word.")],
+        SamplingParams(temperature=0.0, max_new_tokens=16),
+    )[0]
+    assert "Paris" in out.text and out.finish_reason == "stop"
+    assert out.token_ids[-1] == policy.eos_token_id
+    ids = torch.tensor([policy.encode(prompt("Hi") + "Hello!" + IM_END)])
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
+    policy.train()
+    loss = -policy.token_logprobs(ids, torch.ones_like(ids)).mean()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)

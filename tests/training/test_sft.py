@@ -1,0 +1,202 @@
+import json
+
+import pytest
+import torch
+
+from tooltune.chat_format import IM_END
+from tooltune.training.schedule import make_scheduler, warmup_cosine
+from tooltune.training.sft import (
+    collate,
+    evaluate_loss,
+    load_chat_jsonl,
+    to_token_records,
+    train_sft,
+)
+from tooltune.types import TokenRecord
+
+# prompt token p in {1..4}; the model must answer 4 + p, then END; token 9 -> 10 is masked noise
+END = 15
+
+
+def dataset(n):
+    out = []
+    for i in range(n):
+        p = 1 + i % 4
+        ids = [p, 9, 10, p, 4 + p, END]
+        mask = [0, 0, 0, 0, 1, 1]
+        out.append(TokenRecord(ids=ids, mask=mask, logprobs=[0.0] * len(ids)))
+    return out
+
+
+def sft_config(make_config, **kw):
+    base = dict(sft_epochs=3, sft_learning_rate=0.05, sft_batch_size=8, warmup_ratio=0.1)
+    base.update(kw)
+    return make_config(**base)
+
+
+def test_collate_aligns_targets_and_pads():
+    recs = [
+        TokenRecord([1, 2, 3], [0, 1, 1], [0.0, -0.5, -0.25]),
+        TokenRecord([4, 5], [0, 1], [0.0, -1.0]),
+    ]
+    batch = collate(recs, pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch.loss_mask.tolist() == [[1, 1], [1, 0]]
+    assert batch.old_logprobs.tolist() == [[-0.5, -0.25], [-1.0, 0.0]]
+    assert collate(recs, pad_id=0, max_len=2).input_ids.tolist() == [[1, 2], [4, 5]]
+    with pytest.raises(ValueError, match="lengths differ"):
+        collate([TokenRecord([1, 2], [0], [])], 0)
+
+
+def test_sft_learns_supervised_tokens(policy, make_config):
+    train, val = dataset(32), dataset(8)
+    before = evaluate_loss(policy, val)
+    seen = []
+    history = train_sft(
+        policy, train, sft_config(make_config, sft_epochs=15), val,
+        callback=lambda epoch, p: seen.append(epoch) or {"epoch_seen": epoch},
+    )  # fmt: skip
+    assert seen == list(range(15))
+    assert [m["epoch_seen"] for m in history.epoch_metrics] == seen
+    assert len(history.train_loss) == len(history.val_loss) == 15
+    assert history.val_loss[-1] < 0.25 * before
+    # the mapping p -> 4 + p is learned
+    ids = torch.tensor([[3, 7]])
+    assert policy.token_logprobs(ids, torch.ones_like(ids)).exp().item() > 0.8
+
+
+def test_loss_only_on_supervised_tokens(policy, make_config):
+    grads = []
+    inner = policy.token_logprobs
+
+    def spy(input_ids, attention_mask):
+        out = inner(input_ids, attention_mask)
+        out.retain_grad()
+        grads.append(out)
+        return out
+
+    policy.token_logprobs = spy
+    train_sft(policy, dataset(4), sft_config(make_config, sft_epochs=1))
+    grad = grads[0].grad
+    target_mask = torch.tensor([0, 0, 0, 1, 1]).bool()
+    assert torch.all(grad[:, ~target_mask] == 0)
+    assert torch.all(grad[:, target_mask] < 0)  # descending the NLL raises these log-probs
+
+
+def test_gradient_accumulation_matches_large_batch(toy_policy_cls, make_config):
+    # records of different supervised lengths, so a per-batch mean would differ from the total
+    recs = dataset(6) + [TokenRecord([2, 6, 1, 2, 3, END], [0, 1, 1, 1, 1, 1], [0.0] * 6)] * 2
+    a, b = toy_policy_cls(seed=1), toy_policy_cls(seed=1)
+    train_sft(a, recs, sft_config(make_config, sft_epochs=1, sft_batch_size=8))
+    hist = train_sft(
+        b, recs, sft_config(make_config, sft_epochs=1, sft_batch_size=8, grad_accum_steps=3)
+    )
+    assert len(hist.step_loss) == 1
+    assert torch.allclose(a.params(), b.params(), atol=1e-6)
+
+
+def test_schedule_warmup_then_cosine(policy, make_config):
+    hist = train_sft(
+        policy,
+        dataset(40),
+        sft_config(make_config, sft_epochs=2, sft_batch_size=4, warmup_ratio=0.2),
+    )
+    lr = hist.lr
+    assert len(lr) == 20
+    peak = lr.index(max(lr))
+    assert 0 < peak <= 5
+    assert all(x <= y + 1e-12 for x, y in zip(lr[:peak], lr[1 : peak + 1], strict=True))
+    assert all(x >= y - 1e-12 for x, y in zip(lr[peak:-1], lr[peak + 1 :], strict=True))
+    assert lr[-1] < 0.1 * max(lr)
+
+
+def test_warmup_cosine_values():
+    assert warmup_cosine(0, 10, 4) == pytest.approx(0.2)
+    assert warmup_cosine(3, 10, 4) == pytest.approx(0.8)
+    assert warmup_cosine(4, 10, 4) == pytest.approx(1.0)
+    assert warmup_cosine(7, 10, 4) == pytest.approx(0.5)
+    assert warmup_cosine(10, 10, 4, min_ratio=0.1) == pytest.approx(0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = make_scheduler(opt, total_steps=10, warmup_ratio=0.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        warmup_cosine(0, 0, 0)
+
+
+def test_errors_are_clear(policy, make_config):
+    with pytest.raises(ValueError, match="supervised"):
+        train_sft(policy, [TokenRecord([1, 2], [0, 0], [0.0, 0.0])], sft_config(make_config))
+
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "What is 6*7?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "calculate", "arguments": '{"expression": "6*7"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "name": "calculate", "content": "42"},
+        {"role": "assistant", "content": "42"},
+    ],
+    "tools": [
+        {"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}}
+    ],
+}
+
+
+def char_encode(text):
+    return [min(ord(c), 127) for c in text]
+
+
+def test_load_chat_jsonl_and_train(tmp_path, toy_policy_cls, make_config):
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n\n" + json.dumps({**CHAT, "task_id": "x"}) + "\n")
+    trajs = load_chat_jsonl(path)
+    assert len(trajs) == 2 and trajs[1].task_id == "x"
+    t = trajs[0]
+    assert t.prompt == "What is 6*7?"
+    assert [s.action.type for s in t.steps] == ["tool_call", "respond"]
+    assert t.steps[0].action.tool_calls[0].arguments == {"expression": "6*7"}
+    assert t.final_answer == "42"
+
+    (rec,) = to_token_records([t], char_encode)
+    supervised = "".join(chr(i) for i, m in zip(rec.ids, rec.mask, strict=True) if m)
+    assert '"name": "calculate"' in supervised and supervised.endswith("42" + IM_END)
+    assert "What is" not in supervised and "be brief" not in supervised
+
+    class CharPolicy(toy_policy_cls):
+        def encode(self, text):
+            return char_encode(text)
+
+    policy = CharPolicy(vocab=128, dim=16)
+    hist = train_sft(policy, trajs, sft_config(make_config, sft_epochs=2))
+    assert hist.num_train_tokens == 2 * 2 * sum(rec.mask[1:])
+
+    with pytest.raises(ValueError, match="token record"):
+        train_sft(toy_policy_cls(), trajs, sft_config(make_config))
+
+
+def test_load_chat_jsonl_bad_lines(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n{not json\n")
+    with pytest.raises(ValueError, match=":2: invalid JSON"):
+        load_chat_jsonl(path)
+    path.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
+    with pytest.raises(ValueError, match=":1: cannot convert"):
+        load_chat_jsonl(path)
+    path.write_text(json.dumps({"rows": []}) + "\n")
+    with pytest.raises(ValueError, match="'messages' list"):
+        load_chat_jsonl(path)
