@@ -13,6 +13,7 @@ one environment never leak into another or into the cached world.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,8 +32,15 @@ from tooltune.tasks.world import World, build_world, load_world, world_is_built
 
 _EPISODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 TOOL_FAMILY = {name: family for family, names in FAMILIES.items() for name in names}
-BUILTIN_TOOLS = [name for family, names in FAMILIES.items() if family != "registry" for name in names]
-GEO_ATTRIBUTES = {"population": "population", "area_km2": "area_km2", "founded": "founded", "region": "region"}
+BUILTIN_TOOLS = [
+    name for family, names in FAMILIES.items() if family != "registry" for name in names
+]
+GEO_ATTRIBUTES = {
+    "population": "population",
+    "area_km2": "area_km2",
+    "founded": "founded",
+    "region": "region",
+}
 
 
 def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
@@ -59,7 +67,9 @@ def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
             attribute: One of population, area_km2, founded, region.
         """
         if attribute not in GEO_ATTRIBUTES:
-            raise ToolError(f"unknown attribute {attribute!r}; use one of {', '.join(GEO_ATTRIBUTES)}")
+            raise ToolError(
+                f"unknown attribute {attribute!r}; use one of {', '.join(GEO_ATTRIBUTES)}"
+            )
         row = fetch(
             f"SELECT name, {GEO_ATTRIBUTES[attribute]} AS value FROM places WHERE lower(name) = lower(?)",
             (place.strip(),),
@@ -199,7 +209,9 @@ class Environment:
             from tooltune.tools.openapi import make_openapi_tools
 
             url = self.flight_url()
-            return make_openapi_tools(self._spec, base_url=url, headers={"X-Episode-Id": episode_id})
+            return make_openapi_tools(
+                self._spec, base_url=url, headers={"X-Episode-Id": episode_id}
+            )
         if family == "browser":
             from tooltune.tools.browser import make_browser_tools
 
@@ -210,7 +222,9 @@ class Environment:
     def tool_names(self, include_heldout: bool = False) -> list[str]:
         return BUILTIN_TOOLS + (FAMILIES["registry"] if include_heldout else [])
 
-    def registry(self, episode_id: str | None = None, tools: list[str] | None = None) -> ToolRegistry:
+    def registry(
+        self, episode_id: str | None = None, tools: list[str] | None = None
+    ) -> ToolRegistry:
         """A fresh registry for one episode: every built-in tool, or only the named ones (which
         may include the held-out tools `geo_lookup` and `corp_registry`)."""
         if self.closed:
@@ -233,7 +247,9 @@ class Environment:
             registry.on_close(lambda: _remove_if_empty(overlay))
         return registry
 
-    def __call__(self, episode_id: str | None = None, tools: list[str] | None = None) -> ToolRegistry:
+    def __call__(
+        self, episode_id: str | None = None, tools: list[str] | None = None
+    ) -> ToolRegistry:
         """An environment is a tool source for `TrajectoryCollector` (episode_id, names)."""
         return self.registry(episode_id, tools)
 
@@ -264,14 +280,10 @@ class Environment:
         self.close()
 
     def __del__(self) -> None:  # a forgotten close must not leave servers behind
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 def _remove_if_empty(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(path)
-    except OSError:
-        pass

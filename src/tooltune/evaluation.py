@@ -87,7 +87,9 @@ def run_evaluation(
     """Roll out `policy` once per task in `env`; (metrics, trajectories in task order)."""
     config = config or getattr(env, "config", None) or AgentConfig()
     if sampling is None:
-        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed)
+        sampling = SamplingParams(
+            temperature=0.0, top_p=1.0, max_new_tokens=config.max_new_tokens, seed=config.seed
+        )
     collector = TrajectoryCollector(
         policy,
         env,
@@ -129,7 +131,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     names = {"simple": "Simple", "multi_tool_seq": "Multi-Tool Seq", "multi_tool_par": "Multi-Tool Par",
              "complex": "Complex"}  # fmt: skip
     for tier in TIERS:
-        lines.append(f"| {names[tier]} | {pct(metrics['accuracy'][tier])} | {metrics['counts'][tier]} |")
+        lines.append(
+            f"| {names[tier]} | {pct(metrics['accuracy'][tier])} | {metrics['counts'][tier]} |"
+        )
     lines.append(f"| Overall | {pct(metrics['accuracy']['overall'])} | {metrics['n_tasks']} |")
     lines += ["", "| Metric | Value |", "|---|---|"]
     avg = metrics["avg_steps"]

@@ -93,7 +93,7 @@ HOSTILE = [
     ("hex-ip", "browser_open", {"url": "http://0x7f000001:{port}/"}, "not an allowed site"),
     ("ipv6-loopback", "browser_open", {"url": "http://[::1]:{port}/"}, "not an allowed site"),
     ("backslash", "browser_open", {"url": "http://{web}\\@evil.com/"}, "backslashes"),
-    ("redirect-off-site", "browser_open", {"url": "http://{web}/away"}, "169.254.169.254"),
+    ("redirect-off-site", "browser_open", {"url": "http://{web}/away"}, "refused: http://169.254"),
     ("redirect-to-file", "browser_open", {"url": "http://{web}/evil"}, "only http and https"),
     ("click-wrong-type", "browser_click", {"link": "1; rm -rf /"}, "integer"),
     ("unknown-operation", "delete_all_bookings", {}, "unknown tool"),

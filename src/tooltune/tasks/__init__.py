@@ -38,7 +38,17 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
-        known = {"id", "prompt", "tier", "tools", "answer", "check", "minimal_calls", "split", "metadata"}
+        known = {
+            "id",
+            "prompt",
+            "tier",
+            "tools",
+            "answer",
+            "check",
+            "minimal_calls",
+            "split",
+            "metadata",
+        }
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown task fields: {', '.join(sorted(unknown))}")

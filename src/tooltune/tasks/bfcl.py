@@ -153,7 +153,7 @@ def load_tasks(path: str | Path, answers_path: str | Path | None = None) -> list
     for q in load_questions(path, answers_path):
         user = "\n".join(m.get("content", "") for m in q.messages if m.get("role") == "user")
         minimal = [
-            {"name": name, "arguments": reference_arguments(params)}
+            {"name": name, "arguments": reference_arguments(params, _required(q.functions, name))}
             for call in q.ground_truth or []
             for name, params in call.items()
         ]
@@ -164,12 +164,19 @@ def load_tasks(path: str | Path, answers_path: str | Path | None = None) -> list
                 tier=question_tier(q),
                 tools=[f["name"] for f in q.functions],
                 answer=q.ground_truth,
-                check={"type": "bfcl", "functions": q.functions, "ground_truth": q.ground_truth,
-                       "category": q.category},  # fmt: skip
+                check={
+                    "type": "bfcl",
+                    "functions": q.functions,
+                    "ground_truth": q.ground_truth,
+                    "category": q.category,
+                },  # fmt: skip
                 minimal_calls=minimal,
                 split="bfcl",
-                metadata={"bfcl_id": q.id, "messages": q.messages,
-                          "openai_tools": [to_openai_tool(f) for f in q.functions]},  # fmt: skip
+                metadata={
+                    "bfcl_id": q.id,
+                    "messages": q.messages,
+                    "openai_tools": [to_openai_tool(f) for f in q.functions],
+                },  # fmt: skip
             )
         )
     return tasks
@@ -181,11 +188,11 @@ def load_tasks(path: str | Path, answers_path: str | Path | None = None) -> list
 
 
 def _first_allowed(allowed: list) -> tuple[bool, Any]:
-    """(present, value): the first allowed value, or absent when "" (optional) comes first."""
+    """(present, value): the first allowed value other than "" (the marker of an optional
+    parameter); absent when "" is the only one."""
     for value in allowed:
-        if value == "":
-            return False, None
-        return True, _materialize(value)
+        if value != "":
+            return True, _materialize(value)
     return False, None
 
 
@@ -206,15 +213,23 @@ def _materialize(value: Any) -> Any:
     return value
 
 
-def reference_arguments(params: dict[str, list]) -> dict[str, Any]:
-    """The arguments of a ground-truth call: the first allowed value of each parameter,
-    leaving out optional parameters whose first allowed value is ""."""
+def reference_arguments(params: dict[str, list], required: list[str] | None = None) -> dict[str, Any]:
+    """The arguments of a ground-truth call: the first allowed value of each parameter, leaving
+    out the optional ones ("" among the allowed values, and not `required` by the schema)."""
     out = {}
     for name, allowed in params.items():
-        present, value = _first_allowed(allowed if isinstance(allowed, list) else [allowed])
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if "" in allowed and name not in (required or []):
+            continue
+        present, value = _first_allowed(allowed)
         if present:
             out[name] = value
     return out
+
+
+def _required(functions: list[dict], name: str) -> list[str]:
+    doc = next((f for f in functions if _names_match(f.get("name", ""), name)), None)
+    return list(((doc or {}).get("parameters") or {}).get("required", []))
 
 
 def reference_predictions(questions: list[BFCLQuestion]) -> list[dict]:
@@ -222,7 +237,7 @@ def reference_predictions(questions: list[BFCLQuestion]) -> list[dict]:
     out = []
     for q in questions:
         calls = [
-            {"name": name, "arguments": reference_arguments(params)}
+            {"name": name, "arguments": reference_arguments(params, _required(q.functions, name))}
             for call in q.ground_truth or []
             for name, params in call.items()
         ]
@@ -320,7 +335,9 @@ def _same(value: Any, expected: Any) -> bool:
 
 
 def _allowed(value: Any, allowed: list) -> bool:
-    return any(_same(value, candidate) for candidate in allowed if not (candidate == "" and value != ""))
+    return any(
+        _same(value, candidate) for candidate in allowed if not (candidate == "" and value != "")
+    )
 
 
 def _names_match(predicted: str, expected: str) -> bool:
@@ -328,7 +345,9 @@ def _names_match(predicted: str, expected: str) -> bool:
     return predicted == expected or predicted.replace(".", "_") == expected.replace(".", "_")
 
 
-def check_call(call: dict, expected_name: str, expected: dict[str, list], functions: list[dict]) -> list[str]:
+def check_call(
+    call: dict, expected_name: str, expected: dict[str, list], functions: list[dict]
+) -> list[str]:
     """Reasons why one predicted call does not match one ground-truth call ([] when it does)."""
     if not isinstance(call, dict):
         return ["a call must be an object with name and arguments"]
@@ -385,10 +404,13 @@ def check_question(question: BFCLQuestion, calls: list[dict]) -> list[str]:
     return _match_parallel(calls, expected, question.functions)
 
 
-def _match_parallel(calls: list[dict], expected: list[tuple[str, dict]], functions: list[dict]) -> list[str]:
+def _match_parallel(
+    calls: list[dict], expected: list[tuple[str, dict]], functions: list[dict]
+) -> list[str]:
     """Match calls to ground-truth calls in any order, each used once (bipartite matching)."""
     fits = [
-        [not check_call(call, name, params, functions) for name, params in expected] for call in calls
+        [not check_call(call, name, params, functions) for name, params in expected]
+        for call in calls
     ]
     owner: dict[int, int] = {}  # ground-truth index -> call index
 
@@ -412,9 +434,7 @@ def _match_parallel(calls: list[dict], expected: list[tuple[str, dict]], functio
         used = set(owner.values())
         # explain with the closest unmatched call of the same name
         candidates = [i for i in range(len(calls)) if i not in used] or list(range(len(calls)))
-        best = min(
-            (check_call(calls[i], name, params, functions) for i in candidates), key=len
-        )
+        best = min((check_call(calls[i], name, params, functions) for i in candidates), key=len)
         reasons.append(f"no call matches ground-truth call {j + 1} ({name}): " + "; ".join(best))
     return reasons
 
@@ -432,7 +452,9 @@ def check_predictions(
             if q.id in truth:
                 q.ground_truth = truth[q.id]
     if isinstance(predictions, list):
-        predictions = {str(p.get("id")): p.get("calls", []) for p in predictions if isinstance(p, dict)}
+        predictions = {
+            str(p.get("id")): p.get("calls", []) for p in predictions if isinstance(p, dict)
+        }
     entries = []
     for q in questions:
         if q.id not in predictions:
@@ -450,7 +472,9 @@ def check_predictions(
     }
 
 
-def check_files(questions_path: str | Path, answers_path: str | Path | None, predictions_path: str | Path) -> dict:
+def check_files(
+    questions_path: str | Path, answers_path: str | Path | None, predictions_path: str | Path
+) -> dict:
     """`tooltune bfcl check`: score a predictions file against a question and answer file."""
     questions = load_questions(questions_path, answers_path)
     return check_predictions(questions, None, load_predictions(predictions_path))
@@ -484,6 +508,10 @@ def predict(policy: Any, questions: list[BFCLQuestion], sampling: Any = None, ba
         completions = policy.generate([question_prompt(q, tool_style) for q in batch], sampling)
         for q, completion in zip(batch, completions, strict=True):
             action = parse_action(completion.text)
-            calls = [{"name": c.name, "arguments": c.arguments} for c in action.tool_calls if not c.parse_error]
+            calls = [
+                {"name": c.name, "arguments": c.arguments}
+                for c in action.tool_calls
+                if not c.parse_error
+            ]
             out.append({"id": q.id, "calls": calls})
     return out

@@ -53,7 +53,9 @@ def extract_numbers(text: str) -> list[float]:
     return out
 
 
-def number_matches(found: float, expected: float, rel_tol: float = 1e-3, abs_tol: float = 0.0) -> bool:
+def number_matches(
+    found: float, expected: float, rel_tol: float = 1e-3, abs_tol: float = 0.0
+) -> bool:
     return math.isclose(found, expected, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
@@ -74,7 +76,9 @@ def check_answer(spec: dict, text: str | None) -> bool:
         return any(contains_name(text, n) for n in names)
     if kind == "choice":
         others = [o for o in spec["options"] if normalize_text(o) != normalize_text(spec["value"])]
-        return contains_name(text, spec["value"]) and not any(contains_name(text, o) for o in others)
+        return contains_name(text, spec["value"]) and not any(
+            contains_name(text, o) for o in others
+        )
     if kind == "set":
         return all(contains_name(text, item) for item in spec["items"])
     if kind == "all":

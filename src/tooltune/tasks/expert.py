@@ -14,6 +14,7 @@ prompt. Replaying is cheap and makes batches, retries and resumed conversations 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,7 +36,9 @@ from tooltune.types import AgentAction, ToolCall
 
 NUMERIC_FIELDS = {"Revenue", "Age", "Net worth", "Population", "Area", "Founded", "Employees",
                   "Approved budget", "Elevation"}  # fmt: skip
-_RESPONSE = re.compile(re.escape(TOOL_RESPONSE_OPEN) + r"(.*?)" + re.escape(TOOL_RESPONSE_CLOSE), re.DOTALL)
+_RESPONSE = re.compile(
+    re.escape(TOOL_RESPONSE_OPEN) + r"(.*?)" + re.escape(TOOL_RESPONSE_CLOSE), re.DOTALL
+)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -62,7 +65,10 @@ class Turn:
     answer: str | None = None
 
     def render(self) -> str:
-        calls = [ToolCall(id=f"call_{i}", name=c["name"], arguments=c["arguments"]) for i, c in enumerate(self.calls)]
+        calls = [
+            ToolCall(id=f"call_{i}", name=c["name"], arguments=c["arguments"])
+            for i, c in enumerate(self.calls)
+        ]
         kind = "tool_call" if calls else "respond"
         return render_action(AgentAction(kind, self.answer or "", calls, self.think))
 
@@ -89,10 +95,8 @@ def parse_results(content: str) -> list[Result]:
         else:
             value = data.get("result")
             if isinstance(value, str):  # a clipped long result arrives as text
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     value = json.loads(value)
-                except json.JSONDecodeError:
-                    pass
             out.append(Result(data.get("name", ""), True, value))
     return out
 
@@ -154,7 +158,9 @@ def _csv_rows(result: Any) -> list[dict]:
 
 def _links(result: Any) -> dict[str, int]:
     content = result.get("content", "") if isinstance(result, dict) else ""
-    return {m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)}
+    return {
+        m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)
+    }
 
 
 def extract(spec: dict, result: Any, values: dict) -> Any:
@@ -162,7 +168,9 @@ def extract(spec: dict, result: Any, values: dict) -> Any:
     if kind == "sql":
         return _sql(result, spec.get("column"))
     if kind == "search":
-        return field_value(_hit(result, expand_slots(spec["title"], values))["snippet"], spec["field"])
+        return field_value(
+            _hit(result, expand_slots(spec["title"], values))["snippet"], spec["field"]
+        )
     if kind == "field":
         if isinstance(result, dict):
             text = result.get("content") or result.get("text") or ""
@@ -242,7 +250,14 @@ def _plain_step(step: dict, values: dict) -> Plan:
             if o in missing:
                 hits.append(_hit(r.value, expand_slots(o["extract"]["title"], values))["id"])
         think = "The snippets do not show everything; open the documents."
-        opened = _checked((yield Turn(think, [{"name": "open_document", "arguments": {"doc_id": h}} for h in hits])), len(hits))
+        opened = _checked(
+            (
+                yield Turn(
+                    think, [{"name": "open_document", "arguments": {"doc_id": h}} for h in hits]
+                )
+            ),
+            len(hits),
+        )
         for o, r in zip(missing, opened, strict=True):
             if not r.ok:
                 raise ExpertError(f"open_document failed: {r.error}")
@@ -252,12 +267,22 @@ def _plain_step(step: dict, values: dict) -> Plan:
 
 
 def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
-    origin, destination = expand_slots(step["origin"], values), expand_slots(step["destination"], values)
-    passenger, day, criterion = expand_slots(step["passenger"], values), step["date"], step["criterion"]
+    origin, destination = (
+        expand_slots(step["origin"], values),
+        expand_slots(step["destination"], values),
+    )
+    passenger, day, criterion = (
+        expand_slots(step["passenger"], values),
+        step["date"],
+        step["criterion"],
+    )
     phrase = plan.get("date_phrase", "")
     when = f"Today is {long_date(today)}, so {phrase} is {day}. " if phrase else ""
     think = f"{when}Search {origin} to {destination} on {day}, book the {criterion} flight for {passenger}, then confirm."
-    search = {"name": "search_flights", "arguments": {"origin": origin, "destination": destination, "date": day}}
+    search = {
+        "name": "search_flights",
+        "arguments": {"origin": origin, "destination": destination, "date": day},
+    }
     (found,) = _checked((yield Turn(think, [search])), 1)
     if not found.ok or not isinstance(found.value, dict):
         raise ExpertError(f"search_flights failed: {found.error}")
@@ -272,7 +297,10 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
             think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${fmt_value(flight['price'])}). Book it."
         else:
             think = f"That flight sold out. The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
-        book = {"name": "book_flight", "arguments": {"flight_id": flight["id"], "passenger": passenger}}
+        book = {
+            "name": "book_flight",
+            "arguments": {"flight_id": flight["id"], "passenger": passenger},
+        }
         (booked,) = _checked((yield Turn(think, [book])), 1)
         if booked.ok:
             booking, chosen = booked.value, flight
@@ -282,7 +310,9 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
     if booking is None:
         raise ExpertError("every flight sold out")
     confirm = {"name": "confirm_booking", "arguments": {"booking_id": booking["booking_id"]}}
-    (confirmed,) = _checked((yield Turn(f"Booking {booking['booking_id']} is pending; confirm it.", [confirm])), 1)
+    (confirmed,) = _checked(
+        (yield Turn(f"Booking {booking['booking_id']} is pending; confirm it.", [confirm])), 1
+    )
     if not confirmed.ok or confirmed.value.get("status") != "confirmed":
         raise ExpertError(f"confirm_booking failed: {confirmed.error}")
     values.update(
@@ -296,7 +326,9 @@ def _read_or_find(step: dict, values: dict) -> Plan:
     read = {"name": "read_file", "arguments": {"path": path}}
     (first,) = _checked((yield Turn(f"Read {path}.", [read])), 1)
     if not first.ok:
-        think = f"{path} is not there; it was probably moved. Search the files for {step['pattern']}."
+        think = (
+            f"{path} is not there; it was probably moved. Search the files for {step['pattern']}."
+        )
         search = {"name": "search_files", "arguments": {"pattern": step["pattern"]}}
         (found,) = _checked((yield Turn(think, [search])), 1)
         if not found.ok:
@@ -305,7 +337,15 @@ def _read_or_find(step: dict, values: dict) -> Plan:
         chosen = next((p for p in paths if step["select"] in p), None)
         if chosen is None:
             raise ExpertError(f"no file matching {step['select']!r}")
-        (first,) = _checked((yield Turn(f"The memo is now at {chosen}. Read it.", [{"name": "read_file", "arguments": {"path": chosen}}])), 1)
+        (first,) = _checked(
+            (
+                yield Turn(
+                    f"The memo is now at {chosen}. Read it.",
+                    [{"name": "read_file", "arguments": {"path": chosen}}],
+                )
+            ),
+            1,
+        )
         if not first.ok:
             raise ExpertError(f"read_file failed: {first.error}")
     values[step["as"]] = extract(step["extract"], first.value, values)
@@ -313,14 +353,29 @@ def _read_or_find(step: dict, values: dict) -> Plan:
 
 def _sql_fix(step: dict, values: dict) -> Plan:
     query = step["query"]
-    (first,) = _checked((yield Turn("Run the query as given first.", [{"name": "sql_query", "arguments": {"query": query}}])), 1)
+    (first,) = _checked(
+        (
+            yield Turn(
+                "Run the query as given first.",
+                [{"name": "sql_query", "arguments": {"query": query}}],
+            )
+        ),
+        1,
+    )
     if not first.ok:
         wrong = re.search(r"no such column: (\w+)", first.error)
         table = re.search(r"\bFROM\s+(\w+)", query, re.IGNORECASE)
         if not wrong or not table:
             raise ExpertError(f"cannot repair: {first.error}")
         think = f"Column {wrong.group(1)} does not exist. Check the columns of {table.group(1)}."
-        (desc,) = _checked((yield Turn(think, [{"name": "describe_table", "arguments": {"table": table.group(1)}}])), 1)
+        (desc,) = _checked(
+            (
+                yield Turn(
+                    think, [{"name": "describe_table", "arguments": {"table": table.group(1)}}]
+                )
+            ),
+            1,
+        )
         if not desc.ok:
             raise ExpertError(f"describe_table failed: {desc.error}")
         columns = [c["name"] for c in desc.value.get("columns", [])]
@@ -329,7 +384,9 @@ def _sql_fix(step: dict, values: dict) -> Plan:
             raise ExpertError(f"no column like {wrong.group(1)!r}")
         fixed = re.sub(rf"\b{re.escape(wrong.group(1))}\b", right, query)
         think = f"The column is called {right}. Run the corrected query."
-        (first,) = _checked((yield Turn(think, [{"name": "sql_query", "arguments": {"query": fixed}}])), 1)
+        (first,) = _checked(
+            (yield Turn(think, [{"name": "sql_query", "arguments": {"query": fixed}}])), 1
+        )
         if not first.ok:
             raise ExpertError(f"the corrected query failed: {first.error}")
     values[step["as"]] = extract(step["extract"], first.value, values)
@@ -359,7 +416,9 @@ def run_plan(plan: dict, today: date) -> Plan:
         pick = max if reduce["kind"] == "argmax" else min
         best = reduce["names"][numbers.index(pick(numbers))]
         values[reduce["as"]] = best
-        listed = ", ".join(f"{n} {fmt_value(v)}" for n, v in zip(reduce["names"], numbers, strict=True))
+        listed = ", ".join(
+            f"{n} {fmt_value(v)}" for n, v in zip(reduce["names"], numbers, strict=True)
+        )
         side = "highest" if reduce["kind"] == "argmax" else "lowest"
         think = f"{reduce.get('what', 'values').capitalize()}: {listed}. The {side} is {best}."
     yield Turn(think=think, answer=expand_slots(plan["answer"] or BOOKING_ANSWER, values))
@@ -384,7 +443,9 @@ def next_turn(plan: dict, today: date, history: list[list[Result]]) -> Turn:
 class ExpertPolicy:
     """A `Policy` that plays the expert for the tasks it was given (found by user prompt)."""
 
-    def __init__(self, tasks: list | None = None, today: date | None = None, world: Any = None) -> None:
+    def __init__(
+        self, tasks: list | None = None, today: date | None = None, world: Any = None
+    ) -> None:
         self.tasks: dict[str, Any] = {}
         self.today = today or (world.today if world is not None else None)
         self.add(tasks or [])
@@ -405,7 +466,9 @@ class ExpertPolicy:
             return date(int(match.group(3)), MONTHS.index(match.group(2)) + 1, int(match.group(1)))
         return date.today()
 
-    def generate(self, prompts: list[str], sampling: Any = None, prompt_token_ids: Any = None) -> list:
+    def generate(
+        self, prompts: list[str], sampling: Any = None, prompt_token_ids: Any = None
+    ) -> list:
         from tooltune.rollout import Completion
 
         out = []

@@ -32,7 +32,13 @@ FAMILIES: dict[str, list[str]] = {
     "database": ["sql_query", "list_tables", "describe_table"],
     "flights": ["search_flights", "book_flight", "confirm_booking", "get_booking"],
     "browser": ["browser_open", "browser_click", "browser_find", "browser_back"],
-    "images": ["image_info", "image_crop", "image_histogram", "image_dominant_colors", "detect_shapes"],
+    "images": [
+        "image_info",
+        "image_crop",
+        "image_histogram",
+        "image_dominant_colors",
+        "detect_shapes",
+    ],
     "registry": ["geo_lookup", "corp_registry"],  # the held-out tools, never seen in training
 }
 BUILTIN_FAMILIES = [f for f in FAMILIES if f != "registry"]
@@ -219,7 +225,10 @@ def date_phrase(rng: random.Random, today: date, target: date) -> str:
     if offset == 2:
         options.append("the day after tomorrow")
     if 1 <= offset <= 7:
-        options += [f"next {WEEKDAYS[target.weekday()]}", f"this coming {WEEKDAYS[target.weekday()]}"]
+        options += [
+            f"next {WEEKDAYS[target.weekday()]}",
+            f"this coming {WEEKDAYS[target.weekday()]}",
+        ]
     next_monday = today + timedelta(days=7 - today.weekday())
     weeks = (target - next_monday).days // 7
     if weeks == 0:
@@ -264,7 +273,14 @@ def resolve_date_phrase(phrase: str, today: date) -> date:
 FACTS: dict[str, tuple[str, str, str, str, str, str]] = {
     "ceo": ("company", "Chief executive", "companies", "ceo", "ceo", "chief_executive"),
     "hq": ("company", "Headquarters", "companies", "hq_city", "hq", "headquarters"),
-    "revenue": ("company", "Revenue", "companies", "revenue_musd", "revenue_musd", "annual_revenue_musd"),
+    "revenue": (
+        "company",
+        "Revenue",
+        "companies",
+        "revenue_musd",
+        "revenue_musd",
+        "annual_revenue_musd",
+    ),
     "company_founded": ("company", "Founded", "companies", "founded", "founded", "founded"),
     "employees": ("company", "Employees", "companies", "employees", "employees", "employees"),
     "net_worth": ("person", "Net worth", "people", "net_worth_musd", "net_worth_musd", ""),
@@ -294,7 +310,11 @@ def lookup_op(source: str, fact: str, name: str, var: str) -> dict:
     """One call reading `fact` about the entity `name` (a literal or a `<<slot>>`)."""
     kind, article_field, table, column, _, reg_key = FACTS[fact]
     if source == "search":
-        return op(call("search", query=f"{name} {SEARCH_WORDS[fact]}", top_k=3), x_search(name, article_field), var)
+        return op(
+            call("search", query=f"{name} {SEARCH_WORDS[fact]}", top_k=3),
+            x_search(name, article_field),
+            var,
+        )
     if source == "database":
         query = f"SELECT {column} FROM {table} WHERE name = '{name}'"
         return op(call("sql_query", query=query), x_sql(column), var)
@@ -386,7 +406,12 @@ def t_calc(ctx: Ctx) -> Draft:
     elif form == 2:
         c, q, extra = r.randrange(3, 40), r.randrange(10, 400), r.randrange(2, 90)
         expr, value = f"({q * c - extra} + {extra}) / {c}", q
-        prompt = r.choice([f"Evaluate ({q * c - extra} + {extra}) / {c}.", f"What is ({q * c - extra} + {extra}) divided by {c}?"])
+        prompt = r.choice(
+            [
+                f"Evaluate ({q * c - extra} + {extra}) / {c}.",
+                f"What is ({q * c - extra} + {extra}) divided by {c}?",
+            ]
+        )
     elif form == 3:
         pct, base = r.choice([5, 10, 12, 15, 20, 25, 35, 40, 75]), r.randrange(20, 5000) * 4
         expr, value = f"{base} * {pct} / 100", base * pct / 100
@@ -394,14 +419,19 @@ def t_calc(ctx: Ctx) -> Draft:
     elif form == 4:
         root = r.randrange(12, 160)
         expr, value = f"sqrt({root * root})", root
-        prompt = r.choice([f"What is the square root of {root * root}?", f"Find sqrt({root * root})."])
+        prompt = r.choice(
+            [f"What is the square root of {root * root}?", f"Find sqrt({root * root})."]
+        )
     else:
         a, e = r.randrange(2, 13), r.randrange(3, 9)
         expr, value = f"{a}**{e}", a**e
         prompt = r.choice([f"What is {a} to the power of {e}?", f"Compute {a}^{e}."])
     p = plan(
         "<<v>>",
-        step(f"Evaluate {expr} with the calculator.", op(call("calculate", expression=expr), x_numeric(), "v")),
+        step(
+            f"Evaluate {expr} with the calculator.",
+            op(call("calculate", expression=expr), x_numeric(), "v"),
+        ),
     )
     return Draft(prompt, ["math"], value, num_check(value, 1e-6), p, {"v": value})
 
@@ -417,7 +447,10 @@ def t_solve(ctx: Ctx) -> Draft:
                        f"What value of x satisfies {a}x {sign} {abs(b)} = {c}?"])  # fmt: skip
     p = plan(
         "x = <<v>>",
-        step("Solve the linear equation.", op(call("solve_equation", equations=equation), {"kind": "solve", "var": "x"}, "v")),
+        step(
+            "Solve the linear equation.",
+            op(call("solve_equation", equations=equation), {"kind": "solve", "var": "x"}, "v"),
+        ),
     )
     return Draft(prompt, ["math"], x, num_check(x, 1e-6), p, {"v": x})
 
@@ -431,7 +464,14 @@ def t_integral(ctx: Ctx) -> Draft:
                        f"What is the definite integral of {3 * a}x^2 + {2 * b}x over x from 0 to {hi}?"])  # fmt: skip
     p = plan(
         "<<v>>",
-        step("A definite integral.", op(call("integrate", expression=expr, variable="x", lower=0, upper=hi), x_numeric(), "v")),
+        step(
+            "A definite integral.",
+            op(
+                call("integrate", expression=expr, variable="x", lower=0, upper=hi),
+                x_numeric(),
+                "v",
+            ),
+        ),
     )
     return Draft(prompt, ["math"], value, num_check(value, 1e-6), p, {"v": value})
 
@@ -449,11 +489,17 @@ def t_python(ctx: Ctx) -> Draft:
     if form == 0:
         n = r.randrange(20, 80)
         code = f"a, b = 0, 1\nfor _ in range({n}):\n    a, b = b, a + b\nprint(a)"
-        value, prompt = _fib(n), f"Use Python to compute the {n}th Fibonacci number (F(0) = 0, F(1) = 1)."
+        value, prompt = (
+            _fib(n),
+            f"Use Python to compute the {n}th Fibonacci number (F(0) = 0, F(1) = 1).",
+        )
     elif form == 1:
         n = r.randrange(50, 2000)
         code = f"print(sum(i * i for i in range(1, {n} + 1)))"
-        value, prompt = n * (n + 1) * (2 * n + 1) // 6, f"Write and run Python to sum the squares of 1 to {n}."
+        value, prompt = (
+            n * (n + 1) * (2 * n + 1) // 6,
+            f"Write and run Python to sum the squares of 1 to {n}.",
+        )
     elif form == 2:
         n = r.randrange(100, 5000)
         code = f"n = {n}\nprint(sum(1 for k in range(2, n) if all(k % d for d in range(2, int(k ** 0.5) + 1))))"
@@ -462,8 +508,14 @@ def t_python(ctx: Ctx) -> Draft:
     else:
         n = r.randrange(50, 400)
         code = f"print(sum(int(d) for d in str(2 ** {n})))"
-        value, prompt = sum(int(d) for d in str(2**n)), f"Run Python to find the sum of the digits of 2^{n}."
-    p = plan("<<v>>", step("Run a short program.", op(call("run_python", code=code), {"kind": "stdout"}, "v")))
+        value, prompt = (
+            sum(int(d) for d in str(2**n)),
+            f"Run Python to find the sum of the digits of 2^{n}.",
+        )
+    p = plan(
+        "<<v>>",
+        step("Run a short program.", op(call("run_python", code=code), {"kind": "stdout"}, "v")),
+    )
     return Draft(prompt, ["python"], value, num_check(value, 1e-9), p, {"v": value})
 
 
@@ -477,22 +529,34 @@ def t_stock_file(ctx: Ctx) -> Draft:
     ])  # fmt: skip
     p = plan(
         f"The {inv['warehouse']} warehouse has <<v>> units of {item['product']}.",
-        step(f"Read {inv['path']}.", op(call("read_file", path=inv["path"]), x_csv("product", item["product"], "stock"), "v")),
+        step(
+            f"Read {inv['path']}.",
+            op(
+                call("read_file", path=inv["path"]), x_csv("product", item["product"], "stock"), "v"
+            ),
+        ),
     )
-    return Draft(prompt, ["files"], item["stock"], num_check(item["stock"], 1e-9), p, {"v": item["stock"]})
+    return Draft(
+        prompt, ["files"], item["stock"], num_check(item["stock"], 1e-9), p, {"v": item["stock"]}
+    )
 
 
 def t_quarter_file(ctx: Ctx) -> Draft:
     rep = ctx.item("sales_reports")
     q = ctx.choice(list(rep["quarters"]))
     value = rep["quarters"][q]
-    prompt = ctx.choice([
-        f"What were {rep['company']}'s {q} sales in million USD? See {rep['path']}.",
-        f"Open {rep['path']} and report the {q} sales figure.",
-    ])
+    prompt = ctx.choice(
+        [
+            f"What were {rep['company']}'s {q} sales in million USD? See {rep['path']}.",
+            f"Open {rep['path']} and report the {q} sales figure.",
+        ]
+    )
     p = plan(
         f"{rep['company']} sold <<v>> million USD in {q}.",
-        step(f"Read {rep['path']}.", op(call("read_file", path=rep["path"]), x_csv("quarter", q, "sales_musd"), "v")),
+        step(
+            f"Read {rep['path']}.",
+            op(call("read_file", path=rep["path"]), x_csv("quarter", q, "sales_musd"), "v"),
+        ),
     )
     return Draft(prompt, ["files"], value, num_check(value, 1e-4, 0.05), p, {"v": value})
 
@@ -500,15 +564,22 @@ def t_quarter_file(ctx: Ctx) -> Draft:
 def t_budget_file(ctx: Ctx) -> Draft:
     budgets = [b for b in ctx.world.budgets if b["pool"] == ctx.pool and not b["moved_from"]]
     b = ctx.choice(budgets)
-    prompt = ctx.choice([
-        f"What is the approved budget in {b['path']}?",
-        f"Read {b['path']} and tell me the {b['department']} budget of {b['company']} in dollars.",
-    ])
+    prompt = ctx.choice(
+        [
+            f"What is the approved budget in {b['path']}?",
+            f"Read {b['path']} and tell me the {b['department']} budget of {b['company']} in dollars.",
+        ]
+    )
     p = plan(
         f"The approved {b['department']} budget of {b['company']} is $<<v>>.",
-        step(f"Read {b['path']}.", op(call("read_file", path=b["path"]), x_field("Approved budget"), "v")),
+        step(
+            f"Read {b['path']}.",
+            op(call("read_file", path=b["path"]), x_field("Approved budget"), "v"),
+        ),
     )
-    return Draft(prompt, ["files"], b["amount"], num_check(b["amount"], 1e-9), p, {"v": b["amount"]})
+    return Draft(
+        prompt, ["files"], b["amount"], num_check(b["amount"], 1e-9), p, {"v": b["amount"]}
+    )
 
 
 def _shape_question(ctx: Ctx, img: dict) -> tuple[str, str | None, str | None, int]:
@@ -530,7 +601,10 @@ def t_shape_count(ctx: Ctx) -> Draft:
                          f"Look at {img['path']}: how many {what} does it show?"])  # fmt: skip
     p = plan(
         f"{img['path']} shows <<v>> {what}.",
-        step(f"Detect the shapes in {img['path']}.", op(call("detect_shapes", path=img["path"]), x_shapes(color, kind), "v")),
+        step(
+            f"Detect the shapes in {img['path']}.",
+            op(call("detect_shapes", path=img["path"]), x_shapes(color, kind), "v"),
+        ),
     )
     return Draft(prompt, ["images"], value, num_check(value, 1e-9), p, {"v": value})
 
@@ -544,18 +618,32 @@ def t_product_price(ctx: Ctx) -> Draft:
         f"The {prod['name']} costs $<<v>>.",
         step("Query the products table.", op(call("sql_query", query=query), x_sql("price"), "v")),
     )
-    return Draft(prompt, ["database"], prod["price"], num_check(prod["price"], 1e-6), p, {"v": prod["price"]})
+    return Draft(
+        prompt, ["database"], prod["price"], num_check(prod["price"], 1e-6), p, {"v": prod["price"]}
+    )
 
 
 def t_order_quantity(ctx: Ctx) -> Draft:
     order = ctx.item("orders")
-    prompt = ctx.choice([f"How many units were ordered in order {order['id']}?", f"What quantity does order {order['id']} have?"])
+    prompt = ctx.choice(
+        [
+            f"How many units were ordered in order {order['id']}?",
+            f"What quantity does order {order['id']} have?",
+        ]
+    )
     query = f"SELECT quantity FROM orders WHERE id = '{order['id']}'"
     p = plan(
         f"Order {order['id']} is for <<v>> units.",
         step("Query the orders table.", op(call("sql_query", query=query), x_sql("quantity"), "v")),
     )
-    return Draft(prompt, ["database"], order["quantity"], num_check(order["quantity"], 1e-9), p, {"v": order["quantity"]})
+    return Draft(
+        prompt,
+        ["database"],
+        order["quantity"],
+        num_check(order["quantity"], 1e-9),
+        p,
+        {"v": order["quantity"]},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,7 +651,9 @@ def t_order_quantity(ctx: Ctx) -> Draft:
 # --------------------------------------------------------------------------------------------
 
 
-def make_chain(first: str, second: str, phrasings: list[str], source: str) -> Callable[[Ctx], Draft]:
+def make_chain(
+    first: str, second: str, phrasings: list[str], source: str
+) -> Callable[[Ctx], Draft]:
     """Look up `first` (a person or place name) about an entity, then `second` about that."""
 
     def make(ctx: Ctx) -> Draft:
@@ -574,10 +664,23 @@ def make_chain(first: str, second: str, phrasings: list[str], source: str) -> Ca
         prompt = ctx.choice(phrasings).format(n=name) + source_hint(ctx.rng, source)
         p = plan(
             f"The {w1} of {name} is <<mid>>, whose {w2} is <<v>>.",
-            step(f"First find the {w1} of {name}; then the {w2} of that answer.", lookup_op(source, first, name, "mid")),
-            step(f"The {w1} is <<mid>>. Now the {w2} of <<mid>>.", lookup_op(source, second, "<<mid>>", "v")),
+            step(
+                f"First find the {w1} of {name}; then the {w2} of that answer.",
+                lookup_op(source, first, name, "mid"),
+            ),
+            step(
+                f"The {w1} is <<mid>>. Now the {w2} of <<mid>>.",
+                lookup_op(source, second, "<<mid>>", "v"),
+            ),
         )
-        return Draft(prompt, families_for(source), value, fact_check(second, value), p, {"mid": mid, "v": value})
+        return Draft(
+            prompt,
+            families_for(source),
+            value,
+            fact_check(second, value),
+            p,
+            {"mid": mid, "v": value},
+        )
 
     return make
 
@@ -601,7 +704,10 @@ def t_density(ctx: Ctx) -> Draft:
     source = ctx.choice(["database", "search"])
     prompt = ctx.choice([f"What is the population density of {place['name']} (people per km2)?",
                          f"How many inhabitants per square kilometre does {place['name']} have?"])  # fmt: skip
-    first = step(f"Get the population and area of {place['name']}, then divide.", lookup_op(source, "population", place["name"], "pop"))
+    first = step(
+        f"Get the population and area of {place['name']}, then divide.",
+        lookup_op(source, "population", place["name"], "pop"),
+    )
     if source == "database":
         q = f"SELECT population, area_km2 FROM places WHERE name = '{place['name']}'"
         first = step(f"Get the population and area of {place['name']}, then divide.",
@@ -612,7 +718,10 @@ def t_density(ctx: Ctx) -> Draft:
     p = plan(
         f"{place['name']} has about <<d>> people per km2.",
         first,
-        step("Population <<pop>>, area <<area>> km2.", op(call("calculate", expression="<<pop:num>> / <<area:num>>"), x_numeric(), "d")),
+        step(
+            "Population <<pop>>, area <<area>> km2.",
+            op(call("calculate", expression="<<pop:num>> / <<area:num>>"), x_numeric(), "d"),
+        ),
     )
     truth = {"pop": place["population"], "area": place["area_km2"], "d": value}
     return Draft(prompt, [source, "math"], value, num_check(value, 1e-3), p, truth)
@@ -642,8 +751,20 @@ def t_quarter_sum(ctx: Ctx) -> Draft:
                          f"Using {rep['path']}, compute {rep['company']}'s sales for the whole year."])  # fmt: skip
     p = plan(
         f"{rep['company']} sold <<total>> million USD over the year.",
-        {**step(f"Read {rep['path']}, then sum the quarters.", op(call("read_file", path=rep["path"]), {"kind": "csv_column", "col": "sales_musd"}, "qs"))},
-        step("Sum the quarterly figures.", op(call("calculate", expression="<<qs:sum>>"), x_numeric(), "total")),
+        {
+            **step(
+                f"Read {rep['path']}, then sum the quarters.",
+                op(
+                    call("read_file", path=rep["path"]),
+                    {"kind": "csv_column", "col": "sales_musd"},
+                    "qs",
+                ),
+            )
+        },
+        step(
+            "Sum the quarterly figures.",
+            op(call("calculate", expression="<<qs:sum>>"), x_numeric(), "total"),
+        ),
     )
     truth = {"qs": list(rep["quarters"].values()), "total": total}
     return Draft(prompt, ["files", "math"], total, num_check(total, 1e-4, 0.05), p, truth)
@@ -666,7 +787,11 @@ def _atlas_truth(world: World, place: str) -> dict:
 def t_atlas_fact(ctx: Ctx) -> Draft:
     place = ctx.place()
     fieldname = ctx.choice(["Mayor", "Elevation", "Landmark"])
-    value = {"Mayor": place["mayor"], "Elevation": place["elevation_m"], "Landmark": place["landmark"]}[fieldname]
+    value = {
+        "Mayor": place["mayor"],
+        "Elevation": place["elevation_m"],
+        "Landmark": place["landmark"],
+    }[fieldname]
     q = {
         "Mayor": [f"Who is the mayor of {place['name']}?", f"Find the mayor of {place['name']}."],
         "Elevation": [f"What is the elevation of {place['name']} in metres?", f"How high above sea level is {place['name']}?"],
@@ -674,7 +799,10 @@ def t_atlas_fact(ctx: Ctx) -> Draft:
     }[fieldname]  # fmt: skip
     prompt = ctx.choice(q) + ctx.choice([f" Use the Regional Atlas website (start at {ATLAS_START}).",
                                          f" The Regional Atlas site at {ATLAS_START} has it."])  # fmt: skip
-    p = plan(f"The atlas gives {fieldname.lower()} of {place['name']}: <<v>>.", *_atlas_steps(place["name"], fieldname, "v"))
+    p = plan(
+        f"The atlas gives {fieldname.lower()} of {place['name']}: <<v>>.",
+        *_atlas_steps(place["name"], fieldname, "v"),
+    )
     check = num_check(value, 1e-9) if fieldname == "Elevation" else text_check(value)
     truth = {**_atlas_truth(ctx.world, place["name"]), "v": value}
     return Draft(prompt, ["browser"], value, check, p, truth)
@@ -688,13 +816,15 @@ def t_stock_value(ctx: Ctx) -> Draft:
     prompt = ctx.choice([f"What is the {inv['warehouse']} warehouse's stock of {item['product']} worth? The counts are in {inv['path']} and prices in the database.",
                          f"Value the {item['product']} stock listed in {inv['path']} at the database price."])  # fmt: skip
     p = plan(
-        f"<<stock>> units at $<<price>> each: $<<total>>.",
+        "<<stock>> units at $<<price>> each: $<<total>>.",
         step(f"Read the stock from {inv['path']}, then the price, then multiply.", op(call("read_file", path=inv["path"]), x_csv("product", item["product"], "stock"), "stock")),
         step("Now the unit price.", op(call("sql_query", query=f"SELECT price FROM products WHERE name = {sql_lit(item['product'])}"), x_sql("price"), "price")),
         step("Multiply.", op(call("calculate", expression="<<stock:num>> * <<price:num>>"), x_numeric(), "total")),
     )  # fmt: skip
     truth = {"stock": item["stock"], "price": prod["price"], "total": value}
-    return Draft(prompt, ["files", "database", "math"], value, num_check(value, 1e-4, 0.01), p, truth)
+    return Draft(
+        prompt, ["files", "database", "math"], value, num_check(value, 1e-4, 0.01), p, truth
+    )
 
 
 def t_company_age(ctx: Ctx) -> Draft:
@@ -706,10 +836,22 @@ def t_company_age(ctx: Ctx) -> Draft:
                          f"It is {year}. How old is the company {company['name']} in years?"])  # fmt: skip
     p = plan(
         f"{company['name']} was founded in <<f>>, <<age>> years before {year}.",
-        step(f"Find the founding year, then subtract it from {year}.", lookup_op(source, "company_founded", company["name"], "f")),
-        step("Subtract.", op(call("calculate", expression=f"{year} - <<f:num>>"), x_numeric(), "age")),
+        step(
+            f"Find the founding year, then subtract it from {year}.",
+            lookup_op(source, "company_founded", company["name"], "f"),
+        ),
+        step(
+            "Subtract.", op(call("calculate", expression=f"{year} - <<f:num>>"), x_numeric(), "age")
+        ),
     )
-    return Draft(prompt, [source, "math"], value, num_check(value, 1e-9), p, {"f": company["founded"], "age": value})
+    return Draft(
+        prompt,
+        [source, "math"],
+        value,
+        num_check(value, 1e-9),
+        p,
+        {"f": company["founded"], "age": value},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,8 +901,20 @@ def t_older(ctx: Ctx) -> Draft:
     oldest = names[values.index(min(values))]
     prompt = ctx.choice([f"Which was founded first, {names[0]} or {names[1]}? Answer with the name only.",
                          f"Is {names[0]} or {names[1]} older? Reply with just the name."])  # fmt: skip
-    p = plan("<<argmin>>", step("Look up both founding years at once.", *[lookup_op(source, fact, nm, f"v{i}") for i, nm in enumerate(names)]))
-    p["reduce"] = {"kind": "argmin", "names": names, "vars": ["v0", "v1"], "as": "argmin", "what": "founding year"}
+    p = plan(
+        "<<argmin>>",
+        step(
+            "Look up both founding years at once.",
+            *[lookup_op(source, fact, nm, f"v{i}") for i, nm in enumerate(names)],
+        ),
+    )
+    p["reduce"] = {
+        "kind": "argmin",
+        "names": names,
+        "vars": ["v0", "v1"],
+        "as": "argmin",
+        "what": "founding year",
+    }
     return Draft(prompt, [source], oldest, {"type": "choice", "value": oldest, "options": names}, p,
                  {"v0": values[0], "v1": values[1]}, parallel=2)  # fmt: skip
 
@@ -787,15 +941,27 @@ def t_sum(ctx: Ctx) -> Draft:
         step("Add them up.", op(call("calculate", expression=expr), x_numeric(), "total")),
     )
     truth = {**{f"v{i}": v for i, v in enumerate(values)}, "total": total}
-    return Draft(prompt, [source, "math"], total, num_check(total, 1e-4, 0.05), p, truth, parallel=n)
+    return Draft(
+        prompt, [source, "math"], total, num_check(total, 1e-4, 0.05), p, truth, parallel=n
+    )
 
 
 def t_two_calcs(ctx: Ctx) -> Draft:
     r = ctx.rng
-    a, b, c, d = r.randrange(12, 999), r.randrange(12, 999), r.randrange(100, 9999), r.randrange(2, 60)
+    a, b, c, d = (
+        r.randrange(12, 999),
+        r.randrange(12, 999),
+        r.randrange(100, 9999),
+        r.randrange(2, 60),
+    )
     e1, v1 = f"{a} * {b}", a * b
     e2, v2 = f"{c * d} / {d}", c
-    prompt = r.choice([f"Compute {a}*{b} and {c * d}/{d}.", f"I need two numbers: {a} times {b}, and {c * d} divided by {d}."])
+    prompt = r.choice(
+        [
+            f"Compute {a}*{b} and {c * d}/{d}.",
+            f"I need two numbers: {a} times {b}, and {c * d} divided by {d}.",
+        ]
+    )
     p = plan(
         f"{a} * {b} = <<a>> and {c * d} / {d} = <<b>>.",
         step("Two independent calculations: run both now.",
@@ -807,7 +973,9 @@ def t_two_calcs(ctx: Ctx) -> Draft:
 
 def t_two_warehouses(ctx: Ctx) -> Draft:
     invs = ctx.rng.sample(ctx.world.inventories, 2)
-    common = sorted({i["product"] for i in invs[0]["items"]} & {i["product"] for i in invs[1]["items"]})
+    common = sorted(
+        {i["product"] for i in invs[0]["items"]} & {i["product"] for i in invs[1]["items"]}
+    )
     if not common:
         raise LookupError("no common product")
     product = ctx.choice(common)
@@ -831,7 +999,7 @@ def t_two_images(ctx: Ctx) -> Draft:
     prompt = ctx.choice([f"How many shapes do {imgs[0]['path']} and {imgs[1]['path']} contain together?",
                          f"Count all shapes in {imgs[0]['path']} and in {imgs[1]['path']}; what is the total?"])  # fmt: skip
     p = plan(
-        f"<<c0>> + <<c1>> = <<total>> shapes.",
+        "<<c0>> + <<c1>> = <<total>> shapes.",
         step("Detect shapes in both images at once.", *[op(call("detect_shapes", path=img["path"]), x_shapes(), f"c{i}") for i, img in enumerate(imgs)]),
         step("Add the counts.", op(call("calculate", expression="<<c0:num>> + <<c1:num>>"), x_numeric(), "total")),
     )  # fmt: skip
@@ -848,7 +1016,10 @@ def t_hq_pair(ctx: Ctx) -> Draft:
                          f"Name the headquarters cities of {names[0]} and of {names[1]}."])  # fmt: skip
     p = plan(
         f"{names[0]} is headquartered in <<h0>> and {names[1]} in <<h1>>.",
-        step("Two independent lookups in one turn.", *[lookup_op(source, "hq", nm, f"h{i}") for i, nm in enumerate(names)]),
+        step(
+            "Two independent lookups in one turn.",
+            *[lookup_op(source, "hq", nm, f"h{i}") for i, nm in enumerate(names)],
+        ),
     )
     return Draft(prompt, [source], hqs, {"type": "set", "items": sorted(set(hqs))}, p,
                  {"h0": hqs[0], "h1": hqs[1]}, parallel=2)  # fmt: skip
@@ -873,7 +1044,9 @@ def t_mixed_sources(ctx: Ctx) -> Draft:
 # --------------------------------------------------------------------------------------------
 
 
-def _route_day(ctx: Ctx, sold_out: bool | None, route: dict | None = None) -> tuple[dict, str, list[dict]]:
+def _route_day(
+    ctx: Ctx, sold_out: bool | None, route: dict | None = None
+) -> tuple[dict, str, list[dict]]:
     routes = [route] if route else [r for r in ctx.world.routes if r["pool"] == ctx.pool]
     options = []
     for r in routes:
@@ -891,7 +1064,11 @@ def _route_day(ctx: Ctx, sold_out: bool | None, route: dict | None = None) -> tu
 
 def booking_truth(flights: list[dict], criterion: str) -> tuple[list[dict], dict]:
     """Flights in the expert's order of preference and the one that ends up booked."""
-    key = (lambda f: (f["price"], f["departure"])) if criterion == "cheapest" else (lambda f: (f["departure"], f["price"]))
+    key = (
+        (lambda f: (f["price"], f["departure"]))
+        if criterion == "cheapest"
+        else (lambda f: (f["departure"], f["price"]))
+    )
     ranked = sorted(flights, key=key)
     booked = next(f for f in ranked if not f["sells_out"])
     return ranked, booked
@@ -902,7 +1079,9 @@ def booking_step(origin: str, destination: str, day: str, criterion: str, passen
             "criterion": criterion, "passenger": passenger}  # fmt: skip
 
 
-def booking_calls(ranked: list[dict], origin: str, destination: str, day: str, passenger: str) -> list[dict]:
+def booking_calls(
+    ranked: list[dict], origin: str, destination: str, day: str, passenger: str
+) -> list[dict]:
     calls = [call("search_flights", origin=origin, destination=destination, date=day)]
     for f in ranked:
         calls.append(call("book_flight", flight_id=f["id"], passenger=passenger))
@@ -912,15 +1091,19 @@ def booking_calls(ranked: list[dict], origin: str, destination: str, day: str, p
     return calls
 
 
-def _booking_prompt(ctx: Ctx, origin: str, destination: str, phrase: str, criterion: str, who: str) -> str:
+def _booking_prompt(
+    ctx: Ctx, origin: str, destination: str, phrase: str, criterion: str, who: str
+) -> str:
     today = f"Today is {long_date(ctx.world.today)}. "
     adj = "cheapest" if criterion == "cheapest" else "earliest"
     subject = who[0].upper() + who[1:]
-    return today + ctx.choice([
-        f"Book the {adj} flight from {origin} to {destination} {phrase} for {who}, and confirm it.",
-        f"Please get {who} on the {adj} {origin} to {destination} flight {phrase}; the booking must be confirmed.",
-        f"{subject} needs to fly from {origin} to {destination} {phrase}. Book and confirm the {adj} option.",
-    ])
+    return today + ctx.choice(
+        [
+            f"Book the {adj} flight from {origin} to {destination} {phrase} for {who}, and confirm it.",
+            f"Please get {who} on the {adj} {origin} to {destination} flight {phrase}; the booking must be confirmed.",
+            f"{subject} needs to fly from {origin} to {destination} {phrase}. Book and confirm the {adj} option.",
+        ]
+    )
 
 
 def t_book(ctx: Ctx) -> Draft:
@@ -931,12 +1114,18 @@ def t_book(ctx: Ctx) -> Draft:
     target = date.fromisoformat(day)
     phrase = date_phrase(ctx.rng, ctx.world.today, target)
     ranked, booked = booking_truth(flights, criterion)
-    prompt = _booking_prompt(ctx, route["origin"], route["destination"], phrase, criterion, passenger)
+    prompt = _booking_prompt(
+        ctx, route["origin"], route["destination"], phrase, criterion, passenger
+    )
     p = plan("", booking_step(route["origin"], route["destination"], day, criterion, passenger))
     p["date_phrase"] = phrase
-    truth = {"_macro": {0: booking_calls(ranked, route["origin"], route["destination"], day, passenger)}}
+    truth = {
+        "_macro": {0: booking_calls(ranked, route["origin"], route["destination"], day, passenger)}
+    }
     check = {"type": "booking", "flight_id": booked["id"], "passenger": passenger}
-    return Draft(prompt, ["flights"], {"flight_id": booked["id"], "passenger": passenger}, check, p, truth)
+    return Draft(
+        prompt, ["flights"], {"flight_id": booked["id"], "passenger": passenger}, check, p, truth
+    )
 
 
 def t_book_for_ceo(ctx: Ctx) -> Draft:
@@ -945,16 +1134,38 @@ def t_book_for_ceo(ctx: Ctx) -> Draft:
     source = ctx.choice(["search", "database"])
     phrase = date_phrase(ctx.rng, ctx.world.today, date.fromisoformat(day))
     ranked, booked = booking_truth(flights, "cheapest")
-    prompt = _booking_prompt(ctx, route["origin"], route["destination"], phrase, "cheapest", f"the chief executive of {company['name']}")
+    prompt = _booking_prompt(
+        ctx,
+        route["origin"],
+        route["destination"],
+        phrase,
+        "cheapest",
+        f"the chief executive of {company['name']}",
+    )
     p = plan(
         "",
-        step(f"First find who runs {company['name']}; that is the passenger.", lookup_op(source, "ceo", company["name"], "ceo")),
+        step(
+            f"First find who runs {company['name']}; that is the passenger.",
+            lookup_op(source, "ceo", company["name"], "ceo"),
+        ),
         booking_step(route["origin"], route["destination"], day, "cheapest", "<<ceo>>"),
     )
     p["date_phrase"] = phrase
-    truth = {"ceo": company["ceo"], "_macro": {1: booking_calls(ranked, route["origin"], route["destination"], day, company["ceo"])}}
+    truth = {
+        "ceo": company["ceo"],
+        "_macro": {
+            1: booking_calls(ranked, route["origin"], route["destination"], day, company["ceo"])
+        },
+    }
     check = {"type": "booking", "flight_id": booked["id"], "passenger": company["ceo"]}
-    return Draft(prompt, [source, "flights"], {"flight_id": booked["id"], "passenger": company["ceo"]}, check, p, truth)
+    return Draft(
+        prompt,
+        [source, "flights"],
+        {"flight_id": booked["id"], "passenger": company["ceo"]},
+        check,
+        p,
+        truth,
+    )
 
 
 def make_book_to_hq(sources: list[str]) -> Callable[[Ctx], Draft]:
@@ -979,13 +1190,26 @@ def _book_to_hq(ctx: Ctx, source: str) -> Draft:
     ])  # fmt: skip
     p = plan(
         "",
-        step(f"Find where {company['name']} is headquartered, then book.", lookup_op(source, "hq", company["name"], "hq")),
+        step(
+            f"Find where {company['name']} is headquartered, then book.",
+            lookup_op(source, "hq", company["name"], "hq"),
+        ),
         booking_step(route["origin"], "<<hq>>", day, "cheapest", passenger),
     )
     p["date_phrase"] = phrase
-    truth = {"hq": company["hq"], "_macro": {1: booking_calls(ranked, route["origin"], company["hq"], day, passenger)}}
+    truth = {
+        "hq": company["hq"],
+        "_macro": {1: booking_calls(ranked, route["origin"], company["hq"], day, passenger)},
+    }
     check = {"type": "booking", "flight_id": booked["id"], "passenger": passenger}
-    return Draft(prompt, [source, "flights"], {"flight_id": booked["id"], "passenger": passenger}, check, p, truth)
+    return Draft(
+        prompt,
+        [source, "flights"],
+        {"flight_id": booked["id"], "passenger": passenger},
+        check,
+        p,
+        truth,
+    )
 
 
 def _moved_budget(ctx: Ctx) -> dict:
@@ -1020,7 +1244,11 @@ def t_moved_budget(ctx: Ctx) -> Draft:
 
 
 def t_budget_share(ctx: Ctx) -> Draft:
-    b = _moved_budget(ctx) if ctx.rng.random() < 0.6 else ctx.choice([x for x in ctx.world.budgets if x["pool"] == ctx.pool])
+    b = (
+        _moved_budget(ctx)
+        if ctx.rng.random() < 0.6
+        else ctx.choice([x for x in ctx.world.budgets if x["pool"] == ctx.pool])
+    )
     company = ctx.world.company(b["company"])
     share = b["amount"] / (company["revenue_musd"] * 1e6) * 100
     claimed = b["moved_from"] or b["path"]
@@ -1031,7 +1259,7 @@ def t_budget_share(ctx: Ctx) -> Draft:
     ])  # fmt: skip
     read = read_or_find_step(claimed, pattern, select, x_field("Approved budget"), "amount")
     p = plan(
-        f"$<<amount>> of <<rev>> million USD revenue is <<share>>%.",
+        "$<<amount>> of <<rev>> million USD revenue is <<share>>%.",
         read,
         step("Now the revenue from the database.", lookup_op("database", "revenue", b["company"], "rev")),
         step("Percentage = amount / (revenue * 1e6) * 100.", op(call("calculate", expression="<<amount:num>> / (<<rev:num>> * 1000000) * 100"), x_numeric(), "share")),
@@ -1039,15 +1267,30 @@ def t_budget_share(ctx: Ctx) -> Draft:
     reads = [call("read_file", path=claimed)]
     if b["moved_from"]:
         reads += [call("search_files", pattern=pattern), call("read_file", path=b["path"])]
-    truth = {"amount": b["amount"], "rev": company["revenue_musd"], "share": share, "_macro": {0: reads}}
+    truth = {
+        "amount": b["amount"],
+        "rev": company["revenue_musd"],
+        "share": share,
+        "_macro": {0: reads},
+    }
     return Draft(prompt, ["files", "database", "math"], share, num_check(share, 1e-3), p, truth)
 
 
 BROKEN_SQL = [
     # (table, wrong column, right column, query template with {col}, world value function)
     ("orders", "qty", "quantity", "SELECT SUM({col}) FROM orders WHERE product_id = '{pid}'"),
-    ("orders", "qty", "quantity", "SELECT SUM({col}) FROM orders WHERE status = 'shipped' AND product_id = '{pid}'"),
-    ("companies", "revenue", "revenue_musd", "SELECT {col} FROM companies WHERE name = '{company}'"),
+    (
+        "orders",
+        "qty",
+        "quantity",
+        "SELECT SUM({col}) FROM orders WHERE status = 'shipped' AND product_id = '{pid}'",
+    ),
+    (
+        "companies",
+        "revenue",
+        "revenue_musd",
+        "SELECT {col} FROM companies WHERE name = '{company}'",
+    ),
     ("companies", "hq", "hq_city", "SELECT {col} FROM companies WHERE name = '{company}'"),
     ("people", "net_worth", "net_worth_musd", "SELECT {col} FROM people WHERE name = '{person}'"),
     ("places", "area", "area_km2", "SELECT {col} FROM places WHERE name = '{place}'"),
@@ -1085,10 +1328,26 @@ def t_broken_sql(ctx: Ctx) -> Draft:
     ])  # fmt: skip
     p = plan(
         "The corrected query returns <<v>>.",
-        {"macro": "sql_fix", "query": broken, "table": table, "wrong": wrong, "extract": x_sql(None), "as": "v"},
+        {
+            "macro": "sql_fix",
+            "query": broken,
+            "table": table,
+            "wrong": wrong,
+            "extract": x_sql(None),
+            "as": "v",
+        },
     )
     check = num_check(value, 1e-6) if isinstance(value, int | float) else text_check(value)
-    truth = {"v": value, "_macro": {0: [call("sql_query", query=broken), call("describe_table", table=table), call("sql_query", query=fixed)]}}
+    truth = {
+        "v": value,
+        "_macro": {
+            0: [
+                call("sql_query", query=broken),
+                call("describe_table", table=table),
+                call("sql_query", query=fixed),
+            ]
+        },
+    }
     return Draft(prompt, ["database"], value, check, p, truth)
 
 
@@ -1103,7 +1362,13 @@ def t_image_report(ctx: Ctx) -> Draft:
         step(f"Detect shapes in {img['path']}, then write the count.", op(call("detect_shapes", path=img["path"]), x_shapes(color, kind), "v")),
         step(f"Save the count to {out}.", op(call("write_file", path=out, content="<<v:raw>>\n"), {"kind": "none"}, "_")),
     )  # fmt: skip
-    check = {"type": "all", "checks": [num_check(value, 1e-9), {"type": "file", "path": out, "check": num_check(value, 1e-9)}]}
+    check = {
+        "type": "all",
+        "checks": [
+            num_check(value, 1e-9),
+            {"type": "file", "path": out, "check": num_check(value, 1e-9)},
+        ],
+    }
     return Draft(prompt, ["images", "files"], value, check, p, {"v": value})
 
 
@@ -1113,7 +1378,12 @@ def t_hq_mayor(ctx: Ctx) -> Draft:
     source = ctx.choice(["search", "database"])
     prompt = ctx.choice([f"Who is the mayor of the city where {company['name']} is headquartered? The Regional Atlas website ({ATLAS_START}) lists mayors.",
                          f"Find {company['name']}'s headquarters city, then its mayor on the Regional Atlas site (start at {ATLAS_START})."])  # fmt: skip
-    steps = [step(f"Find {company['name']}'s headquarters, then browse the atlas.", lookup_op(source, "hq", company["name"], "hq"))]
+    steps = [
+        step(
+            f"Find {company['name']}'s headquarters, then browse the atlas.",
+            lookup_op(source, "hq", company["name"], "hq"),
+        )
+    ]
     atlas = _atlas_steps("<<hq>>", "Mayor", "v")
     p = plan(f"{company['name']} is headquartered in <<hq>>, whose mayor is <<v>>.", *steps, *atlas)
     truth = {"hq": company["hq"], **_atlas_truth(ctx.world, company["hq"]), "v": place["mayor"]}
@@ -1132,7 +1402,12 @@ def t_reg_simple(ctx: Ctx) -> Draft:
 
 def t_reg_chain(ctx: Ctx) -> Draft:
     second = ctx.choice(["population", "area"])
-    return make_chain("hq", second, CHAINS[("hq", "population")] if second == "population" else CHAINS[("hq", "area")], "registry")(ctx)
+    return make_chain(
+        "hq",
+        second,
+        CHAINS[("hq", "population")] if second == "population" else CHAINS[("hq", "area")],
+        "registry",
+    )(ctx)
 
 
 def t_reg_sum(ctx: Ctx) -> Draft:
@@ -1143,11 +1418,19 @@ def t_reg_sum(ctx: Ctx) -> Draft:
                          f"Total the annual revenues (million USD) of {names[0]} and {names[1]}."])  # fmt: skip
     p = plan(
         "Together <<total>> million USD.",
-        step("Query the registry for both companies at once.", *[lookup_op("registry", "revenue", nm, f"v{i}") for i, nm in enumerate(names)]),
-        step("Add.", op(call("calculate", expression="<<v0:num>> + <<v1:num>>"), x_numeric(), "total")),
+        step(
+            "Query the registry for both companies at once.",
+            *[lookup_op("registry", "revenue", nm, f"v{i}") for i, nm in enumerate(names)],
+        ),
+        step(
+            "Add.",
+            op(call("calculate", expression="<<v0:num>> + <<v1:num>>"), x_numeric(), "total"),
+        ),
     )
     truth = {"v0": comps[0]["revenue_musd"], "v1": comps[1]["revenue_musd"], "total": total}
-    return Draft(prompt, ["registry", "math"], total, num_check(total, 1e-4, 0.05), p, truth, parallel=2)
+    return Draft(
+        prompt, ["registry", "math"], total, num_check(total, 1e-4, 0.05), p, truth, parallel=2
+    )
 
 
 def t_reg_compare(ctx: Ctx) -> Draft:
@@ -1156,8 +1439,20 @@ def t_reg_compare(ctx: Ctx) -> Draft:
     best = max(places, key=lambda p: p["population"])["name"]
     prompt = ctx.choice([f"Which city has more people, {names[0]} or {names[1]}? Answer with the name only.",
                          f"Is {names[0]} or {names[1]} more populous? Reply with just the name."])  # fmt: skip
-    p = plan("<<argmax>>", step("Both populations at once.", *[lookup_op("registry", "population", nm, f"v{i}") for i, nm in enumerate(names)]))
-    p["reduce"] = {"kind": "argmax", "names": names, "vars": ["v0", "v1"], "as": "argmax", "what": "population"}
+    p = plan(
+        "<<argmax>>",
+        step(
+            "Both populations at once.",
+            *[lookup_op("registry", "population", nm, f"v{i}") for i, nm in enumerate(names)],
+        ),
+    )
+    p["reduce"] = {
+        "kind": "argmax",
+        "names": names,
+        "vars": ["v0", "v1"],
+        "as": "argmax",
+        "what": "population",
+    }
     return Draft(prompt, ["registry"], best, {"type": "choice", "value": best, "options": names}, p,
                  {"v0": places[0]["population"], "v1": places[1]["population"]}, parallel=2)  # fmt: skip
 
@@ -1179,7 +1474,9 @@ TEMPLATES: list[Template] = [
     Template("solve", S, t_solve),
     Template("integral", S, t_integral, heldout=True),
     Template("python", S, t_python),
-    Template("company_fact_search", S, make_fact(["ceo", "hq", "revenue", "company_founded"], "search")),
+    Template(
+        "company_fact_search", S, make_fact(["ceo", "hq", "revenue", "company_founded"], "search")
+    ),
     Template("company_fact_sql", S, make_fact(["ceo", "hq", "revenue", "employees"], "database")),
     Template("person_fact_search", S, make_fact(["net_worth", "age", "city"], "search")),
     Template("person_fact_sql", S, make_fact(["net_worth", "age"], "database")),
@@ -1192,14 +1489,37 @@ TEMPLATES: list[Template] = [
     Template("shape_count", S, t_shape_count),
     Template("product_price", S, t_product_price),
     Template("order_quantity", S, t_order_quantity, heldout=True),
-    Template("ceo_networth_search", Q, make_chain("ceo", "net_worth", CHAINS[("ceo", "net_worth")], "search")),
-    Template("ceo_networth_sql", Q, make_chain("ceo", "net_worth", CHAINS[("ceo", "net_worth")], "database")),
+    Template(
+        "ceo_networth_search",
+        Q,
+        make_chain("ceo", "net_worth", CHAINS[("ceo", "net_worth")], "search"),
+    ),
+    Template(
+        "ceo_networth_sql",
+        Q,
+        make_chain("ceo", "net_worth", CHAINS[("ceo", "net_worth")], "database"),
+    ),
     Template("ceo_age", Q, make_chain("ceo", "age", CHAINS[("ceo", "age")], "search")),
-    Template("hq_population_sql", Q, make_chain("hq", "population", CHAINS[("hq", "population")], "database")),
-    Template("hq_population_search", Q, make_chain("hq", "population", CHAINS[("hq", "population")], "search")),
-    Template("hq_area", Q, make_chain("hq", "area", CHAINS[("hq", "area")], "database"), heldout=True),
+    Template(
+        "hq_population_sql",
+        Q,
+        make_chain("hq", "population", CHAINS[("hq", "population")], "database"),
+    ),
+    Template(
+        "hq_population_search",
+        Q,
+        make_chain("hq", "population", CHAINS[("hq", "population")], "search"),
+    ),
+    Template(
+        "hq_area", Q, make_chain("hq", "area", CHAINS[("hq", "area")], "database"), heldout=True
+    ),
     Template("ceo_city", Q, make_chain("ceo", "city", CHAINS[("ceo", "city")], "search")),
-    Template("person_city_population", Q, make_chain("city", "population", CHAINS[("city", "population")], "database"), heldout=True),
+    Template(
+        "person_city_population",
+        Q,
+        make_chain("city", "population", CHAINS[("city", "population")], "database"),
+        heldout=True,
+    ),
     Template("density", Q, t_density),
     Template("order_total", Q, t_order_total),
     Template("quarter_sum", Q, t_quarter_sum),

@@ -30,7 +30,12 @@ from tooltune.tasks.generators import (
 from tooltune.tasks.world import World, build_world, load_world, world_is_built
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
-POOL_OF_SPLIT = {"train": "train", "validation": "validation", "test": "test", "heldout_tools": "test"}
+POOL_OF_SPLIT = {
+    "train": "train",
+    "validation": "validation",
+    "test": "test",
+    "heldout_tools": "test",
+}
 DEFAULT_TIER_WEIGHTS = {
     TaskTier.SIMPLE: 0.3,
     TaskTier.MULTI_TOOL_SEQ: 0.3,
@@ -78,7 +83,9 @@ def _tool_names(draft: Draft, rng: random.Random) -> list[str]:
     return [name for fam in order if fam in families for name in FAMILIES[fam]]
 
 
-def make_task(template: Template, world: World, split: str, rng: random.Random, task_id: str) -> Task:
+def make_task(
+    template: Template, world: World, split: str, rng: random.Random, task_id: str
+) -> Task:
     """One task from `template`; raises LookupError when the pool cannot support it."""
     ctx = Ctx(world=world, rng=rng, pool=POOL_OF_SPLIT[split])
     draft = template.make(ctx)
@@ -100,7 +107,9 @@ def make_task(template: Template, world: World, split: str, rng: random.Random, 
     )
 
 
-def _weights(tier_weights: dict[Any, float] | None, tiers: list[Any] | None) -> dict[TaskTier, float]:
+def _weights(
+    tier_weights: dict[Any, float] | None, tiers: list[Any] | None
+) -> dict[TaskTier, float]:
     weights = {TaskTier(k): float(v) for k, v in (tier_weights or DEFAULT_TIER_WEIGHTS).items()}
     if tiers is not None:
         allowed = {TaskTier(t) for t in tiers}
@@ -136,7 +145,7 @@ def sample_tasks(
         if not by_tier[tier]:
             raise ValueError(f"split {split!r} has no templates of tier {tier.value}")
         task = None
-        for attempt in range(_MAX_TRIES):
+        for _attempt in range(_MAX_TRIES):
             template = rng.choice(by_tier[tier])
             try:
                 candidate = make_task(template, w, split, rng, f"{split}-{seed}-{i:05d}")
@@ -146,7 +155,9 @@ def sample_tasks(
             if not (unique and candidate.prompt in seen):
                 break
         if task is None:
-            raise RuntimeError(f"could not generate task {i} of split {split!r} (tier {tier.value})")
+            raise RuntimeError(
+                f"could not generate task {i} of split {split!r} (tier {tier.value})"
+            )
         seen.add(task.prompt)
         tasks.append(task)
     return tasks

@@ -164,7 +164,10 @@ def world_is_built(world_dir: str | Path, seed: int | None = None) -> bool:
         return False
     if data.get("version") != WORLD_VERSION or (seed is not None and data.get("seed") != seed):
         return False
-    return all((Path(world_dir) / p).exists() for p in ("corpus", "sandbox", "world.db", "web", "flights.db"))
+    return all(
+        (Path(world_dir) / p).exists()
+        for p in ("corpus", "sandbox", "world.db", "web", "flights.db")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +208,11 @@ class _Names:
         return self._syllables(n).capitalize()
 
     def place(self) -> str:
-        return self.take(lambda: (self._syllables(self.rng.choice([1, 2])) + self.rng.choice(_PLACE_ENDINGS)).capitalize())
+        return self.take(
+            lambda: (
+                self._syllables(self.rng.choice([1, 2])) + self.rng.choice(_PLACE_ENDINGS)
+            ).capitalize()
+        )
 
     def company(self) -> str:
         return self.take(lambda: self.word(2) + self.rng.choice(_COMPANY_SUFFIXES))
@@ -240,7 +247,9 @@ def _assign_pools(rng: random.Random, items: list[dict]) -> None:
     rng.shuffle(order)
     n_train, n_val = int(len(items) * 0.6), int(len(items) * 0.2)
     for rank, i in enumerate(order):
-        items[i]["pool"] = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+        items[i]["pool"] = (
+            "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,13 +507,28 @@ def _make_images(rng: random.Random, n: int = 16, size: int = 256) -> list[dict]
 
 
 def _web_page_index(places: list[dict], regions: list[str]) -> list[dict]:
-    pages = [{"path": "index.html", "title": "Regional Atlas", "links": [r for r in regions] + ["All cities"]}]
-    pages.append({"path": "cities.html", "title": "All cities", "links": sorted(p["name"] for p in places)})
+    pages = [
+        {
+            "path": "index.html",
+            "title": "Regional Atlas",
+            "links": [r for r in regions] + ["All cities"],
+        }
+    ]
+    pages.append(
+        {"path": "cities.html", "title": "All cities", "links": sorted(p["name"] for p in places)}
+    )
     for region in regions:
         members = sorted(p["name"] for p in places if p["region"] == region)
         pages.append({"path": f"regions/{slug(region)}.html", "title": region, "links": members})
     for p in places:
-        pages.append({"path": f"cities/{slug(p['name'])}.html", "title": p["name"], "links": [p["region"]], "place": p["name"]})
+        pages.append(
+            {
+                "path": f"cities/{slug(p['name'])}.html",
+                "title": p["name"],
+                "links": [p["region"]],
+                "place": p["name"],
+            }
+        )
     return pages
 
 
@@ -553,7 +577,13 @@ def _articles(world: World) -> list[dict]:
             f"{c['name']} announced a new office in {p['name']} this week. Analysts expect "
             "hiring in the region to grow over the coming year; the company declined to comment."
         )
-        docs.append({"id": f"news-{i + 1:03d}", "title": f"{c['name']} expands to {p['name']}", "text": text})
+        docs.append(
+            {
+                "id": f"news-{i + 1:03d}",
+                "title": f"{c['name']} expands to {p['name']}",
+                "text": text,
+            }
+        )
     return docs
 
 
@@ -619,7 +649,10 @@ def _write_db(world: World) -> None:
         )
         con.executemany(
             "INSERT INTO places VALUES (?, ?, ?, ?, ?)",
-            [(p["name"], p["region"], p["population"], p["area_km2"], p["founded"]) for p in world.places],
+            [
+                (p["name"], p["region"], p["population"], p["area_km2"], p["founded"])
+                for p in world.places
+            ],
         )
         con.executemany(
             "INSERT INTO companies VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -628,7 +661,10 @@ def _write_db(world: World) -> None:
         )  # fmt: skip
         con.executemany(
             "INSERT INTO people VALUES (?, ?, ?, ?, ?)",
-            [(p["name"], p["age"], p["net_worth_musd"], p["city"], p["occupation"]) for p in world.people],
+            [
+                (p["name"], p["age"], p["net_worth_musd"], p["city"], p["occupation"])
+                for p in world.people
+            ],
         )
         con.executemany(
             "INSERT INTO products VALUES (?, ?, ?, ?, ?)",
@@ -646,7 +682,7 @@ def _write_db(world: World) -> None:
 
 def _page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title></head>\n<body>\n<h1>{escape(title)}</h1>\n{body}\n</body></html>\n"
     )
 
@@ -667,11 +703,18 @@ def _write_web(world: World) -> None:
     )
     pages["cities.html"] = _page(
         "All cities",
-        _link_list([(p["name"], f"/cities/{slug(p['name'])}.html") for p in sorted(world.places, key=lambda p: p["name"])])
+        _link_list(
+            [
+                (p["name"], f"/cities/{slug(p['name'])}.html")
+                for p in sorted(world.places, key=lambda p: p["name"])
+            ]
+        )
         + '\n<p><a href="/index.html">Back to the atlas</a></p>',
     )
     for region in world.regions:
-        members = sorted((p for p in world.places if p["region"] == region), key=lambda p: p["name"])
+        members = sorted(
+            (p for p in world.places if p["region"] == region), key=lambda p: p["name"]
+        )
         pages[f"regions/{slug(region)}.html"] = _page(
             region,
             f"<p>Cities of the {escape(region)} region.</p>\n"
@@ -717,5 +760,7 @@ def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
     _write_db(world)
     _write_web(world)
     create_flight_db(world.flights_db, [{k: v for k, v in f.items()} for f in world.flights])
-    world.json_path.write_text(json.dumps(world.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+    world.json_path.write_text(
+        json.dumps(world.to_dict(), indent=1, sort_keys=True), encoding="utf-8"
+    )
     return world

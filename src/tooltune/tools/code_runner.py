@@ -103,7 +103,7 @@ def _main():
         except Exception:
             pass
     try:
-        result_pipe.write(json.dumps({"result": result}))
+        result_pipe.write(json.dumps({"result": result}, ensure_ascii=False))
         result_pipe.close()
     except Exception:
         pass
@@ -307,7 +307,7 @@ def _collect(
 
 
 def _text(out: _Output, keep: int) -> str:
-    text = out.data.decode("utf-8", errors="replace")
+    text = bytes(out.data[:keep]).decode("utf-8", errors="replace")
     if out.total > keep:
         text += f"\n[output truncated: {out.total - keep} more bytes not shown]"
     return text
@@ -370,7 +370,7 @@ def run_code(
             proc,
             fds,
             time.monotonic() + timeout,
-            max(max_output, max_result + 100),
+            max(max_output, 4 * max_result + 100),
             50 * max_output,
         )
         _kill_group(proc)

@@ -1,0 +1,131 @@
+import random
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from tooltune.config import TaskTier
+from tooltune.tasks import Task, format_task, load_tasks, sample_tasks, save_tasks
+from tooltune.tasks.generators import (
+    FAMILIES,
+    TEMPLATES,
+    date_phrase,
+    expand_slots,
+    resolve_date_phrase,
+)
+from tooltune.tasks.splits import templates_for
+
+
+def _entity_names(world, pool):
+    return {e["name"] for kind in ("places", "companies", "people") for e in world.in_pool(kind, pool)}
+
+
+def test_task_json_round_trip(world, tmp_path):
+    tasks = sample_tasks("train", 40, seed=3, world=world)
+    for task in tasks:
+        again = Task.from_json(task.to_json())
+        assert again == task and again.tier is task.tier
+    save_tasks(tmp_path / "t.jsonl", tasks)
+    assert load_tasks(tmp_path / "t.jsonl") == tasks
+    with pytest.raises(ValueError, match="unknown task fields"):
+        Task.from_dict({**tasks[0].to_dict(), "bogus": 1})
+
+
+def test_sampling_is_reproducible_and_prefix_stable(world):
+    a = sample_tasks("test", 30, seed=11, world=world)
+    b = sample_tasks("test", 30, seed=11, world=world)
+    assert [t.to_dict() for t in a] == [t.to_dict() for t in b]
+    longer = sample_tasks("test", 45, seed=11, world=world)
+    assert [t.prompt for t in longer[:30]] == [t.prompt for t in a]
+    other = sample_tasks("test", 30, seed=12, world=world)
+    assert [t.prompt for t in other] != [t.prompt for t in a]
+
+
+def test_tier_weights_and_filter(world):
+    tasks = sample_tasks("train", 400, seed=0, world=world)
+    counts = Counter(t.tier for t in tasks)
+    for tier, weight in [(TaskTier.SIMPLE, 0.3), (TaskTier.MULTI_TOOL_SEQ, 0.3),
+                         (TaskTier.MULTI_TOOL_PAR, 0.2), (TaskTier.COMPLEX, 0.2)]:  # fmt: skip
+        assert abs(counts[tier] / 400 - weight) < 0.07
+    only = sample_tasks("train", 50, seed=0, world=world, tiers=["complex"])
+    assert {t.tier for t in only} == {TaskTier.COMPLEX}
+    skewed = sample_tasks("train", 100, seed=0, world=world, tier_weights={"simple": 1.0, "complex": 0.0})
+    assert {t.tier for t in skewed} == {TaskTier.SIMPLE}
+
+
+def test_test_split_holds_out_entities_and_templates(world):
+    train = sample_tasks("train", 300, seed=0, world=world)
+    test = sample_tasks("test", 300, seed=0, world=world)
+    test_only = _entity_names(world, "test")
+    train_only = _entity_names(world, "train")
+    # every entity named in a train prompt is a train entity, never a test one
+    assert not [t.prompt for t in train if any(n in t.prompt for n in test_only)]
+    assert not [t.prompt for t in test if any(n in t.prompt for n in train_only)]
+    heldout = {t.id for t in TEMPLATES if t.heldout}
+    assert heldout and not heldout & {t.metadata["template"] for t in train}
+    assert heldout & {t.metadata["template"] for t in test}
+    assert {t.id for t in templates_for("validation")} == {t.id for t in templates_for("train")}
+
+
+def test_heldout_tools_split(world):
+    tasks = sample_tasks("heldout_tools", 80, seed=0, world=world)
+    new_tools = set(FAMILIES["registry"])
+    assert all(new_tools & set(t.tools) for t in tasks)
+    assert {t.tier for t in tasks} == set(TaskTier)
+    for split in ("train", "validation", "test"):
+        assert not any(new_tools & set(t.tools) for t in sample_tasks(split, 150, seed=1, world=world))
+
+
+def test_tasks_offer_the_tools_their_solution_needs(world):
+    for split in ("train", "test", "heldout_tools"):
+        for task in sample_tasks(split, 150, seed=5, world=world):
+            assert task.minimal_calls
+            assert {c["name"] for c in task.minimal_calls} <= set(task.tools), format_task(task)
+            if task.tier is TaskTier.SIMPLE:
+                assert len(task.minimal_calls) == 1
+            if task.tier is TaskTier.MULTI_TOOL_PAR:
+                assert task.metadata["parallel"] >= 2
+            if task.tier is TaskTier.MULTI_TOOL_SEQ:
+                assert len(task.minimal_calls) >= 2
+
+
+def test_prompts_vary_within_a_template(world):
+    tasks = sample_tasks("train", 400, seed=2, world=world)
+    by_template = Counter(t.metadata["template"] for t in tasks)
+    assert len(by_template) >= 30
+    calc = [t.prompt.split()[0] for t in tasks if t.metadata["template"] == "calc"]
+    assert len(set(calc)) >= 3
+
+
+def test_booking_tasks_plant_the_sold_out_flight(world):
+    tasks = [t for t in sample_tasks("train", 300, seed=4, world=world, tiers=["complex"])
+             if t.metadata["template"] == "book"]  # fmt: skip
+    assert tasks
+    for task in tasks:
+        booked = task.check["flight_id"]
+        books = [c for c in task.minimal_calls if c["name"] == "book_flight"]
+        assert books[-1]["arguments"]["flight_id"] == booked
+        assert all(world.flight(c["arguments"]["flight_id"])["sells_out"] for c in books[:-1])
+        assert task.prompt.startswith("Today is ")
+
+
+def test_date_phrases_resolve(world):
+    rng = random.Random(0)
+    for offset in range(1, 15):
+        target = world.today + timedelta(days=offset)
+        for _ in range(10):
+            phrase = date_phrase(rng, world.today, target)
+            assert resolve_date_phrase(phrase, world.today) == target, phrase
+
+
+def test_expand_slots():
+    values = {"a": 1234567, "b": 2.5, "l": 3, "xs": [1.5, 2]}
+    assert expand_slots("<<a>> and <<a:num>>", values) == "1,234,567 and 1234567"
+    assert expand_slots({"link": "<<l:raw>>"}, values) == {"link": 3}
+    assert expand_slots("<<xs:sum>>", values) == "1.5 + 2"
+    assert expand_slots("<<missing>>", values) == "<<missing>>"
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown split"):
+        sample_tasks("nope", 1)

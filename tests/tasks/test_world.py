@@ -1,0 +1,111 @@
+import hashlib
+import json
+import sqlite3
+
+from tooltune.tasks.world import build_world, generate_world, load_world, world_is_built
+from tooltune.tools.images import detect_shapes
+from tooltune.tools.search import SearchIndex
+
+
+def _digest(root):
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix != ".db" and "search_index" not in path.parts:
+            out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _rows(db):
+    con = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
+    finally:
+        con.close()
+
+
+def test_same_seed_gives_identical_files(tmp_path, world_dir):
+    again = build_world(tmp_path / "again", seed=0)
+    assert _digest(world_dir) == _digest(again.root)
+    assert _rows(world_dir / "world.db") == _rows(again.db_path)
+    assert _rows(world_dir / "flights.db") == _rows(again.flights_db)
+    assert world_is_built(again.root, seed=0) and not world_is_built(again.root, seed=1)
+
+
+def test_other_seed_gives_another_world(world):
+    other = generate_world("/unused", seed=1)
+    assert {c["name"] for c in other.companies}.isdisjoint({c["name"] for c in world.companies})
+
+
+def test_sizes_and_unique_names(world):
+    assert (len(world.places), len(world.companies), len(world.people)) == (40, 40, 60)
+    names = [e["name"] for kind in ("places", "companies", "people") for e in getattr(world, kind)]
+    names += [p["mayor"] for p in world.places]
+    assert len(set(names)) == len(names)
+    lowered = [n.lower() for n in names]
+    # no name hides inside another, so text checks on names are exact
+    assert not [(a, b) for a in lowered for b in lowered if a != b and a in b]
+
+
+def test_facts_agree_across_sources(world):
+    con = sqlite3.connect(world.db_path)
+    for c in world.companies:
+        row = con.execute("SELECT ceo, hq_city, revenue_musd FROM companies WHERE name = ?", (c["name"],)).fetchone()
+        assert row == (c["ceo"], c["hq"], c["revenue_musd"])
+        assert world.person(c["ceo"])["occupation"] == f"chief executive of {c['name']}"
+    con.close()
+    for rep in world.sales_reports:  # quarterly files sum to the annual revenue
+        assert abs(sum(rep["quarters"].values()) - world.company(rep["company"])["revenue_musd"]) < 0.05
+        text = (world.sandbox_dir / rep["path"]).read_text()
+        assert all(f"{q},{v:.1f}" in text for q, v in rep["quarters"].items())
+    docs = {d["id"]: d for d in map(json.loads, (world.corpus_dir / "articles.jsonl").read_text().splitlines())}
+    place = world.places[3]
+    assert f"Population: {place['population']:,}." in docs[f"place-{place['name'].lower()}"]["text"]
+    for b in world.budgets:
+        assert f"Approved budget: ${b['amount']:,}" in (world.sandbox_dir / b["path"]).read_text()
+        if b["moved_from"]:
+            assert not (world.sandbox_dir / b["moved_from"]).exists()
+    page = (world.web_dir / "cities" / f"{place['name'].lower()}.html").read_text()
+    assert f"Mayor: {place['mayor']}" in page
+
+
+def test_pools_partition_entities(world):
+    for kind in ("places", "companies", "people", "routes", "images"):
+        pools = [e["pool"] for e in getattr(world, kind)]
+        assert set(pools) == {"train", "validation", "test"}
+    ceo_pools = {c["ceo"]: c["pool"] for c in world.companies}
+    assert all(world.person(name)["pool"] == pool for name, pool in ceo_pools.items())
+
+
+def test_flights_plant_sold_out_cheapest(world):
+    by_day = {}
+    for f in world.flights:
+        by_day.setdefault((f["origin"], f["destination"], f["date"]), []).append(f)
+    planted = [fs for fs in by_day.values() if any(f["sells_out"] for f in fs)]
+    assert planted and len(planted) < len(by_day)
+    for fs in planted:
+        cheapest = min(fs, key=lambda f: f["price"])
+        assert cheapest["sells_out"] and cheapest["seats"] == 1
+        assert sum(f["sells_out"] for f in fs) == 1
+    assert all(f["date"] > world.today.isoformat() for f in world.flights)
+
+
+def test_images_match_their_shapes(world):
+    for img in world.images[:6]:
+        found = detect_shapes(world.sandbox_dir / img["path"])
+        got = sorted((s["kind"], s["color"]) for s in found["shapes"])
+        assert got == sorted((s["kind"], s["color"]) for s in img["shapes"])
+
+
+def test_search_snippets_quote_facts(world):
+    index = SearchIndex.build(world.corpus_dir, world.index_dir)
+    company = world.companies[5]
+    hits = index.search(f"{company['name']} chief executive", 3)
+    hit = next(h for h in hits if h.title == company["name"])
+    assert f"Chief executive: {company['ceo']}." in hit.snippet
+
+
+def test_world_json_round_trip(world_dir, world):
+    loaded = load_world(world_dir)
+    assert loaded.to_dict() == world.to_dict()
+    assert loaded.today == world.today
