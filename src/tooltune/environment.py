@@ -28,7 +28,7 @@ from tooltune.config import AgentConfig
 from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, ToolRegistryError, tool
 from tooltune.tasks.generators import FAMILIES
 from tooltune.tasks.splits import default_world_dir
-from tooltune.tasks.world import World, build_world, load_world, world_is_built
+from tooltune.tasks.world import World, ensure_world
 
 _EPISODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 TOOL_FAMILY = {name: family for family, names in FAMILIES.items() for name in names}
@@ -107,14 +107,17 @@ class Environment:
     def __init__(
         self,
         world_dir: str | Path | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         config: AgentConfig | None = None,
     ) -> None:
+        """`world_dir` defaults to `~/.cache/tooltune/world-<seed>`. A world already in
+        `world_dir` is used as it is unless `seed` asks for another one (then it is rebuilt);
+        a missing or stale world is built (seed 0 by default)."""
         self.config = config or AgentConfig()
-        self.world_dir = Path(world_dir) if world_dir is not None else default_world_dir(seed)
-        if not world_is_built(self.world_dir):
-            build_world(self.world_dir, seed)
-        self.world: World = load_world(self.world_dir)
+        if world_dir is None:
+            world_dir = default_world_dir(seed or 0)
+        self.world_dir = Path(world_dir)
+        self.world: World = ensure_world(self.world_dir, seed)
         self.seed = self.world.seed
         self._tmp = Path(tempfile.mkdtemp(prefix="tooltune-env-"))
         self.flights_db = self._tmp / "flights.db"

@@ -81,10 +81,15 @@ def run_evaluation(
     batch_size: int = 32,
     sampling: SamplingParams | None = None,
     tool_style: str = "json",
-    progress: Any = None,
+    progress: Any = None,  # True for a progress bar, or a callable(done, total)
     **collector_kwargs: Any,
 ) -> tuple[dict[str, Any], list[AgentTrajectory]]:
-    """Roll out `policy` once per task in `env`; (metrics, trajectories in task order)."""
+    """Roll out `policy` once per task in `env`; (metrics, trajectories in task order).
+
+    A policy with a `prepare(tasks)` method (the scripted expert) is told the tasks first."""
+    prepare = getattr(policy, "prepare", None)
+    if callable(prepare):
+        prepare(tasks)
     config = config or getattr(env, "config", None) or AgentConfig()
     if sampling is None:
         sampling = SamplingParams(
@@ -99,12 +104,23 @@ def run_evaluation(
         verifier=lambda task, trajectory: verify(task, trajectory, env),
         **collector_kwargs,
     )
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="evaluation", unit="task", leave=False)
     trajectories: list[AgentTrajectory] = []
-    for start in range(0, len(tasks), max(1, batch_size)):
-        batch = tasks[start : start + batch_size]
-        trajectories += collector.collect(batch)
-        if progress is not None:
-            progress(len(trajectories), len(tasks))
+    try:
+        for start in range(0, len(tasks), max(1, batch_size)):
+            batch = tasks[start : start + batch_size]
+            trajectories += collector.collect(batch)
+            if bar is not None:
+                bar.update(len(batch))
+            elif callable(progress):
+                progress(len(trajectories), len(tasks))
+    finally:
+        if bar is not None:
+            bar.close()
     return compute_metrics(tasks, trajectories), trajectories
 
 

@@ -26,7 +26,9 @@ def tiny_policy():
 
     from tooltune.policies.builtin import BuiltinPolicy
 
-    policy = BuiltinPolicy.create(QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256)
+    policy = BuiltinPolicy.create(
+        QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in policy.model.named_parameters():

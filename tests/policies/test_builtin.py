@@ -7,7 +7,6 @@ from tooltune.policies.transformer import MODEL_SIZES, Transformer, config_for_s
 from tooltune.rollout import SamplingParams
 
 
-
 def chat_prompt(question: str) -> str:
     return render_prompt(
         [{"role": "system", "content": "You use tools."}, {"role": "user", "content": question}]
@@ -81,7 +80,9 @@ def test_stop_string_truncates_text_but_keeps_ids(tiny_policy):
     free = tiny_policy.generate([PROMPTS[1]], GREEDY)[0]
     assert len(free.text) > 6
     stop = free.text[3:6]  # a string the model is known to produce
-    stopped = tiny_policy.generate([PROMPTS[1]], SamplingParams(**{**vars(GREEDY), "stop": [stop]}))[0]
+    stopped = tiny_policy.generate(
+        [PROMPTS[1]], SamplingParams(**{**vars(GREEDY), "stop": [stop]})
+    )[0]
     assert stopped.finish_reason == "stop"
     assert stop not in stopped.text and free.text.startswith(stopped.text + stop)
     n = len(stopped.token_ids)
@@ -119,7 +120,9 @@ def test_token_logprobs_match_sampling_logprobs_and_carry_gradients(tiny_policy)
 
 def test_token_logprobs_ignore_padding_side(tiny_policy):
     seq = tiny_policy.encode(PROMPTS[0])
-    alone = tiny_policy.token_logprobs(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long))
+    alone = tiny_policy.token_logprobs(
+        torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long)
+    )
     pad = tiny_policy.pad_token_id
     left = torch.tensor([[pad] * 5 + seq])
     left_mask = torch.tensor([[0] * 5 + [1] * len(seq)])
@@ -167,3 +170,19 @@ def test_sft_steps_make_the_model_reproduce_a_string(texts):
     out = policy.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=40))[0]
     assert out.text == 'The code is <tool_call>{"x": 731}</tool_call>'
     assert out.token_ids[-1] == policy.eos_token_id and out.finish_reason == "stop"
+
+
+def test_rows_that_finish_early_leave_the_others_unchanged(tiny_policy):
+    # The long prompt leaves room for only 3 new tokens (max_seq_len=256), so its row finishes
+    # first and is dropped from the batch and the KV cache while the others continue.
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 40
+    ids = tiny_policy.encode(long_prompt)
+    ids = ids[: tiny_policy.max_seq_len - 3]
+    prompts = ["long", PROMPTS[0], PROMPTS[1], PROMPTS[2]]
+    prompt_ids = [ids] + [tiny_policy.encode(p) for p in PROMPTS]
+    batched = tiny_policy.generate(prompts, GREEDY, prompt_token_ids=prompt_ids)
+    assert len(batched[0].token_ids) == 3 and batched[0].finish_reason == "length"
+    for p, got in zip(PROMPTS, batched[1:], strict=True):
+        alone = tiny_policy.generate([p], GREEDY)[0]
+        assert got.token_ids == alone.token_ids
+        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-4)

@@ -96,6 +96,20 @@ def test_generation_batched_cached_and_seeded(policy):
     assert torch.allclose(logp[0, -n:], torch.tensor(a[0].logprobs), atol=1e-4)
 
 
+def test_rows_that_finish_early_leave_the_cache(policy):
+    """A prompt that nearly fills the context finishes after 2 tokens; dropping its row from
+    the DynamicCache must not disturb the other rows."""
+    filler = policy.encode("The quick brown fox jumps over the lazy dog. " * 30)
+    long_ids = filler[: policy.max_seq_len - 2]
+    short = [prompt("Hi"), "The quick"]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10, stop=[])
+    ids = [long_ids] + [policy.encode(p) for p in short]
+    batched = policy.generate(["long"] + short, greedy, prompt_token_ids=ids)
+    assert len(batched[0].token_ids) == 2 and batched[0].finish_reason == "length"
+    for p, got in zip(short, batched[1:], strict=True):
+        assert got.token_ids == policy.generate([p], greedy)[0].token_ids
+
+
 def test_token_logprobs_with_padding_and_gradients(policy):
     seq = policy.encode(prompt("What is the capital of France?"))
     pad = policy.pad_token_id

@@ -17,7 +17,9 @@ from tooltune.tasks.splits import templates_for
 
 
 def _entity_names(world, pool):
-    return {e["name"] for kind in ("places", "companies", "people") for e in world.in_pool(kind, pool)}
+    return {
+        e["name"] for kind in ("places", "companies", "people") for e in world.in_pool(kind, pool)
+    }
 
 
 def test_task_json_round_trip(world, tmp_path):
@@ -49,7 +51,9 @@ def test_tier_weights_and_filter(world):
         assert abs(counts[tier] / 400 - weight) < 0.07
     only = sample_tasks("train", 50, seed=0, world=world, tiers=["complex"])
     assert {t.tier for t in only} == {TaskTier.COMPLEX}
-    skewed = sample_tasks("train", 100, seed=0, world=world, tier_weights={"simple": 1.0, "complex": 0.0})
+    skewed = sample_tasks(
+        "train", 100, seed=0, world=world, tier_weights={"simple": 1.0, "complex": 0.0}
+    )
     assert {t.tier for t in skewed} == {TaskTier.SIMPLE}
 
 
@@ -73,7 +77,9 @@ def test_heldout_tools_split(world):
     assert all(new_tools & set(t.tools) for t in tasks)
     assert {t.tier for t in tasks} == set(TaskTier)
     for split in ("train", "validation", "test"):
-        assert not any(new_tools & set(t.tools) for t in sample_tasks(split, 150, seed=1, world=world))
+        assert not any(
+            new_tools & set(t.tools) for t in sample_tasks(split, 150, seed=1, world=world)
+        )
 
 
 def test_tasks_offer_the_tools_their_solution_needs(world):

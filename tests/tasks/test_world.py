@@ -18,7 +18,10 @@ def _digest(root):
 def _rows(db):
     con = sqlite3.connect(db)
     try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
         return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
     finally:
         con.close()
@@ -50,15 +53,23 @@ def test_sizes_and_unique_names(world):
 def test_facts_agree_across_sources(world):
     con = sqlite3.connect(world.db_path)
     for c in world.companies:
-        row = con.execute("SELECT ceo, hq_city, revenue_musd FROM companies WHERE name = ?", (c["name"],)).fetchone()
+        row = con.execute(
+            "SELECT ceo, hq_city, revenue_musd FROM companies WHERE name = ?", (c["name"],)
+        ).fetchone()
         assert row == (c["ceo"], c["hq"], c["revenue_musd"])
         assert world.person(c["ceo"])["occupation"] == f"chief executive of {c['name']}"
     con.close()
     for rep in world.sales_reports:  # quarterly files sum to the annual revenue
-        assert abs(sum(rep["quarters"].values()) - world.company(rep["company"])["revenue_musd"]) < 0.05
+        assert (
+            abs(sum(rep["quarters"].values()) - world.company(rep["company"])["revenue_musd"])
+            < 0.05
+        )
         text = (world.sandbox_dir / rep["path"]).read_text()
         assert all(f"{q},{v:.1f}" in text for q, v in rep["quarters"].items())
-    docs = {d["id"]: d for d in map(json.loads, (world.corpus_dir / "articles.jsonl").read_text().splitlines())}
+    docs = {
+        d["id"]: d
+        for d in map(json.loads, (world.corpus_dir / "articles.jsonl").read_text().splitlines())
+    }
     place = world.places[3]
     assert f"Population: {place['population']:,}." in docs[f"place-{place['name'].lower()}"]["text"]
     for b in world.budgets:

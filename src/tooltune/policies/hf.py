@@ -284,7 +284,9 @@ def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in settings.target_modules if t in names]
     if not targets:
-        raise ValueError(f"none of the LoRA target modules {settings.target_modules} is in the model")
+        raise ValueError(
+            f"none of the LoRA target modules {settings.target_modules} is in the model"
+        )
     trainable_tokens = None
     if settings.train_new_tokens and new_token_ids:
         trainable_tokens = {"embed_tokens": sorted(new_token_ids)}
@@ -355,4 +357,3 @@ def load_smollm2(cache_dir: str | Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return cache
-

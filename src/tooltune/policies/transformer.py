@@ -217,7 +217,9 @@ class Transformer(nn.Module):
             mask = None if all_real else self._attn_mask(attention_mask, T)
         if mask is not None:
             mask = mask.to(ids.device)
-        cos, sin = rope_tables(self.config.d_model // self.config.n_heads, positions, self.config.rope_theta)
+        cos, sin = rope_tables(
+            self.config.d_model // self.config.n_heads, positions, self.config.rope_theta
+        )
         x = self.drop(self.embed(ids))
         for block in self.blocks:
             x = block(x, cos, sin, mask, cache)

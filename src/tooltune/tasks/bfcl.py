@@ -213,7 +213,9 @@ def _materialize(value: Any) -> Any:
     return value
 
 
-def reference_arguments(params: dict[str, list], required: list[str] | None = None) -> dict[str, Any]:
+def reference_arguments(
+    params: dict[str, list], required: list[str] | None = None
+) -> dict[str, Any]:
     """The arguments of a ground-truth call: the first allowed value of each parameter, leaving
     out the optional ones ("" among the allowed values, and not `required` by the schema)."""
     out = {}

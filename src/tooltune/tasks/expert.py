@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import date
@@ -144,7 +145,15 @@ def _sql(result: Any, column: str | None) -> Any:
 
 
 def _hit(result: Any, title: str) -> dict:
-    hits = result if isinstance(result, list) else []
+    if isinstance(result, str):  # a clipped result: read the hits out of the text
+        hits = [
+            {"id": m.group(1), "title": m.group(2), "snippet": m.group(3)}
+            for m in re.finditer(
+                r'"id": "([^"]*)", "title": "([^"]*)", "snippet": "([^"]*)', result
+            )
+        ]
+    else:
+        hits = result if isinstance(result, list) else []
     for hit in hits:
         if isinstance(hit, dict) and normalize_text(hit.get("title", "")) == normalize_text(title):
             return hit
@@ -157,7 +166,8 @@ def _csv_rows(result: Any) -> list[dict]:
 
 
 def _links(result: Any) -> dict[str, int]:
-    content = result.get("content", "") if isinstance(result, dict) else ""
+    content = result.get("content", "") if isinstance(result, dict) else str(result)
+    content = content.replace("\\n", "\n")  # clipped results keep JSON escapes
     return {
         m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)
     }
@@ -238,6 +248,10 @@ def _plain_step(step: dict, values: dict) -> Plan:
         try:
             values[o["as"]] = extract(o["extract"], r.value, values)
         except ExpertError:
+            if o["extract"]["kind"] == "link" and len(calls) == 1:
+                # the link is beyond what the (cut) page view shows: find it on the page
+                values[o["as"]] = yield from _find_link(expand_slots(o["extract"]["text"], values))
+                continue
             if o["extract"]["kind"] != "search":
                 raise
             missing.append(o)  # the snippet did not show the fact: open the document
@@ -266,6 +280,47 @@ def _plain_step(step: dict, values: dict) -> Plan:
                 values[name] = field_value(r.value.get("text", ""), spec["field"])
 
 
+def _find_link(text: str) -> Plan:
+    turn = Turn(
+        f"{text} is not in the visible part of the page; find it.",
+        [{"name": "browser_find", "arguments": {"text": text}}],
+    )
+    (found,) = _checked((yield turn), 1)
+    if not found.ok:
+        raise ExpertError(f"browser_find failed: {found.error}")
+    for line in re.findall(r"\[(\d+)\] ([^\n\[|\"]+)", json.dumps(found.value)):
+        if line[1].strip() == text:
+            return int(line[0])
+    raise ExpertError(f"no link {text!r} on the page")
+
+
+def _flights(found: Result, criterion: str) -> tuple[list[dict], bool]:
+    """(available flights best first, whether the list is complete) from a search result."""
+    if not found.ok:
+        raise ExpertError(f"search_flights failed: {found.error}")
+    key = (
+        (lambda f: (f["price"], f["departure"]))
+        if criterion == "cheapest"
+        else (lambda f: (f["departure"], f["price"]))
+    )
+    if isinstance(found.value, dict):
+        return sorted(found.value.get("flights", []), key=key), True
+    # Cut short by the observation limit: the service lists flights cheapest first, so the
+    # visible head is still right for "cheapest"; "earliest" needs the whole list.
+    if criterion != "cheapest":
+        raise ExpertError("the flight list was cut short; cannot tell the earliest flight")
+    pattern = (
+        r'"id": "(\w+)"[^}]*?"departure": "([\d:]+)"[^}]*?"airline": "([^"]*)", "price": ([\d.]+)'
+    )
+    visible = [
+        {"id": m[0], "departure": m[1], "airline": m[2], "price": float(m[3])}
+        for m in re.findall(pattern, str(found.value))
+    ]
+    if not visible:
+        raise ExpertError("no flight visible in the search result")
+    return visible, False
+
+
 def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
     origin, destination = (
         expand_slots(step["origin"], values),
@@ -284,19 +339,16 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
         "arguments": {"origin": origin, "destination": destination, "date": day},
     }
     (found,) = _checked((yield Turn(think, [search])), 1)
-    if not found.ok or not isinstance(found.value, dict):
-        raise ExpertError(f"search_flights failed: {found.error}")
-    flights = list(found.value.get("flights", []))
-    if criterion == "cheapest":
-        flights.sort(key=lambda f: (f["price"], f["departure"]))
-    else:
-        flights.sort(key=lambda f: (f["departure"], f["price"]))
+    flights, complete = _flights(found, criterion)
     booking = None
-    for i, flight in enumerate(flights):
-        if i == 0:
+    for attempt in range(8):
+        if not flights:
+            break
+        flight = flights[0]
+        if attempt == 0:
             think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${fmt_value(flight['price'])}). Book it."
         else:
-            think = f"That flight sold out. The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
+            think = f"The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
         book = {
             "name": "book_flight",
             "arguments": {"flight_id": flight["id"], "passenger": passenger},
@@ -307,6 +359,11 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
             break
         if "sold out" not in booked.error and "409" not in booked.error:
             raise ExpertError(f"book_flight failed: {booked.error}")
+        flights = flights[1:]
+        if not complete:  # the list was cut short: search again for what is still available
+            think = "That flight sold out and the rest of the list was cut off; search again."
+            (found,) = _checked((yield Turn(think, [search])), 1)
+            flights, complete = _flights(found, criterion)
     if booking is None:
         raise ExpertError("every flight sold out")
     confirm = {"name": "confirm_booking", "arguments": {"booking_id": booking["booking_id"]}}
@@ -378,7 +435,10 @@ def _sql_fix(step: dict, values: dict) -> Plan:
         )
         if not desc.ok:
             raise ExpertError(f"describe_table failed: {desc.error}")
-        columns = [c["name"] for c in desc.value.get("columns", [])]
+        if isinstance(desc.value, dict):
+            columns = [c["name"] for c in desc.value.get("columns", [])]
+        else:  # a clipped result: the names that are visible
+            columns = re.findall(r'"name": "(\w+)"', str(desc.value))
         right = closest_column(wrong.group(1), columns)
         if right is None:
             raise ExpertError(f"no column like {wrong.group(1)!r}")
@@ -437,24 +497,50 @@ def next_turn(plan: dict, today: date, history: list[list[Result]]) -> Turn:
         return Turn(answer=f"I could not finish the task: {exc}")
     except StopIteration:
         return Turn(answer="I could not finish the task.")
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # a result in an unexpected shape (for example cut short by max_observation_chars)
+        return Turn(answer=f"I could not finish the task: unexpected tool result ({exc!r})")
     return turn
 
 
-class ExpertPolicy:
-    """A `Policy` that plays the expert for the tasks it was given (found by user prompt)."""
+_RECENT: OrderedDict[str, Any] = OrderedDict()
+RECENT_LIMIT = 20_000
 
-    def __init__(
-        self, tasks: list | None = None, today: date | None = None, world: Any = None
-    ) -> None:
+
+def remember(task: Any) -> None:
+    """Keep a generated task findable by its prompt (the most recent `RECENT_LIMIT` ones), so
+    an expert built without a task list can still play tasks sampled in this process."""
+    _RECENT[task.prompt] = task
+    _RECENT.move_to_end(task.prompt)
+    while len(_RECENT) > RECENT_LIMIT:
+        _RECENT.popitem(last=False)
+
+
+class ExpertPolicy:
+    """A `Policy` that plays the expert for the tasks it knows (found by user prompt).
+
+    Give it the tasks (`ExpertPolicy(tasks)`), or an `Environment`/`World` and let
+    `evaluate` hand the tasks over through `prepare(tasks)` before the rollouts. Tasks it was
+    not given are looked up among those `sample_tasks` generated recently in this process."""
+
+    def __init__(self, tasks: Any = None, today: date | None = None) -> None:
         self.tasks: dict[str, Any] = {}
-        self.today = today or (world.today if world is not None else None)
+        self.today = today
+        if tasks is not None and not isinstance(tasks, list | tuple):
+            world = getattr(tasks, "world", tasks)  # an Environment or a World
+            self.today = today or getattr(world, "today", None)
+            tasks = []
         self.add(tasks or [])
 
-    def add(self, tasks: list) -> None:
+    def add(self, tasks: Any) -> None:
         for task in tasks:
             if "plan" not in task.metadata:
                 raise ValueError(f"task {task.id} has no expert plan")
             self.tasks[task.prompt] = task
+
+    def prepare(self, tasks: Any) -> None:
+        """Learn the tasks about to be rolled out (called by `evaluation.run_evaluation`)."""
+        self.add(tasks)
 
     def _today(self, task: Any) -> date:
         if self.today is not None:
@@ -474,7 +560,7 @@ class ExpertPolicy:
         out = []
         for prompt in prompts:
             user, history = conversation(prompt)
-            task = self.tasks.get(user)
+            task = self.tasks.get(user) or _RECENT.get(user)
             if task is None:
                 out.append(Completion("I have no plan for this task."))
                 continue

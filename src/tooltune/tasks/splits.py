@@ -18,6 +18,7 @@ from typing import Any
 
 from tooltune.config import TaskTier
 from tooltune.tasks import Task
+from tooltune.tasks.expert import remember
 from tooltune.tasks.generators import (
     BUILTIN_FAMILIES,
     FAMILIES,
@@ -27,7 +28,7 @@ from tooltune.tasks.generators import (
     Template,
     minimal_calls,
 )
-from tooltune.tasks.world import World, build_world, load_world, world_is_built
+from tooltune.tasks.world import World, ensure_world
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
 POOL_OF_SPLIT = {
@@ -55,10 +56,9 @@ def get_world(world: World | str | Path | None = None, seed: int = 0) -> World:
         return world
     if hasattr(world, "world") and isinstance(world.world, World):  # an Environment
         return world.world
-    path = Path(world) if world is not None else default_world_dir(seed)
-    if not world_is_built(path):
-        return build_world(path, seed)
-    return load_world(path)
+    if world is None:
+        return ensure_world(default_world_dir(seed), seed)
+    return ensure_world(world)
 
 
 def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
@@ -133,10 +133,10 @@ def sample_tasks(
     `tiers`. With `unique`, prompts do not repeat within the sample (when the pool allows)."""
     if n < 0:
         raise ValueError("n must be >= 0")
-    w = get_world(world)
     weights = _weights(tier_weights, tiers)
     tier_list, tier_w = list(weights), list(weights.values())
-    by_tier = {t: templates_for(split, t) for t in tier_list}
+    by_tier = {t: templates_for(split, t) for t in tier_list}  # checks the split name first
+    w = get_world(world)
     tasks: list[Task] = []
     seen: set[str] = set()
     for i in range(n):
@@ -159,5 +159,6 @@ def sample_tasks(
                 f"could not generate task {i} of split {split!r} (tier {tier.value})"
             )
         seen.add(task.prompt)
+        remember(task)
         tasks.append(task)
     return tasks

@@ -11,10 +11,13 @@ read. Building is deterministic: the same seed gives byte-identical text files a
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import random
 import re
+import shutil
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 WORLD_VERSION = 1
+# A world built by other generator code is stale: cached worlds rebuild when this file changes.
+GENERATOR = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 POOLS = ("train", "validation", "test")
 
 _ONSETS = ["b", "br", "d", "dr", "f", "g", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t",
@@ -73,6 +78,7 @@ class World:
     images: list[dict]  # {"path", "shapes": [...]}
     web_pages: list[dict]  # {"path", "title", "links": [...]} (city pages carry "place")
     version: int = WORLD_VERSION
+    generator: str = GENERATOR
     _index: dict[str, dict[str, dict]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- paths --------------------------------------------------------------------------------
@@ -162,7 +168,9 @@ def world_is_built(world_dir: str | Path, seed: int | None = None) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if data.get("version") != WORLD_VERSION or (seed is not None and data.get("seed") != seed):
+    if data.get("version") != WORLD_VERSION or data.get("generator") != GENERATOR:
+        return False
+    if seed is not None and data.get("seed") != seed:
         return False
     return all(
         (Path(world_dir) / p).exists()
@@ -291,6 +299,17 @@ def generate_world(
         p["mayor"] = names.person()
         p["landmark"] = f"{p['name']} {rng.choice(_LANDMARK_KINDS)}"
     _assign_pools(rng, places)
+    by_pool = {pool: [p for p in places if p["pool"] == pool] for pool in POOLS}
+    # Airports and warehouses come from every pool, so flight and stock tasks of one split
+    # never name another split's cities.
+    airports = {
+        "train": by_pool["train"][:6],
+        "validation": by_pool["validation"][:3],
+        "test": by_pool["test"][:3],
+    }
+    warehouses = {
+        pool: by_pool[pool][len(airports[pool]) : len(airports[pool]) + 2] for pool in POOLS
+    }
 
     worths = _distinct(rng, n_people, lambda: round(rng.uniform(0.5, 9000), 1))
     people = []
@@ -300,7 +319,7 @@ def generate_world(
                 "name": names.person(),
                 "age": rng.randrange(24, 86),
                 "net_worth_musd": worths[i],
-                "city": rng.choice(places)["name"],
+                "city": "",
                 "occupation": rng.choice(_OCCUPATIONS),
             }
         )
@@ -313,7 +332,7 @@ def generate_world(
             "name": names.company(),
             "industry": rng.choice(_INDUSTRIES),
             "ceo": ceo["name"],
-            "hq": rng.choice(places)["name"],
+            "hq": "",
             "revenue_musd": revenues[i],
             "founded": rng.randrange(1890, 2021),
             "employees": rng.randrange(40, 90_000),
@@ -324,6 +343,12 @@ def generate_world(
     for i, company in enumerate(companies):  # a chief executive is held out with the company
         people[i]["pool"] = company["pool"]
     _assign_pools(rng, people[n_companies:])  # the slice shares the dicts
+    # Links stay inside a pool: a test company is headquartered in a test city.
+    for company in companies:
+        pool = company["pool"]
+        company["hq"] = rng.choice(airports[pool] if rng.random() < 0.4 else by_pool[pool])["name"]
+    for person in people:
+        person["city"] = rng.choice(by_pool[person["pool"]])["name"]
 
     products = []
     for i in range(30):
@@ -350,16 +375,16 @@ def generate_world(
             }
         )
 
-    flights, routes = _make_flights(rng, places, today)
-    inventories = _make_inventories(rng, places, products)
+    flights, routes = _make_flights(rng, airports, today)
+    inventories = _make_inventories(rng, warehouses, products)
     sales_reports = _make_sales_reports(rng, companies)
     budgets = _make_budgets(rng, companies)
     images = _make_images(rng)
-    for items in (products, orders, inventories, sales_reports, images):
+    for items in (products, orders, images):
         _assign_pools(rng, items)
     pool_of = {c["name"]: c["pool"] for c in companies}
-    for budget in budgets:  # a budget memo is held out with its company
-        budget["pool"] = pool_of[budget["company"]]
+    for item in budgets + sales_reports:  # files about a company are held out with it
+        item["pool"] = pool_of[item["company"]]
     web_pages = _web_page_index(places, regions)
     return World(
         root=Path(root),
@@ -382,18 +407,20 @@ def generate_world(
 
 
 def _make_flights(
-    rng: random.Random, places: list[dict], today: date
+    rng: random.Random, airports: dict[str, list[dict]], today: date
 ) -> tuple[list[dict], list[dict]]:
-    """Flights on 16 routes between 10 airport cities, every day of the next two weeks.
+    """Flights on routes between the airport cities of each pool, every day of the next two
+    weeks (10 train routes, 3 validation, 3 test).
 
     On about half of the route-days the cheapest flight `sells_out` (its last seat goes to
     someone else right after a search shows it), so booking tasks meet a planted failure."""
-    airports = [p["name"] for p in places[:10]]
-    routes: list[tuple[str, str]] = []
-    while len(routes) < 16:
-        a, b = rng.sample(airports, 2)
-        if (a, b) not in routes:
-            routes.append((a, b))
+    route_rows: list[dict] = []
+    for pool, count in (("train", 10), ("validation", 3), ("test", 3)):
+        names = [p["name"] for p in airports[pool]]
+        pairs = [(a, b) for a in names for b in names if a != b]
+        for a, b in rng.sample(pairs, count):
+            route_rows.append({"origin": a, "destination": b, "pool": pool})
+    routes = [(r["origin"], r["destination"]) for r in route_rows]
     flights: list[dict] = []
     number = 100
     for origin, destination in routes:
@@ -424,25 +451,31 @@ def _make_flights(
                         "sells_out": sells_out,
                     }
                 )
-    route_rows = [{"origin": a, "destination": b} for a, b in routes]
-    _assign_pools(rng, route_rows)
     return flights, route_rows
 
 
-def _make_inventories(rng: random.Random, places: list[dict], products: list[dict]) -> list[dict]:
+def _make_inventories(
+    rng: random.Random, warehouses: dict[str, list[dict]], products: list[dict]
+) -> list[dict]:
     inventories = []
-    for place in places[10:16]:
-        items = sorted(rng.sample(products, 10), key=lambda p: p["id"])
-        inventories.append(
-            {
-                "path": f"inventory/{slug(place['name'])}_warehouse.csv",
-                "warehouse": place["name"],
-                "items": [
-                    {"product_id": p["id"], "product": p["name"], "stock": rng.randrange(0, 500)}
-                    for p in items
-                ],
-            }
-        )
+    for pool in POOLS:
+        for place in warehouses[pool]:
+            items = sorted(rng.sample(products, 6), key=lambda p: p["id"])
+            inventories.append(
+                {
+                    "path": f"inventory/{slug(place['name'])}_warehouse.csv",
+                    "warehouse": place["name"],
+                    "pool": pool,
+                    "items": [
+                        {
+                            "product_id": p["id"],
+                            "product": p["name"],
+                            "stock": rng.randrange(0, 500),
+                        }
+                        for p in items
+                    ],
+                }
+            )
     return inventories
 
 
@@ -489,7 +522,7 @@ def _make_images(rng: random.Random, n: int = 16, size: int = 256) -> list[dict]
     """Scenes of non-overlapping shapes on a 4x4 grid of 64 px cells."""
     images = []
     for i in range(n):
-        cells = rng.sample(range(16), rng.randrange(3, 9))
+        cells = rng.sample(range(16), rng.randrange(3, 7))
         shapes = []
         for cell in sorted(cells):
             row, col = divmod(cell, 4)
@@ -511,7 +544,7 @@ def _web_page_index(places: list[dict], regions: list[str]) -> list[dict]:
         {
             "path": "index.html",
             "title": "Regional Atlas",
-            "links": [r for r in regions] + ["All cities"],
+            "links": ["All cities", *regions],
         }
     ]
     pages.append(
@@ -698,8 +731,8 @@ def _write_web(world: World) -> None:
     regions = [(r, f"/regions/{slug(r)}.html") for r in world.regions]
     pages["index.html"] = _page(
         "Regional Atlas",
-        "<p>Facts about the cities of the five regions: mayors, elevations and landmarks.</p>\n"
-        + _link_list([*regions, ("All cities", "/cities.html")]),
+        "<p>Mayors, elevations and landmarks of every city.</p>\n"
+        + _link_list([("All cities", "/cities.html"), *regions]),
     )
     pages["cities.html"] = _page(
         "All cities",
@@ -744,8 +777,6 @@ def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
 
     Existing generated sources are replaced; the search index directory is left for
     `SearchIndex.build` to refresh from the corpus fingerprint."""
-    import shutil
-
     from tooltune.tools.flights import create_flight_db
 
     root = Path(world_dir)
@@ -764,3 +795,33 @@ def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
         json.dumps(world.to_dict(), indent=1, sort_keys=True), encoding="utf-8"
     )
     return world
+
+
+def ensure_world(world_dir: str | Path, seed: int | None = None) -> World:
+    """Load the world in `world_dir`, building it first when it is missing or stale.
+
+    A new world is built in a temporary sibling directory and renamed into place, so two
+    processes that start at once never see (or write) a half-built world. `seed` None means
+    "whatever world is there" (seed 0 when one has to be built)."""
+    root = Path(world_dir)
+    if world_is_built(root, seed):
+        return load_world(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.build-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_world(tmp, 0 if seed is None else seed)
+    if root.exists():
+        old = root.parent / f".{root.name}.old-{os.getpid()}"
+        try:
+            os.replace(root, old)
+        except OSError:
+            old = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process put a world there first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not world_is_built(root, seed):
+            raise
+    return load_world(root)

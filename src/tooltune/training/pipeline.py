@@ -277,8 +277,10 @@ class AgentTrainingPipeline:
         from tooltune.tasks import verify
         from tooltune.tasks.expert import ExpertPolicy
 
+        expert = ExpertPolicy(self.env)
+        expert.prepare(tasks)
         collector = TrajectoryCollector(
-            ExpertPolicy(self.env), self.env.registry, self.config,
+            expert, self.env.registry, self.config,
             tool_style=self.settings.tool_style,
             verifier=lambda task, t: verify(task, t, self.env),
         )  # fmt: skip

@@ -1,0 +1,552 @@
+"""One GRPO step, tooltune vs TRL (trl==1.16.0), on the same tiny Hugging Face model, CPU.
+
+Same model weights (a randomly initialised Qwen2 configuration, ~0.5M and ~5M parameters, with a
+BPE tokenizer trained here: no downloads), same prompt strings, same group size, batch, sampling
+(temperature 1, top-p 1), loss (token-mean / "dapo"), KL coefficient (with a frozen reference
+model on both sides) and the same reward function. Generation is forced to a fixed length on
+both sides (TRL: `min_new_tokens`; tooltune: no stop ids), so both sample exactly
+prompts x group x max_new_tokens tokens per step; the generated-token counts are printed.
+
+Each side runs `--warmup` steps, then `--repeats` timed steps; seconds per step is the median.
+TRL steps are timed with a trainer callback (`on_step_begin` -> `on_step_end`: generation,
+reward, log-probs, backward and optimiser step); tooltune steps are collect + train_step.
+
+Then a profile of one tooltune step (generation, tools, log-probs, backward, optimiser, rest)
+and the model FLOPs utilisation against the fp32 matmul peak measured on this machine
+(6 * params * tokens for training, 2 * params * tokens for forward-only passes).
+
+Multi-turn tool use: TRL 1.16 has `GRPOTrainer(tools=[...])` (Qwen-family chat templates). The
+`--tools` case checks that TRL accepts our tool and chat template, and times tooltune's
+multi-turn step; an equal-work TRL tool step needs a model that actually emits tool calls in
+both frameworks' formats, which a random model does not (see RESULTS.md).
+
+    python benchmarks/grpo_vs_trl.py            # both sizes, 3 repeats
+    python benchmarks/grpo_vs_trl.py --quick    # 0.5M only, 2 repeats, smaller batch
+    python benchmarks/grpo_vs_trl.py --json     # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from tooltune.chat_format import SPECIAL_TOKENS  # noqa: E402
+from tooltune.config import AgentConfig  # noqa: E402
+from tooltune.registry import ToolRegistry, tool  # noqa: E402
+from tooltune.rollout import SamplingParams, TrajectoryCollector, opening_text  # noqa: E402
+from tooltune.types import AgentTrajectory  # noqa: E402
+
+SIZES = {  # Qwen2 shapes: ~0.5M and ~5M parameters with the 1024-token vocabulary below
+    "0.5M": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2),
+    "5M": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+               num_attention_heads=4, num_key_value_heads=2),
+}  # fmt: skip
+VOCAB = 1024
+LR = 1e-5
+BETA = 0.04
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared workload: tokenizer, model, prompts, reward
+# --------------------------------------------------------------------------------------------
+
+WORDS = [
+    "alpha", "beta", "gamma", "delta", "sum", "add", "number", "city", "river", "count", "total",
+    "answer", "question", "what", "is", "the", "of", "and", "to", "compute", "how", "many",
+    "please", "tool", "call", "result", "value",
+]  # fmt: skip
+
+
+def corpus(n: int = 400) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        idx = torch.randint(0, len(WORDS), (12,), generator=g).tolist()
+        nums = torch.randint(0, 100, (2,), generator=g).tolist()
+        out.append(" ".join(WORDS[i] for i in idx) + f" {nums[0]} + {nums[1]} = {sum(nums)}")
+    return out
+
+
+def build_tokenizer(directory: Path) -> Any:
+    """A byte-level BPE with tooltune's markers as special tokens and the Qwen2.5 chat template
+    TRL ships (needed for TRL's tool calling), saved as a Hugging Face tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<|pad|>")],
+    )  # fmt: skip
+    import trl
+
+    template = Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja"
+    hf.chat_template = template.read_text()
+    hf.save_pretrained(directory)
+    return hf
+
+
+def build_model(directory: Path, size: str, vocab: int) -> int:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=1024,
+                         tie_word_embeddings=True, **SIZES[size])  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+def prompt_texts(n: int) -> list[str]:
+    return [f"What is {3 * i + 1} + {5 * i + 2}? Answer with the number." for i in range(n)]
+
+
+def completion_reward(text: str) -> float:
+    """Any cheap function of the text that varies within a group (it is the same for both)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / max(1, len(letters))
+
+
+# --------------------------------------------------------------------------------------------
+# TRL
+# --------------------------------------------------------------------------------------------
+
+
+def run_trl(
+    model_dir: Path,
+    prompts: list[str],
+    args: argparse.Namespace,
+    steps: int,
+    between: Callable[[], None] | None = None,
+) -> dict:
+    """TRL's GRPO for `steps` steps; `between()` runs after each timed step (outside it)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    n = len(prompts)
+    data = Dataset.from_dict({"prompt": prompts * (steps + 1)})
+
+    def reward(prompts: list, completions: list, **kwargs) -> list[float]:
+        return [completion_reward(c) for c in completions]
+
+    times: list[float] = []
+    tokens: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+            if between is not None:
+                between()
+
+    config = GRPOConfig(
+        output_dir=str(model_dir / "trl-out"), use_cpu=True, report_to="none",
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+        learning_rate=LR, max_steps=steps, per_device_train_batch_size=n * args.group,
+        gradient_accumulation_steps=1, num_generations=args.group, num_iterations=1,
+        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
+        beta=BETA, epsilon=0.2, loss_type="dapo", scale_rewards="group",
+        generation_kwargs={"min_new_tokens": args.max_new_tokens},  # fixed-length generation
+        shuffle_dataset=False, dataloader_num_workers=0, bf16=False, max_grad_norm=1.0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
+                              train_dataset=data, processing_class=tokenizer,
+                              callbacks=[Timer()])  # fmt: skip
+        original = trainer._generate_single_turn
+
+        def counting(*a, **k):
+            out = original(*a, **k)
+            tokens.append(float(sum(len(c) for c in out[0])))
+            return out
+
+        trainer._generate_single_turn = counting
+        with contextlib.redirect_stdout(sys.stderr):  # TRL prints its metrics on stdout
+            trainer.train()
+    return {"times": times, "generated_tokens": tokens}
+
+
+def trl_accepts_tools(model_dir: Path) -> str:
+    """Whether TRL 1.16's GRPOTrainer takes `tools=` with this tokenizer (construct only)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    def add(a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: First number.
+            b: Second number.
+        """
+        return a + b
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "What is 2 + 3?"}]] * 4})
+    config = GRPOConfig(output_dir=str(model_dir / "trl-tools"), use_cpu=True, report_to="none",
+                        save_strategy="no", per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=8, max_steps=1)  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            GRPOTrainer(model=model, reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                        args=config, train_dataset=data, processing_class=tokenizer, tools=[add])  # fmt: skip
+    except Exception as exc:  # report what TRL says, whatever it is
+        return f"no: {type(exc).__name__}: {exc}"
+    return "yes"
+
+
+# --------------------------------------------------------------------------------------------
+# tooltune
+# --------------------------------------------------------------------------------------------
+
+
+class Phases:
+    """Wall-clock per phase of one step, collected by wrapping the calls that do the work."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, dt: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(name, time.perf_counter() - t0)
+
+        return timed
+
+
+@contextlib.contextmanager
+def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phases: Phases):
+    """Time generation, tool calls, log-probs (grad / no-grad), backward and the optimiser."""
+    saved_backward = torch.Tensor.backward
+    policy.generate = phases.wrap("generation", policy.generate)
+    registry.execute_many = phases.wrap("tools", registry.execute_many)
+    plain = policy.token_logprobs
+
+    def logprobs(*a, **k):
+        name = "logprobs (grad)" if torch.is_grad_enabled() else "logprobs (old/ref, no grad)"
+        return phases.wrap(name, plain)(*a, **k)
+
+    policy.token_logprobs = logprobs
+    ref.token_logprobs = phases.wrap("logprobs (old/ref, no grad)", ref.token_logprobs)
+    optimizer.step = phases.wrap("optimizer", optimizer.step)
+    torch.Tensor.backward = phases.wrap("backward", saved_backward)
+    try:
+        yield
+    finally:
+        torch.Tensor.backward = saved_backward
+        for obj, attr in ((policy, "generate"), (policy, "token_logprobs"), (ref, "token_logprobs"),
+                          (optimizer, "step"), (registry, "execute_many")):  # fmt: skip
+            obj.__dict__.pop(attr, None)
+
+
+def completion_text(trajectory: AgentTrajectory) -> str:
+    step = trajectory.steps[0] if trajectory.steps else None
+    return "" if step is None else (step.action.raw or step.action.content or "")
+
+
+def tooltune_setup(model_dir: Path, args: argparse.Namespace, registry: ToolRegistry, turns: int):
+    from tooltune.policies.hf import HFPolicy
+    from tooltune.training.grpo import GRPOTrainer
+
+    policy = HFPolicy.from_pretrained(model_dir)
+    if turns == 1:
+        policy._stop_ids = []  # fixed-length generation, as min_new_tokens does for TRL
+    ref = policy.clone()
+    config = AgentConfig(
+        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, max_turns=turns,
+        kl_coef=BETA, clip_eps=0.2, loss_aggregation="token_mean", scale_rewards=True,
+        reward_baseline="mean", ppo_epochs=1, grad_accum_steps=1, max_grad_norm=1.0,
+        learning_rate=LR, weight_decay=0.0,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=0.0
+    )
+    trainer = GRPOTrainer(policy, ref, optimizer, config)
+    stop = [] if turns == 1 else None
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                              **({"stop": stop} if stop is not None else {}))  # fmt: skip
+    collector = TrajectoryCollector(policy, registry, config, sampling=sampling,
+                                    reward_fn=lambda t, task: completion_reward(completion_text(t)))  # fmt: skip
+    return policy, ref, optimizer, trainer, collector, sampling
+
+
+def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, seed: int) -> dict:
+    sampling.seed = seed
+    t0 = time.perf_counter()
+    trajectories = collector.collect(tasks, num_samples=group)
+    groups = [trajectories[i : i + group] for i in range(0, len(trajectories), group)]
+    metrics = trainer.train_step(groups)
+    seconds = time.perf_counter() - t0
+    generated = sum(sum(t.tokens.mask) for t in trajectories)
+    total = sum(len(t.tokens.ids) for t in trajectories)
+    calls = sum(len(t.tool_calls) for t in trajectories)
+    return {"seconds": seconds, "generated_tokens": generated, "sequence_tokens": total,
+            "tool_calls": calls, "loss": metrics["loss"]}  # fmt: skip
+
+
+class Tooltune:
+    """tooltune's side: `step()` runs one timed step, `profile()` one instrumented step."""
+
+    def __init__(self, model_dir: Path, tasks: list[str], args, registry, turns: int = 1):
+        self.policy, self.ref, self.optimizer, self.trainer, self.collector, self.sampling = (
+            tooltune_setup(model_dir, args, registry, turns)
+        )
+        self.tasks, self.group, self.registry = tasks, args.group, registry
+        self.results: list[dict] = []
+
+    def step(self) -> None:
+        self.results.append(
+            tooltune_step(
+                self.collector,
+                self.trainer,
+                self.sampling,
+                self.tasks,
+                self.group,
+                len(self.results),
+            )  # fmt: skip
+        )
+
+    def profile(self) -> tuple[dict, dict[str, float]]:
+        phases = Phases()
+        with profiled(self.policy, self.ref, self.optimizer, self.registry, phases):
+            result = tooltune_step(self.collector, self.trainer, self.sampling, self.tasks,
+                                   self.group, len(self.results))  # fmt: skip
+        phases.add("other", result["seconds"] - sum(phases.seconds.values()))
+        return result, phases.seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Peak and FLOPs
+# --------------------------------------------------------------------------------------------
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(params: int, prompt_tokens: int, generated: int, sequence_tokens: int) -> dict:
+    """Model FLOPs of one step: generation (prefill + decode, forward only), reference
+    log-probs (forward only) and the policy update (forward + backward)."""
+    gen = 2 * params * (prompt_tokens + generated)
+    ref = 2 * params * sequence_tokens
+    train = 6 * params * sequence_tokens
+    return {"generation": gen, "reference": ref, "training": train, "total": gen + ref + train}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def add_numbers(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: First number.
+        b: Second number.
+    """
+    return a + b
+
+
+def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> dict:
+    directory = root / size
+    tokenizer = build_tokenizer(directory)
+    params = build_model(directory, size, len(tokenizer))
+    users = prompt_texts(args.prompts)
+    registry = ToolRegistry([])
+    # The exact prompt strings tooltune's collector builds (system turn, user turn, open
+    # assistant header) are TRL's prompts too, so both tokenise the same text.
+    prompts = [opening_text(AgentTrajectory(prompt=u, task_tier="simple")) for u in users]
+    prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts) * args.group
+    steps = args.warmup + args.repeats
+    log(f"[{size}] {params:,} parameters, {args.prompts} prompts x {args.group} samples x "
+        f"{args.max_new_tokens} tokens; TRL and tooltune steps interleaved ...")  # fmt: skip
+    # Steps alternate (TRL, tooltune, TRL, ...) so both see the same machine load.
+    side = Tooltune(directory, users, args, registry)
+    trl = run_trl(directory, prompts, args, steps, between=side.step)
+    tt = side.results
+    profile, phases = side.profile()
+    log(f"[{size}] TRL step times {[round(t, 3) for t in trl['times']]}")
+    log(f"[{size}] tooltune step times {[round(r['seconds'], 3) for r in tt]}")
+    trl_s = statistics.median(trl["times"][args.warmup :])
+    tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
+    flops = step_flops(
+        params, prompt_tokens, profile["generated_tokens"], profile["sequence_tokens"]
+    )
+    return {
+        "parameters": params,
+        "trl_s_per_step": trl_s,
+        "tooltune_s_per_step": tt_s,
+        "speedup_vs_trl": trl_s / tt_s,
+        "trl_generated_tokens_per_step": trl["generated_tokens"][-1],
+        "tooltune_generated_tokens_per_step": profile["generated_tokens"],
+        "trl_generated_tokens_per_s": trl["generated_tokens"][-1] / trl_s,
+        "tooltune_generated_tokens_per_s": profile["generated_tokens"] / tt_s,
+        "trl_step_times": trl["times"],
+        "tooltune_step_times": [r["seconds"] for r in tt],
+        "tooltune_profile_s": phases,
+        "tooltune_profile_pct": {k: 100 * v / profile["seconds"] for k, v in phases.items()},
+        "model_gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
+        "tooltune_mfu": flops["total"] / tt_s / 1e9 / peak,
+        "trl_mfu": flops["total"] / trl_s / 1e9 / peak,
+    }
+
+
+def bench_tools(args: argparse.Namespace, root: Path) -> dict:
+    """Multi-turn tool use: does TRL take tools=, and tooltune's multi-turn step time."""
+    directory = root / "0.5M"
+    if not (directory / "config.json").exists():
+        tokenizer = build_tokenizer(directory)
+        build_model(directory, "0.5M", len(tokenizer))
+    accepts = trl_accepts_tools(directory)
+    registry = ToolRegistry([tool(add_numbers)])
+    users = prompt_texts(args.prompts)
+    side = Tooltune(directory, users, args, registry, turns=3)
+    for _ in range(args.warmup + args.repeats):
+        side.step()
+    tt = side.results
+    profile, phases = side.profile()
+    return {
+        "trl_accepts_tools": accepts,
+        "trl_equal_work_step": "not measured: a random model emits no tool calls in either "
+        "framework, so an equal-work multi-turn comparison needs a model fitted to both formats",
+        "tooltune_s_per_step": statistics.median(r["seconds"] for r in tt[args.warmup :]),
+        "tooltune_tool_calls_per_step": profile["tool_calls"],
+        "tooltune_profile_s": phases,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="0.5M model, small batch, 2 repeats")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--sizes", default=None, help="comma list of 0.5M,5M")
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--group", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tools", action="store_true", help="also run the multi-turn tool case")
+    args = parser.parse_args(argv)
+    args.sizes = (args.sizes or ("0.5M" if args.quick else "0.5M,5M")).split(",")
+    args.prompts = args.prompts or (2 if args.quick else 4)
+    args.group = args.group or 4
+    args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 32)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    for size in args.sizes:
+        if size not in SIZES:
+            parser.error(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    torch.set_num_threads(args.threads)
+
+    import transformers
+    import trl
+
+    peak = matmul_peak_gflops()
+    log(f"fp32 matmul peak on this machine: {peak:.1f} GFLOP/s ({args.threads} threads)")
+    out: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
+        "threads": args.threads,
+        "workload": {
+            "prompts": args.prompts,
+            "group": args.group,
+            "max_new_tokens": args.max_new_tokens,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+        },  # fmt: skip
+        "matmul_peak_gflops": peak,
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-") as tmp:
+        for size in args.sizes:
+            out["sizes"][size] = bench_size(size, args, Path(tmp), peak)
+        if args.tools:
+            out["tools"] = bench_tools(args, Path(tmp))
+    first = out["sizes"][args.sizes[0]]
+    out["trl_s_per_step"] = first["trl_s_per_step"]
+    out["tooltune_s_per_step"] = first["tooltune_s_per_step"]
+    out["speedup_vs_trl"] = first["speedup_vs_trl"]
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print_table(out)
+    return 0
+
+
+def print_table(out: dict) -> None:
+    print(f"machine: {out['machine']}; fp32 matmul peak {out['matmul_peak_gflops']:.1f} GFLOP/s")
+    w = out["workload"]
+    print(f"workload: {w['prompts']} prompts x {w['group']} samples x {w['max_new_tokens']} new "
+          f"tokens, median of {w['repeats']} steps after {w['warmup']} warm-up")  # fmt: skip
+    for size, r in out["sizes"].items():
+        print(f"\n[{size}] {r['parameters']:,} parameters")
+        print(f"  TRL       {r['trl_s_per_step']:.3f} s/step  "
+              f"{r['trl_generated_tokens_per_s']:.0f} gen tok/s  MFU {100 * r['trl_mfu']:.2f}%")  # fmt: skip
+        print(f"  tooltune  {r['tooltune_s_per_step']:.3f} s/step  "
+              f"{r['tooltune_generated_tokens_per_s']:.0f} gen tok/s  MFU {100 * r['tooltune_mfu']:.2f}%")  # fmt: skip
+        print(f"  speedup   {r['speedup_vs_trl']:.2f}x  (generated tokens per step: TRL "
+              f"{r['trl_generated_tokens_per_step']:.0f}, tooltune {r['tooltune_generated_tokens_per_step']})")  # fmt: skip
+        print("  tooltune step profile:")
+        for k, v in sorted(r["tooltune_profile_s"].items(), key=lambda kv: -kv[1]):
+            print(f"    {k:30s} {v:7.3f} s  {r['tooltune_profile_pct'][k]:5.1f}%")
+        g = r["model_gflop_per_step"]
+        print(f"  model GFLOP/step: generation {g['generation']:.2f}, reference {g['reference']:.2f}, "
+              f"training {g['training']:.2f}")  # fmt: skip
+    if "tools" in out:
+        t = out["tools"]
+        print(f"\n[tools] TRL GRPOTrainer(tools=...) accepted: {t['trl_accepts_tools']}")
+        print(f"  tooltune multi-turn step {t['tooltune_s_per_step']:.3f} s, "
+              f"{t['tooltune_tool_calls_per_step']} tool calls; TRL: {t['trl_equal_work_step']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

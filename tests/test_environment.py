@@ -1,0 +1,122 @@
+import httpx
+import pytest
+
+from tooltune.environment import BUILTIN_TOOLS, Environment
+from tooltune.registry import ToolRegistryError
+from tooltune.tasks.world import build_world
+from tooltune.tools.flights import list_bookings
+from tooltune.types import ToolCall
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    path = tmp_path_factory.mktemp("envworld")
+    build_world(path, seed=0)
+    with Environment(path) as environment:
+        yield environment
+
+
+def _call(registry, name, **arguments):
+    return registry.execute(ToolCall("c", name, arguments))
+
+
+def test_builds_a_missing_world(tmp_path):
+    with Environment(tmp_path / "fresh", seed=3) as env:
+        assert env.world.seed == 3 and (tmp_path / "fresh" / "world.json").is_file()
+        registry = env.registry(tools=["calculate"])
+        assert _call(registry, "calculate", expression="2+2").result["numeric"] == 4
+
+
+def test_registry_offers_every_builtin_tool_or_a_subset(env):
+    registry = env.registry("ep-all")
+    assert registry.names == BUILTIN_TOOLS and len(registry) == 29
+    subset = env.registry("ep-sub", ["sql_query", "geo_lookup"])
+    assert subset.names == ["sql_query", "geo_lookup"]
+    with pytest.raises(ToolRegistryError, match="unknown tools: nope"):
+        env.registry("ep-bad", ["nope"])
+    registry.close()
+    subset.close()
+
+
+def test_servers_start_only_when_needed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lazyworld")
+    build_world(path, seed=1)
+    with Environment(path) as env:
+        env.registry("x", ["calculate", "sql_query", "search"])
+        assert env._flights is None and env._web is None
+        env.registry("y", ["browser_open"])
+        assert env._web is not None and env._flights is None
+        url = env.web_url()
+        assert httpx.get(url + "/index.html").status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/index.html", timeout=2)
+    with pytest.raises(RuntimeError, match="closed"):
+        env.registry("z")
+
+
+def test_bookings_are_isolated_per_episode(env):
+    flight = next(f for f in env.world.flights if f["sells_out"])
+    search = {
+        "origin": flight["origin"],
+        "destination": flight["destination"],
+        "date": flight["date"],
+    }
+    a, b = (
+        env.registry("ep-a", ["search_flights", "book_flight"]),
+        env.registry("ep-b", ["book_flight"]),
+    )
+    assert _call(a, "search_flights", **search).success
+    # the planted flight sold out in episode a only
+    assert "sold out" in _call(a, "book_flight", flight_id=flight["id"], passenger="Ann Bee").error
+    assert _call(b, "book_flight", flight_id=flight["id"], passenger="Ann Bee").success
+    assert list_bookings(env.flights_db, "ep-a") == []
+    assert len(list_bookings(env.flights_db, "ep-b")) == 1
+    assert list_bookings(env.world.flights_db, "ep-b") == []  # the cached world is untouched
+
+
+def test_files_are_isolated_per_episode(env):
+    a, b = env.registry("ep-fa", ["write_file", "read_file"]), env.registry("ep-fb", ["read_file"])
+    assert _call(a, "write_file", path="notes/x.txt", content="hello").success
+    assert _call(a, "read_file", path="notes/x.txt").result["content"] == "hello"
+    assert not _call(b, "read_file", path="notes/x.txt").success
+    assert _call(b, "read_file", path="README.txt").success  # shared files stay readable
+    assert (env.overlay_dir("ep-fa") / "notes" / "x.txt").is_file()
+    b.close()
+    assert not env.overlay_dir("ep-fb").exists()  # an episode that wrote nothing leaves nothing
+
+
+def test_browser_state_is_per_episode(env):
+    a, b = (
+        env.registry("ep-ba", ["browser_open", "browser_back"]),
+        env.registry("ep-bb", ["browser_back"]),
+    )
+    assert _call(a, "browser_open", url="/index.html").result["title"] == "Regional Atlas"
+    assert _call(a, "browser_open", url="/cities.html").success
+    assert _call(a, "browser_back").result["title"] == "Regional Atlas"
+    assert not _call(b, "browser_back").success
+
+
+def test_heldout_tools_answer_from_the_world(env):
+    registry = env.registry("ep-h", ["geo_lookup", "corp_registry"])
+    place, company = env.world.places[0], env.world.companies[0]
+    got = _call(registry, "geo_lookup", place=place["name"].upper(), attribute="population")
+    assert got.result == {
+        "place": place["name"],
+        "attribute": "population",
+        "value": place["population"],
+    }
+    card = _call(registry, "corp_registry", company=company["name"]).result
+    assert card["chief_executive"] == company["ceo"] and card["headquarters"] == company["hq"]
+    assert (
+        "unknown attribute"
+        in _call(registry, "geo_lookup", place=place["name"], attribute="mayor").error
+    )
+    assert "not in the company registry" in _call(registry, "corp_registry", company="Nope").error
+    assert "invalid arguments" in _call(registry, "geo_lookup", place=3, attribute="founded").error
+
+
+def test_environment_is_a_tool_source(env):
+    registry = env("ep-src", ["calculate"])
+    assert registry.names == ["calculate"]
+    with pytest.raises(ValueError):
+        env.overlay_dir("../escape")

@@ -1,0 +1,99 @@
+import pytest
+
+from tooltune.config import TaskTier
+from tooltune.environment import Environment
+from tooltune.evaluation import compute_metrics, evaluate, format_metrics
+from tooltune.rollout import ScriptedPolicy
+from tooltune.tasks import Task, sample_tasks
+from tooltune.tasks.expert import ExpertPolicy
+from tooltune.tasks.world import build_world
+from tooltune.types import AgentAction, AgentStep, AgentTrajectory, ToolCall, ToolResponse
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evalworld")
+    build_world(path, seed=0)
+    with Environment(path) as environment:
+        yield environment
+
+
+def _step(names, ok=None):
+    calls = [ToolCall(f"c{i}", n, {}) for i, n in enumerate(names)]
+    ok = ok or [True] * len(calls)
+    responses = [
+        ToolResponse(c.id, s, None, None if s else "err", name=c.name)
+        for c, s in zip(calls, ok, strict=True)
+    ]
+    return AgentStep(AgentAction("tool_call", "", calls), "obs", responses)
+
+
+def _task(tier, n_minimal, parallel=0):
+    calls = [{"name": "x", "arguments": {}}] * n_minimal
+    return Task(
+        "t",
+        "q",
+        tier,
+        ["x"],
+        1,
+        {"type": "number", "value": 1},
+        calls,
+        metadata={"parallel": parallel},
+    )
+
+
+def test_metrics_by_hand():
+    tasks = [
+        _task(TaskTier.SIMPLE, 1),
+        _task(TaskTier.MULTI_TOOL_PAR, 2, parallel=2),
+        _task(TaskTier.MULTI_TOOL_PAR, 2, parallel=2),
+    ]
+    answer = AgentStep(AgentAction("respond", "1"))
+    t1 = AgentTrajectory(
+        "q", TaskTier.SIMPLE, [_step(["x"], [False]), _step(["x"]), answer], "1", success=True
+    )
+    t2 = AgentTrajectory(
+        "q", TaskTier.MULTI_TOOL_PAR, [_step(["x", "x"]), answer], "1", success=True
+    )
+    t3 = AgentTrajectory(
+        "q", TaskTier.MULTI_TOOL_PAR, [_step(["x"]), _step(["x"]), _step(["x"]), answer], "2"
+    )
+    m = compute_metrics(tasks, [t1, t2, t3])
+    assert m["accuracy"] == {
+        "simple": 1.0,
+        "multi_tool_seq": None,
+        "multi_tool_par": 0.5,
+        "complex": None,
+        "overall": 2 / 3,
+    }
+    assert m["avg_steps"] == pytest.approx((3 + 2 + 4) / 3)
+    assert m["tool_calls"] == 7
+    assert m["tool_call_failure_rate"] == pytest.approx(1 / 7)
+    assert m["unnecessary_call_rate"] == pytest.approx((1 + 0 + 1) / 7)
+    assert m["parallel_call_rate"] == 0.5
+    assert m["counts"]["multi_tool_par"] == 2
+    table = format_metrics(m)
+    assert "| Multi-Tool Par | 50.0% | 2 |" in table and "| Tool Call Failures | 14.3% |" in table
+    with pytest.raises(ValueError):
+        compute_metrics(tasks, [t1])
+
+
+def test_evaluate_expert_and_a_policy_that_guesses(env):
+    tasks = sample_tasks("test", 24, seed=3, world=env.world)
+    good = evaluate(ExpertPolicy(tasks), tasks, env, batch_size=8)
+    assert good["accuracy"]["overall"] == 1.0 and good["n_tasks"] == 24
+    assert len(good["trajectories"]) == 24 and all(t.success for t in good["trajectories"])
+    guess = evaluate(ScriptedPolicy(["I think the answer is 42."]), tasks, env)
+    assert guess["accuracy"]["overall"] == 0.0
+    assert (
+        guess["avg_steps"] == 1.0
+        and guess["tool_calls"] == 0
+        and guess["tool_call_failure_rate"] == 0.0
+    )
+
+
+def test_bad_tool_calls_count_as_failures(env):
+    task = sample_tasks("test", 1, seed=0, world=env.world, tiers=["simple"])[0]
+    bad = '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>'
+    result = evaluate(ScriptedPolicy([bad, "done"]), [task], env)
+    assert result["tool_call_failure_rate"] == 1.0 and result["accuracy"]["overall"] == 0.0
