@@ -171,7 +171,7 @@ def _eval(args: argparse.Namespace) -> int:
         policy = _load_policy(args.policy, env, config)
         tasks = []
         for tier in TaskTier:
-            tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier])
+            tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier], world=env)
         result = evaluate(policy, tasks, env, config)
     metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
@@ -192,7 +192,7 @@ def _load_policy(name: str, env, config: AgentConfig):
     if name == "expert":
         from tooltune.tasks.expert import ExpertPolicy
 
-        return ExpertPolicy(env)
+        return ExpertPolicy(env)  # evaluate() hands it the tasks through prepare()
     path = Path(name)
     if not path.exists():
         raise UsageError(
@@ -209,7 +209,9 @@ def _tasks_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError("-n must be at least 1")
     tiers = [TaskTier(args.tier)] if args.tier else None
-    tasks = sample_tasks(args.split, args.n, seed=args.seed, tiers=tiers)
+    config = _config(args)
+    with _environment(args, config) as env:
+        tasks = sample_tasks(args.split, args.n, seed=args.seed, tiers=tiers, world=env)
     if args.json:
         for task in tasks:
             print(json.dumps(task.to_dict(), ensure_ascii=False))

@@ -192,9 +192,10 @@ class AgentTrainingPipeline:
         from tooltune.tasks import sample_tasks
 
         if per_tier:
-            return [t for tier in TaskTier for t in sample_tasks(split, n, seed=seed, tiers=[tier])]
+            return [t for tier in TaskTier
+                    for t in sample_tasks(split, n, seed=seed, tiers=[tier], world=self.env)]  # fmt: skip
         weights = {t.value: w for t, w in self.config.task_tier_weights.items()}
-        return sample_tasks(split, n, seed=seed, tier_weights=weights)
+        return sample_tasks(split, n, seed=seed, tier_weights=weights, world=self.env)
 
     def test_tasks(self) -> list[Any]:
         return self._tasks(
