@@ -78,7 +78,8 @@ def _compact_signature(entry: dict[str, Any]) -> str:
         )
         kind = "|".join(kind) if isinstance(kind, list) else kind
         params.append(f"{name}{'' if name in required else '?'}: {kind}")
-    return f"{fn['name']}({', '.join(params)}) - {fn.get('description', '')}"
+    summary = fn.get("description", "").split(". ")[0].rstrip(".")  # first sentence only
+    return f"{fn['name']}({', '.join(params)}) - {summary}"
 
 
 def render_turn(role: str, content: str) -> str:
