@@ -66,14 +66,14 @@ def test_smoke_demo_writes_a_complete_run(tmp_path, capsys):
     grpo = [r for r in rows if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == list(range(len(grpo))) and grpo
     sft = [r for r in rows if r["stage"] == "sft"]
-    assert sft and sft[-1]["train_loss"] < 6.0  # far below log(vocab): the model learned something
+    assert len(sft) == 2 and sft[1]["train_loss"] < sft[0]["train_loss"]  # SFT learns
     assert metrics["after_sft"]["n_test_tasks"] == metrics["before"]["n_test_tasks"]
     print(f"smoke demo took {time.perf_counter() - started:.0f} s")
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
-    args = _demo_args(tmp_path, "run", "--set", "pipeline.grpo_steps=6")
+    args = _demo_args(tmp_path, "run", "--set", "pipeline.grpo_steps=4")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tooltune.cli", *args],
@@ -98,7 +98,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(6))
+    assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(4))
     assert [r["stage"] for r in rows if r["stage"] in ("before", "after_sft", "after_grpo")] == [
         "before",
         "after_sft",
