@@ -11,6 +11,11 @@ Each side runs `--warmup` steps, then `--repeats` timed steps; seconds per step 
 TRL steps are timed with a trainer callback (`on_step_begin` -> `on_step_end`: generation,
 reward, log-probs, backward and optimiser step); tooltune steps are collect + train_step.
 
+tooltune shares each group's prompt: prefilled once per group in generation, run once per
+group in the update (`GRPOTrainer(share_prefix=True)`). A third run, interleaved with the other
+two, times tooltune with both turned off (`--no-baseline` skips it), i.e. the same step without
+the optimisation.
+
 Then a profile of one tooltune step (generation, tools, log-probs, backward, optimiser, rest)
 and the model FLOPs utilisation against the fp32 matmul peak measured on this machine
 (6 * params * tokens for training, 2 * params * tokens for forward-only passes).
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -271,6 +277,16 @@ def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phas
 
     policy.token_logprobs = logprobs
     ref.token_logprobs = phases.wrap("logprobs (old/ref, no grad)", ref.token_logprobs)
+    plain_prefix = policy.prefix_token_logprobs
+
+    def prefix_logprobs(*a, **k):
+        name = "logprobs (grad)" if torch.is_grad_enabled() else "logprobs (old/ref, no grad)"
+        return phases.wrap(name, plain_prefix)(*a, **k)
+
+    policy.prefix_token_logprobs = prefix_logprobs
+    ref.prefix_token_logprobs = phases.wrap(
+        "logprobs (old/ref, no grad)", ref.prefix_token_logprobs
+    )
     optimizer.step = phases.wrap("optimizer", optimizer.step)
     torch.Tensor.backward = phases.wrap("backward", saved_backward)
     try:
@@ -278,6 +294,7 @@ def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phas
     finally:
         torch.Tensor.backward = saved_backward
         for obj, attr in ((policy, "generate"), (policy, "token_logprobs"), (ref, "token_logprobs"),
+                          (policy, "prefix_token_logprobs"), (ref, "prefix_token_logprobs"),
                           (optimizer, "step"), (registry, "execute_many")):  # fmt: skip
             obj.__dict__.pop(attr, None)
 
@@ -287,11 +304,17 @@ def completion_text(trajectory: AgentTrajectory) -> str:
     return "" if step is None else (step.action.raw or step.action.content or "")
 
 
-def tooltune_setup(model_dir: Path, args: argparse.Namespace, registry: ToolRegistry, turns: int):
+def tooltune_setup(
+    model_dir: Path, args: argparse.Namespace, registry: ToolRegistry, turns: int, shared: bool
+):
+    """`shared=False` turns off both prompt-sharing optimisations (prefill once per group in
+    generation, prompt once per group in the update): the previous tooltune step."""
     from tooltune.policies.hf import HFPolicy
     from tooltune.training.grpo import GRPOTrainer
 
     policy = HFPolicy.from_pretrained(model_dir)
+    if not shared:
+        policy.generate = functools.partial(policy.generate, share_prefill=False)
     if turns == 1:
         policy._stop_ids = []  # fixed-length generation, as min_new_tokens does for TRL
     ref = policy.clone()
@@ -304,7 +327,7 @@ def tooltune_setup(model_dir: Path, args: argparse.Namespace, registry: ToolRegi
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=0.0
     )
-    trainer = GRPOTrainer(policy, ref, optimizer, config)
+    trainer = GRPOTrainer(policy, ref, optimizer, config, share_prefix=shared)
     stop = [] if turns == 1 else None
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
                               **({"stop": stop} if stop is not None else {}))  # fmt: skip
@@ -330,9 +353,11 @@ def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, se
 class Tooltune:
     """tooltune's side: `step()` runs one timed step, `profile()` one instrumented step."""
 
-    def __init__(self, model_dir: Path, tasks: list[str], args, registry, turns: int = 1):
+    def __init__(
+        self, model_dir: Path, tasks: list[str], args, registry, turns: int = 1, shared=True
+    ):
         self.policy, self.ref, self.optimizer, self.trainer, self.collector, self.sampling = (
-            tooltune_setup(model_dir, args, registry, turns)
+            tooltune_setup(model_dir, args, registry, turns, shared)
         )
         self.tasks, self.group, self.registry = tasks, args.group, registry
         self.results: list[dict] = []
@@ -409,15 +434,32 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     steps = args.warmup + args.repeats
     log(f"[{size}] {params:,} parameters, {args.prompts} prompts x {args.group} samples x "
         f"{args.max_new_tokens} tokens; TRL and tooltune steps interleaved ...")  # fmt: skip
-    # Steps alternate (TRL, tooltune, TRL, ...) so both see the same machine load.
+    # Steps alternate (TRL, tooltune[, tooltune unshared], TRL, ...) so all see the same load.
     side = Tooltune(directory, users, args, registry)
-    trl = run_trl(directory, prompts, args, steps, between=side.step)
+    base = None if args.no_baseline else Tooltune(directory, users, args, registry, shared=False)
+
+    def between() -> None:
+        side.step()
+        if base is not None:
+            base.step()
+
+    trl = run_trl(directory, prompts, args, steps, between=between)
     tt = side.results
     profile, phases = side.profile()
     log(f"[{size}] TRL step times {[round(t, 3) for t in trl['times']]}")
     log(f"[{size}] tooltune step times {[round(r['seconds'], 3) for r in tt]}")
     trl_s = statistics.median(trl["times"][args.warmup :])
     tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
+    unshared: dict[str, Any] = {}
+    if base is not None:
+        base_s = statistics.median(r["seconds"] for r in base.results[args.warmup :])
+        log(f"[{size}] tooltune unshared step times {[round(r['seconds'], 3) for r in base.results]}")
+        unshared = {
+            "tooltune_unshared_s_per_step": base_s,
+            "tooltune_unshared_step_times": [r["seconds"] for r in base.results],
+            "speedup_vs_unshared": base_s / tt_s,
+            "unshared_speedup_vs_trl": trl_s / base_s,
+        }
     flops = step_flops(
         params, prompt_tokens, profile["generated_tokens"], profile["sequence_tokens"]
     )
@@ -437,6 +479,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
         "model_gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
         "tooltune_mfu": flops["total"] / tt_s / 1e9 / peak,
         "trl_mfu": flops["total"] / trl_s / 1e9 / peak,
+        **unshared,
     }
 
 
@@ -476,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tools", action="store_true", help="also run the multi-turn tool case")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the interleaved tooltune run without prompt sharing")  # fmt: skip
     args = parser.parse_args(argv)
     args.sizes = (args.sizes or ("0.5M" if args.quick else "0.5M,5M")).split(",")
     args.prompts = args.prompts or (2 if args.quick else 4)
@@ -535,6 +580,9 @@ def print_table(out: dict) -> None:
               f"{r['tooltune_generated_tokens_per_s']:.0f} gen tok/s  MFU {100 * r['tooltune_mfu']:.2f}%")  # fmt: skip
         print(f"  speedup   {r['speedup_vs_trl']:.2f}x  (generated tokens per step: TRL "
               f"{r['trl_generated_tokens_per_step']:.0f}, tooltune {r['tooltune_generated_tokens_per_step']})")  # fmt: skip
+        if "speedup_vs_unshared" in r:
+            print(f"  tooltune without prompt sharing {r['tooltune_unshared_s_per_step']:.3f} s/step "
+                  f"(sharing: {r['speedup_vs_unshared']:.2f}x faster)")  # fmt: skip
         print("  tooltune step profile:")
         for k, v in sorted(r["tooltune_profile_s"].items(), key=lambda kv: -kv[1]):
             print(f"    {k:30s} {v:7.3f} s  {r['tooltune_profile_pct'][k]:5.1f}%")

@@ -21,8 +21,9 @@ def _call(registry, name, **arguments):
 
 
 def test_builds_a_missing_world(tmp_path):
-    with Environment(tmp_path / "fresh", seed=3) as env:
+    with Environment(tmp_path / "fresh", seed=3, size="small") as env:
         assert env.world.seed == 3 and (tmp_path / "fresh" / "world.json").is_file()
+        assert env.world.size == "small" and len(env.world.places) == 40
         registry = env.registry(tools=["calculate"])
         assert _call(registry, "calculate", expression="2+2").result["numeric"] == 4
 
@@ -40,7 +41,7 @@ def test_registry_offers_every_builtin_tool_or_a_subset(env):
 
 def test_servers_start_only_when_needed(tmp_path_factory):
     path = tmp_path_factory.mktemp("lazyworld")
-    build_world(path, seed=1)
+    build_world(path, seed=1, size="small")
     with Environment(path) as env:
         env.registry("x", ["calculate", "sql_query", "search"])
         assert env._flights is None and env._web is None
@@ -83,6 +84,23 @@ def test_files_are_isolated_per_episode(env):
     assert (env.overlay_dir("ep-fa") / "notes" / "x.txt").is_file()
     b.close()
     assert not env.overlay_dir("ep-fb").exists()  # an episode that wrote nothing leaves nothing
+
+
+def test_image_crops_are_isolated_per_episode(env):
+    image = env.world.images[0]["path"]
+    box = {"left": 0, "top": 0, "right": 64, "bottom": 64}
+    tools = ["image_crop", "image_info", "read_file", "list_files"]
+    a, b = env.registry("ep-ia", tools), env.registry("ep-ib", tools)
+    assert _call(a, "image_crop", path=image, save_as="crops/corner.png", **box).success
+    assert _call(a, "image_info", path="crops/corner.png").result["width"] == 64
+    names = [e["name"] for e in _call(a, "list_files", path="crops").result["entries"]]
+    assert names == ["corner.png"]  # the file tools see the episode's crop too
+    assert not _call(b, "image_info", path="crops/corner.png").success
+    assert not _call(b, "list_files", path="crops").success
+    assert (env.overlay_dir("ep-ia") / "crops" / "corner.png").is_file()
+    assert not (env.world.sandbox_dir / "crops").exists()  # the shared world is untouched
+    b.close()
+    assert not env.overlay_dir("ep-ib").exists()
 
 
 def test_browser_state_is_per_episode(env):

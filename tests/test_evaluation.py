@@ -13,7 +13,7 @@ from tooltune.types import AgentAction, AgentStep, AgentTrajectory, ToolCall, To
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     path = tmp_path_factory.mktemp("evalworld")
-    build_world(path, seed=0)
+    build_world(path, seed=0, size="small")
     with Environment(path) as environment:
         yield environment
 
@@ -69,6 +69,7 @@ def test_metrics_by_hand():
     assert m["avg_steps"] == pytest.approx((3 + 2 + 4) / 3)
     assert m["tool_calls"] == 7
     assert m["tool_call_failure_rate"] == pytest.approx(1 / 7)
+    assert m["unplanned_failure_rate"] == pytest.approx(1 / 7)  # these tasks plant nothing
     assert m["unnecessary_call_rate"] == pytest.approx((1 + 0 + 1) / 7)
     assert m["parallel_call_rate"] == 0.5
     assert m["counts"]["multi_tool_par"] == 2
@@ -76,6 +77,35 @@ def test_metrics_by_hand():
     assert "| Multi-Tool Par | 50.0% | 2 |" in table and "| Tool Call Failures | 14.3% |" in table
     with pytest.raises(ValueError):
         compute_metrics(tasks, [t1])
+
+
+def test_planted_failures_are_told_apart():
+    """A failed call matching the task's planted call (same tool, same identifying arguments,
+    whitespace aside) is planted, once; repeats and other failures are unplanned."""
+    planted = [{"name": "sql_query", "arguments": {"query": "SELECT qty FROM orders"}}]
+    task = Task("t", "q", TaskTier.COMPLEX, ["sql_query"], 1, {"type": "number", "value": 1},
+                [{"name": "sql_query", "arguments": {}}] * 2,
+                metadata={"planted_failures": planted})  # fmt: skip
+
+    def step(*calls):  # (arguments, ok) per call
+        tool_calls = [ToolCall(f"c{i}", "sql_query", a) for i, (a, _) in enumerate(calls)]
+        responses = [ToolResponse(c.id, ok, None, None if ok else "no such column", name=c.name)
+                     for c, (_, ok) in zip(tool_calls, calls, strict=True)]  # fmt: skip
+        return AgentStep(AgentAction("tool_call", "", tool_calls), "obs", responses)
+
+    answer = AgentStep(AgentAction("respond", "1"))
+    broken = {"query": "SELECT  qty\nFROM orders"}
+    expert = AgentTrajectory("q", TaskTier.COMPLEX, [step((broken, False)),
+                             step(({"query": "SELECT quantity FROM orders"}, True)), answer], "1")  # fmt: skip
+    clumsy = AgentTrajectory("q", TaskTier.COMPLEX, [step((broken, False), ({"query": "SELEC"}, False)),
+                             step((broken, False)), answer], "1")  # fmt: skip
+    m = compute_metrics([task, task], [expert, clumsy])
+    assert (m["tool_calls"], m["failed_tool_calls"], m["planted_failures"]) == (5, 4, 2)
+    assert m["tool_call_failure_rate"] == pytest.approx(4 / 5)
+    assert m["unplanned_failure_rate"] == pytest.approx(2 / 5)
+    assert "| Tool Call Failures (unplanned) | 40.0% |" in format_metrics(m)
+    bare = Task("t", "q", TaskTier.COMPLEX, ["sql_query"], 1, {"type": "number", "value": 1}, [])
+    assert compute_metrics([bare], [expert])["unplanned_failure_rate"] == pytest.approx(1 / 2)
 
 
 def test_evaluate_expert_and_a_policy_that_guesses(env):
@@ -97,3 +127,4 @@ def test_bad_tool_calls_count_as_failures(env):
     bad = '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>'
     result = evaluate(ScriptedPolicy([bad, "done"]), [task], env)
     assert result["tool_call_failure_rate"] == 1.0 and result["accuracy"]["overall"] == 0.0
+    assert result["unplanned_failure_rate"] == 1.0

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     demo.add_argument("--name", help="run name (default: from preset and time)")
+    demo.add_argument("--backend", choices=["local", "ray"], default="local",
+                      help="where GRPO rollouts and tools run (default: local)")  # fmt: skip
+    demo.add_argument(
+        "--ray-address", default="", help="an existing Ray cluster (default: start one)"
+    )
     demo.add_argument("--fresh", action="store_true",
                       help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     demo.set_defaults(handler=_demo)

@@ -3,9 +3,9 @@
 `Environment` builds the world when it is missing, loads (or builds) the search index, and
 starts the flight service and the web server only when a registry first needs them. Each call to
 `registry(episode_id)` returns a fresh `ToolRegistry` whose stateful tools are isolated to that
-episode: file writes go to the episode's overlay directory, flight bookings carry the episode id
-header, and the browser has its own history. Stateless tools (search, maths, Python, SQL, images)
-are built once and shared.
+episode: file writes and image crops go to the episode's overlay directory, flight bookings carry
+the episode id header, and the browser has its own history. Stateless tools (search, maths,
+Python, SQL) are built once and shared.
 
 The flight database is copied into the environment's private temporary directory, so bookings of
 one environment never leak into another or into the cached world.
@@ -109,15 +109,17 @@ class Environment:
         world_dir: str | Path | None = None,
         seed: int | None = None,
         config: AgentConfig | None = None,
+        size: str | None = None,
     ) -> None:
-        """`world_dir` defaults to `~/.cache/tooltune/world-<seed>`. A world already in
-        `world_dir` is used as it is unless `seed` asks for another one (then it is rebuilt);
-        a missing or stale world is built (seed 0 by default)."""
+        """`world_dir` defaults to `~/.cache/tooltune/world-<seed>` (`world-<seed>-<size>` for
+        sizes other than the default). A world already in `world_dir` is used as it is unless
+        `seed` or `size` (a `WORLD_SIZES` name) asks for another one (then it is rebuilt); a
+        missing or stale world is built (seed 0, size default)."""
         self.config = config or AgentConfig()
         if world_dir is None:
-            world_dir = default_world_dir(seed or 0)
+            world_dir = default_world_dir(seed or 0, size or "default")
         self.world_dir = Path(world_dir)
-        self.world: World = ensure_world(self.world_dir, seed)
+        self.world: World = ensure_world(self.world_dir, seed, size)
         self.seed = self.world.seed
         self._tmp = Path(tempfile.mkdtemp(prefix="tooltune-env-"))
         self.flights_db = self._tmp / "flights.db"
@@ -192,10 +194,6 @@ class Environment:
                 from tooltune.tools.database import make_database_tools
 
                 tools = make_database_tools(self.world.db_path)
-            elif family == "images":
-                from tooltune.tools.images import make_image_tools
-
-                tools = make_image_tools(self.world.sandbox_dir)
             elif family == "registry":
                 tools = make_registry_tools(self.world.db_path)
             else:
@@ -208,6 +206,10 @@ class Environment:
             from tooltune.tools.files import make_file_tools
 
             return make_file_tools(self.world.sandbox_dir, overlay=self.overlay_dir(episode_id))
+        if family == "images":  # crops are saved into the episode's overlay, like file writes
+            from tooltune.tools.images import make_image_tools
+
+            return make_image_tools(self.world.sandbox_dir, overlay=self.overlay_dir(episode_id))
         if family == "flights":
             from tooltune.tools.openapi import make_openapi_tools
 
@@ -245,7 +247,7 @@ class Environment:
         registry = ToolRegistry(config=self.config)
         for name in dict.fromkeys(names):
             registry.register(by_name[name])
-        if "files" in {TOOL_FAMILY[n] for n in names}:
+        if {"files", "images"} & {TOOL_FAMILY[n] for n in names}:
             overlay = self.overlay_dir(episode_id)
             registry.on_close(lambda: _remove_if_empty(overlay))
         return registry

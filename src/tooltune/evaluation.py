@@ -5,8 +5,13 @@ reward). The efficiency table is computed from the trajectories:
 
     avg_steps               assistant turns per episode
     tool_call_failure_rate  failed tool calls / tool calls
+    unplanned_failure_rate  failed calls that are not their task's planted failure / tool calls
     unnecessary_call_rate   calls beyond each task's minimal solution / tool calls
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
+
+The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
+old schema): the task's `metadata["planted_failures"]` lists those calls, and a failed call that
+matches one of them (each at most once per episode) is a planted failure, not a mistake.
 
 Episodes run in batches through `TrajectoryCollector`, which generates for the whole batch at
 once and runs the batch's tool calls concurrently.
@@ -30,6 +35,45 @@ def _parallel_done(task: Any, trajectory: AgentTrajectory) -> bool:
     return any(len(step.action.tool_calls) >= needed for step in trajectory.steps)
 
 
+def _same_argument(got: Any, planted: Any) -> bool:
+    if isinstance(got, str) and isinstance(planted, str):
+        return " ".join(got.split()) == " ".join(planted.split())
+    return got == planted
+
+
+def _call_pairs(trajectory: AgentTrajectory) -> list[tuple[Any, Any]]:
+    """(call, response) of every executed call, paired within each step by call id (by
+    position when the ids do not tell)."""
+    pairs = []
+    for step in trajectory.steps:
+        calls, responses = step.action.tool_calls, step.tool_responses
+        by_id = {c.id: c for c in calls}
+        if len(by_id) == len(calls) and all(r.call_id in by_id for r in responses):
+            pairs += [(by_id[r.call_id], r) for r in responses]
+        else:
+            pairs += list(zip(calls, responses, strict=False))
+    return pairs
+
+
+def planted_failures(task: Any, trajectory: AgentTrajectory) -> int:
+    """Failed calls of the episode that are its task's planted failures: same tool and the
+    same identifying arguments as a call in `metadata["planted_failures"]`, each matched once."""
+    left = list((getattr(task, "metadata", None) or {}).get("planted_failures") or [])
+    count = 0
+    for call, response in _call_pairs(trajectory):
+        if response.success or not left:
+            continue
+        arguments = call.arguments if isinstance(call.arguments, dict) else {}
+        for i, spec in enumerate(left):
+            if spec.get("name") == call.name and all(
+                _same_argument(arguments.get(k), v) for k, v in spec.get("arguments", {}).items()
+            ):
+                count += 1
+                del left[i]
+                break
+    return count
+
+
 def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[str, Any]:
     """The seed's tables from finished trajectories (one per task, in order)."""
     if len(tasks) != len(trajectories):
@@ -37,7 +81,7 @@ def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[st
     correct: Counter = Counter()
     counts: Counter = Counter()
     by_template: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    steps = calls = failed = extra = 0
+    steps = calls = failed = planted = extra = 0
     par_total = par_done = 0
     for task, traj in zip(tasks, trajectories, strict=True):
         tier = TaskTier(task.tier).value
@@ -50,6 +94,7 @@ def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[st
         steps += len(traj.steps)
         calls += n_calls
         failed += sum(not r.success for r in traj.tool_responses)
+        planted += planted_failures(task, traj)
         extra += max(0, n_calls - len(task.minimal_calls))
         if tier == TaskTier.MULTI_TOOL_PAR.value and task.metadata.get("parallel", 0) >= 2:
             par_total += 1
@@ -65,7 +110,10 @@ def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[st
         "avg_steps": steps / n if n else None,
         "avg_tool_calls": calls / n if n else None,
         "tool_calls": calls,
+        "failed_tool_calls": failed,
+        "planted_failures": planted,
         "tool_call_failure_rate": failed / calls if calls else 0.0,
+        "unplanned_failure_rate": (failed - planted) / calls if calls else 0.0,
         "unnecessary_call_rate": extra / calls if calls else 0.0,
         "parallel_call_rate": par_done / par_total if par_total else None,
         "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
@@ -155,6 +203,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     avg = metrics["avg_steps"]
     lines.append(f"| Avg. Steps per Task | {'-' if avg is None else f'{avg:.2f}'} |")
     lines.append(f"| Tool Call Failures | {pct(metrics['tool_call_failure_rate'])} |")
+    if "unplanned_failure_rate" in metrics:
+        lines.append(
+            f"| Tool Call Failures (unplanned) | {pct(metrics['unplanned_failure_rate'])} |"
+        )
     lines.append(f"| Unnecessary Tool Calls | {pct(metrics['unnecessary_call_rate'])} |")
     lines.append(f"| Parallel Calls (Multi-Tool Par) | {pct(metrics['parallel_call_rate'])} |")
     return "\n".join(lines)

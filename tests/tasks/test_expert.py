@@ -29,7 +29,9 @@ def test_expert_solves_200_test_tasks(env):
     assert all(metrics["counts"][t.value] > 20 for t in TaskTier)
     assert metrics["unnecessary_call_rate"] == 0.0
     assert metrics["parallel_call_rate"] == 1.0
-    assert 0 < metrics["tool_call_failure_rate"] < 0.15  # only the planted failures
+    assert 0 < metrics["tool_call_failure_rate"] < 0.15
+    assert metrics["planted_failures"] == metrics["failed_tool_calls"] > 0
+    assert metrics["unplanned_failure_rate"] == 0.0  # only the planted failures
 
 
 @pytest.mark.parametrize("split", ["train", "heldout_tools"])
@@ -37,6 +39,7 @@ def test_expert_solves_other_splits(env, split):
     tasks = sample_tasks(split, 60, seed=1, world=env.world)
     metrics = _check_run(tasks, env)
     assert metrics["accuracy"]["overall"] == 1.0
+    assert metrics["unplanned_failure_rate"] == 0.0
 
 
 def test_expert_recovers_from_planted_failures(env):

@@ -115,6 +115,23 @@ def test_booking_tasks_plant_the_sold_out_flight(world):
         assert task.prompt.startswith("Today is ")
 
 
+def test_planted_failures_are_marked_in_metadata(world):
+    tasks = sample_tasks("train", 300, seed=6, world=world, tiers=["complex"])
+    marked = set()
+    for task in tasks:
+        planted = task.metadata["planted_failures"]
+        for spec in planted:  # each planted call is one of the minimal solution's calls
+            assert any(c["name"] == spec["name"] and spec["arguments"].items() <= c["arguments"].items()
+                       for c in task.minimal_calls), format_task(task)  # fmt: skip
+        if planted:
+            marked.add(task.metadata["template"])
+        if task.metadata["template"] in ("moved_budget", "broken_sql"):
+            assert len(planted) == 1
+    assert {"book", "moved_budget", "broken_sql", "budget_share"} <= marked
+    simple = sample_tasks("train", 40, seed=6, world=world, tiers=["simple"])
+    assert not any(t.metadata["planted_failures"] for t in simple)
+
+
 def test_date_phrases_resolve(world):
     rng = random.Random(0)
     for offset in range(1, 15):

@@ -2,7 +2,20 @@ import hashlib
 import json
 import sqlite3
 
-from tooltune.tasks.world import build_world, generate_world, load_world, world_is_built
+import pytest
+
+from tooltune.tasks.generators import FACTS, SEARCH_WORDS
+from tooltune.tasks.world import (
+    WORLD_SIZES,
+    atlas_route,
+    build_world,
+    ensure_world,
+    generate_world,
+    letter_link,
+    load_world,
+    world_is_built,
+)
+from tooltune.tools.browser import html_to_text
 from tooltune.tools.images import detect_shapes
 from tooltune.tools.search import SearchIndex
 
@@ -41,7 +54,13 @@ def test_other_seed_gives_another_world(world):
 
 
 def test_sizes_and_unique_names(world):
-    assert (len(world.places), len(world.companies), len(world.people)) == (40, 40, 60)
+    counts = WORLD_SIZES["default"]
+    assert world.size == "default"
+    assert (len(world.places), len(world.companies), len(world.people)) == (200, 200, 300)
+    assert (len(world.products), len(world.orders), len(world.images)) == (
+        counts["products"], counts["orders"], counts["images"]
+    )  # fmt: skip
+    assert len(world.routes) == sum(counts["routes"]) and len(world.regions) == counts["regions"]
     names = [e["name"] for kind in ("places", "companies", "people") for e in getattr(world, kind)]
     names += [p["mayor"] for p in world.places]
     assert len(set(names)) == len(names)
@@ -120,3 +139,83 @@ def test_world_json_round_trip(world_dir, world):
     loaded = load_world(world_dir)
     assert loaded.to_dict() == world.to_dict()
     assert loaded.today == world.today
+
+
+def test_small_size_and_explicit_counts():
+    small = generate_world("/unused", seed=0, size="small")
+    assert small.size == "small"
+    assert (len(small.places), len(small.companies), len(small.people)) == (40, 40, 60)
+    custom = generate_world("/unused", seed=0, size="small", places=50, routes=(8, 2, 2))
+    assert custom.size == "custom" and len(custom.places) == 50 and len(custom.routes) == 12
+    with pytest.raises(ValueError, match="unknown world size"):
+        generate_world("/unused", size="huge")
+    with pytest.raises(ValueError, match="unknown world counts"):
+        generate_world("/unused", planets=3)
+    with pytest.raises(ValueError, match="chief executive"):
+        generate_world("/unused", companies=80, people=60)
+
+
+def test_cached_worlds_rebuild_when_stale(tmp_path):
+    root = tmp_path / "cached"
+    world = ensure_world(root, seed=2, size="small")
+    assert world_is_built(root, seed=2, size="small") and not world_is_built(root, size="default")
+    data = json.loads(world.json_path.read_text())
+    data["generator"] = "older-generator"  # as if another version of world.py had built it
+    world.json_path.write_text(json.dumps(data))
+    assert not world_is_built(root)
+    again = ensure_world(root, seed=2, size="small")
+    assert world_is_built(root, seed=2, size="small") and again.to_dict() == world.to_dict()
+    bigger = ensure_world(root, seed=2, size="default")  # another size asked for: rebuilt
+    assert bigger.size == "default" and len(bigger.places) == 200
+
+
+def test_pools_keep_products_and_files_apart(world):
+    for inv in world.inventories:
+        assert {world.product(i["product_id"])["pool"] for i in inv["items"]} == {inv["pool"]}
+        assert world.place(inv["warehouse"])["pool"] == inv["pool"]
+    for pool in ("train", "validation", "test"):
+        invs = [i for i in world.inventories if i["pool"] == pool]
+        common = set.intersection(*({i["product"] for i in inv["items"]} for inv in invs))
+        assert len(invs) >= 2 and common  # two-warehouse tasks always have an answer
+    for route in world.routes:
+        assert world.place(route["origin"])["pool"] == world.place(route["destination"])["pool"]
+        assert world.place(route["origin"])["pool"] == route["pool"]
+
+
+def test_atlas_reaches_every_city_in_two_clicks(world):
+    """Front page -> letter page -> city page, with the link numbers the browser shows, and every
+    letter page short enough to fit in one tool observation."""
+    rendered = {}
+    for page in world.web_pages:
+        if not page["path"].startswith("cities/"):
+            html = (world.web_dir / page["path"]).read_text()
+            rendered[page["path"]] = html_to_text(html, "http://atlas.test/" + page["path"])
+    front = rendered["index.html"]
+    for place in world.places:
+        first, second = atlas_route(world, place["name"])
+        letter_url = front["links"][first - 1]
+        assert front["lines"] and letter_link(place["name"]) in "\n".join(front["lines"])
+        letter_page = rendered[letter_url.removeprefix("http://atlas.test/")]
+        city_url = letter_page["links"][second - 1]
+        city = (world.web_dir / city_url.removeprefix("http://atlas.test/")).read_text()
+        assert f"Mayor: {place['mayor']}" in city and f"<title>{place['name']}</title>" in city
+    for path, page in rendered.items():
+        if path.startswith("letters/"):
+            assert len("\n".join(page["lines"])) < 1500, path
+
+
+def test_search_puts_every_entity_first(world):
+    """The expert's query for every fact of every entity finds the entity's article first, and
+    the snippet quotes the fact (and the area with the population, for density tasks)."""
+    index = SearchIndex.build(world.corpus_dir, world.index_dir)
+    kinds = {"company": "companies", "person": "people", "place": "places"}
+    misses = []
+    for fact, (kind, field, *_) in FACTS.items():
+        for entity in getattr(world, kinds[kind]):
+            hits = index.search(f"{entity['name']} {SEARCH_WORDS[fact]}", 1)
+            snippet = hits[0].snippet if hits else ""
+            if not hits or hits[0].title != entity["name"] or f"{field}:" not in snippet:
+                misses.append((fact, entity["name"]))
+            elif fact == "population" and "Area:" not in snippet:
+                misses.append(("area", entity["name"]))
+    assert not misses

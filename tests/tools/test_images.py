@@ -138,6 +138,31 @@ def test_image_crop_writes_inside_root(registry: ToolRegistry, sandbox: Path) ->
     assert found.result["shapes"][0]["color"] == "red"
 
 
+def test_image_crop_goes_to_the_overlay(sandbox: Path, tmp_path: Path) -> None:
+    """With overlays, a crop lands in the episode's overlay, is readable there only, and the
+    shared root never changes; a crop may shadow a root image for its own episode."""
+    before = sorted(p.relative_to(sandbox) for p in sandbox.rglob("*"))
+    a = ToolRegistry(make_image_tools(sandbox, overlay=tmp_path / "ep-a"))
+    b = ToolRegistry(make_image_tools(sandbox, overlay=tmp_path / "ep-b"))
+    assert not (tmp_path / "ep-a").exists()  # created on the first save only
+    box = {"left": 30, "top": 30, "right": 70, "bottom": 70}
+    saved = run(a, "image_crop", path="images/shapes.png", save_as="crops/red.png", **box)
+    assert saved.success, saved.error
+    assert (tmp_path / "ep-a" / "crops" / "red.png").is_file()
+    assert run(a, "detect_shapes", path="crops/red.png").result["shapes"][0]["color"] == "red"
+    assert run(a, "image_info", path="crops/red.png").result["width"] == 40
+    missing = run(b, "image_info", path="crops/red.png")
+    assert not missing.success and "does not exist" in missing.error
+    assert run(b, "image_info", path="images/shapes.png").success  # root images stay shared
+    shadow = run(a, "image_crop", path="images/shapes.png", save_as="images/shapes.png", **box)
+    assert shadow.success, shadow.error
+    assert run(a, "image_info", path="images/shapes.png").result["width"] == 40
+    assert run(b, "image_info", path="images/shapes.png").result["width"] == 256
+    escape = run(b, "image_crop", path="images/shapes.png", save_as="../x.png", **box)
+    assert not escape.success and "outside the sandbox" in escape.error
+    assert sorted(p.relative_to(sandbox) for p in sandbox.rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     "box", [(0, 0, 0, 10), (10, 10, 5, 20), (-1, 0, 10, 10), (0, 0, 257, 10), (0, 0, 10, 300)]
 )

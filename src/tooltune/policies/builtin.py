@@ -134,10 +134,12 @@ class BuiltinPolicy:
         sampling: SamplingParams,
         prompt_token_ids: list[list[int]] | None = None,
         use_cache: bool = True,
+        share_prefill: bool = True,
     ) -> list[Completion]:
         """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
         as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
-        sequence at every step (only useful to measure what the KV cache saves)."""
+        sequence at every step (only useful to measure what the KV cache saves);
+        ``share_prefill=False`` prefills repeated prompts once per row instead of once."""
         if prompt_token_ids is None:
             prompt_token_ids = self.tokenizer.encode_batch(list(prompts))
         elif len(prompt_token_ids) != len(prompts):
@@ -155,6 +157,7 @@ class BuiltinPolicy:
                 max_seq_len=self.max_seq_len,
                 device=self.device,
                 use_cache=use_cache,
+                share_prefill=share_prefill,
             )
         finally:
             self.model.train(was_training)
@@ -163,6 +166,29 @@ class BuiltinPolicy:
         """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients. Padding may be on
         either side (positions are counted from the mask); padded targets get 0."""
         logits = self.model(input_ids, attention_mask=attention_mask)
+        return sequence_logprobs(logits, input_ids, attention_mask)
+
+    def prefix_token_logprobs(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``token_logprobs`` of continuations that share prefixes, each prefix run once.
+
+        ``prefix_ids``/``prefix_mask`` [P, S] hold the distinct prefixes (left-padded);
+        ``input_ids``/``attention_mask`` [B, T] the continuations (right-padded), row b
+        continuing prefix ``prefix_index[b]``. Returns [B, T-1]: the log-prob of continuation
+        token t+1, exactly what ``token_logprobs`` gives on the concatenated row. The prefix
+        keys/values are expanded to the rows inside the graph, so the gradients of every row
+        flow back into the single prefix computation.
+        """
+        kv = self.model.prefix_kv(prefix_ids, prefix_mask)
+        kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+        mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+        logits = self.model(input_ids, attention_mask=mask, past_kv=kv)
         return sequence_logprobs(logits, input_ids, attention_mask)
 
     # -- persistence ------------------------------------------------------------------------

@@ -198,6 +198,7 @@ class HFPolicy:
         sampling: SamplingParams,
         prompt_token_ids: list[list[int]] | None = None,
         use_cache: bool = True,
+        share_prefill: bool = True,
     ) -> list[Completion]:
         """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``)."""
         if prompt_token_ids is None:
@@ -217,6 +218,7 @@ class HFPolicy:
                 max_seq_len=self.max_seq_len,
                 device=self.device,
                 use_cache=use_cache,
+                share_prefill=share_prefill,
             )
         finally:
             self.model.train(was_training)
@@ -228,6 +230,38 @@ class HFPolicy:
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
+        )
+        return sequence_logprobs(out.logits, input_ids, attention_mask)
+
+    def prefix_token_logprobs(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``token_logprobs`` of continuations that share prefixes, each prefix run once
+        (same contract as ``BuiltinPolicy.prefix_token_logprobs``). The prefix pass fills a
+        ``DynamicCache`` whose tensors stay in the autograd graph; selecting its rows with
+        ``prefix_index`` expands it to the continuations, and gradients sum back."""
+        cache = _transformers().DynamicCache()
+        self.model(
+            input_ids=prefix_ids,
+            attention_mask=prefix_mask,
+            position_ids=position_ids_from_mask(prefix_mask),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prefix is only context: skip its LM head
+        )
+        cache.batch_select_indices(prefix_index)
+        mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, prefix_ids.shape[1] :],
+            past_key_values=cache,
+            use_cache=True,
         )
         return sequence_logprobs(out.logits, input_ids, attention_mask)
 

@@ -133,8 +133,12 @@ def generate_tokens(
     max_seq_len: int,
     device: torch.device,
     use_cache: bool = True,
+    share_prefill: bool = True,
 ) -> list[Completion]:
-    """Generate one completion per prompt, all rows decoded together (see module docstring)."""
+    """Generate one completion per prompt, all rows decoded together (see module docstring).
+
+    With ``share_prefill`` (and the cache), identical prompts (a GRPO group's samples) are
+    prefilled once and their cache rows copied to every sample that uses them."""
     validate_sampling(sampling)
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
@@ -151,10 +155,21 @@ def generate_tokens(
         return results  # type: ignore[return-value]
 
     generator = make_generator(sampling.seed, device)
-    ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id, device)
-    capacity = ids.shape[1] + max(budgets[i] for i in rows)
-    cache = backend.new_cache(len(rows), capacity) if use_cache else None
-    logits = backend.forward_last(ids, mask, cache)
+    distinct: dict[tuple[int, ...], int] = {}
+    inverse = [distinct.setdefault(tuple(prompt_ids[i]), len(distinct)) for i in rows]
+    if use_cache and share_prefill and len(distinct) < len(rows):
+        ids, mask = left_pad(list(distinct), pad_id, device)
+        capacity = ids.shape[1] + max(budgets[i] for i in rows)
+        cache = backend.new_cache(len(distinct), capacity)
+        logits = backend.forward_last(ids, mask, cache)
+        index = torch.tensor(inverse, device=device)
+        ids, mask, logits = ids[index], mask[index], logits[index]
+        cache = backend.select_cache(cache, index)
+    else:
+        ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id, device)
+        capacity = ids.shape[1] + max(budgets[i] for i in rows)
+        cache = backend.new_cache(len(rows), capacity) if use_cache else None
+        logits = backend.forward_last(ids, mask, cache)
     out_ids: dict[int, list[int]] = {i: [] for i in rows}
     out_lps: dict[int, list[float]] = {i: [] for i in rows}
     done = [False] * len(rows)

@@ -115,14 +115,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, past=None, kv_out=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if kv_out is not None:
+            kv_out.append((k, v))
+        if past is not None:  # keys/values of a prefix, kept in the autograd graph
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        elif cache is not None:
             start = cache.length
             cache.k[self.layer_idx, :, :, start : start + T] = k
             cache.v[self.layer_idx, :, :, start : start + T] = v
@@ -156,8 +161,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache))
+    def forward(self, x, cos, sin, mask, cache, past=None, kv_out=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache, past, kv_out))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -192,20 +197,39 @@ class Transformer(nn.Module):
         ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for ids [B, T].
 
         ``attention_mask`` is [B, past + T] (past = cached positions): 1 for real tokens,
         0 for padding. Without a mask and a cache every token is real and attention is causal.
         With a cache the new keys/values are written at ``cache.length`` and the length advances.
+        ``past_kv`` (from ``prefix_kv``, one (k, v) pair per layer) is a prefix the tokens
+        attend to without copying it into a cache, so gradients flow back into the prefix.
         """
+        return self.norm(self._hidden(ids, attention_mask, cache, past_kv)) @ self.embed.weight.T
+
+    def prefix_kv(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys/values [B, H, T, head_dim] of every layer for ids [B, T] (no logits): a
+        prefix that ``forward(..., past_kv=...)`` continues. Left padding is allowed."""
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._hidden(ids, attention_mask, None, None, kv)
+        return kv
+
+    def _hidden(self, ids, attention_mask, cache, past_kv, kv_out=None) -> torch.Tensor:
         B, T = ids.shape
+        if cache is not None and past_kv is not None:
+            raise ValueError("pass either a KV cache or past_kv, not both")
         past = cache.length if cache is not None else 0
+        if past_kv is not None:
+            past = past_kv[0][0].shape[2]
         if cache is not None and past + T > cache.capacity:
             raise ValueError(f"KV cache overflow: {past + T} > capacity {cache.capacity}")
         if attention_mask is None:
             positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
-            mask = None if cache is None else self._attn_mask(torch.ones(B, past + T), T)
+            mask = None if past == 0 else self._attn_mask(torch.ones(B, past + T), T)
         else:
             if attention_mask.shape != (B, past + T):
                 raise ValueError(
@@ -213,7 +237,7 @@ class Transformer(nn.Module):
                 )
             # Position of a token = number of real tokens before it in its row.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            all_real = cache is None and bool(attention_mask.all())
+            all_real = past == 0 and bool(attention_mask.all())
             mask = None if all_real else self._attn_mask(attention_mask, T)
         if mask is not None:
             mask = mask.to(ids.device)
@@ -221,11 +245,12 @@ class Transformer(nn.Module):
             self.config.d_model // self.config.n_heads, positions, self.config.rope_theta
         )
         x = self.drop(self.embed(ids))
-        for block in self.blocks:
-            x = block(x, cos, sin, mask, cache)
+        for i, block in enumerate(self.blocks):
+            past_i = past_kv[i] if past_kv is not None else None
+            x = block(x, cos, sin, mask, cache, past_i, kv_out)
         if cache is not None:
             cache.length += T
-        return self.norm(x) @ self.embed.weight.T
+        return x
 
     @staticmethod
     def _attn_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:

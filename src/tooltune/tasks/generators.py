@@ -17,12 +17,12 @@ import math
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 from tooltune.config import TaskTier
-from tooltune.tasks.world import World, slug
+from tooltune.tasks.world import LETTER_LINK, World, atlas_route, slug
 
 FAMILIES: dict[str, list[str]] = {
     "search": ["search", "open_document"],
@@ -60,6 +60,9 @@ class Draft:
     plan: dict  # {"steps": [...], "answer": "template"}
     truth: dict  # values the plan reads, as the world says they are (for minimal_calls)
     parallel: int = 0  # independent calls the task expects in one turn (MULTI_TOOL_PAR)
+    # Calls of the minimal solution that fail on purpose (a sold-out flight, a moved file, an
+    # old-schema query), as {"name", "arguments"} with only the arguments that identify them.
+    planted: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -770,18 +773,26 @@ def t_quarter_sum(ctx: Ctx) -> Draft:
     return Draft(prompt, ["files", "math"], total, num_check(total, 1e-4, 0.05), p, truth)
 
 
+def initial_of(name: str) -> str:
+    """The first letter of a literal name, or the `<<slot:initial>>` of a slot."""
+    slot = re.fullmatch(r"<<(\w+)>>", name)
+    return f"<<{slot.group(1)}:initial>>" if slot else name[:1].upper()
+
+
 def _atlas_steps(place: str, fieldname: str, var: str) -> list[dict]:
+    """Front page, then the page of cities with the place's initial, then the place's page."""
+    letters = LETTER_LINK.format(letter=initial_of(place))
     return [
-        step(f"Open the atlas, go to the list of all cities, then to {place}.",
-             op(call("browser_open", url=ATLAS_START), x_link("All cities"), "l1")),
-        step("Follow 'All cities'.", op(call("browser_click", link="<<l1:raw>>"), x_link(place), "l2")),
+        step(f"Open the atlas, go to the cities starting with {initial_of(place)}, then to {place}.",
+             op(call("browser_open", url=ATLAS_START), x_link(letters), "l1")),
+        step(f"Follow '{letters}'.", op(call("browser_click", link="<<l1:raw>>"), x_link(place), "l2")),
         step(f"Open the page of {place}.", op(call("browser_click", link="<<l2:raw>>"), {"kind": "page_field", "field": fieldname}, var)),
     ]  # fmt: skip
 
 
 def _atlas_truth(world: World, place: str) -> dict:
-    cities = sorted(p["name"] for p in world.places)
-    return {"l1": 1, "l2": cities.index(place) + 1}
+    l1, l2 = atlas_route(world, place)
+    return {"l1": l1, "l2": l2}
 
 
 def t_atlas_fact(ctx: Ctx) -> Draft:
@@ -1079,6 +1090,17 @@ def booking_step(origin: str, destination: str, day: str, criterion: str, passen
             "criterion": criterion, "passenger": passenger}  # fmt: skip
 
 
+def booking_planted(ranked: list[dict]) -> list[dict]:
+    """The book_flight calls that fail on purpose: flights ranked before the one that ends up
+    booked all sell out."""
+    planted = []
+    for f in ranked:
+        if not f["sells_out"]:
+            break
+        planted.append(call("book_flight", flight_id=f["id"]))
+    return planted
+
+
 def booking_calls(
     ranked: list[dict], origin: str, destination: str, day: str, passenger: str
 ) -> list[dict]:
@@ -1123,8 +1145,9 @@ def t_book(ctx: Ctx) -> Draft:
         "_macro": {0: booking_calls(ranked, route["origin"], route["destination"], day, passenger)}
     }
     check = {"type": "booking", "flight_id": booked["id"], "passenger": passenger}
+    answer = {"flight_id": booked["id"], "passenger": passenger}
     return Draft(
-        prompt, ["flights"], {"flight_id": booked["id"], "passenger": passenger}, check, p, truth
+        prompt, ["flights"], answer, check, p, truth, planted=booking_planted(ranked)
     )
 
 
@@ -1165,6 +1188,7 @@ def t_book_for_ceo(ctx: Ctx) -> Draft:
         check,
         p,
         truth,
+        planted=booking_planted(ranked),
     )
 
 
@@ -1209,6 +1233,7 @@ def _book_to_hq(ctx: Ctx, source: str) -> Draft:
         check,
         p,
         truth,
+        planted=booking_planted(ranked),
     )
 
 
@@ -1240,7 +1265,9 @@ def t_moved_budget(ctx: Ctx) -> Draft:
     )
     truth = {"v": b["amount"], "_macro": {0: [call("read_file", path=b["moved_from"]), call("search_files", pattern=pattern),
                                                call("read_file", path=b["path"])]}}  # fmt: skip
-    return Draft(prompt, ["files"], b["amount"], num_check(b["amount"], 1e-9), p, truth)
+    planted = [call("read_file", path=b["moved_from"])]
+    return Draft(prompt, ["files"], b["amount"], num_check(b["amount"], 1e-9), p, truth,
+                 planted=planted)  # fmt: skip
 
 
 def t_budget_share(ctx: Ctx) -> Draft:
@@ -1273,7 +1300,9 @@ def t_budget_share(ctx: Ctx) -> Draft:
         "share": share,
         "_macro": {0: reads},
     }
-    return Draft(prompt, ["files", "database", "math"], share, num_check(share, 1e-3), p, truth)
+    planted = [call("read_file", path=claimed)] if b["moved_from"] else []
+    return Draft(prompt, ["files", "database", "math"], share, num_check(share, 1e-3), p, truth,
+                 planted=planted)  # fmt: skip
 
 
 BROKEN_SQL = [
@@ -1348,7 +1377,8 @@ def t_broken_sql(ctx: Ctx) -> Draft:
             ]
         },
     }
-    return Draft(prompt, ["database"], value, check, p, truth)
+    planted = [call("sql_query", query=broken)]
+    return Draft(prompt, ["database"], value, check, p, truth, planted=planted)
 
 
 def t_image_report(ctx: Ctx) -> Draft:
@@ -1557,8 +1587,9 @@ TEMPLATES_BY_ID = {t.id: t for t in TEMPLATES}
 
 
 def expand_slots(template: Any, values: dict) -> Any:
-    """Fill `<<name>>`, `<<name:num>>` (plain number), `<<name:raw>>` (the value itself) and
-    `<<name:sum>>` (a list joined with +) slots."""
+    """Fill `<<name>>`, `<<name:num>>` (plain number), `<<name:raw>>` (the value itself),
+    `<<name:sum>>` (a list joined with +) and `<<name:initial>>` (first letter, upper case)
+    slots."""
     if isinstance(template, str):
         full = re.fullmatch(r"<<(\w+):raw>>", template)
         if full and full.group(1) in values:
@@ -1575,9 +1606,11 @@ def expand_slots(template: Any, values: dict) -> Any:
                 return " + ".join(plain_number(x) for x in v)
             if mode == "raw":
                 return str(v)
+            if mode == "initial":
+                return str(v)[:1].upper()
             return fmt_value(v)
 
-        return re.sub(r"<<(\w+)(?::(num|raw|sum))?>>", sub, template)
+        return re.sub(r"<<(\w+)(?::(num|raw|sum|initial))?>>", sub, template)
     if isinstance(template, list):
         return [expand_slots(t, values) for t in template]
     if isinstance(template, dict):

@@ -46,8 +46,11 @@ DEFAULT_TIER_WEIGHTS = {
 _MAX_TRIES = 50
 
 
-def default_world_dir(seed: int = 0) -> Path:
-    return Path.home() / ".cache" / "tooltune" / f"world-{seed}"
+def default_world_dir(seed: int = 0, size: str = "default") -> Path:
+    """The cache directory of the world of `seed` and `size` (one directory per pair, so
+    tests on a small world never evict the default one)."""
+    suffix = "" if size == "default" else f"-{size}"
+    return Path.home() / ".cache" / "tooltune" / f"world-{seed}{suffix}"
 
 
 def get_world(world: World | str | Path | None = None, seed: int = 0) -> World:
@@ -102,6 +105,7 @@ def make_task(
             "template": template.id,
             "plan": draft.plan,
             "parallel": draft.parallel,
+            "planted_failures": draft.planted,
             "world_seed": world.seed,
         },
     )

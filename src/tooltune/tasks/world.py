@@ -25,7 +25,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 # A world built by other generator code is stale: cached worlds rebuild when this file changes.
 GENERATOR = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 POOLS = ("train", "validation", "test")
@@ -55,6 +55,49 @@ _LANDMARK_KINDS = ["Old Harbour", "Clock Tower", "Glass Bridge", "Salt Market", 
                    "Lantern Gardens", "Copper Dome", "River Steps"]  # fmt: skip
 SHAPE_KINDS = ["circle", "square", "triangle"]
 SHAPE_COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black"]
+LETTER_LINK = "Cities starting with {letter}"  # atlas index links to one page per letter
+
+# Entity counts of the built-in worlds. `default` is large enough that a small model trained on
+# the train pool cannot memorise its entities and has to copy names and values from the prompt
+# and the tool results; `small` keeps the old, quick world for tests that only need some world.
+# Pairs of (train, validation, test) counts are per pool.
+WORLD_SIZES: dict[str, dict[str, Any]] = {
+    "small": {
+        "places": 40, "companies": 40, "people": 60, "products": 30, "orders": 160,
+        "images": 16, "news": 30, "regions": 5, "airports": (6, 3, 3), "routes": (10, 3, 3),
+        "warehouses": (2, 2, 2),
+    },
+    "default": {
+        "places": 200, "companies": 200, "people": 300, "products": 120, "orders": 800,
+        "images": 60, "news": 100, "regions": 8, "airports": (12, 5, 5), "routes": (30, 10, 10),
+        "warehouses": (6, 2, 2),
+    },
+}  # fmt: skip
+
+
+def world_counts(size: str = "default", **overrides: Any) -> dict[str, Any]:
+    """The entity counts of a named size, with explicit counts (`places=500`) replacing some."""
+    if size not in WORLD_SIZES:
+        raise ValueError(f"unknown world size {size!r}; sizes: {', '.join(WORLD_SIZES)}")
+    counts = dict(WORLD_SIZES[size])
+    unknown = set(overrides) - set(counts)
+    if unknown:
+        raise ValueError(f"unknown world counts: {', '.join(sorted(unknown))}")
+    counts.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    if counts["people"] < counts["companies"]:
+        raise ValueError("every company needs a chief executive: people >= companies")
+    for key in ("airports", "routes", "warehouses"):
+        if len(counts[key]) != len(POOLS):
+            raise ValueError(f"{key} needs one count per pool ({', '.join(POOLS)})")
+    for pool, n_air, n_routes in zip(POOLS, counts["airports"], counts["routes"], strict=True):
+        if n_routes > n_air * (n_air - 1):
+            raise ValueError(f"{n_routes} {pool} routes need more than {n_air} airports")
+    return counts
+
+
+def letter_link(name: str) -> str:
+    """Text of the atlas link to the page of the cities whose names start like `name`."""
+    return LETTER_LINK.format(letter=name[:1].upper())
 
 
 @dataclass
@@ -76,7 +119,9 @@ class World:
     sales_reports: list[dict]  # {"path", "company", "quarters": {"Q1": musd, ...}}
     budgets: list[dict]  # {"path", "company", "department", "amount", "moved_from"|None}
     images: list[dict]  # {"path", "shapes": [...]}
-    web_pages: list[dict]  # {"path", "title", "links": [...]} (city pages carry "place")
+    web_pages: list[dict]  # {"path", "title", "intro", "facts", "links", "footer"[, "place"]}
+    size: str = "default"
+    counts: dict[str, Any] = field(default_factory=dict)
     version: int = WORLD_VERSION
     generator: str = GENERATOR
     _index: dict[str, dict[str, dict]] = field(default_factory=dict, repr=False, compare=False)
@@ -159,8 +204,11 @@ def load_world(world_dir: str | Path) -> World:
     return World.from_dict(data, world_dir)
 
 
-def world_is_built(world_dir: str | Path, seed: int | None = None) -> bool:
-    """True when `world_dir` holds a complete world (of `seed`, when given)."""
+def world_is_built(
+    world_dir: str | Path, seed: int | None = None, size: str | None = None
+) -> bool:
+    """True when `world_dir` holds a complete world of this generator (of `seed` and `size`,
+    when given)."""
     path = Path(world_dir) / "world.json"
     if not path.is_file():
         return False
@@ -171,6 +219,8 @@ def world_is_built(world_dir: str | Path, seed: int | None = None) -> bool:
     if data.get("version") != WORLD_VERSION or data.get("generator") != GENERATOR:
         return False
     if seed is not None and data.get("seed") != seed:
+        return False
+    if size is not None and data.get("size") != size:
         return False
     return all(
         (Path(world_dir) / p).exists()
@@ -189,6 +239,7 @@ class _Names:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.used: list[str] = []
+        self._lowered: list[str] = []
 
     def _syllables(self, n: int) -> str:
         parts = []
@@ -202,13 +253,14 @@ class _Names:
         words = low.split()
         if any(len(w) < 4 for w in words) or re.search(r"(.)\1\1", low):
             return False
-        return all(low not in u.lower() and u.lower() not in low for u in self.used)
+        return all(low not in u and u not in low for u in self._lowered)
 
     def take(self, make) -> str:
         for _ in range(1000):
             name = make()
             if self._ok(name):
                 self.used.append(name)
+                self._lowered.append(name.lower())
                 return name
         raise RuntimeError("name generator exhausted")
 
@@ -266,20 +318,20 @@ def _assign_pools(rng: random.Random, items: list[dict]) -> None:
 
 
 def generate_world(
-    root: str | Path,
-    seed: int = 0,
-    n_places: int = 40,
-    n_companies: int = 40,
-    n_people: int = 60,
+    root: str | Path, seed: int = 0, size: str = "default", **counts: Any
 ) -> World:
-    """All entities and facts of the world, without writing anything."""
-    if n_people < n_companies:
-        raise ValueError("every company needs a chief executive: n_people >= n_companies")
+    """All entities and facts of the world, without writing anything.
+
+    `size` names an entry of `WORLD_SIZES`; keyword counts (`places=300`, `routes=(40, 8, 8)`)
+    replace single entries of it."""
+    n = world_counts(size, **counts)
+    name_of_size = size if not counts else "custom"
     rng = random.Random(f"tooltune-world-{seed}")
     names = _Names(rng)
     today = date(2025, 3, 3) + timedelta(days=rng.randrange(0, 300))
-    regions = [names.region() for _ in range(5)]
+    regions = [names.region() for _ in range(n["regions"])]
 
+    n_places, n_people, n_companies = n["places"], n["people"], n["companies"]
     pops = _distinct(rng, n_places, lambda: rng.randrange(12_000, 2_400_000))
     places = []
     for i in range(n_places):
@@ -302,14 +354,14 @@ def generate_world(
     by_pool = {pool: [p for p in places if p["pool"] == pool] for pool in POOLS}
     # Airports and warehouses come from every pool, so flight and stock tasks of one split
     # never name another split's cities.
-    airports = {
-        "train": by_pool["train"][:6],
-        "validation": by_pool["validation"][:3],
-        "test": by_pool["test"][:3],
-    }
+    airports = {pool: by_pool[pool][:k] for pool, k in zip(POOLS, n["airports"], strict=True)}
     warehouses = {
-        pool: by_pool[pool][len(airports[pool]) : len(airports[pool]) + 2] for pool in POOLS
+        pool: by_pool[pool][len(airports[pool]) : len(airports[pool]) + k]
+        for pool, k in zip(POOLS, n["warehouses"], strict=True)
     }
+    for pool in POOLS:
+        if len(airports[pool]) < 2 or len(warehouses[pool]) < 1:
+            raise ValueError(f"too few {pool} places for the airports and warehouses asked for")
 
     worths = _distinct(rng, n_people, lambda: round(rng.uniform(0.5, 9000), 1))
     people = []
@@ -351,7 +403,7 @@ def generate_world(
         person["city"] = rng.choice(by_pool[person["pool"]])["name"]
 
     products = []
-    for i in range(30):
+    for i in range(n["products"]):
         noun = rng.choice(_PRODUCT_NOUNS)
         products.append(
             {
@@ -362,8 +414,9 @@ def generate_world(
                 "category": _CATEGORIES[noun],
             }
         )
+    _assign_pools(rng, products)
     orders = []
-    for i in range(160):
+    for i in range(n["orders"]):
         orders.append(
             {
                 "id": f"O{5001 + i}",
@@ -375,17 +428,18 @@ def generate_world(
             }
         )
 
-    flights, routes = _make_flights(rng, airports, today)
+    routes_per_pool = dict(zip(POOLS, n["routes"], strict=True))
+    flights, routes = _make_flights(rng, airports, routes_per_pool, today)
     inventories = _make_inventories(rng, warehouses, products)
     sales_reports = _make_sales_reports(rng, companies)
     budgets = _make_budgets(rng, companies)
-    images = _make_images(rng)
-    for items in (products, orders, images):
+    images = _make_images(rng, n["images"])
+    for items in (orders, images):
         _assign_pools(rng, items)
     pool_of = {c["name"]: c["pool"] for c in companies}
     for item in budgets + sales_reports:  # files about a company are held out with it
         item["pool"] = pool_of[item["company"]]
-    web_pages = _web_page_index(places, regions)
+    web_pages = _web_pages(places, regions)
     return World(
         root=Path(root),
         seed=seed,
@@ -403,22 +457,24 @@ def generate_world(
         budgets=budgets,
         images=images,
         web_pages=web_pages,
+        size=name_of_size,
+        counts={k: list(v) if isinstance(v, tuple) else v for k, v in n.items()},
     )
 
 
 def _make_flights(
-    rng: random.Random, airports: dict[str, list[dict]], today: date
+    rng: random.Random, airports: dict[str, list[dict]], routes_per_pool: dict[str, int], today: date
 ) -> tuple[list[dict], list[dict]]:
     """Flights on routes between the airport cities of each pool, every day of the next two
-    weeks (10 train routes, 3 validation, 3 test).
+    weeks.
 
     On about half of the route-days the cheapest flight `sells_out` (its last seat goes to
     someone else right after a search shows it), so booking tasks meet a planted failure."""
     route_rows: list[dict] = []
-    for pool, count in (("train", 10), ("validation", 3), ("test", 3)):
+    for pool in POOLS:
         names = [p["name"] for p in airports[pool]]
         pairs = [(a, b) for a in names for b in names if a != b]
-        for a, b in rng.sample(pairs, count):
+        for a, b in rng.sample(pairs, routes_per_pool[pool]):
             route_rows.append({"origin": a, "destination": b, "pool": pool})
     routes = [(r["origin"], r["destination"]) for r in route_rows]
     flights: list[dict] = []
@@ -457,10 +513,17 @@ def _make_flights(
 def _make_inventories(
     rng: random.Random, warehouses: dict[str, list[dict]], products: list[dict]
 ) -> list[dict]:
+    """Stock lists of each pool's warehouses, over that pool's products only. The warehouses of
+    a pool share a few core products, so "add the stock of two warehouses" always has an
+    answer; the rest of each list is drawn at random."""
     inventories = []
     for pool in POOLS:
+        stock = [p for p in products if p["pool"] == pool] or products
+        core = rng.sample(stock, min(3, len(stock)))
         for place in warehouses[pool]:
-            items = sorted(rng.sample(products, 6), key=lambda p: p["id"])
+            others = [p for p in stock if p not in core]
+            items = core + rng.sample(others, min(5, len(others)))
+            items = sorted(items, key=lambda p: p["id"])
             inventories.append(
                 {
                     "path": f"inventory/{slug(place['name'])}_warehouse.csv",
@@ -521,6 +584,7 @@ def _make_budgets(rng: random.Random, companies: list[dict]) -> list[dict]:
 def _make_images(rng: random.Random, n: int = 16, size: int = 256) -> list[dict]:
     """Scenes of non-overlapping shapes on a 4x4 grid of 64 px cells."""
     images = []
+    width = max(2, len(str(n)))
     for i in range(n):
         cells = rng.sample(range(16), rng.randrange(3, 7))
         shapes = []
@@ -535,34 +599,95 @@ def _make_images(rng: random.Random, n: int = 16, size: int = 256) -> list[dict]
                     "size": rng.randrange(30, 46),
                 }
             )
-        images.append({"path": f"images/scene_{i + 1:02d}.png", "shapes": shapes, "size": size})
+        images.append({"path": f"images/scene_{i + 1:0{width}d}.png", "shapes": shapes, "size": size})
     return images
 
 
-def _web_page_index(places: list[dict], regions: list[str]) -> list[dict]:
+def _web_pages(places: list[dict], regions: list[str]) -> list[dict]:
+    """The Regional Atlas as data: every page's intro, facts and links in display order.
+
+    The front page links to one index page per initial letter (a page of a few dozen cities
+    fits in a tool observation, where one list of every city would not), to the regions, and to
+    the full list of cities. `_write_web` renders exactly these pages, so link numbers the task
+    generators compute from here are the numbers the browser shows."""
+    back = [["Back to the atlas", "/index.html"]]
+
+    def city_link(p: dict) -> list[str]:
+        return [p["name"], f"/cities/{slug(p['name'])}.html"]
+
+    ordered = sorted(places, key=lambda p: p["name"])
+    letters = sorted({p["name"][0].upper() for p in places})
+    letter_links = [[letter_link(x), f"/letters/{x.lower()}.html"] for x in letters]
+    region_links = [[r, f"/regions/{slug(r)}.html"] for r in regions]
     pages = [
         {
             "path": "index.html",
             "title": "Regional Atlas",
-            "links": ["All cities", *regions],
-        }
+            "intro": "Mayors, elevations and landmarks of every city. Cities by initial letter, "
+            "by region, or all at once:",
+            "links": [["All cities", "/cities.html"], *letter_links, *region_links],
+        },
+        {
+            "path": "cities.html",
+            "title": "All cities",
+            "intro": f"All {len(places)} cities of the atlas.",
+            "links": [city_link(p) for p in ordered],
+            "footer": back,
+        },
     ]
-    pages.append(
-        {"path": "cities.html", "title": "All cities", "links": sorted(p["name"] for p in places)}
-    )
-    for region in regions:
-        members = sorted(p["name"] for p in places if p["region"] == region)
-        pages.append({"path": f"regions/{slug(region)}.html", "title": region, "links": members})
+    for (text, href), letter in zip(letter_links, letters, strict=True):
+        members = [city_link(p) for p in ordered if p["name"][0].upper() == letter]
+        pages.append(
+            {
+                "path": href.lstrip("/"),
+                "title": text,
+                "intro": f"Cities whose name starts with {letter}.",
+                "links": members,
+                "footer": back,
+            }
+        )
+    for region, (_, href) in zip(regions, region_links, strict=True):
+        pages.append(
+            {
+                "path": href.lstrip("/"),
+                "title": region,
+                "intro": f"Cities of the {region} region.",
+                "links": [city_link(p) for p in ordered if p["region"] == region],
+                "footer": back,
+            }
+        )
     for p in places:
         pages.append(
             {
                 "path": f"cities/{slug(p['name'])}.html",
                 "title": p["name"],
-                "links": [p["region"]],
+                "intro": f"{p['name']} lies in the {p['region']} region.",
+                "facts": [
+                    ["Mayor", p["mayor"]],
+                    ["Elevation", f"{p['elevation_m']} m"],
+                    ["Landmark", p["landmark"]],
+                ],
+                "footer": [[p["region"], f"/regions/{slug(p['region'])}.html"], *back],
                 "place": p["name"],
             }
         )
     return pages
+
+
+def page_links(world: World, path: str) -> list[str]:
+    """Link texts of one atlas page in the order the browser numbers them (from 1)."""
+    for page in world.web_pages:
+        if page["path"] == path:
+            return [text for text, _ in page.get("links", []) + page.get("footer", [])]
+    raise KeyError(f"no atlas page {path!r}")
+
+
+def atlas_route(world: World, place: str) -> tuple[int, int]:
+    """(number of the letter link on the front page, number of `place` on that letter page)."""
+    front = page_links(world, "index.html")
+    first = front.index(letter_link(place)) + 1
+    letter_page = f"letters/{place[:1].lower()}.html"
+    return first, page_links(world, letter_page).index(place) + 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,7 +728,7 @@ def _articles(world: World) -> list[dict]:
         )
         docs.append({"id": f"place-{slug(p['name'])}", "title": p["name"], "text": text})
     rng = random.Random(f"tooltune-news-{world.seed}")
-    for i in range(30):  # distractors: news that mention entities without their facts
+    for i in range(world.counts.get("news", 30)):  # distractors: news without the facts
         c = rng.choice(world.companies)
         p = rng.choice(world.places)
         text = (
@@ -725,55 +850,31 @@ def _link_list(items: list[tuple[str, str]]) -> str:
     return f"<ul>\n{lines}\n</ul>"
 
 
+def _render_page(page: dict) -> str:
+    body = f"<p>{escape(page['intro'])}</p>"
+    if page.get("facts"):
+        items = "\n".join(f"<li>{escape(k)}: {escape(str(v))}</li>" for k, v in page["facts"])
+        body += f"\n<ul>\n{items}\n</ul>"
+    if page.get("links"):
+        body += "\n" + _link_list([(text, href) for text, href in page["links"]])
+    if page.get("footer"):
+        footer = " | ".join(f'<a href="{href}">{escape(text)}</a>' for text, href in page["footer"])
+        body += f"\n<p>{footer}</p>"
+    return _page(page["title"], body)
+
+
 def _write_web(world: World) -> None:
-    root = world.web_dir
-    pages: dict[str, str] = {}
-    regions = [(r, f"/regions/{slug(r)}.html") for r in world.regions]
-    pages["index.html"] = _page(
-        "Regional Atlas",
-        "<p>Mayors, elevations and landmarks of every city.</p>\n"
-        + _link_list([("All cities", "/cities.html"), *regions]),
-    )
-    pages["cities.html"] = _page(
-        "All cities",
-        _link_list(
-            [
-                (p["name"], f"/cities/{slug(p['name'])}.html")
-                for p in sorted(world.places, key=lambda p: p["name"])
-            ]
-        )
-        + '\n<p><a href="/index.html">Back to the atlas</a></p>',
-    )
-    for region in world.regions:
-        members = sorted(
-            (p for p in world.places if p["region"] == region), key=lambda p: p["name"]
-        )
-        pages[f"regions/{slug(region)}.html"] = _page(
-            region,
-            f"<p>Cities of the {escape(region)} region.</p>\n"
-            + _link_list([(p["name"], f"/cities/{slug(p['name'])}.html") for p in members])
-            + '\n<p><a href="/index.html">Back to the atlas</a></p>',
-        )
-    for p in world.places:
-        body = (
-            f"<p>{escape(p['name'])} lies in the {escape(p['region'])} region.</p>\n"
-            "<ul>\n"
-            f"<li>Mayor: {escape(p['mayor'])}</li>\n"
-            f"<li>Elevation: {p['elevation_m']} m</li>\n"
-            f"<li>Landmark: {escape(p['landmark'])}</li>\n"
-            "</ul>\n"
-            f'<p><a href="/regions/{slug(p["region"])}.html">{escape(p["region"])}</a> | '
-            '<a href="/index.html">Back to the atlas</a></p>'
-        )
-        pages[f"cities/{slug(p['name'])}.html"] = _page(p["name"], body)
-    for rel, text in sorted(pages.items()):
-        path = root / rel
+    for page in world.web_pages:
+        path = world.web_dir / page["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(_render_page(page), encoding="utf-8")
 
 
-def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
-    """Generate the world of `seed` and write every source under `world_dir`.
+def build_world(
+    world_dir: str | Path, seed: int = 0, size: str = "default", **counts: Any
+) -> World:
+    """Generate the world of `seed` and `size` (a `WORLD_SIZES` name; keyword counts override
+    single entries) and write every source under `world_dir`.
 
     Existing generated sources are replaced; the search index directory is left for
     `SearchIndex.build` to refresh from the corpus fingerprint."""
@@ -781,7 +882,7 @@ def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
 
     root = Path(world_dir)
     root.mkdir(parents=True, exist_ok=True)
-    world = generate_world(root, seed, **sizes)
+    world = generate_world(root, seed, size, **counts)
     for sub in ("corpus", "sandbox", "web"):
         shutil.rmtree(root / sub, ignore_errors=True)
     world.corpus_dir.mkdir()
@@ -797,19 +898,23 @@ def build_world(world_dir: str | Path, seed: int = 0, **sizes: int) -> World:
     return world
 
 
-def ensure_world(world_dir: str | Path, seed: int | None = None) -> World:
+def ensure_world(
+    world_dir: str | Path, seed: int | None = None, size: str | None = None
+) -> World:
     """Load the world in `world_dir`, building it first when it is missing or stale.
 
     A new world is built in a temporary sibling directory and renamed into place, so two
-    processes that start at once never see (or write) a half-built world. `seed` None means
-    "whatever world is there" (seed 0 when one has to be built)."""
+    processes that start at once never see (or write) a half-built world. `seed` and `size`
+    None mean "whatever world is there" (seed 0, size default when one has to be built)."""
     root = Path(world_dir)
-    if world_is_built(root, seed):
+    if size is not None:
+        world_counts(size)  # an unknown size fails here, before anything is built
+    if world_is_built(root, seed, size):
         return load_world(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.build-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    build_world(tmp, 0 if seed is None else seed)
+    build_world(tmp, 0 if seed is None else seed, size or "default")
     if root.exists():
         old = root.parent / f".{root.name}.old-{os.getpid()}"
         try:
@@ -822,6 +927,6 @@ def ensure_world(world_dir: str | Path, seed: int | None = None) -> World:
         os.replace(tmp, root)
     except OSError:  # another process put a world there first
         shutil.rmtree(tmp, ignore_errors=True)
-        if not world_is_built(root, seed):
+        if not world_is_built(root, seed, size):
             raise
     return load_world(root)

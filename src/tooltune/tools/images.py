@@ -337,14 +337,30 @@ def resolve_in_root(root: Path, relative: str, *, must_exist: bool = True) -> Pa
     return target
 
 
-def make_image_tools(root: str | Path, *, max_pixels: int = MAX_PIXELS) -> list[ToolDefinition]:
-    """`[image_info, image_crop, image_histogram, image_dominant_colors, detect_shapes]` on `root`."""
+def make_image_tools(
+    root: str | Path, overlay: str | Path | None = None, *, max_pixels: int = MAX_PIXELS
+) -> list[ToolDefinition]:
+    """`[image_info, image_crop, image_histogram, image_dominant_colors, detect_shapes]` on `root`.
+
+    With an `overlay` directory (one per episode, like the file tools'), `image_crop` saves
+    there and every read looks in the overlay first, then in `root`: an episode sees its own
+    crops, parallel episodes never see each other's, and the shared world is never written.
+    The overlay is created on the first save."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image root {root} is not a directory")
+    over = Path(overlay).resolve() if overlay is not None else None
+
+    def locate(path: str) -> Path:
+        """Where a read of `path` comes from: the overlay when it holds the file, else root."""
+        if over is not None and over.is_dir():
+            candidate = resolve_in_root(over, path, must_exist=False)
+            if candidate.exists():
+                return candidate
+        return resolve_in_root(root, path)
 
     def open_rel(path: str) -> tuple[Path, Image.Image]:
-        full = resolve_in_root(root, path)
+        full = locate(path)
         return full, load_image(full, max_pixels)
 
     @tool
@@ -382,7 +398,7 @@ def make_image_tools(root: str | Path, *, max_pixels: int = MAX_PIXELS) -> list[
                 f"crop box ({left}, {top}, {right}, {bottom}) must satisfy 0 <= left < right <= "
                 f"{image.width} and 0 <= top < bottom <= {image.height}"
             )
-        target = resolve_in_root(root, save_as, must_exist=False)
+        target = resolve_in_root(over or root, save_as, must_exist=False)
         fmt = SAVE_FORMATS.get(target.suffix.lower())
         if fmt is None:
             raise ToolError(f"save_as must end in one of {', '.join(SAVE_FORMATS)}")
@@ -452,7 +468,7 @@ def make_image_tools(root: str | Path, *, max_pixels: int = MAX_PIXELS) -> list[
         Args:
             path: Image path relative to the sandbox.
         """
-        full = resolve_in_root(root, path)
+        full = locate(path)
         load_image(full, max_pixels)  # the same checks as the other tools
         return detect_shapes(full)
 

@@ -50,6 +50,9 @@ class PipelineSettings:
     grpo_steps: int = 30
     checkpoint_every: int = 5
     saved_trajectories: int = 8  # per tier and stage, into trajectories.jsonl
+    backend: str = "local"  # GRPO rollouts: local (batched, in process) or ray (actors)
+    ray_address: str = ""  # an existing Ray cluster; empty: start a local one
+    ray_workers: int = 2
 
     def __post_init__(self) -> None:
         for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
@@ -60,6 +63,8 @@ class PipelineSettings:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
         if self.tool_style not in ("json", "compact"):
             raise ConfigError("pipeline.tool_style must be json or compact")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError("pipeline.backend must be local or ray")
 
 
 def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -359,7 +364,8 @@ class AgentTrainingPipeline:
             return metrics
 
         history = train_sft(self.policy, records, self.config, val_records,
-                            max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log)  # fmt: skip
+                            max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log,
+                            progress=self.progress)  # fmt: skip
         for epoch, loss in enumerate(history.train_loss):
             row = {"stage": "sft", "epoch": epoch + 1, "train_loss": loss,
                    "val_loss": history.val_loss[epoch], **_flat(history.epoch_metrics[epoch])}  # fmt: skip
@@ -395,11 +401,31 @@ class AgentTrainingPipeline:
             scheduler.load_state_dict(trainer_state["scheduler"])
         trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
                               max_len=s.max_seq_len)  # fmt: skip
-        rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens)  # fmt: skip
-        collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
-                                        tool_style=s.tool_style, reward_fn=rubric.apply)  # fmt: skip
+        if s.backend == "ray":  # rollouts and tools in Ray actors; weights pushed after each update
+            from tooltune.distributed.ray_backend import make_ray_backend
+            from tooltune.training.rewards import verified_success
+
+            rubric = rubric_from_config(cfg, outcome=verified_success)
+            collector = make_ray_backend(
+                self.policy, cfg, num_workers=s.ray_workers, address=s.ray_address or None,
+                world_dir=self.env.world_dir, sampling=sampling, tool_style=s.tool_style,
+                reward_fn=rubric.apply,
+            )  # fmt: skip
+        else:
+            rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))
+            collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
+                                            tool_style=s.tool_style, reward_fn=rubric.apply)  # fmt: skip
+        try:
+            self._grpo_steps(state, collector, trainer, optimizer, scheduler, sampling)
+        finally:
+            if s.backend == "ray":
+                collector.shutdown()
+
+    def _grpo_steps(self, state, collector, trainer, optimizer, scheduler, sampling) -> None:
+        cfg, s = self.config, self.settings
+        start = state["grpo_step"]
         bar = self._bar(s.grpo_steps, "GRPO", initial=start)
         for step in range(start, s.grpo_steps):
             tasks = self._tasks(
@@ -415,6 +441,8 @@ class AgentTrainingPipeline:
             ]
             self.policy.train()
             metrics = trainer.train_step(groups)
+            if s.backend == "ray":
+                collector.push_policy(self.policy)
             success = sum(t.success for t in trajectories) / len(trajectories)
             self.history["loss"].append(metrics["loss"])
             self.history["reward"].append(metrics["mean_reward"])
@@ -498,6 +526,9 @@ def run_demo(args: Any) -> int:
         if override.startswith("pipeline."):
             key, _, value = override[len("pipeline.") :].partition("=")
             pipeline_table[key.strip()] = tomllib.loads(f"v = {value}")["v"] if value else value
+    if getattr(args, "backend", "local") != "local":
+        pipeline_table["backend"] = args.backend
+        pipeline_table["ray_address"] = args.ray_address
     if args.model != "builtin":
         pipeline_table["model"] = args.model
         pipeline_table.setdefault("tool_style", "json")

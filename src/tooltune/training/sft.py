@@ -194,6 +194,7 @@ def train_sft(
     callback: Callable[[int, Any], dict[str, Any] | None] | None = None,
     log: Callable[[str], None] | None = None,
     tool_style: str = "json",
+    progress: bool = False,
 ) -> SFTHistory:
     """Fine-tune `policy` on token records or trajectories, in place.
 
@@ -237,12 +238,16 @@ def train_sft(
     generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0)))
     clip = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps_per_epoch * epochs, desc="SFT", unit="step", dynamic_ncols=True)
     policy.model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(records), generator=generator).tolist()
         epoch_nll, epoch_tokens = 0.0, 0.0
-        for start in range(0, len(order), batch_size):
-            batch_records = [records[i] for i in order[start : start + batch_size]]
+        for batch_records in _length_bucketed(records, order, batch_size, generator):
             micro = math.ceil(len(batch_records) / accum)
             parts = [
                 collate(batch_records[m : m + micro], policy.pad_token_id, max_len).to(device)
@@ -263,6 +268,9 @@ def train_sft(
             history.grad_norm.append(float(grad_norm))
             epoch_nll += batch_nll
             epoch_tokens += batch_tokens
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
         history.num_train_tokens += int(epoch_tokens)
         history.train_loss.append(epoch_nll / epoch_tokens)
         history.val_loss.append(evaluate_loss(policy, val, batch_size, max_len) if val else None)
@@ -274,7 +282,25 @@ def train_sft(
                 f"sft epoch {epoch + 1}/{epochs}: train_loss={history.train_loss[-1]:.4f} "
                 f"val_loss={val_text} {metrics or ''}".rstrip()
             )
+    if bar is not None:
+        bar.close()
     return history
+
+
+def _length_bucketed(
+    records: Sequence[Any], order: list[int], batch_size: int, generator: torch.Generator
+) -> list[list[Any]]:
+    """Batches of similar length (less padding), in random order: shuffled records are cut into
+    chunks of 16 batches, sorted by length within a chunk, and the batches shuffled again."""
+    chunk = batch_size * 16
+    batches: list[list[Any]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(record_of(records[i]).ids))
+        batches += [
+            [records[i] for i in part[s : s + batch_size]] for s in range(0, len(part), batch_size)
+        ]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
 
 
 def load_chat_jsonl(path: str | Path) -> list[Any]:

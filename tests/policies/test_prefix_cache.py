@@ -1,0 +1,161 @@
+"""Shared prefixes: `prefix_token_logprobs` (with gradients) and shared prompt prefill in
+generation give the same numbers as processing every row on its own."""
+
+import pytest
+import torch
+
+from tooltune.policies.transformer import Transformer, TransformerConfig
+from tooltune.rollout import SamplingParams
+
+
+
+@pytest.fixture(scope="module")
+def hf_policy(tmp_path_factory):
+    """A tiny random Qwen2 with a tokenizer trained here (no downloads)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tooltune.policies.hf import HFPolicy
+
+    path = tmp_path_factory.mktemp("prefix_qwen2")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["The quick brown fox. Paris is the capital of France."] * 20, trainer)
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
+    config = transformers.Qwen2Config(
+        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():  # sharper random logits, so outputs depend on the whole prefix
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
+        model.get_input_embeddings().weight.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return HFPolicy.from_pretrained(path)
+
+
+def make_rows(vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Two prefixes of different lengths and three continuations each, of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prefixes = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (11, 6)]
+    suffixes = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (2, 5, 3, 7, 4, 2)]
+    return prefixes, suffixes
+
+
+def plain_and_shared(policy, vocab: int):
+    """Log-probs of the continuations, plain (whole rows) and with shared prefixes, plus the
+    parameter gradients of the same scalar function of each."""
+    prefixes, suffixes = make_rows(vocab)
+    index = [0, 0, 0, 1, 1, 1]
+    rows = [prefixes[g] + s for g, s in zip(index, suffixes, strict=True)]
+    width = max(map(len, rows))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = 1
+    # Continuations start at the prefix's last token (it predicts the first new token).
+    starts = [len(prefixes[g]) - 1 for g in index]
+    pw = max(starts)
+    p_ids = torch.zeros((2, pw), dtype=torch.long)
+    p_mask = torch.zeros_like(p_ids)
+    for g, p in enumerate(prefixes):
+        n = len(p) - 1
+        p_ids[g, pw - n :] = torch.tensor(p[:-1])
+        p_mask[g, pw - n :] = 1
+    sw = max(len(r) - s for r, s in zip(rows, starts, strict=True))
+    s_ids = torch.zeros((len(rows), sw), dtype=torch.long)
+    s_mask = torch.zeros_like(s_ids)
+    for b, (r, s) in enumerate(zip(rows, starts, strict=True)):
+        s_ids[b, : len(r) - s] = torch.tensor(r[s:])
+        s_mask[b, : len(r) - s] = 1
+    weights = torch.linspace(0.5, 1.5, len(rows))
+
+    def grads(loss):
+        policy.model.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+
+    plain = policy.token_logprobs(ids, mask)
+    plain_scored = [plain[b, s : len(r) - 1] for b, (r, s) in enumerate(zip(rows, starts))]
+    g_plain = grads(sum(w * x.sum() for w, x in zip(weights, plain_scored)))
+    shared = policy.prefix_token_logprobs(p_ids, p_mask, s_ids, s_mask, torch.tensor(index))
+    shared_scored = [shared[b, : len(r) - s - 1] for b, (r, s) in enumerate(zip(rows, starts))]
+    g_shared = grads(sum(w * x.sum() for w, x in zip(weights, shared_scored)))
+    policy.model.zero_grad(set_to_none=True)
+    return plain_scored, shared_scored, g_plain, g_shared
+
+
+def assert_same(plain, shared, g_plain, g_shared):
+    for a, b in zip(plain, shared, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a, b)
+    assert len(g_plain) == len(g_shared) > 0
+    for a, b in zip(g_plain, g_shared, strict=True):
+        scale = a.abs().max().clamp(min=1e-8)
+        assert ((a - b).abs().max() / scale) < 1e-4
+
+
+def test_builtin_prefix_logprobs_match_plain(tiny_policy):
+    policy = tiny_policy.clone()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    assert_same(*plain_and_shared(policy, policy.model.config.vocab_size))
+
+
+def test_hf_prefix_logprobs_match_plain(hf_policy):
+    hf_policy.model.eval()
+    assert_same(*plain_and_shared(hf_policy, 250))
+
+
+def test_past_kv_and_cache_are_exclusive():
+    model = Transformer(TransformerConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2))
+    ids = torch.tensor([[1, 2, 3]])
+    kv = model.prefix_kv(ids)
+    assert kv[0][0].shape == (1, 2, 3, 8)
+    with pytest.raises(ValueError, match="either"):
+        model(ids, cache=model.new_cache(1, 8), past_kv=kv)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(ids, attention_mask=torch.ones(1, 3), past_kv=kv)
+
+
+def test_builtin_shared_prefill_matches_per_row_prefill(tiny_policy):
+    """GRPO-style batches (each prompt repeated) give the same tokens and log-probs whether
+    each distinct prompt is prefilled once or once per row."""
+    prompts = ["Paris is the capital", "The quick brown fox", "Paris is the capital"] * 2
+    for sampling in (
+        SamplingParams(temperature=0.0, max_new_tokens=8, stop=[]),
+        SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, stop=[], seed=3),
+    ):
+        shared = tiny_policy.generate(prompts, sampling)
+        per_row = tiny_policy.generate(prompts, sampling, share_prefill=False)
+        assert [c.token_ids for c in shared] == [c.token_ids for c in per_row]
+        for a, b in zip(shared, per_row, strict=True):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8, stop=[])
+    batched = tiny_policy.generate(prompts, greedy)
+    alone = [tiny_policy.generate([p], greedy)[0] for p in prompts[:2]]
+    assert [c.token_ids for c in batched[:2]] == [c.token_ids for c in alone]
+    assert len(set(batched[0].token_ids)) > 1  # a prefix-sensitive model, not one repeated token
+
+
+def test_hf_shared_prefill_matches_per_row_prefill(hf_policy):
+    policy = hf_policy
+    prompts = ["The quick brown", "Paris is the capital of", "The quick brown"]
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6, stop=[], seed=1)
+    shared = policy.generate(prompts, sampling)
+    per_row = policy.generate(prompts, sampling, share_prefill=False)
+    assert [c.token_ids for c in shared] == [c.token_ids for c in per_row]
+    for a, b in zip(shared, per_row, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
