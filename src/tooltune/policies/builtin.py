@@ -44,7 +44,10 @@ class _Backend:
         return self.model.new_cache(batch, capacity)
 
     def forward_last(self, ids, mask, cache):
-        return self.model(ids, attention_mask=mask, cache=cache)[:, -1]
+        return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
+
+    def prefill(self, ids, mask, cache: KVCache) -> torch.Tensor:
+        return self.model.prefill(ids, mask, cache)
 
     def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
         return cache.select_rows(rows)

@@ -100,8 +100,14 @@ class KVCache:
         return self.k.shape[3]
 
     def select_rows(self, rows: torch.Tensor) -> KVCache:
-        self.k = self.k[:, rows, :, :].contiguous()
-        self.v = self.v[:, rows, :, :].contiguous()
+        """Keep (or repeat) the given rows. Only the filled positions are copied: the rest of
+        the capacity is written before it is ever read."""
+        n = self.length
+        shape = (self.k.shape[0], len(rows), *self.k.shape[2:])
+        k, v = self.k.new_empty(shape), self.v.new_empty(shape)
+        k[:, :, :, :n] = self.k[:, rows, :, :n]
+        v[:, :, :, :n] = self.v[:, rows, :, :n]
+        self.k, self.v = k, v
         return self
 
 
@@ -198,8 +204,10 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """Logits [B, T, vocab] for ids [B, T].
+        """Logits [B, T, vocab] for ids [B, T] (only the last ``logits_to_keep`` positions
+        when it is > 0: the output head is a large share of a small model's FLOPs).
 
         ``attention_mask`` is [B, past + T] (past = cached positions): 1 for real tokens,
         0 for padding. Without a mask and a cache every token is real and attention is causal.
@@ -207,7 +215,35 @@ class Transformer(nn.Module):
         ``past_kv`` (from ``prefix_kv``, one (k, v) pair per layer) is a prefix the tokens
         attend to without copying it into a cache, so gradients flow back into the prefix.
         """
-        return self.norm(self._hidden(ids, attention_mask, cache, past_kv)) @ self.embed.weight.T
+        x = self._hidden(ids, attention_mask, cache, past_kv)
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]
+        return self.norm(x) @ self.embed.weight.T
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache):
+        """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each
+        row's last token. Rows of equal length run together without padding (plain causal
+        attention, no mask), and their keys/values land right-aligned in the cache, exactly
+        where a padded pass would put them, so decoding continues as after ``forward``."""
+        if cache.length != 0:
+            raise ValueError("prefill needs an empty cache")
+        B, W = ids.shape
+        lengths = attention_mask.sum(dim=1).tolist()
+        logits = None
+        for n in sorted(set(int(n) for n in lengths)):
+            rows = torch.tensor([b for b in range(B) if lengths[b] == n], device=ids.device)
+            kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+            x = self._hidden(ids[rows, W - n :], None, None, None, kv)
+            out = self.norm(x[:, -1]) @ self.embed.weight.T
+            if logits is None:
+                logits = out.new_empty(B, out.shape[-1])
+            logits[rows] = out
+            for layer, (k, v) in enumerate(kv):
+                cache.k[layer, rows, :, W - n : W] = k
+                cache.v[layer, rows, :, W - n : W] = v
+        cache.length = W
+        return logits
 
     def prefix_kv(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None

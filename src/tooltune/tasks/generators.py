@@ -1146,9 +1146,7 @@ def t_book(ctx: Ctx) -> Draft:
     }
     check = {"type": "booking", "flight_id": booked["id"], "passenger": passenger}
     answer = {"flight_id": booked["id"], "passenger": passenger}
-    return Draft(
-        prompt, ["flights"], answer, check, p, truth, planted=booking_planted(ranked)
-    )
+    return Draft(prompt, ["flights"], answer, check, p, truth, planted=booking_planted(ranked))
 
 
 def t_book_for_ceo(ctx: Ctx) -> Draft:

@@ -204,9 +204,7 @@ def load_world(world_dir: str | Path) -> World:
     return World.from_dict(data, world_dir)
 
 
-def world_is_built(
-    world_dir: str | Path, seed: int | None = None, size: str | None = None
-) -> bool:
+def world_is_built(world_dir: str | Path, seed: int | None = None, size: str | None = None) -> bool:
     """True when `world_dir` holds a complete world of this generator (of `seed` and `size`,
     when given)."""
     path = Path(world_dir) / "world.json"
@@ -317,9 +315,7 @@ def _assign_pools(rng: random.Random, items: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def generate_world(
-    root: str | Path, seed: int = 0, size: str = "default", **counts: Any
-) -> World:
+def generate_world(root: str | Path, seed: int = 0, size: str = "default", **counts: Any) -> World:
     """All entities and facts of the world, without writing anything.
 
     `size` names an entry of `WORLD_SIZES`; keyword counts (`places=300`, `routes=(40, 8, 8)`)
@@ -463,7 +459,10 @@ def generate_world(
 
 
 def _make_flights(
-    rng: random.Random, airports: dict[str, list[dict]], routes_per_pool: dict[str, int], today: date
+    rng: random.Random,
+    airports: dict[str, list[dict]],
+    routes_per_pool: dict[str, int],
+    today: date,
 ) -> tuple[list[dict], list[dict]]:
     """Flights on routes between the airport cities of each pool, every day of the next two
     weeks.
@@ -599,7 +598,9 @@ def _make_images(rng: random.Random, n: int = 16, size: int = 256) -> list[dict]
                     "size": rng.randrange(30, 46),
                 }
             )
-        images.append({"path": f"images/scene_{i + 1:0{width}d}.png", "shapes": shapes, "size": size})
+        images.append(
+            {"path": f"images/scene_{i + 1:0{width}d}.png", "shapes": shapes, "size": size}
+        )
     return images
 
 
@@ -898,9 +899,7 @@ def build_world(
     return world
 
 
-def ensure_world(
-    world_dir: str | Path, seed: int | None = None, size: str | None = None
-) -> World:
+def ensure_world(world_dir: str | Path, seed: int | None = None, size: str | None = None) -> World:
     """Load the world in `world_dir`, building it first when it is missing or stale.
 
     A new world is built in a temporary sibling directory and renamed into place, so two
