@@ -205,23 +205,27 @@ class TrajectoryCollector:
         return used + self.sampling.max_new_tokens <= self.config.max_trajectory_len
 
     def _turn(self, active: list[_Episode], turn: int) -> None:
-        ids = [e.tokens.ids for e in active] if self.token_mode else None
-        completions = self.policy.generate([e.text for e in active], self.sampling, ids)
+        prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
+        completions = self.policy.generate([e.text for e in active], self.sampling, prompt_ids)
         actions = []
         for episode, completion in zip(active, completions, strict=True):
-            action = parse_action(
-                completion.text, known_tools=episode.registry.names, id_prefix=f"call_{turn}"
-            )
-            if completion.text != render_action(action):
-                action.raw = completion.text
-            actions.append(action)
-            episode.text += completion.text + IM_END
+            text = completion.text
             if episode.tokens is not None:
-                episode.tokens.extend(
-                    completion.token_ids, generated=True, logprobs=completion.logprobs
-                )
-                if not completion.token_ids or completion.token_ids[-1] != self._im_end_id:
+                ids = completion.token_ids
+                episode.tokens.extend(ids, generated=True, logprobs=completion.logprobs)
+                closed = bool(ids) and ids[-1] == self._im_end_id
+                if not closed:  # cut off, or ended by another end token: close the turn for it
                     episode.tokens.extend(self.policy.encode(IM_END), generated=False)
+                # the text of the ids themselves, so text and tokens never disagree (an
+                # end-of-text token, say, is part of what the model wrote and will see again)
+                text = self.policy.decode(ids[:-1] if closed else ids)
+            action = parse_action(
+                text, known_tools=episode.registry.names, id_prefix=f"call_{turn}"
+            )
+            if text != render_action(action):
+                action.raw = text
+            actions.append(action)
+            episode.text += text + IM_END
 
         def run_calls(pair: tuple[_Episode, Any]) -> list:
             episode, action = pair
@@ -307,6 +311,32 @@ def tokenize_trajectory(
     for text, generated in trajectory_segments(trajectory, tool_style):
         record.extend(encode(text), generated=generated)
     return record
+
+
+def check_token_record(trajectory: AgentTrajectory, policy: Any, tool_style: str = "json") -> None:
+    """Prove there is no retokenisation drift, or raise `ValueError` saying where it is.
+
+    The recorded ids must decode to the re-rendered trajectory, every run of the model's own
+    tokens must decode to what the model wrote, and every other run must be exactly what encoding
+    its text gives, so training on the record scores the tokens sampling produced."""
+    record = trajectory.tokens
+    if record is None:
+        raise ValueError("the trajectory has no token record")
+    if not len(record.ids) == len(record.mask) == len(record.logprobs):
+        raise ValueError("ids, mask and logprobs differ in length")
+    text = "".join(piece for piece, _ in trajectory_segments(trajectory, tool_style))
+    if policy.decode(record.ids) != text:
+        raise ValueError("the recorded ids do not decode to the re-rendered trajectory")
+    start = 0
+    for end in range(1, len(record.ids) + 1):
+        if end < len(record.ids) and record.mask[end] == record.mask[start]:
+            continue
+        run = record.ids[start:end]
+        if record.mask[start] == 0 and policy.encode(policy.decode(run)) != run:
+            raise ValueError(f"tokens {start}-{end} are not the encoding of their own text")
+        if record.mask[start] == 0 and any(lp != 0.0 for lp in record.logprobs[start:end]):
+            raise ValueError(f"tokens {start}-{end} are not the model's but carry log-probs")
+        start = end
 
 
 # --------------------------------------------------------------------------------------------
