@@ -1,21 +1,30 @@
-"""Read-only SQL over a SQLite database.
+"""Read-only SQL over a SQLite database, or over any SQLAlchemy URL of a supported backend.
 
-Three independent guards keep a query from changing anything or running away:
-the database is opened read-only (`mode=ro` URI), an authorizer allows only reading (no writes,
-schema changes, ATTACH, state-changing PRAGMAs or dangerous functions such as load_extension),
-and a progress handler aborts any statement that runs longer than `time_limit` seconds.
-Each call opens its own connection, so the tools are safe to call from several threads.
+SQLite files are opened directly, with three independent guards that keep a query from changing
+anything or running away: the database is opened read-only (`mode=ro` URI), an authorizer allows
+only reading (no writes, schema changes, ATTACH, state-changing PRAGMAs or dangerous functions such
+as load_extension), and a progress handler aborts any statement that runs longer than `time_limit`
+seconds. Each call opens its own connection, so the tools are safe to call from several threads.
+
+Other databases (PostgreSQL, MySQL, MariaDB, and SQLite again) go through SQLAlchemy URLs
+(`pip install tooltune[sql]`). There the server cannot be given an authorizer, so the guards are:
+a static check that lets through one read statement only (`check_read_only_sql`), a read-only
+transaction that is always rolled back, a server-side statement timeout, and the same row cap.
+SQLite behind a URL keeps the authorizer and the progress handler as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import itertools
 import re
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tooltune.registry import ToolDefinition, ToolError, tool
 
@@ -92,34 +101,100 @@ class _Guard:
 
 
 def _cell(value: object) -> object:
-    if isinstance(value, bytes):
+    """A JSON-friendly, length-capped form of one value (other backends return dates, decimals)."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(value)} bytes>"
-    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
-        return value[:MAX_VALUE_CHARS] + "..."
-    return value
+    if isinstance(value, datetime.date | datetime.time):
+        value = value.isoformat()
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_VALUE_CHARS:
+        return text[:MAX_VALUE_CHARS] + "..."
+    return text
 
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def make_database_tools(
-    db_path: str | Path, *, max_rows: int = 50, time_limit: float = 2.0
-) -> list[ToolDefinition]:
-    """sql_query, list_tables and describe_table over the SQLite file at `db_path`."""
+def _check_query_argument(query: object) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise ToolError("query must be a non-empty SQL statement")
+    if len(query) > MAX_QUERY_CHARS:
+        raise ToolError(f"query is longer than {MAX_QUERY_CHARS} characters")
+
+
+def _query_result(columns: list, rows: list, counted: int, complete: bool) -> dict:
+    result = {
+        "columns": columns,
+        "rows": [[_cell(v) for v in row] for row in rows],
+        "truncated": counted > len(rows),
+    }
+    if result["truncated"]:
+        total = f"{counted}" if complete else f"{counted}+"
+        result["note"] = f"{len(rows)} of {total} rows shown; refine the query or use LIMIT"
+    return result
+
+
+def _timeout_message(time_limit: float) -> str:
+    return (
+        f"the query took longer than {time_limit:g} s and was stopped; narrow it down with "
+        "WHERE or LIMIT, or avoid large joins"
+    )
+
+
+def _open_readonly_sqlite(uri: str, time_limit: float) -> sqlite3.Connection:
+    """A read-only connection that cannot attach databases, with the schema already loaded."""
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=time_limit)
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000_000)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_QUERY_CHARS * 2)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # load the schema
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _readonly_uri(db_path: str | Path) -> str:
     path = Path(db_path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"database {path} does not exist")
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
+
+
+def make_database_tools(
+    db_path: str | Path | None = None,
+    *,
+    url: str | None = None,
+    max_rows: int = 50,
+    time_limit: float = 2.0,
+) -> list[ToolDefinition]:
+    """sql_query, list_tables and describe_table over a SQLite file or a SQLAlchemy URL.
+
+    A path is opened as SQLite directly. `url=` (or a `db_path` string containing "://") is a
+    SQLAlchemy URL such as "postgresql://reader@localhost/world" or "sqlite:///world.db"; it
+    needs `pip install tooltune[sql]` and the backend's driver.
+    """
+    if url is None and isinstance(db_path, str) and "://" in db_path:
+        db_path, url = None, db_path
+    if (db_path is None) == (url is None):
+        raise ValueError("give exactly one of db_path (a SQLite file) or url (a SQLAlchemy URL)")
+    if url is not None:
+        return _sqlalchemy_tools(url, max_rows=max_rows, time_limit=time_limit)
+    return _sqlite_tools(db_path, max_rows=max_rows, time_limit=time_limit)
+
+
+def _sqlite_tools(db_path: str | Path, *, max_rows: int, time_limit: float) -> list[ToolDefinition]:
+    """The three tools over a SQLite file, guarded by the authorizer and progress handler."""
+    uri = _readonly_uri(db_path)
 
     @contextlib.contextmanager
     def connect() -> Iterator[tuple[sqlite3.Connection, _Guard]]:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=time_limit)
+        conn = _open_readonly_sqlite(uri, time_limit)
         try:
-            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000_000)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_QUERY_CHARS * 2)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # load the schema
             guard = _Guard(time_limit)
             conn.set_authorizer(guard.authorize)
             conn.set_progress_handler(guard.progress, 1000)
@@ -164,20 +239,8 @@ def make_database_tools(
         Args:
             query: A single SQL statement, e.g. "SELECT name, population FROM cities LIMIT 5".
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ToolError("query must be a non-empty SQL statement")
-        if len(query) > MAX_QUERY_CHARS:
-            raise ToolError(f"query is longer than {MAX_QUERY_CHARS} characters")
-        columns, rows, counted, complete = run(query)
-        result = {
-            "columns": columns,
-            "rows": [[_cell(v) for v in row] for row in rows],
-            "truncated": counted > len(rows),
-        }
-        if result["truncated"]:
-            total = f"{counted}" if complete else f"{counted}+"
-            result["note"] = f"{len(rows)} of {total} rows shown; refine the query or use LIMIT"
-        return result
+        _check_query_argument(query)
+        return _query_result(*run(query))
 
     @tool(timeout=time_limit + 10.0)
     def list_tables() -> dict:
@@ -239,10 +302,7 @@ def make_database_tools(
 def _explain(error: sqlite3.Error, guard: _Guard, time_limit: float, query: str) -> str:
     text = str(error)
     if guard.timed_out or "interrupted" in text:
-        return (
-            f"the query took longer than {time_limit:g} s and was stopped; narrow it down with "
-            "WHERE or LIMIT, or avoid large joins"
-        )
+        return _timeout_message(time_limit)
     if guard.denied or "not authorized" in text:
         what = f"{guard.denied} is" if guard.denied else "this statement is"
         keyword = re.match(r"\s*(\w+)", query)
@@ -254,3 +314,365 @@ def _explain(error: sqlite3.Error, guard: _Guard, time_limit: float, query: str)
     if "readonly" in text or "read-only" in text:
         return "the database is read-only"
     return f"SQL error: {text}"
+
+
+# --------------------------------------------------------------------------------------------
+# Other databases through SQLAlchemy
+# --------------------------------------------------------------------------------------------
+
+READ_STATEMENTS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN"})
+# Words that let a statement starting with SELECT/WITH/EXPLAIN write, lock or leave the query
+# (data-modifying CTEs, SELECT INTO, INTO OUTFILE, LOCK IN SHARE MODE, EXPLAIN ANALYZE DELETE),
+# plus statement keywords as a second line of defence. Quote a column that uses one as its name.
+# fmt: off
+DENIED_WORDS = frozenset({
+    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "INTO", "LOCK", "DROP", "CREATE", "ALTER",
+    "TRUNCATE", "GRANT", "REVOKE", "ATTACH", "DETACH", "PRAGMA", "COPY", "CALL", "EXEC", "EXECUTE",
+})
+# Functions that change state, escape the transaction, read server files or run a query string
+# that this check never sees (query_to_xml). set_config could also lift the statement timeout.
+DENIED_SQL_FUNCTIONS = DENIED_FUNCTIONS | frozenset({
+    "set_config", "nextval", "setval", "pg_terminate_backend", "pg_cancel_backend",
+    "pg_reload_conf", "pg_rotate_logfile", "pg_switch_wal", "pg_create_restore_point",
+    "pg_promote", "pg_read_file", "pg_read_binary_file", "pg_stat_file", "pg_notify",
+    "pg_logical_emit_message", "pg_backup_start", "pg_backup_stop", "pg_start_backup",
+    "pg_stop_backup", "pg_import_system_collations", "pg_log_backend_memory_contexts",
+    "query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "cursor_to_xml",
+    "load_file", "get_lock", "release_lock", "release_all_locks", "master_pos_wait",
+    "source_pos_wait", "sys_exec", "sys_eval",
+})
+DENIED_FUNCTION_PREFIXES = (
+    "lo_", "dblink", "pg_advisory", "pg_try_advisory", "pg_file_", "pg_ls_", "pg_create_",
+    "pg_drop_", "pg_replication_",
+)
+# fmt: on
+_FLAVORS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def _refuse(what: str) -> ToolError:
+    return ToolError(f"only read-only queries are allowed; {what} is not permitted")
+
+
+def _sql_tokens(query: str, flavor: str) -> list[tuple[str, str]]:
+    """(kind, text) tokens of `query` without comments; kind is word, name, string or punct.
+
+    A quote or comment must never hide a `;` or a keyword from the check, so anything the
+    backends read differently (backslash escapes, dollar quoting, nested or executable comments,
+    MySQL's "--x") is refused rather than guessed at.
+    """
+    quotes = {"'": "'", '"': '"'}
+    if flavor in ("sqlite", "mysql"):
+        quotes["`"] = "`"
+    if flavor == "sqlite":
+        quotes["["] = "]"
+    if "\x00" in query:
+        raise ToolError("the query contains a NUL character")
+    if flavor != "sqlite" and "\\" in query:
+        raise ToolError("backslashes are not allowed in queries to this database")
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if c.isspace():
+            i += 1
+        elif query.startswith("--", i) or (c == "#" and flavor == "mysql"):
+            if flavor == "mysql" and c == "-" and i + 2 < n and not query[i + 2].isspace():
+                raise ToolError("write '-- ' with a space for a comment, or '- -' for two minuses")
+            end = query.find("\n", i)
+            end = n if end < 0 else end
+            if "\r" in query[i:end]:  # PostgreSQL ends a comment at \r, the others do not
+                raise ToolError("a carriage return inside a -- comment is not allowed")
+            i = end
+        elif query.startswith("/*", i):
+            end = query.find("*/", i + 2)
+            if end < 0:
+                raise ToolError("unterminated /* comment")
+            body = query[i + 2 : end]
+            if "/*" in body or body.startswith(("!", "M!", "+")):
+                raise ToolError("nested comments and /*! */ or /*+ */ comments are not allowed")
+            i = end + 2
+        elif c in quotes:
+            close, j = quotes[c], i + 1
+            while True:
+                k = query.find(close, j)
+                if k < 0:
+                    raise ToolError("unterminated quoted string or name")
+                if close != "]" and query.startswith(close, k + 1):
+                    j = k + 2  # a doubled quote stands for itself
+                    continue
+                break
+            text = query[i + 1 : k]
+            if close != "]":
+                text = text.replace(close * 2, close)
+            string = c == "'" or (c == '"' and flavor == "mysql")
+            tokens.append(("string" if string else "name", text))
+            i = k + 1
+        elif c.isalnum() or c == "_":
+            j = i + 1
+            while j < n and (query[j].isalnum() or query[j] == "_"):
+                j += 1
+            tokens.append(("word", query[i:j]))
+            i = j
+        elif c == "$" or c == "`":
+            raise ToolError(f"the character {c!r} is not allowed outside quotes in this dialect")
+        else:
+            tokens.append(("punct", c))
+            i += 1
+    return tokens
+
+
+def check_read_only_sql(query: str, dialect: str) -> str:
+    """Refuse (ToolError) anything but one read statement; return its first keyword.
+
+    `dialect` is "sqlite", "postgresql", "mysql" or "mariadb": quoting and comments differ.
+    This check is the only guard against a second statement and against writes the server would
+    allow in a read-only transaction (set_config, advisory locks), so it refuses when unsure.
+    """
+    flavor = _FLAVORS.get(dialect)
+    if flavor is None:
+        raise ValueError(f"no read-only check for the {dialect!r} dialect")
+    tokens = _sql_tokens(query, flavor)
+    while tokens and tokens[-1] == ("punct", ";"):
+        tokens.pop()
+    if not tokens:
+        raise ToolError("query must be a non-empty SQL statement")
+    if ("punct", ";") in tokens:
+        raise ToolError("only one SQL statement per call is allowed")
+    first = next((t for t in tokens if t != ("punct", "(")), ("punct", ""))
+    words = [text.upper() for kind, text in tokens if kind == "word"]
+    if first[0] != "word" or first[1].upper() not in READ_STATEMENTS:
+        what = first[1].upper() if first[0] == "word" else "this statement"
+        if what == "PRAGMA" and len(words) > 1:
+            what = f"PRAGMA {words[1].lower()}"
+        raise ToolError(
+            f"only read-only queries (SELECT, WITH, VALUES, EXPLAIN) are allowed; {what} is not "
+            "permitted"
+        )
+    for a, b in itertools.pairwise(words):
+        if a == "FOR" and b in ("UPDATE", "SHARE", "NO", "KEY"):
+            raise _refuse("locking rows (FOR UPDATE / FOR SHARE)")
+    for word in words:
+        if word in DENIED_WORDS:
+            raise _refuse(word)
+    for (kind, text), following in itertools.pairwise(tokens):
+        called = kind in ("word", "name") and following == ("punct", "(")
+        name = text.lower()
+        if called and (name in DENIED_SQL_FUNCTIONS or name.startswith(DENIED_FUNCTION_PREFIXES)):
+            raise _refuse(f"the function {text}()")
+    return first[1].upper()
+
+
+def _import_sqlalchemy() -> Any:
+    try:
+        import sqlalchemy
+    except ImportError:
+        raise ImportError(
+            "database URLs need SQLAlchemy: pip install tooltune[sql] (plain SQLite paths do not)"
+        ) from None
+    return sqlalchemy
+
+
+def _sqlalchemy_engine(url: str, time_limit: float) -> Any:
+    """An engine without a pool: every call gets a fresh session, so no setting outlives it."""
+    sa = _import_sqlalchemy()
+    from sqlalchemy.pool import NullPool
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise ValueError(f"not a valid database URL: {e}") from None
+    backend = parsed.get_backend_name()
+    if backend not in _FLAVORS:
+        raise ValueError(
+            f"read-only access is implemented for sqlite, postgresql, mysql and mariadb URLs, "
+            f"not {backend!r}"
+        )
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:" or parsed.query.get("uri"):
+            raise ValueError("a sqlite URL must name a database file, e.g. sqlite:///world.db")
+        uri = _readonly_uri(parsed.database)
+        return sa.create_engine(
+            "sqlite://", creator=lambda: _open_readonly_sqlite(uri, time_limit), poolclass=NullPool
+        )
+    try:
+        return sa.create_engine(parsed, poolclass=NullPool)
+    except ImportError as e:
+        raise ImportError(f"the driver for {parsed.drivername} URLs is not installed: {e}") from e
+
+
+def _sqlalchemy_tools(url: str, *, max_rows: int, time_limit: float) -> list[ToolDefinition]:
+    """The three tools over a SQLAlchemy URL, with the same result shapes as over SQLite."""
+    sa = _import_sqlalchemy()
+    engine = _sqlalchemy_engine(url, time_limit)
+    dialect = engine.dialect.name
+    label = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB"}.get(
+        dialect, "SQLite"
+    )
+    millis = max(1, round(time_limit * 1000))
+
+    def explain(error: Exception, guard: _Guard | None, query: str) -> str:
+        orig = getattr(error, "orig", None) or error
+        if guard is not None and isinstance(orig, sqlite3.Error):
+            return _explain(orig, guard, time_limit, query)
+        text = str(orig)
+        if orig.args and isinstance(orig.args[0], dict):  # pg8000 puts the fields in a dict
+            text = str(orig.args[0].get("M", text))
+        lowered = text.lower()
+        if any(s in lowered for s in ("statement timeout", "execution time", "max_statement_time")):
+            return _timeout_message(time_limit)
+        if "read-only" in lowered or "read only" in lowered:
+            return "the database is read-only"
+        return f"SQL error: {text.strip()[:500]}"
+
+    @contextlib.contextmanager
+    def session() -> Iterator[tuple[Any, _Guard | None]]:
+        """A connection in a read-only transaction with a time limit; always rolled back."""
+        try:
+            conn = engine.connect()
+        except sa.exc.DBAPIError as e:
+            raise ToolError(f"could not connect to the database: {explain(e, None, '')}") from None
+        guard: _Guard | None = None
+        raw = conn.connection.dbapi_connection
+        try:
+            if dialect == "sqlite":
+                raw.execute("BEGIN")  # before the authorizer, which refuses transactions
+                guard = _Guard(time_limit)
+                raw.set_authorizer(guard.authorize)
+                raw.set_progress_handler(guard.progress, 1000)
+                guard.start()
+            elif dialect == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {millis}")
+            else:  # MySQL and MariaDB; START TRANSACTION ends the implicit one, if any
+                if getattr(engine.dialect, "is_mariadb", False):
+                    conn.exec_driver_sql(f"SET SESSION max_statement_time = {millis / 1000}")
+                else:
+                    conn.exec_driver_sql(f"SET SESSION max_execution_time = {millis}")
+                conn.exec_driver_sql("START TRANSACTION READ ONLY")
+            yield conn, guard
+        except sa.exc.DBAPIError as e:
+            raise ToolError(explain(e, guard, "")) from None
+        finally:
+            if guard is not None:
+                raw.set_authorizer(None)  # let the rollback through
+                raw.set_progress_handler(None, 0)
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            conn.close()
+
+    def run(query: str, limit: int | None = None) -> tuple[list, list, int, bool]:
+        """(columns, rows, rows counted, count complete) for one statement of ours or checked."""
+        limit = max_rows if limit is None else limit
+        first = query.split(None, 1)[0].upper()
+        stream = engine.dialect.supports_server_side_cursors and first != "EXPLAIN"
+        with session() as (conn, guard):
+            deadline = time.monotonic() + time_limit
+            options = conn.execution_options(no_parameters=True, stream_results=stream)
+            try:
+                result = options.exec_driver_sql(query)
+                if not result.returns_rows:
+                    return [], [], 0, True
+                columns = list(result.keys())
+                rows = [tuple(r) for r in result.fetchmany(limit)]
+            except sa.exc.DBAPIError as e:
+                raise ToolError(explain(e, guard, query)) from None
+            counted, complete = len(rows), True
+            if len(rows) == limit:
+                try:
+                    while counted < limit + COUNT_LIMIT and time.monotonic() < deadline:
+                        more = result.fetchmany(1000)
+                        if not more:
+                            break
+                        counted += len(more)
+                    else:
+                        complete = False
+                except sa.exc.DBAPIError:  # ran out of time while counting: a lower bound
+                    complete = False
+            return columns, rows, counted, complete
+
+    def inspect(read: Callable[[Any], dict]) -> dict:
+        with session() as (conn, guard):
+            try:
+                return read(sa.inspect(conn))
+            except sa.exc.DBAPIError as e:
+                raise ToolError(explain(e, guard, "")) from None
+
+    def sql_query(query: str) -> dict:
+        _check_query_argument(query)
+        check_read_only_sql(query, dialect)
+        return _query_result(*run(query))
+
+    sql_query.__doc__ = f"""Run one read-only SQL query ({label} dialect) and return the rows.
+
+        Only SELECT-style reading is allowed; at most a few dozen rows are shown, so use WHERE,
+        ORDER BY and LIMIT, or aggregate with COUNT/SUM/AVG.
+
+        Args:
+            query: A single SQL statement, e.g. "SELECT name, population FROM cities LIMIT 5".
+        """
+
+    def list_tables() -> dict:
+        """List the tables and views of the database."""
+        return inspect(
+            lambda insp: {
+                "tables": sorted(insp.get_table_names()),
+                "views": sorted(insp.get_view_names()),
+            }
+        )
+
+    def describe_table(table: str) -> dict:
+        """Show the columns (name, type, key) and row count of one table or view.
+
+        Args:
+            table: The table name, as list_tables shows it.
+        """
+        if not isinstance(table, str) or not table:
+            raise ToolError("table must be a non-empty name")
+
+        def read(insp: Any) -> dict:
+            tables, views = sorted(insp.get_table_names()), sorted(insp.get_view_names())
+            if table not in tables and table not in views:
+                available = ", ".join(tables + views) or "none"
+                raise ToolError(f"no table named {table!r}; available: {available}")
+            keys = set(insp.get_pk_constraint(table).get("constrained_columns") or [])
+            foreign = [
+                {"column": column, "references": f"{fk['referred_table']}({referred})"}
+                for fk in insp.get_foreign_keys(table)
+                for column, referred in zip(
+                    fk["constrained_columns"], fk["referred_columns"], strict=False
+                )
+            ]
+            columns = [
+                {
+                    "name": c["name"],
+                    "type": _type_name(c["type"], engine.dialect),
+                    "not_null": not c.get("nullable", True),
+                    "default": c.get("default"),
+                    "primary_key": c["name"] in keys,
+                }
+                for c in insp.get_columns(table)
+            ]
+            return {"table": table, "columns": columns, "foreign_keys": foreign}
+
+        described = inspect(read)
+        quoted = engine.dialect.identifier_preparer.quote(table)
+        try:  # the name came from the inspector and is quoted by the dialect: no check needed
+            described["row_count"] = run(f"SELECT count(*) FROM {quoted}")[1][0][0]
+        except ToolError:
+            described["row_count"] = None  # too slow to count within the time limit
+        return described
+
+    timeout = time_limit + 10.0
+    return [
+        tool(sql_query, timeout=timeout),
+        tool(list_tables, timeout=timeout),
+        tool(describe_table, timeout=timeout),
+    ]
+
+
+def _type_name(column_type: Any, dialect: Any) -> str:
+    """The column type as the dialect spells it; "" where the column declares none."""
+    try:
+        return str(column_type.compile(dialect=dialect))
+    except Exception:  # NullType and dialect-foreign types cannot be compiled
+        return ""
