@@ -453,7 +453,9 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     unshared: dict[str, Any] = {}
     if base is not None:
         base_s = statistics.median(r["seconds"] for r in base.results[args.warmup :])
-        log(f"[{size}] tooltune unshared step times {[round(r['seconds'], 3) for r in base.results]}")
+        log(
+            f"[{size}] tooltune unshared step times {[round(r['seconds'], 3) for r in base.results]}"
+        )
         unshared = {
             "tooltune_unshared_s_per_step": base_s,
             "tooltune_unshared_step_times": [r["seconds"] for r in base.results],

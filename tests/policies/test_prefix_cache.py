@@ -8,7 +8,6 @@ from tooltune.policies.transformer import Transformer, TransformerConfig
 from tooltune.rollout import SamplingParams
 
 
-
 @pytest.fixture(scope="module")
 def hf_policy(tmp_path_factory):
     """A tiny random Qwen2 with a tokenizer trained here (no downloads)."""
@@ -89,11 +88,15 @@ def plain_and_shared(policy, vocab: int):
         return [p.grad.clone() for p in policy.parameters() if p.grad is not None]
 
     plain = policy.token_logprobs(ids, mask)
-    plain_scored = [plain[b, s : len(r) - 1] for b, (r, s) in enumerate(zip(rows, starts))]
-    g_plain = grads(sum(w * x.sum() for w, x in zip(weights, plain_scored)))
+    plain_scored = [
+        plain[b, s : len(r) - 1] for b, (r, s) in enumerate(zip(rows, starts, strict=True))
+    ]
+    g_plain = grads(sum(w * x.sum() for w, x in zip(weights, plain_scored, strict=True)))
     shared = policy.prefix_token_logprobs(p_ids, p_mask, s_ids, s_mask, torch.tensor(index))
-    shared_scored = [shared[b, : len(r) - s - 1] for b, (r, s) in enumerate(zip(rows, starts))]
-    g_shared = grads(sum(w * x.sum() for w, x in zip(weights, shared_scored)))
+    shared_scored = [
+        shared[b, : len(r) - s - 1] for b, (r, s) in enumerate(zip(rows, starts, strict=True))
+    ]
+    g_shared = grads(sum(w * x.sum() for w, x in zip(weights, shared_scored, strict=True)))
     policy.model.zero_grad(set_to_none=True)
     return plain_scored, shared_scored, g_plain, g_shared
 

@@ -72,7 +72,9 @@ def groups_for(vocab: int, seed: int = 0) -> list[list[AgentTrajectory]]:
             rec = TokenRecord()
             rec.extend(prompt, generated=False)
             n1 = 2 + 3 * s + task
-            rec.extend(rand(n1), generated=True, logprobs=(-3.0 - torch.rand(n1, generator=g)).tolist())
+            rec.extend(
+                rand(n1), generated=True, logprobs=(-3.0 - torch.rand(n1, generator=g)).tolist()
+            )
             if s != 1:  # a tool turn for two of the three samples
                 rec.extend(rand(5), generated=False)
                 rec.extend(rand(3), generated=True, logprobs=[-3.5, -4.0, -2.5])
