@@ -182,6 +182,7 @@ def _worker(out: Path) -> None:
     try:
         result = {name: run_case(name, ctx) for name in CASES}
         torch.save(result, out / f"rank{ctx.rank}.pt")
+        ctx.barrier()  # both ranks are done before either tears gloo down
     finally:
         ctx.destroy()
 
@@ -190,3 +191,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     _worker(parser.parse_args().out)
+    # gloo's background threads can abort the interpreter's own shutdown now and then
+    # ("terminate called without an active exception"); the work is saved, so leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
