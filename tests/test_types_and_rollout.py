@@ -236,3 +236,15 @@ def test_segments_rebuild_the_collected_text_and_tokenize():
         policy.decode([i]) for i, m in zip(record.ids, record.mask, strict=True) if m
     )
     assert model_text == "<think>x</think><|im_end|>  " + CALL + " <|im_end|>391<|im_end|>"
+
+
+def test_episodes_that_keep_running_into_the_token_limit_are_stopped():
+    class Rambling(ScriptedPolicy):
+        def generate(self, prompts, sampling, prompt_token_ids=None):
+            return [Completion("<think>and so on", finish_reason="length") for _ in prompts]
+
+    registry = ToolRegistry([multiply])
+    t = TrajectoryCollector(Rambling([]), registry).collect_trajectory("q")
+    assert len(t.steps) == 2 and t.metadata["stop_reason"] == "cut_off"
+    t = TrajectoryCollector(Rambling([]), registry, stop_after_cutoffs=None).collect_trajectory("q")
+    assert len(t.steps) == registry.config.max_turns

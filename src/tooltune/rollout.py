@@ -111,6 +111,7 @@ class _Episode:
     text: str  # the whole conversation so far, ending in an open assistant turn
     tokens: TokenRecord | None
     done: bool = False
+    cutoffs: int = 0  # consecutive turns that ran into max_new_tokens
 
 
 class TrajectoryCollector:
@@ -126,7 +127,11 @@ class TrajectoryCollector:
         tool_style: str = "json",
         verifier: Callable[[Any, AgentTrajectory], bool] | None = None,
         reward_fn: Callable[[AgentTrajectory, Any], float] | None = None,
+        stop_after_cutoffs: int | None = 2,
     ) -> None:
+        """`stop_after_cutoffs`: end an episode after that many consecutive turns cut off at
+        `max_new_tokens` (a model that never closes its turn is not going to; an untrained one
+        would otherwise burn every remaining turn at full length). None: never."""
         self.policy = policy
         self.tools = tools
         self.config = config or AgentConfig()
@@ -139,6 +144,7 @@ class TrajectoryCollector:
         self.tool_style = tool_style
         self.verifier = verifier
         self.reward_fn = reward_fn
+        self.stop_after_cutoffs = stop_after_cutoffs
         self.token_mode = callable(getattr(policy, "encode", None))
         self._im_end_id = policy.encode(IM_END)[-1] if self.token_mode else None
 
@@ -226,6 +232,7 @@ class TrajectoryCollector:
                 action.raw = text
             actions.append(action)
             episode.text += text + IM_END
+            episode.cutoffs = episode.cutoffs + 1 if completion.finish_reason == "length" else 0
 
         def run_calls(pair: tuple[_Episode, Any]) -> list:
             episode, action = pair
@@ -245,6 +252,9 @@ class TrajectoryCollector:
             if action.type == "respond":
                 episode.trajectory.final_answer = action.content
                 self._stop(episode, "answer")
+                continue
+            if self.stop_after_cutoffs and episode.cutoffs >= self.stop_after_cutoffs:
+                self._stop(episode, "cut_off")
                 continue
             follow = follow_text(observation)
             episode.text += follow
