@@ -195,3 +195,15 @@ def test_plain_fallback_disables_sockets(monkeypatch):
     assert "network access is disabled in this sandbox" in out["stderr"]
     ok = run_code("print(sum(range(10)))")
     assert ok["stdout"] == "45\n" and ok["exit_code"] == 0
+
+
+def test_code_cannot_read_files_the_host_keeps_private(tmp_path):
+    if sandbox_info().user != "nobody":
+        pytest.skip(f"this platform's sandbox runs code as {sandbox_info().user!r}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o755)
+    result = run_code(f"print(open({str(secret)!r}).read())")
+    assert result["exit_code"] != 0 and "Permission denied" in result["stderr"]
+    assert "password" not in result["stdout"]

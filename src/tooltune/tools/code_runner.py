@@ -10,8 +10,10 @@ Isolation is as strong as the platform allows; the first call probes, from stron
 - "nobody": as root, `unshare --net --pid` (no network, own PID namespace, so the host's
   processes cannot be signalled and every leftover process dies with the namespace) and `setpriv`
   to the unprivileged `nobody` user (no writes outside the working directory, the process limit
-  is enforced). If `nobody` cannot read the Python installation it keeps only the capability to
-  read files (CAP_DAC_READ_SEARCH), never to write them.
+  is enforced), with no capabilities. Where `nobody` cannot reach the Python installation (one
+  under /root), a private mount namespace binds it onto an open directory first; only if that
+  fails too does the child keep the capability to read files (CAP_DAC_READ_SEARCH), never to
+  write them.
 - "namespaces": as root without `setpriv`: network and PID namespaces, but still root.
 - "userns": not root: an unprivileged user namespace with its own network and PID namespaces.
 - "plain": none of the above works: rlimits only, and `socket` is disabled inside the child's
@@ -123,6 +125,8 @@ class SandboxInfo:
     pid_namespace: bool
     prefix: tuple[str, ...] = ()  # command that wraps `python`
     uid: int | None = None  # uid the code runs as, when it is not this process's
+    python: str = sys.executable  # the interpreter as the child sees it
+    env: tuple[tuple[str, str], ...] = ()  # extra environment the interpreter needs there
 
 
 def _nobody_ids() -> tuple[int, int]:
@@ -141,6 +145,9 @@ def _candidates() -> list[SandboxInfo]:
         if setpriv:
             uid, gid = _nobody_ids()
             drop = (setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs")
+            mounted = _mounted_python(unshare, ns_flags, drop)
+            if mounted is not None:
+                out.append(mounted)
             for caps in ("-all", "-all,+dac_read_search"):
                 cap_flags = (
                     f"--inh-caps={caps}",
@@ -169,6 +176,42 @@ def _candidates() -> list[SandboxInfo]:
     return out
 
 
+def _mounted_python(
+    unshare: str, ns_flags: tuple[str, ...], drop: tuple[str, ...]
+) -> SandboxInfo | None:
+    """`nobody` with no capability at all, even where the interpreter lives somewhere `nobody`
+    cannot enter (a Python under /root): a private mount namespace binds the installation onto
+    an open directory, so the child can run it without the right to read any other file."""
+    base = os.path.realpath(sys.base_prefix)
+    python = os.path.relpath(os.path.realpath(sys.executable), base)
+    if python.startswith(".."):
+        return None
+    mount_point = os.path.join(tempfile.gettempdir(), "tooltune-python")
+    try:
+        os.makedirs(mount_point, mode=0o755, exist_ok=True)
+        os.chmod(mount_point, 0o755)
+    except OSError:
+        return None
+    script = 'mount --bind "$0" "$1" || exit 125; shift; exec "$@"'
+    caps = tuple(f"--{kind}-caps=-all" for kind in ("inh", "ambient")) + ("--bounding-set=-all",)
+    prefix = (
+        unshare,
+        "--mount",
+        *ns_flags,
+        "/bin/sh",
+        "-c",
+        script,
+        base,
+        mount_point,
+        *drop,
+        *caps,
+    )
+    # the interpreter's shared library is found through an absolute path under the old prefix
+    env = (("LD_LIBRARY_PATH", os.path.join(mount_point, "lib")),)
+    return SandboxInfo("nobody", "none (network namespace)", "nobody", True, prefix,
+                       _nobody_ids()[0], os.path.join(mount_point, python), env)  # fmt: skip
+
+
 @functools.cache
 def sandbox_info() -> SandboxInfo:
     """The strongest isolation that works here (probed once per process)."""
@@ -180,9 +223,9 @@ def sandbox_info() -> SandboxInfo:
                 os.chown(tmp, info.uid, -1)
             try:
                 proc = subprocess.run(
-                    [*info.prefix, sys.executable, "-I", "-c", probe],
+                    [*info.prefix, info.python, "-I", "-c", probe],
                     cwd=tmp,
-                    env=_child_env(tmp),
+                    env={**_child_env(tmp), **dict(info.env)},
                     capture_output=True,
                     timeout=20,
                     start_new_session=True,
@@ -354,9 +397,9 @@ def run_code(
             "max_result": max_result,
         }
         proc = subprocess.Popen(
-            [*info.prefix, sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(config)],
+            [*info.prefix, info.python, "-I", "-c", BOOTSTRAP, json.dumps(config)],
             cwd=workdir,
-            env=_child_env(workdir),
+            env={**_child_env(workdir), **dict(info.env)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
