@@ -8,15 +8,15 @@ generation semantics (stop strings, log-probs, determinism).
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
 from tooltune.policies.transformer import KVCache, Transformer, TransformerConfig, config_for_size
@@ -53,7 +53,7 @@ class _Backend:
         return cache.select_rows(rows)
 
 
-class BuiltinPolicy:
+class BuiltinPolicy(ModulePolicy):
     """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
 
     def __init__(self, model: Transformer, tokenizer: BPETokenizer) -> None:
@@ -107,28 +107,9 @@ class BuiltinPolicy:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    # -- module plumbing --------------------------------------------------------------------
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> BuiltinPolicy:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> BuiltinPolicy:
-        self.model.eval()
-        return self
-
-    def to(self, device: str | torch.device) -> BuiltinPolicy:
-        self.model.to(device)
-        return self
-
     def clone(self) -> BuiltinPolicy:
         """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        model = copy.deepcopy(self.model).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return BuiltinPolicy(model, self.tokenizer)
+        return BuiltinPolicy(frozen_copy(self.model), self.tokenizer)
 
     # -- generation and scoring -------------------------------------------------------------
     def generate(

@@ -13,13 +13,11 @@ the embedding rows of those added tokens) are trained.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import torch
 
 from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
 from tooltune.policies.builtin import sequence_logprobs
+from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import generate_tokens
 from tooltune.rollout import Completion, SamplingParams
 
@@ -92,7 +91,7 @@ class _Backend:
         return cache
 
 
-class HFPolicy:
+class HFPolicy(ModulePolicy):
     """A local Hugging Face causal LM behind tooltune's token-policy interface."""
 
     def __init__(self, model: Any, tokenizer: Any, base_path: str | None = None) -> None:
@@ -168,28 +167,9 @@ class HFPolicy:
             list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
 
-    # -- module plumbing --------------------------------------------------------------------
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> HFPolicy:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> HFPolicy:
-        self.model.eval()
-        return self
-
-    def to(self, device: str | torch.device) -> HFPolicy:
-        self.model.to(device)
-        return self
-
     def clone(self) -> HFPolicy:
         """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        model = copy.deepcopy(self.model).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return HFPolicy(model, self.tokenizer, self.base_path)
+        return HFPolicy(frozen_copy(self.model), self.tokenizer, self.base_path)
 
     # -- generation and scoring -------------------------------------------------------------
     def generate(
