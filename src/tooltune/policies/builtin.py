@@ -172,7 +172,8 @@ class BuiltinPolicy(ModulePolicy):
         kv = self.model.prefix_kv(prefix_ids, prefix_mask)
         kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
         mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
-        logits = self.model(input_ids, attention_mask=mask, past_kv=kv)
+        prev = prefix_ids[prefix_index, -1]  # prefixes are left-padded: the last column is real
+        logits = self.model(input_ids, attention_mask=mask, past_kv=kv, prev_ids=prev)
         return sequence_logprobs(logits, input_ids, attention_mask)
 
     # -- persistence ------------------------------------------------------------------------
@@ -195,6 +196,7 @@ class BuiltinPolicy(ModulePolicy):
         meta = json.loads(config_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{directory} holds {meta.get('format')!r}, not a {FORMAT} policy")
+        meta["model"].setdefault("prev_token_mix", False)  # saved before the option existed
         model = Transformer(TransformerConfig(**meta["model"]))
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -28,6 +28,10 @@ class TransformerConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # Add a learned projection of the previous token's embedding to each token's input, so one
+    # attention layer can match "the token after an earlier X" (an induction head). A small model
+    # then learns to copy names and values from the prompt in hundreds of steps, not thousands.
+    prev_token_mix: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -94,6 +98,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.last_ids = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: none
 
     @property
     def capacity(self) -> int:
@@ -108,6 +113,7 @@ class KVCache:
         k[:, :, :, :n] = self.k[:, rows, :, :n]
         v[:, :, :, :n] = self.v[:, rows, :, :n]
         self.k, self.v = k, v
+        self.last_ids = self.last_ids[rows]
         return self
 
 
@@ -180,7 +186,12 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.prev_mix = (
+            nn.Linear(config.d_model, config.d_model, bias=False) if config.prev_token_mix else None
+        )
         self.apply(self._init_weights)
+        if self.prev_mix is not None:
+            nn.init.zeros_(self.prev_mix.weight)  # starts as a plain transformer
         # GPT-2 style: shrink the residual projections so the residual stream starts small.
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.down.weight"):
@@ -205,6 +216,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         logits_to_keep: int = 0,
+        prev_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for ids [B, T] (only the last ``logits_to_keep`` positions
         when it is > 0: the output head is a large share of a small model's FLOPs).
@@ -213,9 +225,10 @@ class Transformer(nn.Module):
         0 for padding. Without a mask and a cache every token is real and attention is causal.
         With a cache the new keys/values are written at ``cache.length`` and the length advances.
         ``past_kv`` (from ``prefix_kv``, one (k, v) pair per layer) is a prefix the tokens
-        attend to without copying it into a cache, so gradients flow back into the prefix.
+        attend to without copying it into a cache, so gradients flow back into the prefix;
+        ``prev_ids`` [B] is then the last token of each row's prefix (for ``prev_token_mix``).
         """
-        x = self._hidden(ids, attention_mask, cache, past_kv)
+        x = self._hidden(ids, attention_mask, cache, past_kv, prev_ids=prev_ids)
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]
         return self.norm(x) @ self.embed.weight.T
@@ -243,6 +256,7 @@ class Transformer(nn.Module):
                 cache.k[layer, rows, :, W - n : W] = k
                 cache.v[layer, rows, :, W - n : W] = v
         cache.length = W
+        cache.last_ids = ids[:, -1].clone()
         return logits
 
     def prefix_kv(
@@ -254,7 +268,9 @@ class Transformer(nn.Module):
         self._hidden(ids, attention_mask, None, None, kv)
         return kv
 
-    def _hidden(self, ids, attention_mask, cache, past_kv, kv_out=None) -> torch.Tensor:
+    def _hidden(
+        self, ids, attention_mask, cache, past_kv, kv_out=None, prev_ids=None
+    ) -> torch.Tensor:
         B, T = ids.shape
         if cache is not None and past_kv is not None:
             raise ValueError("pass either a KV cache or past_kv, not both")
@@ -280,13 +296,33 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(
             self.config.d_model // self.config.n_heads, positions, self.config.rope_theta
         )
-        x = self.drop(self.embed(ids))
+        x = self.embed(ids)
+        if self.prev_mix is not None:
+            if cache is not None and past > 0:
+                prev_ids = cache.last_ids
+            real = attention_mask[:, past:] if attention_mask is not None else None
+            x = x + self.prev_mix(self._previous_embeddings(ids, real, prev_ids))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             past_i = past_kv[i] if past_kv is not None else None
             x = block(x, cos, sin, mask, cache, past_i, kv_out)
         if cache is not None:
             cache.length += T
+            cache.last_ids = ids[:, -1].clone()
         return x
+
+    def _previous_embeddings(self, ids, real, first_prev) -> torch.Tensor:
+        """[B, T, C] embedding of the token before each token; zero where there is none (the
+        first token, or the one after padding). ``first_prev`` [B] is the token before column 0
+        (from the cache or a shared prefix; -1 for none); ``real`` [B, T] marks real tokens."""
+        B = ids.shape[0]
+        if first_prev is None:
+            first_prev = torch.full((B,), -1, dtype=torch.long, device=ids.device)
+        prev = torch.cat([first_prev[:, None].to(ids.device), ids[:, :-1]], dim=1)
+        ok = prev >= 0
+        if real is not None:
+            ok = ok & torch.cat([ok[:, :1], real[:, :-1].bool()], dim=1)
+        return self.embed(prev.clamp(min=0)) * ok[..., None].to(self.embed.weight.dtype)
 
     @staticmethod
     def _attn_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
