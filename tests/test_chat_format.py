@@ -1,6 +1,7 @@
 import json
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,6 +173,10 @@ def test_prompt_rendering_and_parse_prompt():
     system = build_system_prompt(tools)
     assert '"name": "a"' in system and "<tools>" in system
     assert "a(q: string) - A tool" in build_system_prompt(tools, style="compact")
+    b = {"type": "function", "function": {**tools[0]["function"], "name": "b"}}
+    assert build_system_prompt([*tools, b], style="names").endswith("<tools>\na, b\n</tools>")
+    with pytest.raises(ValueError, match="tool style"):
+        build_system_prompt(tools, style="yaml")
     text = render_prompt([{"role": "system", "content": system}, {"role": "user", "content": "hi"}])
     assert text.endswith("<|im_start|>assistant\n")
     messages = parse_prompt(text)

@@ -186,3 +186,27 @@ def test_rows_that_finish_early_leave_the_others_unchanged(tiny_policy):
         alone = tiny_policy.generate([p], GREEDY)[0]
         assert got.token_ids == alone.token_ids
         assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-4)
+
+
+def test_a_name_has_the_same_tokens_wherever_it_appears(texts):
+    tok = BPETokenizer.train([*texts, "Laheith Laheith 'Laheith' \"Laheith\""] * 3, vocab_size=512)
+    name = tok.encode("Laheith")
+    for context in ("Where is Laheith?", "name = 'Laheith'", '{"company": "Laheith"}'):
+        ids = tok.encode(context)
+        assert any(ids[i : i + len(name)] == name for i in range(len(ids))), context
+    assert tok.encode("x 2025")[-4:] == [tok.encode(d)[0] for d in "2025"]  # one token a digit
+
+
+def test_old_checkpoints_without_the_previous_token_mix_still_load(tiny_policy, tmp_path):
+    import json
+
+    tiny_policy.save(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["model"]["prev_token_mix"]
+    meta["model"]["vocab_size"] = tiny_policy.model.config.vocab_size
+    state = torch.load(tmp_path / "model.pt")
+    del state["prev_mix.weight"]
+    torch.save(state, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = BuiltinPolicy.load(tmp_path)
+    assert loaded.model.prev_mix is None and not loaded.model.config.prev_token_mix

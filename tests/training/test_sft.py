@@ -200,3 +200,20 @@ def test_load_chat_jsonl_bad_lines(tmp_path):
     path.write_text(json.dumps({"rows": []}) + "\n")
     with pytest.raises(ValueError, match="'messages' list"):
         load_chat_jsonl(path)
+
+
+def test_augment_gives_each_epoch_fresh_records(policy, make_config):
+    """`augment` runs on every training item once per epoch, and training sees its output."""
+    calls = []
+
+    def shift(record):  # a new mapping each call: p -> 4 + p becomes p -> 5 + p from epoch 2
+        calls.append(1)
+        ids = list(record.ids)
+        if len(calls) > 32:
+            ids[4] = min(ids[4] + 1, END - 1)
+        return TokenRecord(ids=ids, mask=record.mask, logprobs=record.logprobs)
+
+    train_sft(policy, dataset(32), sft_config(make_config, sft_epochs=12), augment=shift)
+    assert len(calls) == 32 * 12
+    ids = torch.tensor([[3, 8]])  # trained on the shifted mapping after the first epoch
+    assert policy.token_logprobs(ids, torch.ones_like(ids)).exp().item() > 0.5

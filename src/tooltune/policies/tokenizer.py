@@ -1,7 +1,11 @@
 """Byte-level BPE tokenizer for the built-in model, trained with the `tokenizers` library.
 
 Byte-level means every string round-trips exactly (``decode(encode(s)) == s``), including JSON,
-code and unicode never seen in training. The chat-format markers are special tokens: each
+code and unicode never seen in training. Before BPE, text is split so that a capitalised word
+never carries the space before it and every digit stands alone: a name or a number then has
+the same tokens in a question (" Laheith"), a JSON argument ("\"Laheith\"") and an SQL string
+("'Laheith'"), so copying it means copying tokens (GPT-2's split would give " Laheith" and
+"Laheith" different tokens, which a small model must learn to map one by one). The chat-format markers are special tokens: each
 encodes to one id wherever it appears in text, and decodes back to its text (they are never
 skipped, since the tool-call parser needs to see them).
 """
@@ -11,9 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
+
+# Capitalised word | all-caps run | lower-case word with its space | one digit | punctuation
+# with its space | any other white space character.
+PRE_SPLIT = r"[A-Z][a-z]+|[A-Z]+|\s?[a-z]+|[0-9]|\s?[^\sA-Za-z0-9]+|\s"
 
 
 class BPETokenizer:
@@ -38,7 +46,10 @@ class BPETokenizer:
         if vocab_size < 256 + len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)}")
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRE_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])  # fmt: skip
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

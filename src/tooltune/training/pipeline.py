@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
+from tooltune.chat_format import TOOL_STYLES
 from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
 from tooltune.rollout import (
     SamplingParams,
     TrajectoryCollector,
     read_trajectories,
     tokenize_trajectory,
+    trajectory_segments,
     write_trajectories,
 )
 
@@ -42,8 +44,9 @@ class PipelineSettings:
     model_size: str = "tiny"  # built-in model only
     vocab_size: int = 2048  # built-in tokenizer only
     max_seq_len: int = 1024
-    tool_style: str = "compact"  # how tools are listed in the system prompt (json for HF models)
+    tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
+    rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
     sft_tasks: int = 1600
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
@@ -61,8 +64,8 @@ class PipelineSettings:
         for key in ("val_tasks", "grpo_steps", "saved_trajectories"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
-        if self.tool_style not in ("json", "compact"):
-            raise ConfigError("pipeline.tool_style must be json or compact")
+        if self.tool_style not in TOOL_STYLES:
+            raise ConfigError(f"pipeline.tool_style must be one of {', '.join(TOOL_STYLES)}")
         if self.backend not in ("local", "ray"):
             raise ConfigError("pipeline.backend must be local or ray")
 
@@ -300,7 +303,12 @@ class AgentTrainingPipeline:
         if s.model == "builtin":
             from tooltune.policies import BuiltinPolicy
 
-            texts = [d.metadata["text"] for d in demos]
+            rename = self._rename()
+            if rename is None:
+                texts = [d.metadata["text"] for d in demos]
+            else:  # no name is frequent enough to become one token: names split into syllables
+                texts = ["".join(text for text, _ in trajectory_segments(rename(d), s.tool_style))
+                         for d in demos for _ in range(2)]  # fmt: skip
             return BuiltinPolicy.create(texts, size=s.model_size, seed=self.config.seed,
                                         vocab_size=s.vocab_size, max_seq_len=s.max_seq_len)  # fmt: skip
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
@@ -342,12 +350,18 @@ class AgentTrainingPipeline:
         write_trajectories(self.run.dir / "trajectories.jsonl", keep, append=True)
 
     # -- stage: SFT ------------------------------------------------------------------------------
+    def _rename(self) -> Callable[[Any], Any] | None:
+        """Renames the entities of a demonstration (see `tasks.augment`), or None when off."""
+        if not self.settings.rename_entities:
+            return None
+        from tooltune.tasks.augment import rename_entities
+
+        rng = random.Random(self.config.seed)
+        return lambda demo: rename_entities(demo, self.env.world, rng)
+
     def _sft(self, demos: list[Any]) -> None:
         from tooltune.training.sft import train_sft
 
-        records = [
-            tokenize_trajectory(d, self.policy.encode, self.settings.tool_style) for d in demos
-        ]
         val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
         val_demos = self._collect_expert(val_tasks) if val_tasks else []
         val_records = [tokenize_trajectory(d, self.policy.encode, self.settings.tool_style)
@@ -363,9 +377,10 @@ class AgentTrainingPipeline:
                 metrics = {"val_accuracy": result["accuracy"]}
             return metrics
 
-        history = train_sft(self.policy, records, self.config, val_records,
+        history = train_sft(self.policy, demos, self.config, val_records,
                             max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log,
-                            progress=self.progress)  # fmt: skip
+                            progress=self.progress, tool_style=self.settings.tool_style,
+                            augment=self._rename())  # fmt: skip
         for epoch, loss in enumerate(history.train_loss):
             row = {"stage": "sft", "epoch": epoch + 1, "train_loss": loss,
                    "val_loss": history.val_loss[epoch], **_flat(history.epoch_metrics[epoch])}  # fmt: skip

@@ -195,6 +195,7 @@ def train_sft(
     log: Callable[[str], None] | None = None,
     tool_style: str = "json",
     progress: bool = False,
+    augment: Callable[[Any], Any] | None = None,
 ) -> SFTHistory:
     """Fine-tune `policy` on token records or trajectories, in place.
 
@@ -205,8 +206,12 @@ def train_sft(
     gradient clipping (`config.max_grad_norm`); one optimizer step per batch of `batch_size`
     records. `config.grad_accum_steps` splits each batch into that many micro-batches to save
     memory; the loss is normalised by the supervised-token count of the whole batch, so the
-    update is the same as without splitting (as in GRPO). After every epoch the validation loss is computed and `callback(epoch, policy)` runs;
-    a dict it returns is stored in `history.epoch_metrics`.
+    update is the same as without splitting (as in GRPO). After every epoch the validation
+    loss is computed and `callback(epoch, policy)` runs; a dict it returns is stored in
+    `history.epoch_metrics`.
+
+    `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
+    every training trajectory afresh each epoch, so no epoch repeats the same text.
     """
     epochs = config.sft_epochs if epochs is None else epochs
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
@@ -217,11 +222,15 @@ def train_sft(
     history = SFTHistory()
     encode = getattr(policy, "encode", None)
 
-    all_records = to_token_records(train_records, encode, tool_style)
-    records = [r for r in all_records if _num_supervised(r, max_len) > 0]
-    history.dropped_empty = len(all_records) - len(records)
-    if not records:
-        raise ValueError("no training record has any supervised (mask == 1) token")
+    def epoch_records(items: Sequence[Any]) -> list[Any]:
+        all_records = to_token_records(items, encode, tool_style)
+        kept = [r for r in all_records if _num_supervised(r, max_len) > 0]
+        history.dropped_empty = len(all_records) - len(kept)
+        if not kept:
+            raise ValueError("no training record has any supervised (mask == 1) token")
+        return kept
+
+    records = epoch_records(train_records)
     val = [
         r
         for r in to_token_records(val_records or [], encode, tool_style)
@@ -245,6 +254,8 @@ def train_sft(
         bar = tqdm(total=steps_per_epoch * epochs, desc="SFT", unit="step", dynamic_ncols=True)
     policy.model.train()
     for epoch in range(epochs):
+        if augment is not None:
+            records = epoch_records([augment(item) for item in train_records])
         order = torch.randperm(len(records), generator=generator).tolist()
         epoch_nll, epoch_tokens = 0.0, 0.0
         for batch_records in _length_bucketed(records, order, batch_size, generator):
