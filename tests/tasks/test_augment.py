@@ -6,7 +6,7 @@ import re
 from tooltune.environment import Environment
 from tooltune.rollout import TrajectoryCollector, trajectory_segments
 from tooltune.tasks import verify
-from tooltune.tasks.augment import name_words, rename_entities
+from tooltune.tasks.augment import copy_drills, name_words, rename_entities
 from tooltune.tasks.expert import ExpertPolicy
 from tooltune.tasks.splits import sample_tasks
 
@@ -58,3 +58,14 @@ def test_renaming_is_reproducible_and_varies_with_the_stream(env, world):
     c = rename_entities(demo, world, random.Random(4))
     assert _text(a) == _text(b) != _text(c)
     assert _text(demo) != _text(a)
+
+
+def test_copy_drills_quote_an_item_of_their_message():
+    drills = copy_drills(200, random.Random(0))
+    assert drills == copy_drills(200, random.Random(0))
+    assert len({reply for _, reply in drills}) > 190  # fresh items, nothing to memorise
+    for message, reply in drills:
+        target = reply.strip('"')
+        assert reply == f'"{target}"' and message.startswith(f"Copy {target}. Not: ")
+    assert any(r.strip('"').isdigit() for _, r in drills)
+    assert any(" " in r for _, r in drills)  # multi-word names too

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tooltune.chat_format import TOOL_STYLES
+from tooltune.chat_format import IM_END, TOOL_STYLES
 from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
 from tooltune.rollout import (
     SamplingParams,
@@ -47,6 +47,7 @@ class PipelineSettings:
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
     rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
+    copy_drill_steps: int = 0  # steps on copy drills before SFT (a model trained from scratch)
     sft_tasks: int = 1600
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
@@ -61,7 +62,7 @@ class PipelineSettings:
         for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pipeline.{key} must be at least 1")
-        for key in ("val_tasks", "grpo_steps", "saved_trajectories"):
+        for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
         if self.tool_style not in TOOL_STYLES:
@@ -359,9 +360,36 @@ class AgentTrainingPipeline:
         rng = random.Random(self.config.seed)
         return lambda demo: rename_entities(demo, self.env.world, rng)
 
+    def _copy_drill(self) -> None:
+        """Teach the model to copy spans from its context before it sees a demonstration."""
+        from tooltune.chat_format import render_prompt
+        from tooltune.tasks.augment import copy_drills
+        from tooltune.training.sft import train_sft
+        from tooltune.types import TokenRecord
+
+        batch = 32
+        pairs = copy_drills(self.settings.copy_drill_steps * batch, random.Random(self.config.seed))
+        records = []
+        for user, reply in pairs:
+            record = TokenRecord()
+            record.extend(
+                self.policy.encode(render_prompt([{"role": "user", "content": user}])), False
+            )
+            record.extend(self.policy.encode(reply + IM_END), True)
+            records.append(record)
+        history = train_sft(self.policy, records, self.config, epochs=1, batch_size=batch,
+                            progress=self.progress)  # fmt: skip
+        first, last = history.step_loss[:20], history.step_loss[-20:]
+        self.log(f"[sft] copy drill: {len(history.step_loss)} steps, loss "
+                 f"{sum(first) / len(first):.2f} -> {sum(last) / len(last):.2f}")  # fmt: skip
+        self.run.log_metrics({"stage": "copy_drill", "steps": len(history.step_loss),
+                              "loss_start": first[0], "loss_end": sum(last) / len(last)})  # fmt: skip
+
     def _sft(self, demos: list[Any]) -> None:
         from tooltune.training.sft import train_sft
 
+        if self.settings.copy_drill_steps:
+            self._copy_drill()
         val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
         val_demos = self._collect_expert(val_tasks) if val_tasks else []
         val_records = [tokenize_trajectory(d, self.policy.encode, self.settings.tool_style)
