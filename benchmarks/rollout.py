@@ -42,7 +42,7 @@ from tooltune.config import AgentConfig
 from tooltune.policies.builtin import BuiltinPolicy
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 
-TOOL_STYLE = "compact"
+TOOL_STYLE = "names"  # as the demo lists tools for the built-in model
 
 
 def log(*args: Any) -> None:
