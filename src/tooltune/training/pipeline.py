@@ -47,7 +47,7 @@ class PipelineSettings:
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
     rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
-    copy_drill_steps: int = 0  # steps on copy drills before SFT (a model trained from scratch)
+    copy_drill_steps: int = 0  # copy drills before SFT; built-in model only (pretrained ones copy)
     sft_tasks: int = 1600
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
@@ -388,7 +388,7 @@ class AgentTrainingPipeline:
     def _sft(self, demos: list[Any]) -> None:
         from tooltune.training.sft import train_sft
 
-        if self.settings.copy_drill_steps:
+        if self.settings.copy_drill_steps and self.settings.model == "builtin":
             self._copy_drill()
         val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
         val_demos = self._collect_expert(val_tasks) if val_tasks else []
