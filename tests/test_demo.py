@@ -104,3 +104,23 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
         "after_sft",
         "after_grpo",
     ]
+
+
+def test_hugging_face_models_get_room_for_json_tools_and_one_row_micro_batches():
+    """SmolLM2 with the JSON tool listing: episodes must fit and SFT must not need 24+ GB."""
+    from tooltune.cli import build_parser
+    from tooltune.training.pipeline import resolve_demo
+
+    def resolve(*argv: str):
+        return resolve_demo(build_parser().parse_args(["demo", "--preset", "smoke", *argv]))
+
+    config, settings = resolve("--model", "smollm2-135m")
+    assert settings.model == "smollm2-135m" and settings.tool_style == "json"
+    assert config.max_trajectory_len == 4096 and settings.max_seq_len == 4096
+    assert config.grad_accum_steps == config.sft_batch_size
+    config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=2048",
+                               "--set", "pipeline.tool_style=compact")  # fmt: skip
+    assert config.max_trajectory_len == 2048 and settings.tool_style == "compact"
+    config, settings = resolve()  # the built-in model keeps the preset
+    assert settings.tool_style == "names" and config.max_trajectory_len == 1536
+    assert config.grad_accum_steps == 1

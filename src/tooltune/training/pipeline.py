@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from tooltune.chat_format import IM_END, TOOL_STYLES
-from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config, parse_override
 from tooltune.rollout import (
     SamplingParams,
     TrajectoryCollector,
@@ -557,27 +557,40 @@ def load_policy(directory: str | Path) -> Any:
 # ------------------------------------------------------------------------------------------------
 
 
+def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
+    """The demo's config and pipeline settings: the preset, defaults for Hugging Face models,
+    then the user's `--config` file and `--set` overrides (which win)."""
+    config_table, pipeline_table = load_preset(args.preset)
+    if args.model != "builtin":
+        pipeline_table["model"] = args.model
+        pipeline_table.setdefault("tool_style", "json")
+        # The JSON tool listing alone can pass 1,500 tokens (episodes then could not start);
+        # SmolLM2 reads 8,192.
+        for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
+            table[key] = max(int(table.get(key, 0)), 4096)
+        # One row per micro-batch: SmolLM2's [rows, 1,500 tokens, 49k vocabulary] logits and 30
+        # layers of activations for 8 rows took more than 24 GB (killed by the OOM killer).
+        config_table.setdefault("grad_accum_steps", int(config_table.get("sft_batch_size", 16)))
+    config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
+    for override in args.overrides:
+        if override.startswith("pipeline."):
+            path, value = parse_override(override)
+            pipeline_table[".".join(path[1:])] = value
+    if getattr(args, "backend", "local") != "local":
+        pipeline_table["backend"] = args.backend
+        pipeline_table["ray_address"] = args.ray_address
+    config_table.setdefault("seed", args.seed)
+    config = load_config(args.config, config_overrides, base=config_table)
+    return config, make_settings(pipeline_table)
+
+
 def run_demo(args: Any) -> int:
     """Build the world, train, evaluate, and write the run directory with its report."""
     from tooltune.environment import Environment
     from tooltune.training.report import write_report
 
     started = time.perf_counter()
-    config_table, pipeline_table = load_preset(args.preset)
-    config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
-    for override in args.overrides:
-        if override.startswith("pipeline."):
-            key, _, value = override[len("pipeline.") :].partition("=")
-            pipeline_table[key.strip()] = tomllib.loads(f"v = {value}")["v"] if value else value
-    if getattr(args, "backend", "local") != "local":
-        pipeline_table["backend"] = args.backend
-        pipeline_table["ray_address"] = args.ray_address
-    if args.model != "builtin":
-        pipeline_table["model"] = args.model
-        pipeline_table.setdefault("tool_style", "json")
-    config_table.setdefault("seed", args.seed)
-    config = load_config(args.config, config_overrides, base=config_table)
-    settings = make_settings(pipeline_table)
+    config, settings = resolve_demo(args)
     name = (
         args.name
         or f"{Path(args.preset).stem}-{settings.model.replace('/', '_')}-seed{config.seed}"
