@@ -380,10 +380,10 @@ class AgentTrainingPipeline:
         history = train_sft(self.policy, records, self.config, epochs=1, batch_size=batch,
                             progress=self.progress)  # fmt: skip
         first, last = history.step_loss[:20], history.step_loss[-20:]
-        self.log(f"[sft] copy drill: {len(history.step_loss)} steps, loss "
-                 f"{sum(first) / len(first):.2f} -> {sum(last) / len(last):.2f}")  # fmt: skip
+        start, end = sum(first) / len(first), sum(last) / len(last)  # means of 20 steps
+        self.log(f"[sft] copy drill: {len(history.step_loss)} steps, loss {start:.2f} -> {end:.2f}")
         self.run.log_metrics({"stage": "copy_drill", "steps": len(history.step_loss),
-                              "loss_start": first[0], "loss_end": sum(last) / len(last)})  # fmt: skip
+                              "loss_start": start, "loss_end": end})  # fmt: skip
 
     def _sft(self, demos: list[Any]) -> None:
         from tooltune.training.sft import train_sft
