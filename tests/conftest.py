@@ -1,6 +1,53 @@
 """Suite-wide settings: one torch thread (tiny models on a shared 2-core machine run faster and
 more predictably that way, and results do not depend on the core count)."""
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+def build_tiny_qwen2(path, texts, vocab_size: int = 300, sharpen: bool = True):
+    """Save a tiny random Qwen2 with a BPE tokenizer trained on `texts` to `path` (no downloads).
+    Its tokenizer knows <|im_start|>/<|im_end|> but none of tooltune's other markers, like most
+    chat models. `sharpen` draws larger random weights, so outputs depend on the whole prefix."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>"
+    )
+    config = transformers.Qwen2Config(
+        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config)
+    if sharpen:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
+            model.get_input_embeddings().weight.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    """`build_tiny_qwen2`, as a fixture (test modules are imported by path, not as a package)."""
+    return build_tiny_qwen2

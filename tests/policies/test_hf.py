@@ -6,7 +6,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from tooltune.chat_format import IM_END, SPECIAL_TOKENS, TOOL_CALL_OPEN, render_prompt  # noqa: E402
 from tooltune.policies.hf import HFPolicy, LoraSettings, load_smollm2  # noqa: E402
@@ -24,38 +23,10 @@ def prompt(question: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, tiny_qwen2):
     """A Qwen2-shaped model whose tokenizer knows <|im_start|>/<|im_end|> but none of
     tooltune's other markers, like most chat models."""
-    path = tmp_path_factory.mktemp("tiny_qwen2")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>"
-    )
-    config = transformers.Qwen2Config(
-        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(config)
-    with torch.no_grad():  # sharper random logits, so greedy outputs depend on the prefix
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
-        model.get_input_embeddings().weight.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    hf_tok.save_pretrained(path)
-    return path
+    return tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), CORPUS, vocab_size=400)
 
 
 @pytest.fixture(scope="module")

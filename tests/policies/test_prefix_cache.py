@@ -9,40 +9,12 @@ from tooltune.rollout import SamplingParams
 
 
 @pytest.fixture(scope="module")
-def hf_policy(tmp_path_factory):
+def hf_policy(tmp_path_factory, tiny_qwen2):
     """A tiny random Qwen2 with a tokenizer trained here (no downloads)."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from tooltune.policies.hf import HFPolicy
 
-    path = tmp_path_factory.mktemp("prefix_qwen2")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["The quick brown fox. Paris is the capital of France."] * 20, trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
-    config = transformers.Qwen2Config(
-        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(config)
-    with torch.no_grad():  # sharper random logits, so outputs depend on the whole prefix
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
-        model.get_input_embeddings().weight.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    hf_tok.save_pretrained(path)
-    return HFPolicy.from_pretrained(path)
+    texts = ["The quick brown fox. Paris is the capital of France."] * 20
+    return HFPolicy.from_pretrained(tiny_qwen2(tmp_path_factory.mktemp("prefix_qwen2"), texts))
 
 
 def make_rows(vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:

@@ -27,32 +27,10 @@ def builtin_policy() -> BuiltinPolicy:
 
 
 @pytest.fixture(scope="module")
-def hf_policy(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+def hf_policy(tmp_path_factory, tiny_qwen2):
     from tooltune.policies.hf import HFPolicy
 
-    path = tmp_path_factory.mktemp("grpo_prefix_qwen2")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
-    config = transformers.Qwen2Config(
-        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.Qwen2ForCausalLM(config).save_pretrained(path)
-    hf_tok.save_pretrained(path)
+    path = tiny_qwen2(tmp_path_factory.mktemp("grpo_prefix_qwen2"), TEXTS, sharpen=False)
     return HFPolicy.from_pretrained(path)
 
 
