@@ -100,6 +100,11 @@ class AgentConfig:
     sft_epochs: int = 3
     sft_learning_rate: float = 1e-3
     sft_batch_size: int = 16
+    # Weight of the next-token loss on context tokens (prompt, tool output, formatting) beside
+    # the model's own tokens, whose weight is 1. 0 (the default) trains on the model's own
+    # tokens only; a model trained from scratch learns to read names and values faster with a
+    # little of it (as OpenAI's legacy fine-tuning `prompt_loss_weight`, default 0.01).
+    sft_context_weight: float = 0.0
 
     reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)
 
@@ -127,7 +132,7 @@ class AgentConfig:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
-        for key in ["kl_coef", "temperature", "weight_decay", "clip_eps"]:
+        for key in ["kl_coef", "temperature", "weight_decay", "clip_eps", "sft_context_weight"]:
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be >= 0 and finite, got {value!r}")

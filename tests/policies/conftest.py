@@ -15,8 +15,8 @@ def texts() -> list[str]:
     return list(QUESTION_TEXTS)
 
 
-@pytest.fixture(scope="session")
-def tiny_policy():
+@pytest.fixture(scope="session", params=[False, True], ids=["plain", "copy_head"])
+def tiny_policy(request):
     """An untrained tiny model; shared, so tests must not train it (clone it first).
 
     The default initialisation gives near-uniform logits and greedy decoding then repeats one
@@ -27,7 +27,8 @@ def tiny_policy():
     from tooltune.policies.builtin import BuiltinPolicy
 
     policy = BuiltinPolicy.create(
-        QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256
+        QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256,
+        copy_head=request.param,
     )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -35,4 +36,6 @@ def tiny_policy():
             if p.dim() == 2:
                 std = 0.1 if name == "embed.weight" else 2.0 * p.shape[1] ** -0.5
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+        if request.param:  # mostly the vocabulary: a copy head alone repeats a short prompt
+            policy.model.copy_gate.bias.fill_(2.0)
     return policy

@@ -84,6 +84,26 @@ def test_loss_only_on_supervised_tokens(policy, make_config):
     assert torch.all(grad[:, target_mask] < 0)  # descending the NLL raises these log-probs
 
 
+def test_context_weight_trains_context_tokens_and_reports_own_loss(policy, make_config):
+    grads = []
+    inner = policy.token_logprobs
+
+    def spy(input_ids, attention_mask):
+        out = inner(input_ids, attention_mask)
+        out.retain_grad()
+        grads.append(out)
+        return out
+
+    policy.token_logprobs = spy
+    before = evaluate_loss(policy, dataset(4))
+    config = sft_config(make_config, sft_epochs=1, sft_context_weight=0.25)
+    history = train_sft(policy, dataset(4), config)
+    grad = grads[0].grad  # d loss / d log p: -1/N on own targets, -0.25/N on context, N = 8
+    assert torch.allclose(grad[:, 3:], torch.full((4, 2), -1 / 8))
+    assert torch.allclose(grad[:, :3], torch.full((4, 3), -0.25 / 8))
+    assert history.step_loss[0] == pytest.approx(before, rel=1e-5)  # the own-token NLL
+
+
 def test_gradient_accumulation_matches_large_batch(toy_policy_cls, make_config):
     # records of different supervised lengths, so a per-batch mean would differ from the total
     recs = dataset(6) + [TokenRecord([2, 6, 1, 2, 3, END], [0, 1, 1, 1, 1, 1], [0.0] * 6)] * 2

@@ -169,6 +169,10 @@ class BuiltinPolicy(ModulePolicy):
         keys/values are expanded to the rows inside the graph, so the gradients of every row
         flow back into the single prefix computation.
         """
+        if self.model.config.copy_head:  # the copy head points into the prefix: run it per row
+            ids = torch.cat([prefix_ids[prefix_index], input_ids], dim=1)
+            mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+            return self.token_logprobs(ids, mask)[:, prefix_ids.shape[1] :]
         kv = self.model.prefix_kv(prefix_ids, prefix_mask)
         kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
         mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
@@ -196,7 +200,8 @@ class BuiltinPolicy(ModulePolicy):
         meta = json.loads(config_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{directory} holds {meta.get('format')!r}, not a {FORMAT} policy")
-        meta["model"].setdefault("prev_token_mix", False)  # saved before the option existed
+        meta["model"].setdefault("prev_token_mix", False)  # saved before the options existed
+        meta["model"].setdefault("copy_head", False)
         model = Transformer(TransformerConfig(**meta["model"]))
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)

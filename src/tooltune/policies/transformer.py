@@ -32,6 +32,12 @@ class TransformerConfig:
     # attention layer can match "the token after an earlier X" (an induction head). A small model
     # then learns to copy names and values from the prompt in hundreds of steps, not thousands.
     prev_token_mix: bool = True
+    # A copy head (pointer-generator, See et al. 2017): the output distribution mixes the
+    # vocabulary softmax with an attention distribution over the tokens already in the context,
+    # so writing a name or a number seen in the question or a tool result is one pointing
+    # step. Attention to the right position gets a gradient from the first step, instead of
+    # waiting for an induction circuit to form.
+    copy_head: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -99,6 +105,10 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.last_ids = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: none
+        # the copy head's keys and the token ids they point at (empty without a copy head)
+        width = config.d_model if config.copy_head else 0
+        self.copy_k = torch.zeros((batch, capacity, width), device=device, dtype=dtype)
+        self.ids = torch.zeros((batch, capacity if width else 0), dtype=torch.long, device=device)
 
     @property
     def capacity(self) -> int:
@@ -114,6 +124,9 @@ class KVCache:
         v[:, :, :, :n] = self.v[:, rows, :, :n]
         self.k, self.v = k, v
         self.last_ids = self.last_ids[rows]
+        copy_k, ids = self.copy_k.new_zeros(len(rows), *self.copy_k.shape[1:]), self.ids[rows]
+        copy_k[:, :n] = self.copy_k[rows, :n]
+        self.copy_k, self.ids = copy_k, ids
         return self
 
 
@@ -189,7 +202,14 @@ class Transformer(nn.Module):
         self.prev_mix = (
             nn.Linear(config.d_model, config.d_model, bias=False) if config.prev_token_mix else None
         )
+        self.copy_q = self.copy_k = self.copy_gate = None
+        if config.copy_head:
+            self.copy_q = nn.Linear(config.d_model, config.d_model, bias=False)
+            self.copy_k = nn.Linear(config.d_model, config.d_model, bias=False)
+            self.copy_gate = nn.Linear(config.d_model, 1)
         self.apply(self._init_weights)
+        if self.copy_gate is not None:
+            nn.init.zeros_(self.copy_gate.bias)
         if self.prev_mix is not None:
             nn.init.zeros_(self.prev_mix.weight)  # starts as a plain transformer
         # GPT-2 style: shrink the residual projections so the residual stream starts small.
@@ -228,10 +248,43 @@ class Transformer(nn.Module):
         attend to without copying it into a cache, so gradients flow back into the prefix;
         ``prev_ids`` [B] is then the last token of each row's prefix (for ``prev_token_mix``).
         """
-        x = self._hidden(ids, attention_mask, cache, past_kv, prev_ids=prev_ids)
-        if logits_to_keep > 0:
-            x = x[:, -logits_to_keep:]
-        return self.norm(x) @ self.embed.weight.T
+        if self.copy_q is None:
+            x = self._hidden(ids, attention_mask, cache, past_kv, prev_ids=prev_ids)
+            if logits_to_keep > 0:
+                x = x[:, -logits_to_keep:]
+            return self.norm(x) @ self.embed.weight.T
+        if past_kv is not None:
+            raise ValueError("the copy head needs every position's hidden state; pass no past_kv")
+        h = self.norm(self._hidden(ids, attention_mask, cache, None))
+        keys, key_ids, start = self.copy_k(h), ids, 0
+        if cache is not None:  # _hidden advanced the cache: the new tokens start at length - T
+            start = cache.length - ids.shape[1]
+            cache.copy_k[:, start : cache.length] = keys.detach()
+            cache.ids[:, start : cache.length] = ids
+            keys, key_ids = cache.copy_k[:, : cache.length], cache.ids[:, : cache.length]
+        keep = logits_to_keep if logits_to_keep > 0 else h.shape[1]
+        first_query = keys.shape[1] - keep
+        return self._copy_mixture(h[:, -keep:], keys, key_ids, attention_mask, first_query)
+
+    def _copy_mixture(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
+        """Log-probabilities [B, Tq, V] of the copy head's mixture for queries h [B, Tq, C]
+        (normed hidden states) over keys [B, S, C] of tokens key_ids [B, S]; query i sits at
+        key position ``first_query + i``. Log-probabilities are valid logits: softmax gives the
+        mixture back, so sampling, temperature and ``log_softmax`` work unchanged."""
+        B, Tq, C = h.shape
+        S = keys.shape[1]
+        scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(C)  # [B, Tq, S]
+        q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
+        k_pos = torch.arange(S, device=h.device)[None, :]
+        allowed = (k_pos <= q_pos)[None]
+        if key_mask is not None:
+            allowed = (allowed & key_mask.bool()[:, None, :]) | (k_pos == q_pos)[None]
+        attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        index = key_ids[:, None, :].expand(B, Tq, S)
+        p_copy = attn.new_zeros(B, Tq, self.config.vocab_size).scatter_add_(2, index, attn)
+        gate = torch.sigmoid(self.copy_gate(h).float())
+        p_vocab = (h @ self.embed.weight.T).float().softmax(dim=-1)
+        return torch.log((gate * p_vocab + (1 - gate) * p_copy).clamp_min(1e-30))
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache):
@@ -248,7 +301,14 @@ class Transformer(nn.Module):
             rows = torch.tensor([b for b in range(B) if lengths[b] == n], device=ids.device)
             kv: list[tuple[torch.Tensor, torch.Tensor]] = []
             x = self._hidden(ids[rows, W - n :], None, None, None, kv)
-            out = self.norm(x[:, -1]) @ self.embed.weight.T
+            if self.copy_q is None:
+                out = self.norm(x[:, -1]) @ self.embed.weight.T
+            else:
+                h = self.norm(x)
+                keys = self.copy_k(h)
+                cache.copy_k[rows, W - n : W] = keys
+                cache.ids[rows, W - n : W] = ids[rows, W - n :]
+                out = self._copy_mixture(h[:, -1:], keys, ids[rows, W - n :], None, n - 1)[:, 0]
             if logits is None:
                 logits = out.new_empty(B, out.shape[-1])
             logits[rows] = out

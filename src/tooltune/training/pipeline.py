@@ -43,6 +43,7 @@ class PipelineSettings:
     model: str = "builtin"  # builtin | smollm2-135m | a local Hugging Face model directory
     model_size: str = "tiny"  # built-in model only
     vocab_size: int = 2048  # built-in tokenizer only
+    copy_head: bool = True  # built-in model only: a pointer-generator output (see transformer)
     max_seq_len: int = 1024
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
@@ -311,7 +312,8 @@ class AgentTrainingPipeline:
                 texts = ["".join(text for text, _ in trajectory_segments(rename(d), s.tool_style))
                          for d in demos for _ in range(2)]  # fmt: skip
             return BuiltinPolicy.create(texts, size=s.model_size, seed=self.config.seed,
-                                        vocab_size=s.vocab_size, max_seq_len=s.max_seq_len)  # fmt: skip
+                                        vocab_size=s.vocab_size, max_seq_len=s.max_seq_len,
+                                        copy_head=s.copy_head)  # fmt: skip
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
 
         path = load_smollm2() if s.model == "smollm2-135m" else s.model

@@ -155,6 +155,19 @@ def masked_nll_sum(policy: Any, batch: TokenBatch) -> torch.Tensor:
     return -(logp * batch.loss_mask).sum()
 
 
+def _own_and_weighted_nll(
+    policy: Any, batch: TokenBatch, context_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL of the model's own tokens, that plus `context_weight` x the NLL of the context
+    tokens): the first is what SFT reports, the second what it minimises."""
+    logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+    own = -(logp * batch.loss_mask).sum()
+    if not context_weight:
+        return own, own
+    context = batch.attention_mask[:, 1:] * (1.0 - batch.loss_mask)
+    return own, own - context_weight * (logp * context).sum()
+
+
 @torch.no_grad()
 def evaluate_loss(
     policy: Any, records: Sequence[Any], batch_size: int = 16, max_len: int | None = None
@@ -210,6 +223,9 @@ def train_sft(
     loss is computed and `callback(epoch, policy)` runs; a dict it returns is stored in
     `history.epoch_metrics`.
 
+    With `config.sft_context_weight` > 0 the context tokens (prompt, tool output) are targets
+    too, at that weight; the reported losses stay those of the model's own tokens.
+
     `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
     every training trajectory afresh each epoch, so no epoch repeats the same text.
     """
@@ -217,6 +233,7 @@ def train_sft(
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
     batch_size = config.sft_batch_size if batch_size is None else batch_size
     accum = max(1, int(config.grad_accum_steps))
+    context_weight = float(getattr(config, "sft_context_weight", 0.0))
     if max_len is None:
         max_len = getattr(policy, "max_seq_len", None)
     history = SFTHistory()
@@ -268,8 +285,8 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             batch_nll = 0.0
             for part in parts:
-                nll = masked_nll_sum(policy, part)
-                (nll / batch_tokens).backward()
+                nll, loss = _own_and_weighted_nll(policy, part, context_weight)
+                (loss / batch_tokens).backward()
                 batch_nll += nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
