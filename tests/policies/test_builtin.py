@@ -210,3 +210,29 @@ def test_old_checkpoints_without_the_previous_token_mix_still_load(tiny_policy, 
     (tmp_path / "config.json").write_text(json.dumps(meta))
     loaded = BuiltinPolicy.load(tmp_path)
     assert loaded.model.prev_mix is None and not loaded.model.config.prev_token_mix
+
+
+def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
+    policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, copy_head=True)
+    model = policy.model
+    ids = torch.tensor([policy.encode("Qwerty Zxcv Qwerty")])
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.copy_q.weight)  # uniform attention over the tokens so far
+        model.copy_gate.bias.fill_(-30.0)  # all mass on the pointer
+        logp = model(ids)
+    probs = logp.exp()
+    assert torch.allclose(probs.sum(-1), torch.ones(ids.shape))
+    for t in range(ids.shape[1]):  # p(w) = share of the first t+1 tokens that are w
+        seen = ids[0, : t + 1].tolist()
+        expected = torch.zeros(model.config.vocab_size)
+        for w in seen:
+            expected[w] += 1 / len(seen)
+        assert torch.allclose(probs[0, t], expected, atol=1e-5)
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(30.0)  # all mass on the vocabulary: a plain output head
+        plain = (model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T)
+        assert torch.allclose(model(ids).exp(), plain.softmax(-1), atol=1e-5)
+    targets = ids[:, 1:, None]
+    assert torch.allclose(
+        model.target_logprobs(ids), model(ids)[:, :-1].gather(-1, targets).squeeze(-1), atol=1e-5
+    )

@@ -149,8 +149,8 @@ class BuiltinPolicy(ModulePolicy):
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients. Padding may be on
         either side (positions are counted from the mask); padded targets get 0."""
-        logits = self.model(input_ids, attention_mask=attention_mask)
-        return sequence_logprobs(logits, input_ids, attention_mask)
+        logp = self.model.target_logprobs(input_ids, attention_mask)
+        return logp * attention_mask[:, 1:].to(logp.dtype)
 
     def prefix_token_logprobs(
         self,

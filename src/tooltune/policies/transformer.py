@@ -266,20 +266,46 @@ class Transformer(nn.Module):
         first_query = keys.shape[1] - keep
         return self._copy_mixture(h[:, -keep:], keys, key_ids, attention_mask, first_query)
 
-    def _copy_mixture(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
-        """Log-probabilities [B, Tq, V] of the copy head's mixture for queries h [B, Tq, C]
-        (normed hidden states) over keys [B, S, C] of tokens key_ids [B, S]; query i sits at
-        key position ``first_query + i``. Log-probabilities are valid logits: softmax gives the
-        mixture back, so sampling, temperature and ``log_softmax`` work unchanged."""
-        B, Tq, C = h.shape
-        S = keys.shape[1]
-        scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(C)  # [B, Tq, S]
+    def target_logprobs(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, T-1] log-probability of token t+1 given tokens <= t (the training path; no
+        cache). With the copy head only each target's own share of the pointer is computed,
+        not the whole [B, T, vocab] mixture: training time stays close to the plain model's."""
+        h = self.norm(self._hidden(ids, attention_mask, None, None))[:, :-1]
+        target = ids[:, 1:]
+        logits = (h @ self.embed.weight.T).float()
+        logp_vocab = logits.log_softmax(dim=-1).gather(-1, target[..., None]).squeeze(-1)
+        if self.copy_q is None:
+            return logp_vocab
+        key_mask = None if attention_mask is None else attention_mask[:, :-1]
+        attn = self._copy_attention(h, self.copy_k(h), key_mask, 0)  # [B, T-1, T-1]
+        p_copy = (attn * (ids[:, None, :-1] == target[:, :, None])).sum(-1)
+        gate = self.copy_gate(h).float().squeeze(-1)
+        return torch.logaddexp(
+            F.logsigmoid(gate) + logp_vocab, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log()
+        )
+
+    def _copy_attention(self, h, keys, key_mask, first_query: int) -> torch.Tensor:
+        """The copy head's attention [B, Tq, S] of queries h [B, Tq, C] (normed hidden states)
+        over keys [B, S, C]; query i sits at key position ``first_query + i`` and sees the keys
+        up to itself that ``key_mask`` [B, S] marks real."""
+        Tq, S = h.shape[1], keys.shape[1]
+        scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(h.shape[-1])
         q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
         k_pos = torch.arange(S, device=h.device)[None, :]
         allowed = (k_pos <= q_pos)[None]
         if key_mask is not None:
             allowed = (allowed & key_mask.bool()[:, None, :]) | (k_pos == q_pos)[None]
-        attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        return scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+
+    def _copy_mixture(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
+        """Log-probabilities [B, Tq, V] of the copy head's mixture for queries h over keys of
+        tokens key_ids [B, S] (see ``_copy_attention``). Log-probabilities are valid logits:
+        softmax gives the mixture back, so sampling, temperature and ``log_softmax`` work
+        unchanged."""
+        attn = self._copy_attention(h, keys, key_mask, first_query)
+        B, Tq, S = attn.shape
         index = key_ids[:, None, :].expand(B, Tq, S)
         p_copy = attn.new_zeros(B, Tq, self.config.vocab_size).scatter_add_(2, index, attn)
         gate = torch.sigmoid(self.copy_gate(h).float())
