@@ -26,7 +26,6 @@ from tooltune.tasks.augment import copy_drills
 from tooltune.training.sft import train_sft
 from tooltune.types import TokenRecord
 
-
 VARIANTS = {
     "plain": dict(prev_token_mix=False, copy_head=False),
     "prev_mix": dict(prev_token_mix=True, copy_head=False),

@@ -27,7 +27,11 @@ def tiny_policy(request):
     from tooltune.policies.builtin import BuiltinPolicy
 
     policy = BuiltinPolicy.create(
-        QUESTION_TEXTS, size="tiny", seed=0, vocab_size=512, max_seq_len=256,
+        QUESTION_TEXTS,
+        size="tiny",
+        seed=0,
+        vocab_size=512,
+        max_seq_len=256,
         copy_head=request.param,
     )
     gen = torch.Generator().manual_seed(0)

@@ -230,7 +230,7 @@ def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
         assert torch.allclose(probs[0, t], expected, atol=1e-5)
     with torch.no_grad():
         model.copy_gate.bias.fill_(30.0)  # all mass on the vocabulary: a plain output head
-        plain = (model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T)
+        plain = model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T
         assert torch.allclose(model(ids).exp(), plain.softmax(-1), atol=1e-5)
     targets = ids[:, 1:, None]
     assert torch.allclose(

@@ -43,7 +43,7 @@ class PipelineSettings:
     model: str = "builtin"  # builtin | smollm2-135m | a local Hugging Face model directory
     model_size: str = "tiny"  # built-in model only
     vocab_size: int = 2048  # built-in tokenizer only
-    copy_head: bool = True  # built-in model only: a pointer-generator output (see transformer)
+    copy_head: bool = False  # built-in model only: a pointer-generator output (see transformer)
     max_seq_len: int = 1024
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights

@@ -2,7 +2,8 @@
 
 The loss is the mean negative log-likelihood of the model's own tokens only (`TokenRecord.mask == 1`):
 prompts, tool outputs and chat formatting are context, never targets, so the model learns to
-produce calls and answers rather than to predict what tools print.
+produce calls and answers rather than to predict what tools print. (`sft_context_weight` adds the
+context tokens back at a small weight, an option for models trained from scratch.)
 """
 
 from __future__ import annotations
