@@ -222,16 +222,21 @@ def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
         logp = model(ids)
     probs = logp.exp()
     assert torch.allclose(probs.sum(-1), torch.ones(ids.shape))
-    for t in range(ids.shape[1]):  # p(w) = share of the first t+1 tokens that are w
-        seen = ids[0, : t + 1].tolist()
+    vocab_only = model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T
+    assert torch.allclose(probs[0, 0], vocab_only[0, 0].softmax(-1))  # nothing to point at yet
+    for t in range(1, ids.shape[1]):  # p(w) = share of the tokens that followed 0..t-1 that are w
+        followers = ids[0, 1 : t + 1].tolist()
         expected = torch.zeros(model.config.vocab_size)
-        for w in seen:
-            expected[w] += 1 / len(seen)
+        for w in followers:
+            expected[w] += 1 / len(followers)
         assert torch.allclose(probs[0, t], expected, atol=1e-5)
     with torch.no_grad():
         model.copy_gate.bias.fill_(30.0)  # all mass on the vocabulary: a plain output head
         plain = model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T
         assert torch.allclose(model(ids).exp(), plain.softmax(-1), atol=1e-5)
+    with torch.no_grad():  # both parts, attention not uniform: training's path agrees
+        model.copy_gate.bias.fill_(0.0)
+        torch.nn.init.normal_(model.copy_q.weight, std=0.5)
     targets = ids[:, 1:, None]
     assert torch.allclose(
         model.target_logprobs(ids), model(ids)[:, :-1].gather(-1, targets).squeeze(-1), atol=1e-5

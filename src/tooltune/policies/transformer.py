@@ -280,24 +280,28 @@ class Transformer(nn.Module):
             return logp_vocab
         key_mask = None if attention_mask is None else attention_mask[:, :-1]
         attn = self._copy_attention(h, self.copy_k(h), key_mask, 0)  # [B, T-1, T-1]
-        p_copy = (attn * (ids[:, None, :-1] == target[:, :, None])).sum(-1)
-        gate = self.copy_gate(h).float().squeeze(-1)
+        p_copy = (attn * (ids[:, None, 1:] == target[:, :, None])).sum(-1)
+        # the copy share is 0 where there is nothing to point at (the first position)
+        share = torch.sigmoid(-self.copy_gate(h).float().squeeze(-1)) * attn.sum(-1)
+        share = share.clamp(1e-30, 1 - 1e-7)
         return torch.logaddexp(
-            F.logsigmoid(gate) + logp_vocab, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log()
+            torch.log1p(-share) + logp_vocab, share.log() + p_copy.clamp_min(1e-30).log()
         )
 
     def _copy_attention(self, h, keys, key_mask, first_query: int) -> torch.Tensor:
         """The copy head's attention [B, Tq, S] of queries h [B, Tq, C] (normed hidden states)
-        over keys [B, S, C]; query i sits at key position ``first_query + i`` and sees the keys
-        up to itself that ``key_mask`` [B, S] marks real."""
+        over keys [B, S, C]. Query i sits at key position ``first_query + i`` and points at an
+        earlier real position s (``key_mask`` [B, S]) to write the token that followed s, as an
+        induction head does: after "Troushon", matching "Troushon" in the question writes
+        "Scooter". A query with no earlier position gets all zeros."""
         Tq, S = h.shape[1], keys.shape[1]
         scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(h.shape[-1])
         q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
         k_pos = torch.arange(S, device=h.device)[None, :]
-        allowed = (k_pos <= q_pos)[None]
+        allowed = (k_pos < q_pos)[None]
         if key_mask is not None:
-            allowed = (allowed & key_mask.bool()[:, None, :]) | (k_pos == q_pos)[None]
-        return scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            allowed = allowed & key_mask.bool()[:, None, :]
+        return scores.float().masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed
 
     def _copy_mixture(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
         """Log-probabilities [B, Tq, V] of the copy head's mixture for queries h over keys of
@@ -306,11 +310,13 @@ class Transformer(nn.Module):
         unchanged."""
         attn = self._copy_attention(h, keys, key_mask, first_query)
         B, Tq, S = attn.shape
-        index = key_ids[:, None, :].expand(B, Tq, S)
+        next_ids = torch.cat([key_ids[:, 1:], key_ids[:, :1]], dim=1)  # the last is never used
+        index = next_ids[:, None, :].expand(B, Tq, S)
         p_copy = attn.new_zeros(B, Tq, self.config.vocab_size).scatter_add_(2, index, attn)
-        gate = torch.sigmoid(self.copy_gate(h).float())
+        # the copy share is 0 where there is nothing to point at (the first position)
+        copy_share = torch.sigmoid(-self.copy_gate(h).float()) * attn.sum(-1, keepdim=True)
         p_vocab = (h @ self.embed.weight.T).float().softmax(dim=-1)
-        return torch.log((gate * p_vocab + (1 - gate) * p_copy).clamp_min(1e-30))
+        return torch.log(((1 - copy_share) * p_vocab + copy_share * p_copy).clamp_min(1e-30))
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache):
