@@ -33,10 +33,10 @@ class TransformerConfig:
     # then learns to copy names and values from the prompt in hundreds of steps, not thousands.
     prev_token_mix: bool = True
     # A copy head (pointer-generator, See et al. 2017): the output distribution mixes the
-    # vocabulary softmax with an attention distribution over the tokens already in the context,
-    # so writing a name or a number seen in the question or a tool result is one pointing
-    # step. Attention to the right position gets a gradient from the first step, instead of
-    # waiting for an induction circuit to form.
+    # vocabulary softmax with a pointer over the context that, like an induction head, writes
+    # the token that followed the position it points at; so continuing a name or a number seen
+    # in the question or a tool result is one pointing step. Attention to the right position
+    # gets a gradient from the first step, instead of waiting for an induction circuit to form.
     copy_head: bool = False
 
     def __post_init__(self) -> None:
