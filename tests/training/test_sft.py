@@ -85,6 +85,7 @@ def test_loss_only_on_supervised_tokens(policy, make_config):
 
 
 def test_context_weight_trains_context_tokens_and_reports_own_loss(policy, make_config):
+    before = evaluate_loss(policy, dataset(4))
     grads = []
     inner = policy.token_logprobs
 
@@ -95,7 +96,6 @@ def test_context_weight_trains_context_tokens_and_reports_own_loss(policy, make_
         return out
 
     policy.token_logprobs = spy
-    before = evaluate_loss(policy, dataset(4))
     config = sft_config(make_config, sft_epochs=1, sft_context_weight=0.25)
     history = train_sft(policy, dataset(4), config)
     grad = grads[0].grad  # d loss / d log p: -1/N on own targets, -0.25/N on context, N = 8
