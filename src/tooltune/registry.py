@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import json
 import re
@@ -39,6 +40,25 @@ class ToolRegistryError(ValueError):
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
 
+def _validator_for(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A checked validator for `schema`, built once per distinct schema: per-episode tool sets
+    (file overlays, flight headers) rebuild the same definitions for every episode, and checking
+    a schema against the meta-schema costs milliseconds."""
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):  # not plain JSON: check it every time
+        jsonschema.Draft202012Validator.check_schema(schema)
+        return jsonschema.Draft202012Validator(schema)
+    return _validator_of_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validator_of_text(text: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
 @dataclass
 class ToolDefinition:
     """Definition of a tool available to the agent.
@@ -61,12 +81,11 @@ class ToolDefinition:
             )
         self.parameters = _as_object_schema(self.parameters)
         try:
-            jsonschema.Draft202012Validator.check_schema(self.parameters)
+            self._validator = _validator_for(self.parameters)
         except jsonschema.SchemaError as exc:
             raise ToolRegistryError(
                 f"tool {self.name!r} has an invalid schema: {exc.message}"
             ) from None
-        self._validator = jsonschema.Draft202012Validator(self.parameters)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
