@@ -34,6 +34,7 @@ LR = 0.5
 CLIP = 0.05  # small enough that clipping is active: a local-norm clip would give other weights
 CASES = {
     "sft": None,
+    "sft_context": dict(context_weight=0.25),
     "grpo_seq_mean": dict(loss_aggregation="seq_mean", grad_accum_steps=1),
     "grpo_token_mean": dict(loss_aggregation="token_mean", grad_accum_steps=2),
 }
@@ -116,8 +117,10 @@ def run_case(name: str, ctx: DistContext) -> torch.Tensor:
     """One update of `name` on this rank's shard; returns the flat parameters after it."""
     policy = TinyPolicy(seed=0)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=LR)
-    if name == "sft":
-        sft_step(policy, shard(make_records(), ctx), optimizer, ctx, max_grad_norm=CLIP)
+    if name.startswith("sft"):
+        weight = (CASES[name] or {}).get("context_weight", 0.0)
+        records = shard(make_records(), ctx)
+        sft_step(policy, records, optimizer, ctx, max_grad_norm=CLIP, context_weight=weight)
     else:
         groups = make_groups(policy)
         trainer = GRPOTrainer(policy, policy.clone(), optimizer, grpo_config(**CASES[name]))
@@ -129,9 +132,13 @@ def reference(name: str) -> torch.Tensor:
     """The same update on one process, with the ordinary (non-distributed) code."""
     policy = TinyPolicy(seed=0)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=LR)
-    if name == "sft":
+    if name.startswith("sft"):
+        weight = (CASES[name] or {}).get("context_weight", 0.0)
         batch = collate(make_records(), policy.pad_token_id)
-        (masked_nll_sum(policy, batch) / batch.loss_mask.sum()).backward()
+        logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+        context = batch.attention_mask[:, 1:] * (1 - batch.loss_mask)
+        loss = masked_nll_sum(policy, batch) - weight * (logp * context).sum()
+        (loss / batch.loss_mask.sum()).backward()
         torch.nn.utils.clip_grad_norm_(policy.model.parameters(), CLIP)
         optimizer.step()
     else:

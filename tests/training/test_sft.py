@@ -66,8 +66,9 @@ def test_sft_learns_supervised_tokens(policy, make_config):
     assert policy.token_logprobs(ids, torch.ones_like(ids)).exp().item() > 0.8
 
 
-def test_loss_only_on_supervised_tokens(policy, make_config):
-    grads = []
+def spy_on_logprobs(policy) -> list[torch.Tensor]:
+    """The log-prob tensors `policy.token_logprobs` returns from now on, their gradients kept."""
+    grads: list[torch.Tensor] = []
     inner = policy.token_logprobs
 
     def spy(input_ids, attention_mask):
@@ -77,6 +78,11 @@ def test_loss_only_on_supervised_tokens(policy, make_config):
         return out
 
     policy.token_logprobs = spy
+    return grads
+
+
+def test_loss_only_on_supervised_tokens(policy, make_config):
+    grads = spy_on_logprobs(policy)
     train_sft(policy, dataset(4), sft_config(make_config, sft_epochs=1))
     grad = grads[0].grad
     target_mask = torch.tensor([0, 0, 0, 1, 1]).bool()
@@ -86,16 +92,7 @@ def test_loss_only_on_supervised_tokens(policy, make_config):
 
 def test_context_weight_trains_context_tokens_and_reports_own_loss(policy, make_config):
     before = evaluate_loss(policy, dataset(4))
-    grads = []
-    inner = policy.token_logprobs
-
-    def spy(input_ids, attention_mask):
-        out = inner(input_ids, attention_mask)
-        out.retain_grad()
-        grads.append(out)
-        return out
-
-    policy.token_logprobs = spy
+    grads = spy_on_logprobs(policy)
     config = sft_config(make_config, sft_epochs=1, sft_context_weight=0.25)
     history = train_sft(policy, dataset(4), config)
     grad = grads[0].grad  # d loss / d log p: -1/N on own targets, -0.25/N on context, N = 8

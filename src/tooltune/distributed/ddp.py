@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tooltune.training.grpo import GRPOTrainer, grpo_loss
 from tooltune.training.sft import (
     collate,
-    masked_nll_sum,
+    own_and_weighted_nll,
     policy_device,
     to_token_records,
     trainable_parameters,
@@ -170,10 +170,12 @@ def sft_step(
     max_len: int | None = None,
     max_grad_norm: float | None = 1.0,
     micro_batches: int = 1,
+    context_weight: float = 0.0,
 ) -> dict[str, float]:
     """One optimiser step on the union of every rank's `local_records` (token records or
-    trajectories with one): the mean NLL per supervised token of the GLOBAL batch.
-    Every rank must call it, even with an empty share."""
+    trajectories with one): the mean NLL per supervised token of the GLOBAL batch (plus
+    `context_weight` x the context tokens' NLL, as `train_sft`; the reported loss is the
+    supervised tokens' alone). Every rank must call it, even with an empty share."""
     params = trainable_parameters(policy)
     device = policy_device(policy)
     parts = []
@@ -190,8 +192,8 @@ def sft_step(
     optimizer.zero_grad(set_to_none=True)
     local_nll = 0.0
     for part in parts:
-        nll = masked_nll_sum(policy, part)
-        (nll / total_tokens).backward()
+        nll, loss = own_and_weighted_nll(policy, part, context_weight)
+        (loss / total_tokens).backward()
         local_nll += nll.item()
     all_reduce_gradients(params, ctx)
     grad_norm = _clip(params, max_grad_norm)
@@ -237,6 +239,7 @@ def train_sft_distributed(
             metrics = sft_step(
                 policy, shard(batch, ctx), optimizer, ctx, max_len=max_len,
                 max_grad_norm=config.max_grad_norm, micro_batches=config.grad_accum_steps,
+                context_weight=config.sft_context_weight,
             )  # fmt: skip
             scheduler.step()
             total += metrics["loss"] * metrics["tokens"]

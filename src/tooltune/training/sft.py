@@ -156,7 +156,7 @@ def masked_nll_sum(policy: Any, batch: TokenBatch) -> torch.Tensor:
     return -(logp * batch.loss_mask).sum()
 
 
-def _own_and_weighted_nll(
+def own_and_weighted_nll(
     policy: Any, batch: TokenBatch, context_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(NLL of the model's own tokens, that plus `context_weight` x the NLL of the context
@@ -286,7 +286,7 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             batch_nll = 0.0
             for part in parts:
-                nll, loss = _own_and_weighted_nll(policy, part, context_weight)
+                nll, loss = own_and_weighted_nll(policy, part, context_weight)
                 (loss / batch_tokens).backward()
                 batch_nll += nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
