@@ -218,6 +218,7 @@ def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
     ids = torch.tensor([policy.encode("Qwerty Zxcv Qwerty")])
     with torch.no_grad():
         torch.nn.init.zeros_(model.copy_q.weight)  # uniform attention over the tokens so far
+        model.copy_match.zero_()
         model.copy_gate.bias.fill_(-30.0)  # all mass on the pointer
         logp = model(ids)
     probs = logp.exp()
@@ -237,7 +238,30 @@ def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
     with torch.no_grad():  # both parts, attention not uniform: training's path agrees
         model.copy_gate.bias.fill_(0.0)
         torch.nn.init.normal_(model.copy_q.weight, std=0.5)
+        model.copy_match.fill_(1.0)
     targets = ids[:, 1:, None]
     assert torch.allclose(
         model.target_logprobs(ids), model(ids)[:, :-1].gather(-1, targets).squeeze(-1), atol=1e-5
     )
+
+
+def test_copy_head_continues_the_longest_match_and_its_gate_sees_the_proposal(texts):
+    policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, copy_head=True)
+    model = policy.model
+    ids = torch.tensor([[5, 7, 7, 7, 9, 3, 5, 7, 7, 7]])  # "7779" copied again: which 7 follows?
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.copy_q.weight)
+        model.copy_match.fill_(10.0)
+        torch.nn.init.zeros_(model.copy_gate.weight)
+        model.copy_gate.bias.fill_(-30.0)
+        probs = model(ids)[0].exp()
+        # after "5 7 7 7" only position 3 matches four tokens: it writes the 9 that followed
+        assert probs[-1, 9] > 0.99
+        assert probs[-2, 7] > 0.99  # after "5 7 7": the third 7
+        # a gate that refuses to propose 9: the same position now writes from the vocabulary
+        e7, e9 = model.embed.weight[7], model.embed.weight[9]
+        refuse_9 = e9 - (e9 @ e7) / (e7 @ e7) * e7  # orthogonal to 7's embedding
+        model.copy_gate.weight[0, model.config.d_model :] = refuse_9 * 1e3 / (refuse_9 @ e9)
+        vocab = (model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T).softmax(-1)
+        assert torch.allclose(model(ids)[0, -1].exp(), vocab[0, -1], atol=1e-4)
+        assert model(ids)[0, -2, 7].exp() > 0.99  # proposals other than 9 are unaffected

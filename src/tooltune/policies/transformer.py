@@ -37,6 +37,10 @@ class TransformerConfig:
     # the token that followed the position it points at; so continuing a name or a number seen
     # in the question or a tool result is one pointing step. Attention to the right position
     # gets a gradient from the first step, instead of waiting for an induction circuit to form.
+    # Two fixed features help it further: a learned bonus for each earlier position whose
+    # preceding tokens equal the query's (so "7779" continues after "777" from the right "7"),
+    # and a gate that sees the token the pointer proposes (so a copied name ends where the
+    # source goes on with something the target does not need, such as "'s").
     copy_head: bool = False
 
     def __post_init__(self) -> None:
@@ -44,6 +48,9 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError("the head size must be even for rotary embeddings")
+
+
+COPY_MATCH = 4  # how many preceding tokens the copy head's match bonus compares
 
 
 # Named sizes; parameter counts are for a 4096-token vocabulary (embeddings counted once, tied).
@@ -206,7 +213,9 @@ class Transformer(nn.Module):
         if config.copy_head:
             self.copy_q = nn.Linear(config.d_model, config.d_model, bias=False)
             self.copy_k = nn.Linear(config.d_model, config.d_model, bias=False)
-            self.copy_gate = nn.Linear(config.d_model, 1)
+            self.copy_gate = nn.Linear(2 * config.d_model, 1)  # [hidden state, proposal]
+            # score bonus for matching the query's last 1, 2, .. COPY_MATCH tokens (cumulative)
+            self.copy_match = nn.Parameter(torch.ones(COPY_MATCH))
         self.apply(self._init_weights)
         if self.copy_gate is not None:
             nn.init.zeros_(self.copy_gate.bias)
@@ -279,42 +288,67 @@ class Transformer(nn.Module):
         if self.copy_q is None:
             return logp_vocab
         key_mask = None if attention_mask is None else attention_mask[:, :-1]
-        attn = self._copy_attention(h, self.copy_k(h), key_mask, 0)  # [B, T-1, T-1]
+        attn = self._copy_attention(h, self.copy_k(h), ids[:, :-1], key_mask, 0)  # [B, T-1, T-1]
         p_copy = (attn * (ids[:, None, 1:] == target[:, :, None])).sum(-1)
-        # the copy share is 0 where there is nothing to point at (the first position)
-        share = torch.sigmoid(-self.copy_gate(h).float().squeeze(-1)) * attn.sum(-1)
+        share = self._copy_share(h, attn, target).squeeze(-1)
         share = share.clamp(1e-30, 1 - 1e-7)
         return torch.logaddexp(
             torch.log1p(-share) + logp_vocab, share.log() + p_copy.clamp_min(1e-30).log()
         )
 
-    def _copy_attention(self, h, keys, key_mask, first_query: int) -> torch.Tensor:
+    def _copy_attention(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
         """The copy head's attention [B, Tq, S] of queries h [B, Tq, C] (normed hidden states)
-        over keys [B, S, C]. Query i sits at key position ``first_query + i`` and points at an
-        earlier real position s (``key_mask`` [B, S]) to write the token that followed s, as an
-        induction head does: after "Troushon", matching "Troushon" in the question writes
-        "Scooter". A query with no earlier position gets all zeros."""
+        over keys [B, S, C] of tokens key_ids [B, S]. Query i sits at key position
+        ``first_query + i`` and points at an earlier real position s (``key_mask`` [B, S]) to
+        write the token that followed s, as an induction head does: after "Troushon", matching
+        "Troushon" in the question writes "Scooter". A query with no earlier position gets all
+        zeros."""
         Tq, S = h.shape[1], keys.shape[1]
         scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(h.shape[-1])
+        scores = scores.float() + self._match_bonus(key_ids, first_query, Tq)
         q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
         k_pos = torch.arange(S, device=h.device)[None, :]
         allowed = (k_pos < q_pos)[None]
         if key_mask is not None:
             allowed = allowed & key_mask.bool()[:, None, :]
-        return scores.float().masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed
+        return scores.masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed
+
+    def _match_bonus(self, key_ids: torch.Tensor, first_query: int, Tq: int) -> torch.Tensor:
+        """[B, Tq, S]: sum of ``copy_match[j]`` over the j where the query's last j + 1 tokens
+        equal the j + 1 tokens ending at key s (positions before the start never match)."""
+        B, S = key_ids.shape
+        K = self.copy_match.shape[0]
+        q_ids = torch.cat([key_ids.new_full((B, K), -1), key_ids], dim=1)
+        k_ids = torch.cat([key_ids.new_full((B, K), -2), key_ids], dim=1)
+        bonus = key_ids.new_zeros((B, Tq, S), dtype=torch.float32)
+        run = None
+        for j in range(K):
+            q = q_ids[:, K + first_query - j : K + first_query - j + Tq]
+            same = q[:, :, None] == k_ids[:, None, K - j : K - j + S]
+            run = same if run is None else run & same
+            bonus = bonus + self.copy_match[j] * run
+        return bonus
+
+    def _copy_share(self, h, attn, next_ids) -> torch.Tensor:
+        """[B, Tq, 1] weight of the pointer in the mixture. The gate sees the hidden state and
+        the (attention-weighted) embedding of the token the pointer proposes, so it can refuse
+        a continuation of the source that the target does not share. The share is 0 where there
+        is nothing to point at (the first position)."""
+        proposal = attn.to(h.dtype) @ self.embed(next_ids)
+        gate = self.copy_gate(torch.cat([h, proposal], dim=-1)).float()
+        return torch.sigmoid(-gate) * attn.sum(-1, keepdim=True)
 
     def _copy_mixture(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
         """Log-probabilities [B, Tq, V] of the copy head's mixture for queries h over keys of
         tokens key_ids [B, S] (see ``_copy_attention``). Log-probabilities are valid logits:
         softmax gives the mixture back, so sampling, temperature and ``log_softmax`` work
         unchanged."""
-        attn = self._copy_attention(h, keys, key_mask, first_query)
+        attn = self._copy_attention(h, keys, key_ids, key_mask, first_query)
         B, Tq, S = attn.shape
         next_ids = torch.cat([key_ids[:, 1:], key_ids[:, :1]], dim=1)  # the last is never used
         index = next_ids[:, None, :].expand(B, Tq, S)
         p_copy = attn.new_zeros(B, Tq, self.config.vocab_size).scatter_add_(2, index, attn)
-        # the copy share is 0 where there is nothing to point at (the first position)
-        copy_share = torch.sigmoid(-self.copy_gate(h).float()) * attn.sum(-1, keepdim=True)
+        copy_share = self._copy_share(h, attn, next_ids)
         p_vocab = (h @ self.embed.weight.T).float().softmax(dim=-1)
         return torch.log(((1 - copy_share) * p_vocab + copy_share * p_copy).clamp_min(1e-30))
 
