@@ -41,5 +41,6 @@ def tiny_policy(request):
                 std = 0.1 if name == "embed.weight" else 2.0 * p.shape[1] ** -0.5
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
         if request.param:  # mostly the vocabulary: a copy head alone repeats a short prompt
-            policy.model.copy_gate.bias.fill_(2.0)
+            policy.model.copy_gate.bias.fill_(3.0)
+            policy.model.copy_match.copy_(torch.tensor([0.3, 0.2, 0.1, 0.1]))
     return policy

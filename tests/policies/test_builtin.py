@@ -262,6 +262,8 @@ def test_copy_head_continues_the_longest_match_and_its_gate_sees_the_proposal(te
         e7, e9 = model.embed.weight[7], model.embed.weight[9]
         refuse_9 = e9 - (e9 @ e7) / (e7 @ e7) * e7  # orthogonal to 7's embedding
         model.copy_gate.weight[0, model.config.d_model :] = refuse_9 * 1e3 / (refuse_9 @ e9)
-        vocab = (model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T).softmax(-1)
+        vocab = (model.norm(model._hidden(ids, None, None, None)) @ model.embed.weight.T).softmax(
+            -1
+        )
         assert torch.allclose(model(ids)[0, -1].exp(), vocab[0, -1], atol=1e-4)
         assert model(ids)[0, -2, 7].exp() > 0.99  # proposals other than 9 are unaffected

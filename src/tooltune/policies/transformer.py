@@ -37,10 +37,11 @@ class TransformerConfig:
     # the token that followed the position it points at; so continuing a name or a number seen
     # in the question or a tool result is one pointing step. Attention to the right position
     # gets a gradient from the first step, instead of waiting for an induction circuit to form.
-    # Two fixed features help it further: a learned bonus for each earlier position whose
+    # Three additions help it further: a learned bonus for each earlier position whose
     # preceding tokens equal the query's (so "7779" continues after "777" from the right "7"),
-    # and a gate that sees the token the pointer proposes (so a copied name ends where the
-    # source goes on with something the target does not need, such as "'s").
+    # a key that also sees the token its position would write (so the pointer can find "a
+    # name", not "the word before a name"), and a gate that sees the token the pointer
+    # proposes (so a copied name can end where the source goes on with "'s").
     copy_head: bool = False
 
     def __post_init__(self) -> None:
@@ -209,10 +210,11 @@ class Transformer(nn.Module):
         self.prev_mix = (
             nn.Linear(config.d_model, config.d_model, bias=False) if config.prev_token_mix else None
         )
-        self.copy_q = self.copy_k = self.copy_gate = None
+        self.copy_q = self.copy_k = self.copy_next = self.copy_gate = None
         if config.copy_head:
             self.copy_q = nn.Linear(config.d_model, config.d_model, bias=False)
             self.copy_k = nn.Linear(config.d_model, config.d_model, bias=False)
+            self.copy_next = nn.Linear(config.d_model, config.d_model, bias=False)
             self.copy_gate = nn.Linear(2 * config.d_model, 1)  # [hidden state, proposal]
             # score bonus for matching the query's last 1, 2, .. COPY_MATCH tokens (cumulative)
             self.copy_match = nn.Parameter(torch.ones(COPY_MATCH))
@@ -265,9 +267,11 @@ class Transformer(nn.Module):
         if past_kv is not None:
             raise ValueError("the copy head needs every position's hidden state; pass no past_kv")
         h = self.norm(self._hidden(ids, attention_mask, cache, None))
-        keys, key_ids, start = self.copy_k(h), ids, 0
+        keys, key_ids, start = self._copy_keys(h, ids), ids, 0
         if cache is not None:  # _hidden advanced the cache: the new tokens start at length - T
             start = cache.length - ids.shape[1]
+            if start > 0:  # the previous last key learns the token that followed it
+                cache.copy_k[:, start - 1] += self.copy_next(self.embed(ids[:, 0])).detach()
             cache.copy_k[:, start : cache.length] = keys.detach()
             cache.ids[:, start : cache.length] = ids
             keys, key_ids = cache.copy_k[:, : cache.length], cache.ids[:, : cache.length]
@@ -288,13 +292,23 @@ class Transformer(nn.Module):
         if self.copy_q is None:
             return logp_vocab
         key_mask = None if attention_mask is None else attention_mask[:, :-1]
-        attn = self._copy_attention(h, self.copy_k(h), ids[:, :-1], key_mask, 0)  # [B, T-1, T-1]
+        keys = self._copy_keys(h, ids)  # h lacks the last position: every key is complete
+        attn = self._copy_attention(h, keys, ids[:, :-1], key_mask, 0)  # [B, T-1, T-1]
         p_copy = (attn * (ids[:, None, 1:] == target[:, :, None])).sum(-1)
         share = self._copy_share(h, attn, target).squeeze(-1)
         share = share.clamp(1e-30, 1 - 1e-7)
         return torch.logaddexp(
             torch.log1p(-share) + logp_vocab, share.log() + p_copy.clamp_min(1e-30).log()
         )
+
+    def _copy_keys(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Copy-head keys [B, Tk, C] for hidden states h [B, Tk, C] of tokens ids [B, T >= Tk].
+        A key also sees the token that followed its position, the one the pointer would write
+        (a causal hidden state cannot): pointing at "the position before a name" becomes
+        pointing at "a name". Every position a query may point at has its follower; the last
+        position, when ids has no follower for it, gets its share when that token comes."""
+        nxt = self.copy_next(self.embed(ids[:, 1 : h.shape[1] + 1]))
+        return self.copy_k(h) + F.pad(nxt, (0, 0, 0, h.shape[1] - nxt.shape[1]))
 
     def _copy_attention(self, h, keys, key_ids, key_mask, first_query: int) -> torch.Tensor:
         """The copy head's attention [B, Tq, S] of queries h [B, Tq, C] (normed hidden states)
@@ -371,7 +385,7 @@ class Transformer(nn.Module):
                 out = self.norm(x[:, -1]) @ self.embed.weight.T
             else:
                 h = self.norm(x)
-                keys = self.copy_k(h)
+                keys = self._copy_keys(h, ids[rows, W - n :])
                 cache.copy_k[rows, W - n : W] = keys
                 cache.ids[rows, W - n : W] = ids[rows, W - n :]
                 out = self._copy_mixture(h[:, -1:], keys, ids[rows, W - n :], None, n - 1)[:, 0]
