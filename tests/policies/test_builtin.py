@@ -267,3 +267,20 @@ def test_copy_head_continues_the_longest_match_and_its_gate_sees_the_proposal(te
         )
         assert torch.allclose(model(ids)[0, -1].exp(), vocab[0, -1], atol=1e-4)
         assert model(ids)[0, -2, 7].exp() > 0.99  # proposals other than 9 are unaffected
+
+
+def test_copy_head_points_only_at_earlier_turns(texts):
+    policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, copy_head=True)
+    model = policy.model
+    turn = model.config.turn_start_id
+    assert turn == policy.tokenizer.token_id("<|im_start|>")
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.copy_q.weight)
+        model.copy_match.fill_(10.0)
+        model.copy_gate.bias.fill_(-30.0)
+        two_turns = model(torch.tensor([[turn, 5, 7, 9, turn, 5, 7]]))[0].exp()
+        assert two_turns[-1, 9] > 0.99  # copied from the earlier turn
+        one_turn = torch.tensor([[turn, 5, 7, 9, 5, 7]])
+        vocab = model.norm(model._hidden(one_turn, None, None, None)) @ model.embed.weight.T
+        # inside its own turn the pointer has nothing to point at: the vocabulary alone speaks
+        assert torch.allclose(model(one_turn)[0].exp(), vocab[0].softmax(-1), atol=1e-5)

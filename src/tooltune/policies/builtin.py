@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tooltune.chat_format import IM_START
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
@@ -78,6 +79,7 @@ class BuiltinPolicy(ModulePolicy):
         (``tiny``, ``small``, ``base``, ``large``; see ``transformer.MODEL_SIZES``).
         ``overrides`` set other config fields (``max_seq_len``, ``dropout``...)."""
         tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size)
+        overrides.setdefault("turn_start_id", tokenizer.token_id(IM_START))
         config = config_for_size(size, tokenizer.vocab_size, **overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

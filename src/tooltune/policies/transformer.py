@@ -43,6 +43,10 @@ class TransformerConfig:
     # name", not "the word before a name"), and a gate that sees the token the pointer
     # proposes (so a copied name can end where the source goes on with "'s").
     copy_head: bool = False
+    # The token that opens a chat turn: the copy head then points only at earlier turns (the
+    # question, tool results, its own earlier turns), never into the turn being written, where
+    # matching its own last tokens would repeat them in a loop. -1: no turns.
+    turn_start_id: int = -1
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -216,8 +220,8 @@ class Transformer(nn.Module):
             self.copy_k = nn.Linear(config.d_model, config.d_model, bias=False)
             self.copy_next = nn.Linear(config.d_model, config.d_model, bias=False)
             self.copy_gate = nn.Linear(2 * config.d_model, 1)  # [hidden state, proposal]
-            # score bonus for matching the query's last 1, 2, .. COPY_MATCH tokens (cumulative)
-            self.copy_match = nn.Parameter(torch.ones(COPY_MATCH))
+            # score bonus per token of match between the query's last tokens and a key's
+            self.copy_match = nn.Parameter(torch.ones(()))
         self.apply(self._init_weights)
         if self.copy_gate is not None:
             nn.init.zeros_(self.copy_gate.bias)
@@ -323,25 +327,31 @@ class Transformer(nn.Module):
         q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
         k_pos = torch.arange(S, device=h.device)[None, :]
         allowed = (k_pos < q_pos)[None]
+        if self.config.turn_start_id >= 0:  # earlier turns only (all of it before any turn)
+            turn = (key_ids == self.config.turn_start_id).cumsum(dim=1)
+            q_turn = turn[:, first_query : first_query + Tq, None]
+            allowed = allowed & ((turn[:, None, :] < q_turn) | (q_turn == 0))
         if key_mask is not None:
             allowed = allowed & key_mask.bool()[:, None, :]
         return scores.masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed
 
     def _match_bonus(self, key_ids: torch.Tensor, first_query: int, Tq: int) -> torch.Tensor:
-        """[B, Tq, S]: sum of ``copy_match[j]`` over the j where the query's last j + 1 tokens
-        equal the j + 1 tokens ending at key s (positions before the start never match)."""
+        """[B, Tq, S]: ``copy_match`` x the number of tokens (up to COPY_MATCH) in which the
+        query's last tokens equal those ending at key s; positions before the start never match.
+        The longest match wins, so a copy continues from where it was (linear in the length: one
+        multiply over [B, Tq, S], the whole bonus costs about one more attention score matrix)."""
         B, S = key_ids.shape
-        K = self.copy_match.shape[0]
+        K = COPY_MATCH
         q_ids = torch.cat([key_ids.new_full((B, K), -1), key_ids], dim=1)
         k_ids = torch.cat([key_ids.new_full((B, K), -2), key_ids], dim=1)
-        bonus = key_ids.new_zeros((B, Tq, S), dtype=torch.float32)
+        length = torch.zeros((B, Tq, S), dtype=torch.uint8, device=key_ids.device)
         run = None
         for j in range(K):
             q = q_ids[:, K + first_query - j : K + first_query - j + Tq]
             same = q[:, :, None] == k_ids[:, None, K - j : K - j + S]
             run = same if run is None else run & same
-            bonus = bonus + self.copy_match[j] * run
-        return bonus
+            length += run
+        return self.copy_match * length
 
     def _copy_share(self, h, attn, next_ids) -> torch.Tensor:
         """[B, Tq, 1] weight of the pointer in the mixture. The gate sees the hidden state and
