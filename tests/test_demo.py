@@ -124,3 +124,18 @@ def test_hugging_face_models_get_room_for_json_tools_and_one_row_micro_batches()
     config, settings = resolve()  # the built-in model keeps the preset
     assert settings.tool_style == "names" and config.max_trajectory_len == 1536
     assert config.grad_accum_steps == 1
+
+
+def test_the_default_demo_trains_the_copy_head_model_and_hf_models_go_without_its_aids():
+    from tooltune.cli import build_parser
+    from tooltune.training.pipeline import resolve_demo
+
+    def resolve(*argv: str):
+        return resolve_demo(build_parser().parse_args(["demo", *argv]))
+
+    config, settings = resolve()
+    assert settings.copy_head and settings.copy_drill_steps > 0 and config.sft_context_weight > 0
+    config, settings = resolve("--model", "smollm2-135m")
+    assert not settings.copy_head and config.sft_context_weight == 0
+    config, _ = resolve("--model", "smollm2-135m", "--set", "sft_context_weight=0.05")
+    assert config.sft_context_weight == 0.05  # an explicit choice still wins

@@ -333,7 +333,8 @@ class Transformer(nn.Module):
             allowed = allowed & ((turn[:, None, :] < q_turn) | (q_turn == 0))
         if key_mask is not None:
             allowed = allowed & key_mask.bool()[:, None, :]
-        return scores.masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed
+        # a query with nothing allowed would get a uniform row: zero it (one flag per query)
+        return scores.masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed.any(-1, keepdim=True)
 
     def _match_bonus(self, key_ids: torch.Tensor, first_query: int, Tq: int) -> torch.Tensor:
         """[B, Tq, S]: ``copy_match`` x the number of tokens (up to COPY_MATCH) in which the

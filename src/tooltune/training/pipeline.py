@@ -566,6 +566,9 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
     if args.model != "builtin":
         pipeline_table["model"] = args.model
         pipeline_table.setdefault("tool_style", "json")
+        # context-token loss and copy head are aids for a model trained from scratch
+        config_table.pop("sft_context_weight", None)
+        pipeline_table.pop("copy_head", None)
         # The JSON tool listing alone can pass 1,500 tokens (episodes then could not start);
         # SmolLM2 reads 8,192.
         for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
