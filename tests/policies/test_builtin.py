@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tooltune.chat_format import IM_END, IM_START, SPECIAL_TOKENS, TOOL_CALL_OPEN, render_prompt
@@ -284,3 +285,13 @@ def test_copy_head_points_only_at_earlier_turns(texts):
         vocab = model.norm(model._hidden(one_turn, None, None, None)) @ model.embed.weight.T
         # inside its own turn the pointer has nothing to point at: the vocabulary alone speaks
         assert torch.allclose(model(one_turn)[0].exp(), vocab[0].softmax(-1), atol=1e-5)
+
+
+def test_a_checkpoint_from_another_model_version_fails_clearly(texts, tmp_path):
+    policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, copy_head=True)
+    policy.save(tmp_path)
+    state = torch.load(tmp_path / "model.pt")
+    del state["copy_next.weight"]  # as saved before keys saw the token they would write
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="another version of the built-in model"):
+        BuiltinPolicy.load(tmp_path)

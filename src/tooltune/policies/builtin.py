@@ -206,6 +206,13 @@ class BuiltinPolicy(ModulePolicy):
         meta["model"].setdefault("copy_head", False)
         model = Transformer(TransformerConfig(**meta["model"]))
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # e.g. saved before the copy head gained a parameter
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ValueError(
+                f"{directory}/model.pt does not match its config.json ({first}); it was saved by "
+                "another version of the built-in model: train it again (tooltune demo --fresh)"
+            ) from exc
         tokenizer = BPETokenizer.load(directory / "tokenizer.json")
         return cls(model.to(device), tokenizer)
