@@ -209,9 +209,9 @@ class BuiltinPolicy(ModulePolicy):
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:  # e.g. saved before the copy head gained a parameter
-            first = str(exc).strip().splitlines()[-1].strip()
+            detail = str(exc).strip().splitlines()[-1].strip()
             raise ValueError(
-                f"{directory}/model.pt does not match its config.json ({first}); it was saved by "
+                f"{directory}/model.pt does not match its config.json ({detail}); it was saved by "
                 "another version of the built-in model: train it again (tooltune demo --fresh)"
             ) from exc
         tokenizer = BPETokenizer.load(directory / "tokenizer.json")
