@@ -171,10 +171,11 @@ class BuiltinPolicy(ModulePolicy):
         keys/values are expanded to the rows inside the graph, so the gradients of every row
         flow back into the single prefix computation.
         """
-        if self.model.config.copy_head:  # the copy head points into the prefix: run it per row
-            ids = torch.cat([prefix_ids[prefix_index], input_ids], dim=1)
-            mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
-            return self.token_logprobs(ids, mask)[:, prefix_ids.shape[1] :]
+        if self.model.config.copy_head:  # the copy head points into the prefix as well
+            logp = self.model.prefix_target_logprobs(
+                prefix_ids, prefix_mask, input_ids, attention_mask, prefix_index
+            )
+            return logp * attention_mask[:, 1:].to(logp.dtype)
         kv = self.model.prefix_kv(prefix_ids, prefix_mask)
         kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
         mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)

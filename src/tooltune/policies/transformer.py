@@ -290,16 +290,40 @@ class Transformer(nn.Module):
         cache). With the copy head only each target's own share of the pointer is computed,
         not the whole [B, T, vocab] mixture: training time stays close to the plain model's."""
         h = self.norm(self._hidden(ids, attention_mask, None, None))[:, :-1]
-        target = ids[:, 1:]
-        logits = (h @ self.embed.weight.T).float()
+        return self._scored_logprobs(h, h, ids, attention_mask, 0)
+
+    def prefix_target_logprobs(
+        self, prefix_ids, prefix_mask, input_ids, attention_mask, prefix_index
+    ) -> torch.Tensor:
+        """``target_logprobs`` of continuations [B, T] that share left-padded prefixes [P, S]
+        (row b continues prefix ``prefix_index[b]``), each prefix run once: [B, T-1], the
+        log-prob of continuation token t+1. The copy head points into the prefix too, so the
+        prefix's hidden states are expanded to the rows inside the graph."""
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        h_prefix = self.norm(self._hidden(prefix_ids, prefix_mask, None, None, kv))
+        kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+        mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+        prev = prefix_ids[prefix_index, -1]  # left-padded: the last column is real
+        h = self.norm(self._hidden(input_ids, mask, None, kv, prev_ids=prev))
+        ids = torch.cat([prefix_ids[prefix_index], input_ids], dim=1)
+        h_all = torch.cat([h_prefix[prefix_index], h], dim=1)[:, :-1]
+        return self._scored_logprobs(h_all, h[:, :-1], ids, mask, prefix_ids.shape[1])
+
+    def _scored_logprobs(self, h_keys, h_q, ids, attention_mask, first_query: int):
+        """log p(ids[t + 1]) [B, Tq] for the query positions t = first_query.. whose hidden
+        states are h_q, with h_keys [B, L - 1, C] the hidden states of positions 0..L-2 of ids
+        [B, L]. With the copy head only each target's own share of the pointer is computed,
+        not the whole [B, T, vocab] mixture: training time stays close to the plain model's."""
+        target = ids[:, first_query + 1 :]
+        logits = (h_q @ self.embed.weight.T).float()
         logp_vocab = logits.log_softmax(dim=-1).gather(-1, target[..., None]).squeeze(-1)
         if self.copy_q is None:
             return logp_vocab
         key_mask = None if attention_mask is None else attention_mask[:, :-1]
-        keys = self._copy_keys(h, ids)  # h lacks the last position: every key is complete
-        attn = self._copy_attention(h, keys, ids[:, :-1], key_mask, 0)  # [B, T-1, T-1]
+        keys = self._copy_keys(h_keys, ids)  # no key lacks its follower here
+        attn = self._copy_attention(h_q, keys, ids[:, :-1], key_mask, first_query)
         p_copy = (attn * (ids[:, None, 1:] == target[:, :, None])).sum(-1)
-        share = self._copy_share(h, attn, target).squeeze(-1)
+        share = self._copy_share(h_q, attn, ids[:, 1:]).squeeze(-1)
         share = share.clamp(1e-30, 1 - 1e-7)
         return torch.logaddexp(
             torch.log1p(-share) + logp_vocab, share.log() + p_copy.clamp_min(1e-30).log()
@@ -323,7 +347,7 @@ class Transformer(nn.Module):
         zeros."""
         Tq, S = h.shape[1], keys.shape[1]
         scores = (self.copy_q(h) @ keys.transpose(1, 2)) / math.sqrt(h.shape[-1])
-        scores = scores.float() + self._match_bonus(key_ids, first_query, Tq)
+        scores = scores.float() + self._match_bonus(key_ids, key_mask, first_query, Tq)
         q_pos = torch.arange(first_query, first_query + Tq, device=h.device)[:, None]
         k_pos = torch.arange(S, device=h.device)[None, :]
         allowed = (k_pos < q_pos)[None]
@@ -336,15 +360,17 @@ class Transformer(nn.Module):
         # a query with nothing allowed would get a uniform row: zero it (one flag per query)
         return scores.masked_fill(~allowed, -1e9).softmax(dim=-1) * allowed.any(-1, keepdim=True)
 
-    def _match_bonus(self, key_ids: torch.Tensor, first_query: int, Tq: int) -> torch.Tensor:
+    def _match_bonus(self, key_ids, key_mask, first_query: int, Tq: int) -> torch.Tensor:
         """[B, Tq, S]: ``copy_match`` x the number of tokens (up to COPY_MATCH) in which the
-        query's last tokens equal those ending at key s; positions before the start never match.
+        query's last tokens equal those ending at key s; padding and positions before the start
+        never match.
         The longest match wins, so a copy continues from where it was (linear in the length: one
         multiply over [B, Tq, S], the whole bonus costs about one more attention score matrix)."""
         B, S = key_ids.shape
         K = COPY_MATCH
-        q_ids = torch.cat([key_ids.new_full((B, K), -1), key_ids], dim=1)
-        k_ids = torch.cat([key_ids.new_full((B, K), -2), key_ids], dim=1)
+        real = key_ids if key_mask is None else key_ids.masked_fill(key_mask == 0, -1)
+        q_ids = torch.cat([key_ids.new_full((B, K), -1), real], dim=1)
+        k_ids = torch.cat([key_ids.new_full((B, K), -2), real.masked_fill(real < 0, -2)], dim=1)
         length = torch.zeros((B, Tq, S), dtype=torch.uint8, device=key_ids.device)
         run = None
         for j in range(K):
