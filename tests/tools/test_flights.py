@@ -138,6 +138,19 @@ def test_episodes_are_isolated(service: FlightService, db: Path) -> None:
     assert "FL1003" in [f["id"] for f in call(one, "search_flights", **QUERY).result["flights"]]
 
 
+def test_booking_ids_do_not_depend_on_other_episodes(service: FlightService) -> None:
+    # A batch's episodes book concurrently: each one's ids must be what it would get alone.
+    first, second = episode_registry(service, "ep-a"), episode_registry(service, "ep-b")
+    a1 = call(first, "book_flight", flight_id="FL1004", passenger="Ada").result
+    b1 = call(second, "book_flight", flight_id="FL1004", passenger="Bob").result
+    a2 = call(first, "book_flight", flight_id="FL1001", passenger="Ada").result
+    assert [a1["booking_id"], b1["booking_id"], a2["booking_id"]] == [
+        "BK000001", "BK000001", "BK000002"
+    ]  # fmt: skip
+    assert call(second, "get_booking", booking_id="BK000001").result["passenger"] == "Bob"
+    assert call(first, "get_booking", booking_id="BK000001").result["passenger"] == "Ada"
+
+
 def test_bookings_persist_across_restarts(db: Path) -> None:
     with FlightService(db) as svc:
         booking = call(episode_registry(svc, "ep-p"), "book_flight", flight_id="FL1001",

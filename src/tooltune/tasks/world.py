@@ -25,7 +25,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # 3: flight booking ids numbered per episode
 # A world built by other generator code is stale: cached worlds rebuild when this file changes.
 GENERATOR = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 POOLS = ("train", "validation", "test")

@@ -360,6 +360,17 @@ class BrowserSession:
         page["url"] = url
         return page
 
+    def _shown_url(self, url: str) -> str:
+        """A page of the start site is shown by its path: the site's origin (a local server's
+        port, different in every run) is noise to the model and would make episodes differ
+        from run to run. Other origins are shown in full."""
+        if self.start_url is None:
+            return url
+        parts = urlsplit(url)
+        if urljoin(url, "/") != urljoin(self.start_url, "/"):
+            return url
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
     def _view(self) -> dict[str, Any]:
         assert self.page is not None
         text = "\n".join(self.page["lines"])
@@ -367,7 +378,7 @@ class BrowserSession:
         if truncated:
             text = text[: self.max_chars] + "\n[... page truncated; use browser_find to search it]"
         return {
-            "url": self.page["url"],
+            "url": self._shown_url(self.page["url"]),
             "title": self.page["title"],
             "content": text,
             "links": len(self.page["links"]),
@@ -411,7 +422,7 @@ class BrowserSession:
             if needle in line.lower()
         ]
         return {
-            "url": self.page["url"],
+            "url": self._shown_url(self.page["url"]),
             "query": text,
             "count": len(hits),
             "matches": hits[:MAX_FIND_LINES],

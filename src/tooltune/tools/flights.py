@@ -44,10 +44,10 @@ CREATE TABLE episode_seats (
     PRIMARY KEY (episode_id, flight_id)
 );
 CREATE TABLE bookings (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, booking_id TEXT UNIQUE, episode_id TEXT NOT NULL,
-    flight_id TEXT NOT NULL, passenger TEXT NOT NULL, status TEXT NOT NULL, price REAL NOT NULL
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, booking_id TEXT NOT NULL, episode_id TEXT NOT NULL,
+    flight_id TEXT NOT NULL, passenger TEXT NOT NULL, status TEXT NOT NULL, price REAL NOT NULL,
+    UNIQUE (episode_id, booking_id)
 );
-CREATE INDEX bookings_episode ON bookings (episode_id);
 """
 
 
@@ -209,14 +209,17 @@ class _FlightStore:
                 return 409, {"error": f"flight {flight_id} sold out"}
             self.con.execute("BEGIN")
             self._set_seats(episode, flight_id, seats - 1)
-            cur = self.con.execute(
-                "INSERT INTO bookings (episode_id, flight_id, passenger, status, price)"
-                " VALUES (?, ?, ?, 'pending', ?)",
-                (episode, flight_id, passenger, flight["price"]),
-            )
-            booking_id = f"BK{cur.lastrowid:06d}"
+            # Numbered within the episode, not the server: concurrent episodes (a batch's
+            # tool calls run together) must not change each other's ids, or rollouts and
+            # demonstrations stop being reproducible.
+            (count,) = self.con.execute(
+                "SELECT COUNT(*) FROM bookings WHERE episode_id = ?", (episode,)
+            ).fetchone()
+            booking_id = f"BK{count + 1:06d}"
             self.con.execute(
-                "UPDATE bookings SET booking_id = ? WHERE seq = ?", (booking_id, cur.lastrowid)
+                "INSERT INTO bookings (booking_id, episode_id, flight_id, passenger, status, price)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                (booking_id, episode, flight_id, passenger, flight["price"]),
             )
             self.con.execute("COMMIT")
         return 201, {
