@@ -4,8 +4,10 @@ KV cache vs recomputing the whole sequence at every step.
 Both measurements use the real collector (`tooltune.rollout.TrajectoryCollector`) and the real
 policies, on two models of about the same size: the built-in transformer (`tiny`) and a
 randomly initialised Qwen2 loaded through `HFPolicy` (sharing the built-in tokenizer). The
-models are first fitted for a few SFT steps on demonstrations so that they write tool calls and
-answers, which makes the episodes genuinely multi-turn (tool calls run, results come back).
+models are first fitted with tooltune's SFT (8 epochs of 16 steps on 64 expert episodes, loss
+on the assistant's tokens) so that they write tool calls and answers, which makes the episodes
+genuinely multi-turn: tool calls run, results come back, turns differ in length. The output
+counts the tool calls and why episodes ended, to show it.
 
 Workload: tasks of the built-in world's train split (`tooltune.tasks.sample_tasks`, tools from
 `tooltune.environment.Environment`, demonstrations from the scripted expert). When those
@@ -59,8 +61,9 @@ class Workload:
     source: str
     tasks: list[Any]  # Task objects or plain prompt strings
     tools: Any  # a ToolRegistry or a (episode_id, names) -> ToolRegistry factory
-    demos: list[str]  # whole conversations to fit the models on
+    demos: list[str]  # whole conversations (the tokenizer's text, and the fallback's fit)
     close: Callable[[], None] = field(default=lambda: None)
+    demo_trajectories: list[Any] = field(default_factory=list)  # expert episodes to fit on
 
 
 def world_workload(n: int, seed: int) -> Workload:
@@ -76,12 +79,14 @@ def world_workload(n: int, seed: int) -> Workload:
         collector = TrajectoryCollector(
             ExpertPolicy(demo_tasks), env, AgentConfig(max_turns=8), tool_style=TOOL_STYLE
         )
-        demos = [t.metadata["text"] for t in collector.collect(demo_tasks)]
+        demo_trajectories = collector.collect(demo_tasks)
+        demos = [t.metadata["text"] for t in demo_trajectories]
         source = "tooltune.tasks train split; demos from the scripted expert"
     except ImportError:
+        demo_trajectories = []
         demos = [minimal_call_demo(env, t) for t in demo_tasks]
         source = "tooltune.tasks train split; demos from minimal_calls (no expert module)"
-    return Workload(source, tasks, env, demos, env.close)
+    return Workload(source, tasks, env, demos, env.close, demo_trajectories)
 
 
 def minimal_call_demo(env: Any, task: Any) -> str:
@@ -180,30 +185,28 @@ def make_workload(n: int, seed: int, force_fallback: bool) -> Workload:
 # --------------------------------------------------------------------------------------------
 
 
-def fit(policy: Any, texts: list[str], steps: int, lr: float, max_len: int, seed: int) -> float:
-    """A few SFT steps (all tokens, batches of 4) so the model writes tool calls and answers;
-    returns the last loss. It only has to make episodes multi-turn, not solve tasks."""
-    encoded = [policy.encode(t)[:max_len] for t in texts]
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    rng = random.Random(seed)
-    policy.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        batch = rng.sample(encoded, min(4, len(encoded)))
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), policy.pad_token_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        logp = policy.token_logprobs(ids, mask)
-        loss = -(logp.sum() / mask[:, 1:].sum())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    policy.eval()
-    return float(loss.detach())
+def fit(policy: Any, workload: Workload, epochs: int, lr: float, max_len: int, seed: int) -> float:
+    """SFT on the demonstrations with tooltune's own trainer (loss on the assistant's tokens,
+    batches of 4) so that the model writes tool calls, gets results back and answers: the
+    episodes must be genuinely multi-turn, with turns of different lengths, for the comparison
+    to mean anything. It only has to behave like an early policy, not solve tasks. Returns the
+    last epoch's loss."""
+    from tooltune.training.sft import to_token_records, train_sft
+    from tooltune.types import TokenRecord
+
+    if workload.demo_trajectories:
+        records = to_token_records(workload.demo_trajectories, policy.encode, TOOL_STYLE)
+    else:  # the fallback's demonstrations are plain texts: every token is a target
+        records = []
+        for text in workload.demos:
+            ids = policy.encode(text)
+            records.append(TokenRecord(ids, [1] * len(ids), [0.0] * len(ids)))
+    config = AgentConfig(seed=seed, warmup_ratio=0.05)
+    history = train_sft(
+        policy, records, config, epochs=epochs, learning_rate=lr, batch_size=4, max_len=max_len
+    )
+    policy.model.eval()
+    return history.train_loss[-1]
 
 
 def hf_twin(builtin: BuiltinPolicy, directory: Path) -> Any:
@@ -243,6 +246,20 @@ def turns(trajectories: list[Any]) -> float:
     return sum(len(t.steps) for t in trajectories) / max(1, len(trajectories))
 
 
+def behaviour(trajectories: list[Any]) -> dict[str, Any]:
+    """What the episodes did: evidence that the workload is multi-turn tool use."""
+    calls = [r for t in trajectories for s in t.steps for r in s.tool_responses]
+    reasons: dict[str, int] = {}
+    for t in trajectories:
+        reason = t.metadata.get("stop_reason", "?")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "tool_calls": len(calls),
+        "successful_tool_calls": sum(r.success for r in calls),
+        "stop_reasons": dict(sorted(reasons.items())),
+    }
+
+
 def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
     """Fastest of `repeats` runs: on a shared machine, slower runs measure the neighbours."""
     best, out = float("inf"), None
@@ -270,7 +287,7 @@ def rollout_benchmark(
         "trajectories_per_s": round(seq_n / seconds, 3),
         "generated_tokens": generated_tokens(seq_out),
         "generated_tokens_per_s": round(generated_tokens(seq_out) / seconds, 1),
-        "mean_turns": round(turns(seq_out), 2),
+        "mean_turns": round(turns(seq_out), 2), **behaviour(seq_out),
     }  # fmt: skip
     log(f"  sequential x{seq_n}: {result['sequential']}")
     for b in sizes:
@@ -279,7 +296,7 @@ def rollout_benchmark(
             "seconds": round(dt, 3), "trajectories_per_s": round(b / dt, 3),
             "generated_tokens": generated_tokens(out),
             "generated_tokens_per_s": round(generated_tokens(out) / dt, 1),
-            "mean_turns": round(turns(out), 2),
+            "mean_turns": round(turns(out), 2), **behaviour(out),
         }  # fmt: skip
         result["batched"][str(b)] = row
         log(f"  batched {b}: {row}")
@@ -324,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fit-steps", type=int, default=80)
+    parser.add_argument("--fit-epochs", type=int, default=8, help="SFT epochs (16 steps each)")
     parser.add_argument("--fit-max-len", type=int, default=768)
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -373,9 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
             # Untrained, so it does not stop early: every row makes all its new tokens.
             kv = kv_benchmark(policy, prompts, args.kv_new_tokens, args.repeats)
             t0 = time.perf_counter()
-            loss = fit(policy, workload.demos, args.fit_steps, 3e-3, args.fit_max_len, args.seed)
+            loss = fit(policy, workload, args.fit_epochs, 3e-3, args.fit_max_len, args.seed)
             log(
-                f"[{name}] fitted {args.fit_steps} steps in {time.perf_counter() - t0:.1f}s, loss {loss:.3f}"
+                f"[{name}] fitted {args.fit_epochs} epochs in {time.perf_counter() - t0:.1f}s, loss {loss:.3f}"
             )
             config = AgentConfig(
                 max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,

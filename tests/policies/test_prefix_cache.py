@@ -134,3 +134,53 @@ def test_hf_shared_prefill_matches_per_row_prefill(hf_policy):
     assert [c.token_ids for c in shared] == [c.token_ids for c in per_row]
     for a, b in zip(shared, per_row, strict=True):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch):
+    """An episode's next turn continues the conversation the last call finished: it runs only
+    its new tokens, with the same tokens and log-probs as prefilling the whole conversation,
+    whether the rows finished early (stop string) or at the token budget."""
+    policy = tiny_policy
+    model = policy.model
+    turn = SamplingParams(temperature=0.0, max_new_tokens=6, stop=["user", "ance"])
+    first = ["Paris is the capital", "The quick brown fox jumps", "What is 2 + 2?"]
+    # the last two rows run the same number of new tokens after prefixes of different lengths
+    follow = [policy.encode(" tool said: 42. Next"), policy.encode(" and"), policy.encode(" and")]
+
+    def two_turns(reuse: bool):
+        ids = [policy.encode(p) for p in first]
+        out1 = policy.generate(first, turn, reuse_turns=reuse)
+        nxt = [i + c.token_ids + f for i, c, f in zip(ids, out1, follow, strict=True)]
+        nxt.append(policy.encode("A fresh prompt"))  # continues nothing: prefilled in full
+        return out1, policy.generate([""] * len(nxt), turn, prompt_token_ids=nxt, reuse_turns=reuse)
+
+    runs: list[int] = []
+    prefill = model.prefill
+
+    def spy(ids, mask, cache, cached=None):
+        runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
+        return prefill(ids, mask, cache, cached)
+
+    monkeypatch.setattr(model, "prefill", spy)
+    out1, reused = two_turns(True)
+    assert {c.finish_reason for c in out1} == {"stop", "length"}  # both ways of finishing
+    ran_with_reuse = runs[1]
+    runs.clear()
+    _, full = two_turns(False)
+    ran_in_full = runs[1]
+    assert ran_with_reuse < ran_in_full - 20  # the three continued rows ran only their new tokens
+    assert [c.token_ids for c in reused] == [c.token_ids for c in full]
+    for a, b in zip(reused, full, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+    # A weight update in between: nothing kept is used.
+    policy = policy.clone()
+    model = policy.model
+    monkeypatch.setattr(model, "prefill", spy)
+    policy.generate(first, turn)
+    with torch.no_grad():
+        model.norm.weight.mul_(1.01)
+    runs.clear()
+    ids = [policy.encode(p) for p in first]
+    policy.generate(first[:1], turn, prompt_token_ids=[ids[0] + policy.encode(" more")])
+    assert runs == [len(ids[0]) + len(policy.encode(" more"))]

@@ -20,7 +20,13 @@ from tooltune.chat_format import IM_START
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
-from tooltune.policies.transformer import KVCache, Transformer, TransformerConfig, config_for_size
+from tooltune.policies.transformer import (
+    CachedPrefix,
+    KVCache,
+    Transformer,
+    TransformerConfig,
+    config_for_size,
+)
 from tooltune.rollout import Completion, SamplingParams
 
 FORMAT = "tooltune-builtin"
@@ -36,10 +42,19 @@ def sequence_logprobs(
 
 
 class _Backend:
-    """Adapts the transformer to the shared decode loop."""
+    """Adapts the transformer to the shared decode loop. ``previous`` holds the rows the last
+    ``generate`` call finished; a prompt that continues one of them (the next turn of the same
+    episode) runs only its new tokens. Rows finished now are kept in ``finished``."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        previous: dict[tuple[int, ...], CachedPrefix] | None = None,
+        finished: dict[tuple[int, ...], CachedPrefix] | None = None,
+    ) -> None:
         self.model = model
+        self.previous = previous or {}
+        self.finished = finished
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return self.model.new_cache(batch, capacity)
@@ -48,10 +63,34 @@ class _Backend:
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
     def prefill(self, ids, mask, cache: KVCache) -> torch.Tensor:
-        return self.model.prefill(ids, mask, cache)
+        cached = {}
+        if self.previous:
+            for row, n in enumerate(mask.sum(dim=1).tolist()):
+                prompt = tuple(ids[row, ids.shape[1] - n :].tolist())
+                found = longest_prefix(self.previous, prompt)
+                if found is not None:
+                    cached[row] = found
+        return self.model.prefill(ids, mask, cache, cached)
+
+    def capture(self, cache: KVCache, row: int, ids: list[int]) -> None:
+        if self.finished is not None and ids:
+            self.finished[tuple(ids)] = cache.export_row(row, ids)
 
     def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
         return cache.select_rows(rows)
+
+
+def longest_prefix(
+    prefixes: dict[tuple[int, ...], CachedPrefix], prompt: tuple[int, ...]
+) -> CachedPrefix | None:
+    """The longest stored prefix that ``prompt`` continues by at least one token."""
+    best = None
+    for key, entry in prefixes.items():
+        n = len(key)
+        if n < len(prompt) and (best is None or n > len(best.ids)):
+            if prompt[n - 1] == key[-1] and prompt[:n] == key:
+                best = entry
+    return best
 
 
 class BuiltinPolicy(ModulePolicy):
@@ -65,6 +104,14 @@ class BuiltinPolicy(ModulePolicy):
             )
         self.model = model
         self.tokenizer = tokenizer
+        # The rows the last generate() call finished, to continue in the next turn; valid only
+        # for the weights they were computed with (see _weights_version).
+        self._turn_cache: dict[tuple[int, ...], CachedPrefix] = {}
+        self._turn_cache_version: tuple | None = None
+
+    def _weights_version(self) -> tuple:
+        """Changes whenever a parameter is updated in place (optimiser step, load) or replaced."""
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     @classmethod
     def create(
@@ -121,20 +168,31 @@ class BuiltinPolicy(ModulePolicy):
         prompt_token_ids: list[list[int]] | None = None,
         use_cache: bool = True,
         share_prefill: bool = True,
+        reuse_turns: bool = True,
     ) -> list[Completion]:
         """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
         as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
         sequence at every step (only useful to measure what the KV cache saves);
-        ``share_prefill=False`` prefills repeated prompts once per row instead of once."""
+        ``share_prefill=False`` prefills repeated prompts once per row instead of once.
+
+        With ``reuse_turns``, the keys/values of the rows this call finishes are kept until
+        the next call, and a prompt there that continues one of them (an episode's next turn:
+        its conversation so far, a tool result, a new assistant header) runs only its new
+        tokens instead of the whole conversation. The numbers are those of a full prefill up
+        to float rounding; a weight update in between discards what was kept."""
         if prompt_token_ids is None:
             prompt_token_ids = self.tokenizer.encode_batch(list(prompts))
         elif len(prompt_token_ids) != len(prompts):
             raise ValueError("prompt_token_ids must have one entry per prompt")
         was_training = self.model.training
         self.model.eval()
+        version = self._weights_version()
+        previous = self._turn_cache if reuse_turns and self._turn_cache_version == version else {}
+        finished: dict[tuple[int, ...], CachedPrefix] | None = {} if reuse_turns else None
+        self._turn_cache, self._turn_cache_version = {}, None  # released before the batch runs
         try:
-            return generate_tokens(
-                _Backend(self.model),
+            completions = generate_tokens(
+                _Backend(self.model, previous, finished),
                 prompt_token_ids,
                 sampling,
                 eos_ids=[self.tokenizer.eos_token_id, self.tokenizer.endoftext_id],
@@ -145,6 +203,9 @@ class BuiltinPolicy(ModulePolicy):
                 use_cache=use_cache,
                 share_prefill=share_prefill,
             )
+            if finished:
+                self._turn_cache, self._turn_cache_version = finished, version
+            return completions
         finally:
             self.model.train(was_training)
 

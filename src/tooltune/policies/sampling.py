@@ -46,6 +46,9 @@ class DecodeBackend(Protocol):
 
     # Optional: ``prefill(ids, mask, cache) -> logits [B, V]``, the first forward_last on an
     # empty cache done a faster way (the built-in model runs rows of equal length unpadded).
+    # Optional: ``capture(cache, row, ids)``, called when a row finishes, before anything else
+    # runs: the cache's last len(ids) positions of that row hold exactly the tokens ``ids``
+    # (its prompt and all but the last generated token), for the backend to keep.
 
 
 def first_pass(backend: DecodeBackend, ids: torch.Tensor, mask: torch.Tensor, cache: Any):
@@ -182,6 +185,7 @@ def generate_tokens(
     out_ids: dict[int, list[int]] = {i: [] for i in rows}
     out_lps: dict[int, list[float]] = {i: [] for i in rows}
     done = [False] * len(rows)
+    capture = getattr(backend, "capture", None) if cache is not None else None
 
     while True:
         tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
@@ -200,6 +204,8 @@ def generate_tokens(
             if reason is not None:
                 done[j] = True
                 results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
+                if capture is not None:
+                    capture(cache, j, list(prompt_ids[i]) + out_ids[i][:-1])
         n_done = sum(done)
         if n_done == len(rows):
             break

@@ -102,6 +102,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+@dataclass
+class CachedPrefix:
+    """One row's cache after a turn: keys/values [layers, H, n, head_dim] of the tokens ``ids``
+    it has run (the prompt and all but the last generated token), so the next turn, whose
+    prompt continues these tokens, runs only its new tokens. The copy head's last key has not
+    yet seen its follower (it gets it when the next turn's first token runs)."""
+
+    ids: tuple[int, ...]
+    k: torch.Tensor
+    v: torch.Tensor
+    copy_k: torch.Tensor  # [n, C]; [n, 0] without a copy head
+    last_id: int
+
+
 class KVCache:
     """Preallocated keys/values for incremental decoding: [layers, B, H, capacity, head_dim].
 
@@ -125,6 +139,18 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
+
+    def export_row(self, row: int, ids: list[int]) -> CachedPrefix:
+        """A copy of ``row``'s last ``len(ids)`` filled positions (rows are right-aligned),
+        which must hold exactly the tokens ``ids``."""
+        n, end = len(ids), self.length
+        return CachedPrefix(
+            ids=tuple(ids),
+            k=self.k[:, row, :, end - n : end].clone(),
+            v=self.v[:, row, :, end - n : end].clone(),
+            copy_k=self.copy_k[row, end - n : end].clone(),
+            last_id=int(self.last_ids[row]),
+        )
 
     def select_rows(self, rows: torch.Tensor) -> KVCache:
         """Keep (or repeat) the given rows. Only the filled positions are copied: the rest of
@@ -404,18 +430,47 @@ class Transformer(nn.Module):
         return torch.log(((1 - copy_share) * p_vocab + copy_share * p_copy).clamp_min(1e-30))
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache):
+    def prefill(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: KVCache,
+        cached: dict[int, CachedPrefix] | None = None,
+    ):
         """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each
         row's last token. Rows of equal length run together without padding (plain causal
         attention, no mask), and their keys/values land right-aligned in the cache, exactly
-        where a padded pass would put them, so decoding continues as after ``forward``."""
+        where a padded pass would put them, so decoding continues as after ``forward``.
+        ``cached`` maps a row to a ``CachedPrefix`` of its prompt: that row runs only the rest
+        of its prompt, after the stored keys/values."""
         if cache.length != 0:
             raise ValueError("prefill needs an empty cache")
+        cached = cached or {}
         B, W = ids.shape
         lengths = attention_mask.sum(dim=1).tolist()
         logits = None
-        for n in sorted(set(int(n) for n in lengths)):
-            rows = torch.tensor([b for b in range(B) if lengths[b] == n], device=ids.device)
+
+        def place(rows: torch.Tensor, out: torch.Tensor) -> None:
+            nonlocal logits
+            if logits is None:
+                logits = out.new_empty(B, out.shape[-1])
+            logits[rows] = out
+
+        by_new: dict[int, list[int]] = {}  # rows with a cached prefix, by new-token count
+        for row, prefix in cached.items():
+            by_new.setdefault(int(lengths[row]) - len(prefix.ids), []).append(row)
+        for s, group in by_new.items():
+            rows = torch.tensor(group, device=ids.device)
+            out, part = self._continue_prefixes(ids[rows, W - s :], [cached[r] for r in group])
+            place(rows, out)
+            n = part.capacity
+            cache.k[:, rows, :, W - n : W], cache.v[:, rows, :, W - n : W] = part.k, part.v
+            cache.copy_k[rows, W - n : W] = part.copy_k
+            if cache.ids.numel():
+                cache.ids[rows, W - n : W] = part.ids
+        fresh = [b for b in range(B) if b not in cached]
+        for n in sorted(set(int(lengths[b]) for b in fresh)):
+            rows = torch.tensor([b for b in fresh if lengths[b] == n], device=ids.device)
             kv: list[tuple[torch.Tensor, torch.Tensor]] = []
             x = self._hidden(ids[rows, W - n :], None, None, None, kv)
             if self.copy_q is None:
@@ -426,15 +481,33 @@ class Transformer(nn.Module):
                 cache.copy_k[rows, W - n : W] = keys
                 cache.ids[rows, W - n : W] = ids[rows, W - n :]
                 out = self._copy_mixture(h[:, -1:], keys, ids[rows, W - n :], None, n - 1)[:, 0]
-            if logits is None:
-                logits = out.new_empty(B, out.shape[-1])
-            logits[rows] = out
+            place(rows, out)
             for layer, (k, v) in enumerate(kv):
                 cache.k[layer, rows, :, W - n : W] = k
                 cache.v[layer, rows, :, W - n : W] = v
         cache.length = W
         cache.last_ids = ids[:, -1].clone()
         return logits
+
+    def _continue_prefixes(self, new_ids: torch.Tensor, prefixes: list[CachedPrefix]):
+        """Run new tokens [G, s] after each row's cached prefix. The prefixes are placed
+        right-aligned (left-padded) in a fresh cache, so the new tokens share their columns;
+        returns (logits [G, vocab] of the last new token, that cache)."""
+        G, s = new_ids.shape
+        width = max(len(p.ids) for p in prefixes)
+        part = self.new_cache(G, width + s)
+        mask = torch.zeros((G, width + s), dtype=torch.long, device=new_ids.device)
+        for g, p in enumerate(prefixes):
+            m = len(p.ids)
+            part.k[:, g, :, width - m : width], part.v[:, g, :, width - m : width] = p.k, p.v
+            part.copy_k[g, width - m : width] = p.copy_k
+            if part.ids.numel():
+                part.ids[g, width - m : width] = torch.tensor(p.ids, device=new_ids.device)
+            part.last_ids[g] = p.last_id
+            mask[g, width - m :] = 1
+        part.length = width
+        logits = self(new_ids, attention_mask=mask, cache=part, logits_to_keep=1)[:, -1]
+        return logits, part
 
     def prefix_kv(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
