@@ -87,9 +87,9 @@ def longest_prefix(
     best = None
     for key, entry in prefixes.items():
         n = len(key)
-        if n < len(prompt) and (best is None or n > len(best.ids)):
-            if prompt[n - 1] == key[-1] and prompt[:n] == key:
-                best = entry
+        longer = best is None or n > len(best.ids)
+        if longer and n < len(prompt) and prompt[n - 1] == key[-1] and prompt[:n] == key:
+            best = entry
     return best
 
 
