@@ -152,6 +152,56 @@ def test_token_record_has_no_drift_and_masks_only_generated_tokens():
     assert all(lp == 0.0 for lp, m in zip(rec.logprobs, rec.mask, strict=True) if not m)
 
 
+class PiecewiseCharPolicy(CharPolicy):
+    """A CharPolicy that, like the built-in model, writes a turn in pieces: each call writes
+    at most the row's `max_new_tokens`, continuing after `generated_before`."""
+
+    continues_turns = True
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.calls = []  # per call: (user prompt, turn index, tokens written before) per row
+
+    def generate(self, prompts, sampling, prompt_token_ids, max_new_tokens, generated_before):
+        out, rows = [], []
+        for prompt, ids, budget, before in zip(
+            prompts, prompt_token_ids, max_new_tokens, generated_before, strict=True
+        ):
+            assert self.decode(ids) == prompt + self.decode(before)  # the turn so far comes in
+            turn = prompt.count("<|im_start|>assistant") - 1
+            rows.append((parse_prompt(prompt)[1]["content"], turn, len(before)))
+            whole = self.encode(self.inner.generate([prompt], sampling)[0].text) + [1000]
+            assert whole[: len(before)] == list(before)
+            gen = whole[len(before) :][:budget]
+            done = gen[-1:] == [1000]
+            out.append(
+                Completion(self.decode(gen), gen, [-0.5] * len(gen), "stop" if done else "length")
+            )
+        self.calls.append(rows)
+        return out
+
+
+def test_episodes_start_their_next_turn_while_others_still_write():
+    long_answer = "x" * 150
+    policy = PiecewiseCharPolicy({"long": [long_answer], "short": [CALL, "391"]})
+    config = AgentConfig(max_new_tokens=120)
+    collector = TrajectoryCollector(policy, ToolRegistry([multiply]), config)
+    long, short = collector.collect(["long", "short"])
+    # pieces of 32 tokens: "short" ends its call turn in its third piece and writes its answer
+    # in the next call, while "long" is still in the middle of its first turn
+    assert [(prompt, turn) for prompt, turn, _ in policy.calls[3]] == [("long", 0), ("short", 1)]
+    assert len(policy.calls) == 4  # 32 + 32 + 32 + 24 = the 120-token budget of "long"
+    assert [before for _, _, before in policy.calls[3]] == [96, 0]
+    assert short.final_answer == "391" and len(short.steps) == 2
+    assert short.steps[0].tool_responses[0].result == 391
+    # the long turn was cut at exactly max_new_tokens, and its pieces form one turn
+    generated = [i for i, m in zip(long.tokens.ids, long.tokens.mask, strict=True) if m]
+    assert policy.decode(generated) == "x" * 120
+    assert long.final_answer == "x" * 120 and len(long.steps) == 1
+    for t in (long, short):
+        assert policy.decode(t.tokens.ids) == t.metadata["text"]
+
+
 def test_max_trajectory_len_stops_episode():
     policy = CharPolicy({"q": [CALL] * 10})
     config = AgentConfig(max_trajectory_len=2000, max_new_tokens=100)

@@ -1,14 +1,20 @@
 """Rollouts: a policy acts, tools answer, and the episode becomes an `AgentTrajectory`.
 
-`TrajectoryCollector.collect` runs a whole batch of episodes turn by turn: every unfinished
+`TrajectoryCollector.collect` runs a whole batch of episodes together: every unfinished
 episode generates in one `policy.generate` call, the tool calls of the whole batch run
-concurrently, and finished episodes leave the batch. For token policies (those with `encode`),
+concurrently, and finished episodes leave the batch. Policies that can continue a turn cheaply
+(`continues_turns`, the built-in model) generate in pieces of `DECODE_CHUNK` tokens, and an
+episode whose turn ended runs its tools and starts its next turn at the next piece, while the
+others are still writing: the batch stays full instead of waiting, turn after turn, for its
+longest answer (continuous batching). For token policies (those with `encode`),
 each episode's exact token ids, loss mask and sampling log-probs are recorded as they happen and
 the same ids are fed back to the model, so training sees exactly what sampling saw.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import uuid
@@ -103,6 +109,12 @@ class ScriptedPolicy:
         return out
 
 
+# Tokens a continuing policy generates per call before the batch is re-formed: small enough that
+# episodes rejoin soon after their turn ends, large enough that re-forming (a cached one-token
+# prefill per row) stays a small share of the decoding.
+DECODE_CHUNK = 32
+
+
 @dataclass
 class _Episode:
     trajectory: AgentTrajectory
@@ -112,6 +124,10 @@ class _Episode:
     tokens: TokenRecord | None
     done: bool = False
     cutoffs: int = 0  # consecutive turns that ran into max_new_tokens
+    turns: int = 0  # completed turns
+    # the turn being written, when it is generated in pieces
+    partial_ids: list[int] = field(default_factory=list)
+    partial_logprobs: list[float] = field(default_factory=list)
 
 
 class TrajectoryCollector:
@@ -164,17 +180,24 @@ class TrajectoryCollector:
         """Roll out `num_samples` episodes per task; results are grouped task by task."""
         episodes = [self._start(task, tier) for task in tasks for _ in range(num_samples)]
         try:
-            for turn in range(self.config.max_turns):
-                active = [e for e in episodes if not e.done and self._has_room(e)]
+            for call in itertools.count():
+                active = []
                 for e in episodes:
-                    if not e.done and e not in active:
+                    if e.done:
+                        continue
+                    if e.partial_ids:  # in the middle of a turn: room was checked at its start
+                        active.append(e)
+                    elif e.turns >= self.config.max_turns:
+                        self._stop(e, "max_turns")
+                    elif not self._has_room(e):
                         self._stop(e, "max_trajectory_len")
+                    else:
+                        active.append(e)
                 if not active:
                     break
-                self._turn(active, turn)
-            for e in episodes:
-                if not e.done:
-                    self._stop(e, "max_turns")
+                ended = self._generate(active, call)
+                if ended:
+                    self._turn(ended)
             for e in episodes:
                 self._finish(e)
         finally:
@@ -210,11 +233,50 @@ class TrajectoryCollector:
         used = len(episode.tokens) if episode.tokens is not None else len(episode.text) // 4
         return used + self.sampling.max_new_tokens <= self.config.max_trajectory_len
 
-    def _turn(self, active: list[_Episode], turn: int) -> None:
-        prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
-        completions = self.policy.generate([e.text for e in active], self.sampling, prompt_ids)
+    def _generate(self, active: list[_Episode], call: int) -> list[tuple[_Episode, Completion]]:
+        """One generate call for the active episodes; returns those whose turn ended, each
+        with the whole turn's completion. A continuing policy writes at most DECODE_CHUNK
+        tokens per call, so a turn may take several calls."""
+        sampling = self.sampling
+        if sampling.seed is not None and call:  # every call draws fresh samples
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + call)
+        if not (self.token_mode and getattr(self.policy, "continues_turns", False)):
+            prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
+            completions = self.policy.generate([e.text for e in active], sampling, prompt_ids)
+            return list(zip(active, completions, strict=True))
+        wanted = [sampling.max_new_tokens - len(e.partial_ids) for e in active]
+        pieces = self.policy.generate(
+            [e.text for e in active],
+            sampling,
+            [e.tokens.ids + e.partial_ids for e in active],
+            max_new_tokens=[min(DECODE_CHUNK, w) for w in wanted],
+            generated_before=[e.partial_ids for e in active],
+        )
+        ended = []
+        for episode, piece, left in zip(active, pieces, wanted, strict=True):
+            episode.partial_ids += piece.token_ids
+            episode.partial_logprobs += piece.logprobs
+            short = len(piece.token_ids) < min(DECODE_CHUNK, left)  # out of context
+            if piece.finish_reason == "stop" or short or len(piece.token_ids) >= left:
+                reason = "stop" if piece.finish_reason == "stop" else "length"
+                turn = Completion(
+                    self.policy.decode(episode.partial_ids),
+                    episode.partial_ids,
+                    episode.partial_logprobs,
+                    reason,
+                )
+                episode.partial_ids, episode.partial_logprobs = [], []
+                ended.append((episode, turn))
+        return ended
+
+    def _turn(self, ended: list[tuple[_Episode, Completion]]) -> None:
+        """The episodes whose turn ended: record the turns, run their tool calls (all of them
+        concurrently), and open the next turn with the results."""
+        active = [episode for episode, _ in ended]
         actions = []
-        for episode, completion in zip(active, completions, strict=True):
+        for episode, completion in ended:
+            turn = episode.turns
+            episode.turns += 1
             text = completion.text
             if episode.tokens is not None:
                 ids = completion.token_ids

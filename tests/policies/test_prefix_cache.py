@@ -184,3 +184,42 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch):
     ids = [policy.encode(p) for p in first]
     policy.generate(first[:1], turn, prompt_token_ids=[ids[0] + policy.encode(" more")])
     assert runs == [len(ids[0]) + len(policy.encode(" more"))]
+
+
+def test_builtin_turns_written_in_pieces_match_whole_turns(tiny_policy, monkeypatch):
+    """The collector writes a continuing policy's turns in pieces of DECODE_CHUNK tokens;
+    greedy episodes are the same tokens as when each turn is one generate call."""
+    from dataclasses import replace
+
+    from tooltune import rollout
+    from tooltune.config import AgentConfig
+    from tooltune.policies.builtin import BuiltinPolicy
+    from tooltune.registry import ToolRegistry
+
+    # the same weights with room for the system prompt (221 tokens with this small vocabulary)
+    model = Transformer(replace(tiny_policy.model.config, max_seq_len=1024))
+    model.load_state_dict(tiny_policy.model.state_dict())
+    policy = BuiltinPolicy(model, tiny_policy.tokenizer)
+    config = AgentConfig(max_turns=3, max_new_tokens=40, max_trajectory_len=1024)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=40, stop=[])
+    prompts = ["Paris is the capital", "The quick brown fox jumps", "What is 2 + 2?"]
+
+    def episodes(chunk: int):
+        monkeypatch.setattr(rollout, "DECODE_CHUNK", chunk)
+        collector = rollout.TrajectoryCollector(
+            tiny_policy,
+            ToolRegistry(),
+            config,
+            sampling=greedy,
+            stop_after_cutoffs=None,
+            tool_style="names",
+        )
+        return collector.collect(prompts)
+
+    pieces, whole = episodes(16), episodes(1000)
+    assert max(sum(t.tokens.mask) for t in pieces) > 2 * 16  # turns spanned several pieces
+    for a, b in zip(pieces, whole, strict=True):
+        assert a.tokens.ids == b.tokens.ids and a.tokens.mask == b.tokens.mask
+        assert torch.allclose(
+            torch.tensor(a.tokens.logprobs), torch.tensor(b.tokens.logprobs), atol=1e-4
+        )

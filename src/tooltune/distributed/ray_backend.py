@@ -80,6 +80,8 @@ class TurnSeededPolicy:
     `turn_seed(seed, n)`. Every other attribute (`encode`, `eos_token_id`...) is the wrapped
     policy's, so the collector still treats it as a token policy."""
 
+    continues_turns = False  # one generate call per turn: its seed is the turn's
+
     def __init__(self, policy: Any, seed: int) -> None:
         self.policy = policy
         self.seed = seed

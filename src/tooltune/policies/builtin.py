@@ -96,6 +96,11 @@ def longest_prefix(
 class BuiltinPolicy(ModulePolicy):
     """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
 
+    # generate() takes per-prompt budgets and continues the rows of its last call cheaply, so
+    # a collector may generate turns in pieces and let finished episodes start their next turn
+    # while others are still writing (see TrajectoryCollector).
+    continues_turns = True
+
     def __init__(self, model: Transformer, tokenizer: BPETokenizer) -> None:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
@@ -169,6 +174,8 @@ class BuiltinPolicy(ModulePolicy):
         use_cache: bool = True,
         share_prefill: bool = True,
         reuse_turns: bool = True,
+        max_new_tokens: list[int] | None = None,
+        generated_before: list[list[int]] | None = None,
     ) -> list[Completion]:
         """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
         as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
@@ -202,6 +209,8 @@ class BuiltinPolicy(ModulePolicy):
                 device=self.device,
                 use_cache=use_cache,
                 share_prefill=share_prefill,
+                max_new_tokens=max_new_tokens,
+                generated_before=generated_before,
             )
             if finished:
                 self._turn_cache, self._turn_cache_version = finished, version
