@@ -207,7 +207,7 @@ def test_builtin_turns_written_in_pieces_match_whole_turns(tiny_policy, monkeypa
     def episodes(chunk: int):
         monkeypatch.setattr(rollout, "DECODE_CHUNK", chunk)
         collector = rollout.TrajectoryCollector(
-            tiny_policy,
+            policy,
             ToolRegistry(),
             config,
             sampling=greedy,
