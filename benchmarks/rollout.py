@@ -15,7 +15,9 @@ modules are unavailable the script says so and falls back to a small local workl
 prompts and three local tools (FALLBACK in the output).
 
 Decoding is greedy, so batched and sequential collection do exactly the same work (identical
-trajectories); the generated-token counts are printed to show it.
+trajectories); the generated-token counts are printed to show it. For the built-in model a third
+run at batch 32 collects turn by turn without reusing the last turn's cache (the collector as it
+was before continuous batching), to show what that change is worth.
 
     python benchmarks/rollout.py            # batch sizes 1,2,4,8,16,32,64
     python benchmarks/rollout.py --quick    # batch sizes 1,8,32
@@ -246,6 +248,22 @@ def turns(trajectories: list[Any]) -> float:
     return sum(len(t.steps) for t in trajectories) / max(1, len(trajectories))
 
 
+class TurnByTurn:
+    """A policy seen without what makes collection continuous (see `tooltune.rollout`): one
+    generate call per turn, each prompt prefilled in full. The baseline for that change."""
+
+    continues_turns = False
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def generate(self, prompts, sampling, prompt_token_ids=None):
+        return self.policy.generate(prompts, sampling, prompt_token_ids, reuse_turns=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)
+
+
 def behaviour(trajectories: list[Any]) -> dict[str, Any]:
     """What the episodes did: evidence that the workload is multi-turn tool use."""
     calls = [r for t in trajectories for s in t.steps for r in s.tool_responses]
@@ -304,6 +322,20 @@ def rollout_benchmark(
             result["same_work_as_sequential"] = (
                 row["generated_tokens"] == result["sequential"]["generated_tokens"]
             )
+    if getattr(policy, "continues_turns", False) and seq_n in sizes:
+        plain = TrajectoryCollector(
+            TurnByTurn(policy), workload.tools, config, sampling=sampling, tool_style=TOOL_STYLE
+        )
+        dt, out = best_of(repeats, lambda: plain.collect(workload.tasks[:seq_n]))
+        row = {
+            "seconds": round(dt, 3), "trajectories_per_s": round(seq_n / dt, 3),
+            "generated_tokens": generated_tokens(out), **behaviour(out),
+        }  # fmt: skip
+        result["batched_turn_by_turn"] = row
+        result["continuous_vs_turn_by_turn"] = round(
+            row["seconds"] / result["batched"][str(seq_n)]["seconds"], 2
+        )
+        log(f"  batched {seq_n}, turn by turn, no reuse: {row}")
     ref = str(seq_n)
     if ref in result["batched"]:
         result["speedup_batched_vs_sequential"] = round(
@@ -432,6 +464,9 @@ def print_table(report: dict) -> None:
             print(f"  {'batch ' + b:<14}{row['trajectories_per_s']:>9}{row['generated_tokens_per_s']:>11}"
                   f"{row['generated_tokens']:>8}{row['mean_turns']:>7}")  # fmt: skip
         print(f"  batched/sequential at 32: {m.get('speedup_batched_vs_sequential')}x")
+        if "continuous_vs_turn_by_turn" in m:
+            print(f"  continuous batching + turn reuse vs turn by turn at 32: "
+                  f"{m['continuous_vs_turn_by_turn']}x")  # fmt: skip
         kv = m["kv"]
         print(f"  KV cache {kv['kv_cache']['tokens_per_s']} tok/s vs no cache "
               f"{kv['no_cache']['tokens_per_s']} tok/s: {kv['speedup']}x "

@@ -14,6 +14,7 @@ the same ids are fed back to the model, so training sees exactly what sampling s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -113,6 +114,13 @@ class ScriptedPolicy:
 # episodes rejoin soon after their turn ends, large enough that re-forming (a cached one-token
 # prefill per row) stays a small share of the decoding.
 DECODE_CHUNK = 32
+
+
+def call_seed(seed: int, call: int) -> int:
+    """The sampling seed of a collection's `call`-th generate call: hashed, so the calls of
+    collections with neighbouring seeds (GRPO steps) never share a random stream."""
+    digest = hashlib.blake2b(f"{seed}:{call}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass
@@ -239,7 +247,7 @@ class TrajectoryCollector:
         tokens per call, so a turn may take several calls."""
         sampling = self.sampling
         if sampling.seed is not None and call:  # every call draws fresh samples
-            sampling = dataclasses.replace(sampling, seed=sampling.seed + call)
+            sampling = dataclasses.replace(sampling, seed=call_seed(sampling.seed, call))
         if not (self.token_mode and getattr(self.policy, "continues_turns", False)):
             prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
             completions = self.policy.generate([e.text for e in active], sampling, prompt_ids)
