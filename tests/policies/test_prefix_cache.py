@@ -223,3 +223,30 @@ def test_builtin_turns_written_in_pieces_match_whole_turns(tiny_policy, monkeypa
         assert torch.allclose(
             torch.tensor(a.tokens.logprobs), torch.tensor(b.tokens.logprobs), atol=1e-4
         )
+
+
+def test_builtin_prompts_with_a_common_beginning_run_it_once(tiny_policy, monkeypatch):
+    """A batch whose prompts share a long beginning (an evaluation's system prompt) runs it
+    once; every row gets the tokens and log-probs it gets alone."""
+    policy, model = tiny_policy, tiny_policy.model
+    system = "<|im_start|>system\nThe quick brown fox jumps over the lazy dog.<|im_end|>\n"
+    prompts = [system + q for q in ("Paris is the capital", "What is 2 + 2?", "The answer")]
+    common = len(policy.encode(system)) - 2  # BPE may merge across the boundary
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6, stop=[])
+    runs: list[dict] = []
+    prefill = model.prefill
+
+    def spy(ids, mask, cache, cached=None):
+        runs.append(dict(cached or {}))
+        return prefill(ids, mask, cache, cached)
+
+    monkeypatch.setattr(model, "prefill", spy)
+    together = policy.generate(prompts, greedy, reuse_turns=False)
+    shared = list(runs[0].values())
+    assert len(shared) == 3 and shared[0] is shared[1] is shared[2]  # one run for all rows
+    assert len(shared[0].ids) >= max(common, 16)
+    alone = [policy.generate([p], greedy, reuse_turns=False)[0] for p in prompts]
+    assert all(not r for r in runs[1:])  # a single prompt shares nothing
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)

@@ -30,6 +30,9 @@ from tooltune.policies.transformer import (
 from tooltune.rollout import Completion, SamplingParams
 
 FORMAT = "tooltune-builtin"
+# Prompts of one batch that begin with at least this many equal tokens (the system prompt of
+# an evaluation or a collection) run their common beginning once.
+MIN_SHARED_PREFIX = 16
 
 
 def sequence_logprobs(
@@ -63,14 +66,35 @@ class _Backend:
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
     def prefill(self, ids, mask, cache: KVCache) -> torch.Tensor:
+        prompts = [
+            tuple(ids[row, ids.shape[1] - n :].tolist())
+            for row, n in enumerate(mask.sum(dim=1).tolist())
+        ]
         cached = {}
-        if self.previous:
-            for row, n in enumerate(mask.sum(dim=1).tolist()):
-                prompt = tuple(ids[row, ids.shape[1] - n :].tolist())
-                found = longest_prefix(self.previous, prompt)
-                if found is not None:
-                    cached[row] = found
+        for row, prompt in enumerate(prompts):
+            found = longest_prefix(self.previous, prompt) if self.previous else None
+            if found is not None:
+                cached[row] = found
+        fresh = [row for row in range(len(prompts)) if row not in cached]
+        shared = self.shared_prefix([prompts[row] for row in fresh])
+        if shared is not None:
+            cached.update({row: shared for row in fresh})
         return self.model.prefill(ids, mask, cache, cached)
+
+    def shared_prefix(self, prompts: list[tuple[int, ...]]) -> CachedPrefix | None:
+        """The prompts' common beginning (a system prompt), run once, when it is long enough
+        to be worth it; every prompt keeps at least one token of its own."""
+        if len(prompts) < 2:
+            return None
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        if n < MIN_SHARED_PREFIX:
+            return None
+        part = self.model.new_cache(1, n)
+        self.model(torch.tensor([first[:n]], device=part.k.device), cache=part, logits_to_keep=1)
+        return part.export_row(0, list(first[:n]))
 
     def capture(self, cache: KVCache, row: int, ids: list[int]) -> None:
         if self.finished is not None and ids:
