@@ -104,10 +104,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class CachedPrefix:
-    """One row's cache after a turn: keys/values [layers, H, n, head_dim] of the tokens ``ids``
-    it has run (the prompt and all but the last generated token), so the next turn, whose
-    prompt continues these tokens, runs only its new tokens. The copy head's last key has not
-    yet seen its follower (it gets it when the next turn's first token runs)."""
+    """Keys/values [layers, H, n, head_dim] of tokens ``ids`` already run, which a prompt may
+    continue so that only its new tokens run: a row a generate call finished (its prompt and
+    all but its last generated token; the next turn continues it) or a batch's common
+    beginning. The copy head's last key has not yet seen its follower (it gets it when the
+    first new token runs)."""
 
     ids: tuple[int, ...]
     k: torch.Tensor
