@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--kv-new-tokens", type=int, default=256)
     parser.add_argument("--kv-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="keep the fastest of N runs")
+    parser.add_argument("--repeats", type=int, default=3, help="keep the fastest of N runs")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--fallback", action="store_true", help="force the local FALLBACK workload")
     args = parser.parse_args(argv)
