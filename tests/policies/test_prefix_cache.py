@@ -250,3 +250,26 @@ def test_builtin_prompts_with_a_common_beginning_run_it_once(tiny_policy, monkey
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     for a, b in zip(together, alone, strict=True):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_builtin_stop_string_begun_in_an_earlier_piece_is_found(tiny_policy):
+    """A turn written in pieces: a stop string whose first token came in the last piece still
+    ends the turn as soon as its last token comes."""
+    policy = tiny_policy
+    prompt = policy.encode("Paris is the capital")
+    free = SamplingParams(temperature=0.0, max_new_tokens=8, stop=[])
+    t = policy.generate([""], free, prompt_token_ids=[prompt], reuse_turns=False)[0].token_ids
+    stop = policy.decode(t[2:4])
+    assert stop not in policy.decode(t[:3]) and stop not in policy.decode(t[3:4])
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=8, stop=[stop])
+    piece = policy.generate(
+        [""], sampling, prompt_token_ids=[prompt + t[:3]], reuse_turns=False,
+        max_new_tokens=[5], generated_before=[t[:3]],
+    )[0]  # fmt: skip
+    assert piece.token_ids == t[3:4] and piece.finish_reason == "stop"
+    blind = policy.generate(
+        [""], sampling, prompt_token_ids=[prompt + t[:3]], reuse_turns=False, max_new_tokens=[5]
+    )[0]  # without the earlier piece the stop string is not seen
+    assert len(blind.token_ids) > 1
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        policy.generate([""], sampling, prompt_token_ids=[prompt], max_new_tokens=[5, 5])

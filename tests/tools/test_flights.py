@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +227,20 @@ def test_service_stops_cleanly(db: Path) -> None:
         httpx.get(f"{url}/flights", params=QUERY, timeout=2)
     with pytest.raises(FileNotFoundError):
         FlightService(db.parent / "missing.db").start()
+
+
+def test_a_database_from_an_older_version_or_not_a_database_fails_clearly(tmp_path: Path) -> None:
+    old = create_flight_db(tmp_path / "old.db", FLIGHTS)
+    con = sqlite3.connect(old)
+    con.executescript(
+        "DROP TABLE bookings; CREATE TABLE bookings (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " booking_id TEXT UNIQUE, episode_id TEXT NOT NULL, flight_id TEXT NOT NULL,"
+        " passenger TEXT NOT NULL, status TEXT NOT NULL, price REAL NOT NULL);"
+    )  # the schema before booking ids were numbered per episode
+    con.close()
+    with pytest.raises(ValueError, match="not built by this version"):
+        FlightService(old).start()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ValueError, match="not a flight database"):
+        FlightService(junk).start()

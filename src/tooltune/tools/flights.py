@@ -141,6 +141,19 @@ class _FlightStore:
             raise FileNotFoundError(f"flight database {db_path} does not exist")
         self.con = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self.con.row_factory = sqlite3.Row
+        try:
+            (table,) = self.con.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'bookings'"
+            ).fetchone() or (None,)
+        except sqlite3.DatabaseError as exc:
+            self.con.close()
+            raise ValueError(f"{db_path} is not a flight database ({exc})") from None
+        if table is None or "UNIQUE (episode_id, booking_id)" not in table:
+            self.con.close()
+            raise ValueError(
+                f"{db_path} was not built by this version of tooltune (booking ids are now "
+                "numbered per episode): build it again with create_flight_db"
+            )
         self.con.execute("PRAGMA journal_mode=WAL")
         self.lock = threading.Lock()
 
