@@ -29,9 +29,12 @@ def model_dir(tmp_path_factory, tiny_qwen2):
     return tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), CORPUS, vocab_size=400)
 
 
-@pytest.fixture(scope="module")
-def policy(model_dir):
-    return HFPolicy.from_pretrained(model_dir)
+@pytest.fixture(scope="module", params=[True, False], ids=["direct", "transformers"])
+def policy(model_dir, request):
+    """Both forward paths: tooltune's direct Llama-family forward and the model's own."""
+    policy = HFPolicy.from_pretrained(model_dir)
+    policy.direct_forward = request.param
+    return policy
 
 
 def test_tooltune_tokens_are_added_as_single_ids(policy, model_dir):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
+from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import generate_tokens
@@ -68,6 +69,8 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Backend:
+    """Decoding through the model's own ``transformers`` forward (any architecture)."""
+
     def __init__(self, model: Any) -> None:
         self.model = model
 
@@ -91,10 +94,44 @@ class _Backend:
         return cache
 
 
-class HFPolicy(ModulePolicy):
-    """A local Hugging Face causal LM behind tooltune's token-policy interface."""
+class _DirectBackend:
+    """Decoding through ``llama_forward`` into a preallocated cache (Llama-family models)."""
 
-    def __init__(self, model: Any, tokenizer: Any, base_path: str | None = None) -> None:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
+        return llama_forward.StaticKVCache(self.model, batch, capacity)
+
+    def forward_last(self, ids, mask, cache):
+        hidden = llama_forward.hidden_states(self.model, ids, mask, cache)
+        return llama_forward.logits(self.model, hidden[:, -1])
+
+    def select_cache(self, cache, rows: torch.Tensor):
+        return cache.select_rows(rows)
+
+
+class HFPolicy(ModulePolicy):
+    """A local Hugging Face causal LM behind tooltune's token-policy interface.
+
+    ``direct_forward`` (default: whenever ``llama_forward.supports`` the model) runs
+    generation and scoring through ``tooltune.policies.llama_forward`` instead of the model's
+    ``transformers`` forward: same outputs, less overhead per call."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        base_path: str | None = None,
+        direct_forward: bool | None = None,
+    ) -> None:
+        supported = llama_forward.supports(model)
+        if direct_forward and not supported:
+            raise ValueError(
+                f"direct_forward supports {', '.join(llama_forward.ARCHITECTURES)} models "
+                "without sliding-window attention"
+            )
+        self.direct_forward = supported if direct_forward is None else direct_forward
         self.model = model
         self.tokenizer = tokenizer
         self.base_path = base_path
@@ -114,26 +151,28 @@ class HFPolicy(ModulePolicy):
         lora: LoraSettings | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        direct_forward: bool | None = None,
     ) -> HFPolicy:
         """Load a local model directory, or a directory written by ``save`` (a full model or
-        a LoRA adapter with its base). ``lora`` wraps a plain model in new adapters."""
+        a LoRA adapter with its base). ``lora`` wraps a plain model in new adapters;
+        ``direct_forward`` as in the constructor."""
         tf = _transformers()
         path = Path(path).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a model directory")
         if (path / "adapter_config.json").exists():
-            return cls._load_adapter(path, dtype, device)
+            return cls._load_adapter(path, dtype, device, direct_forward)
         tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         added = add_tooltune_tokens(tokenizer, model)
         if lora is not None:
             model = apply_lora(model, lora, added)
-        return cls(model.to(device), tokenizer, base_path=str(path.resolve()))
+        return cls(model.to(device), tokenizer, str(path.resolve()), direct_forward)
 
     load = from_pretrained
 
     @classmethod
-    def _load_adapter(cls, path: Path, dtype: torch.dtype, device) -> HFPolicy:
+    def _load_adapter(cls, path: Path, dtype: torch.dtype, device, direct_forward) -> HFPolicy:
         tf = _transformers()
         from peft import PeftModel
 
@@ -147,7 +186,7 @@ class HFPolicy(ModulePolicy):
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, path, is_trainable=True)
-        return cls(model.to(device), tokenizer, base_path=base)
+        return cls(model.to(device), tokenizer, base, direct_forward)
 
     # -- tokens ---------------------------------------------------------------------------
     @property
@@ -169,7 +208,9 @@ class HFPolicy(ModulePolicy):
 
     def clone(self) -> HFPolicy:
         """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        return HFPolicy(frozen_copy(self.model), self.tokenizer, self.base_path)
+        return HFPolicy(
+            frozen_copy(self.model), self.tokenizer, self.base_path, self.direct_forward
+        )
 
     # -- generation and scoring -------------------------------------------------------------
     def generate(
@@ -188,8 +229,9 @@ class HFPolicy(ModulePolicy):
         was_training = self.model.training
         self.model.eval()
         try:
+            backend = _DirectBackend if self.direct_forward else _Backend
             return generate_tokens(
-                _Backend(self.model),
+                backend(self.model),
                 prompt_token_ids,
                 sampling,
                 eos_ids=self._stop_ids,
@@ -205,6 +247,10 @@ class HFPolicy(ModulePolicy):
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients; 0 on padding."""
+        if self.direct_forward:
+            hidden = llama_forward.hidden_states(self.model, input_ids, attention_mask)
+            logits = llama_forward.logits(self.model, hidden)
+            return sequence_logprobs(logits, input_ids, attention_mask)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -225,6 +271,14 @@ class HFPolicy(ModulePolicy):
         (same contract as ``BuiltinPolicy.prefix_token_logprobs``). The prefix pass fills a
         ``DynamicCache`` whose tensors stay in the autograd graph; selecting its rows with
         ``prefix_index`` expands it to the continuations, and gradients sum back."""
+        if self.direct_forward:
+            kv: llama_forward.KV = []
+            llama_forward.hidden_states(self.model, prefix_ids, prefix_mask, kv_out=kv)
+            kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+            mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+            hidden = llama_forward.hidden_states(self.model, input_ids, mask, past_kv=kv)
+            logits = llama_forward.logits(self.model, hidden)
+            return sequence_logprobs(logits, input_ids, attention_mask)
         cache = _transformers().DynamicCache()
         self.model(
             input_ids=prefix_ids,

@@ -532,7 +532,7 @@ class Transformer(nn.Module):
             raise ValueError(f"KV cache overflow: {past + T} > capacity {cache.capacity}")
         if attention_mask is None:
             positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
-            mask = None if past == 0 else self._attn_mask(torch.ones(B, past + T), T)
+            mask = None if past == 0 else padded_causal_mask(torch.ones(B, past + T), T)
         else:
             if attention_mask.shape != (B, past + T):
                 raise ValueError(
@@ -541,7 +541,7 @@ class Transformer(nn.Module):
             # Position of a token = number of real tokens before it in its row.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             all_real = past == 0 and bool(attention_mask.all())
-            mask = None if all_real else self._attn_mask(attention_mask, T)
+            mask = None if all_real else padded_causal_mask(attention_mask, T)
         if mask is not None:
             mask = mask.to(ids.device)
         cos, sin = rope_tables(
@@ -575,15 +575,16 @@ class Transformer(nn.Module):
             ok = ok & torch.cat([ok[:, :1], real[:, :-1].bool()], dim=1)
         return self.embed(prev.clamp(min=0)) * ok[..., None].to(self.embed.weight.dtype)
 
-    @staticmethod
-    def _attn_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
-        """Boolean [B, 1, T, S] mask: causal, real keys only, and each query may always see
-        itself (so a padding query's row is never fully masked, which would give NaN)."""
-        B, S = attention_mask.shape
-        past = S - T
-        q_pos = torch.arange(past, S, device=attention_mask.device)[:, None]
-        k_pos = torch.arange(S, device=attention_mask.device)[None, :]
-        causal = k_pos <= q_pos  # [T, S]
-        real = attention_mask.bool()[:, None, :]  # [B, 1, S]
-        allowed = (causal & real) | (k_pos == q_pos)
-        return allowed[:, None]
+
+def padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """Boolean [B, 1, T, S] mask for the last T of S positions: causal, real keys only, and
+    each query may always see itself (so a padding query's row is never fully masked, which
+    would give NaN). ``attention_mask`` [B, S] is 1 for real tokens, 0 for padding."""
+    B, S = attention_mask.shape
+    past = S - T
+    q_pos = torch.arange(past, S, device=attention_mask.device)[:, None]
+    k_pos = torch.arange(S, device=attention_mask.device)[None, :]
+    causal = k_pos <= q_pos  # [T, S]
+    real = attention_mask.bool()[:, None, :]  # [B, 1, S]
+    allowed = (causal & real) | (k_pos == q_pos)
+    return allowed[:, None]

@@ -1,0 +1,174 @@
+"""tooltune's direct Llama-family forward computes what the `transformers` forward computes."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from tooltune.policies import llama_forward  # noqa: E402
+from tooltune.policies.hf import HFPolicy, LoraSettings, position_ids_from_mask  # noqa: E402
+from tooltune.rollout import SamplingParams  # noqa: E402
+
+SHAPE = dict(
+    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+)  # fmt: skip
+
+
+def sharpened(model):
+    """Larger random weights, so every output depends on the whole context."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 2.0 * p.shape[1] ** -0.5)
+            elif p.dim() == 1:  # norms and the Qwen2 q/k/v biases: not all ones / zeros
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def qwen2():
+    torch.manual_seed(0)
+    return sharpened(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SHAPE)))
+
+
+def llama():  # untied head and a scaled rope, unlike the Qwen2 above
+    config = transformers.LlamaConfig(
+        **SHAPE, tie_word_embeddings=False, rope_theta=500.0,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return sharpened(transformers.LlamaForCausalLM(config))
+
+
+MODELS = {"qwen2": qwen2, "llama": llama}
+
+
+def reference_logits(model, ids, mask):
+    positions = position_ids_from_mask(mask)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+
+
+def padded_batch():
+    torch.manual_seed(2)
+    ids = torch.randint(0, SHAPE["vocab_size"], (3, 14))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # right padding (training batches)
+    mask[2, :5] = 0  # left padding (generation batches)
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_equal_the_transformers_forward(name):
+    model = MODELS[name]()
+    assert llama_forward.supports(model)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        ours = llama_forward.logits(model, llama_forward.hidden_states(model, ids, mask))
+        theirs = reference_logits(model, ids, mask)
+        unpadded = llama_forward.logits(model, llama_forward.hidden_states(model, ids))
+        theirs_unpadded = model(input_ids=ids).logits
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unpadded, theirs_unpadded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_decoding_equals_a_full_forward(name):
+    """Prefill a left-padded batch, then decode token by token into the static cache, dropping
+    a row halfway: every step's logits are the full forward's at that position."""
+    model = MODELS[name]()
+    ids, mask = padded_batch()
+    prompt, rest = ids[[0, 2], :8], ids[[0, 2], 8:]
+    pmask = mask[[0, 2], :8]
+    cache = llama_forward.StaticKVCache(model, 2, 14)
+    with torch.no_grad():
+        step = llama_forward.hidden_states(model, prompt, pmask, cache)[:, -1]
+        full_mask = torch.cat([pmask, torch.ones_like(rest)], dim=1)
+        full = reference_logits(model, torch.cat([prompt, rest], dim=1), full_mask)
+        rows = torch.tensor([0, 1])
+        for t in range(rest.shape[1]):
+            torch.testing.assert_close(
+                llama_forward.logits(model, step), full[rows, 7 + t], rtol=1e-5, atol=1e-5
+            )
+            if t == 3:  # the first row finishes; its cache row leaves
+                rows = torch.tensor([1])
+                cache.select_rows(torch.tensor([1]))
+            hidden = llama_forward.hidden_states(
+                model, rest[rows, t : t + 1], full_mask[rows, : 9 + t], cache
+            )
+            step = hidden[:, -1]
+    with pytest.raises(ValueError, match="overflow"):
+        llama_forward.hidden_states(model, rest[rows], full_mask[rows], cache)
+
+
+def test_prefix_scoring_and_gradients_equal_the_transformers_path(tmp_path, tiny_qwen2):
+    """`prefix_token_logprobs` (a shared prompt run once, kept in the graph) and
+    `token_logprobs`: the same values and the same parameter gradients on both paths."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    direct = HFPolicy.from_pretrained(path)
+    plain = HFPolicy.from_pretrained(path, direct_forward=False)
+    assert direct.direct_forward and not plain.direct_forward
+    torch.manual_seed(3)
+    prefix = torch.randint(0, 50, (2, 6))
+    prefix_mask = torch.ones_like(prefix)
+    prefix_mask[1, :2] = 0  # left-padded prefixes
+    suffix = torch.randint(0, 50, (4, 5))
+    suffix_mask = torch.ones_like(suffix)
+    suffix_mask[3, 3:] = 0
+    index = torch.tensor([0, 0, 1, 1])
+    grads = []
+    for policy in (direct, plain):
+        policy.model.zero_grad(set_to_none=True)
+        a = policy.prefix_token_logprobs(prefix, prefix_mask, suffix, suffix_mask, index)
+        b = policy.token_logprobs(suffix, suffix_mask)
+        (a.sum() + b.sum()).backward()
+        grads.append(((a, b), {n: p.grad.clone() for n, p in policy.model.named_parameters()}))
+    (values_d, grads_d), (values_p, grads_p) = grads
+    for x, y in zip(values_d, values_p, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    assert grads_d.keys() == grads_p.keys()
+    for name in grads_d:
+        torch.testing.assert_close(grads_d[name], grads_p[name], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_model_with_trainable_tokens(tmp_path, tiny_qwen2):
+    """peft's wrappers (LoRA layers, trainable embedding rows) run inside the direct path."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    assert policy.direct_forward
+    with torch.no_grad():  # LoRA's B starts at zero: give the adapters an effect
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    policy.eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        ours = policy.token_logprobs(ids, mask)
+        policy.direct_forward = False
+        theirs = policy.token_logprobs(ids, mask)
+    scored = (mask[:, :-1] * mask[:, 1:]).bool()  # a padding query predicts nothing
+    torch.testing.assert_close(ours[scored], theirs[scored], rtol=1e-5, atol=1e-5)
+
+
+def test_other_models_keep_the_transformers_path(tmp_path, tiny_qwen2):
+    windowed = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(**SHAPE, use_sliding_window=True, sliding_window=4)
+    )
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)
+    )
+    assert not llama_forward.supports(windowed)
+    assert not llama_forward.supports(gpt2)
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    with pytest.raises(ValueError, match="direct_forward supports"):
+        HFPolicy(gpt2, tokenizer, direct_forward=True)
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)
+    )
+    policy = HFPolicy(model, tokenizer)
+    assert not policy.direct_forward
+    out = policy.generate(["hello"], SamplingParams(temperature=0.0, max_new_tokens=4, stop=[]))
+    assert len(out[0].token_ids) == 4
