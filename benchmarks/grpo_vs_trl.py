@@ -11,10 +11,12 @@ Each side runs `--warmup` steps, then `--repeats` timed steps; seconds per step 
 TRL steps are timed with a trainer callback (`on_step_begin` -> `on_step_end`: generation,
 reward, log-probs, backward and optimiser step); tooltune steps are collect + train_step.
 
-tooltune shares each group's prompt: prefilled once per group in generation, run once per
-group in the update (`GRPOTrainer(share_prefix=True)`). A third run, interleaved with the other
-two, times tooltune with both turned off (`--no-baseline` skips it), i.e. the same step without
-the optimisation.
+tooltune shares each group's prompt (prefilled once per group in generation, run once per
+group in the update: `GRPOTrainer(share_prefix=True)`) and runs Llama-family models through its
+direct forward (`tooltune.policies.llama_forward`: a preallocated KV cache, none of the
+`transformers` forward's per-call machinery). Baseline runs, interleaved with the other two,
+time tooltune with one of them turned off (`--baselines`): `unshared` (no prompt sharing) and
+`transformers-forward` (the model's own forward, as TRL uses it).
 
 Then a profile of one tooltune step (generation, tools, log-probs, backward, optimiser, rest)
 and the model FLOPs utilisation against the fp32 matmul peak measured on this machine
@@ -304,15 +306,27 @@ def completion_text(trajectory: AgentTrajectory) -> str:
     return "" if step is None else (step.action.raw or step.action.content or "")
 
 
+BASELINES = {  # name: what tooltune_setup turns off
+    "unshared": dict(shared=False),
+    "transformers-forward": dict(direct=False),
+}
+
+
 def tooltune_setup(
-    model_dir: Path, args: argparse.Namespace, registry: ToolRegistry, turns: int, shared: bool
+    model_dir: Path,
+    args: argparse.Namespace,
+    registry: ToolRegistry,
+    turns: int,
+    shared: bool = True,
+    direct: bool = True,
 ):
     """`shared=False` turns off both prompt-sharing optimisations (prefill once per group in
-    generation, prompt once per group in the update): the previous tooltune step."""
+    generation, prompt once per group in the update); `direct=False` runs the model's own
+    `transformers` forward instead of tooltune's direct Llama-family forward."""
     from tooltune.policies.hf import HFPolicy
     from tooltune.training.grpo import GRPOTrainer
 
-    policy = HFPolicy.from_pretrained(model_dir)
+    policy = HFPolicy.from_pretrained(model_dir, direct_forward=direct)
     if not shared:
         policy.generate = functools.partial(policy.generate, share_prefill=False)
     if turns == 1:
@@ -353,11 +367,9 @@ def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, se
 class Tooltune:
     """tooltune's side: `step()` runs one timed step, `profile()` one instrumented step."""
 
-    def __init__(
-        self, model_dir: Path, tasks: list[str], args, registry, turns: int = 1, shared=True
-    ):
+    def __init__(self, model_dir: Path, tasks: list[str], args, registry, turns=1, **switches):
         self.policy, self.ref, self.optimizer, self.trainer, self.collector, self.sampling = (
-            tooltune_setup(model_dir, args, registry, turns, shared)
+            tooltune_setup(model_dir, args, registry, turns, **switches)
         )
         self.tasks, self.group, self.registry = tasks, args.group, registry
         self.results: list[dict] = []
@@ -434,13 +446,14 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     steps = args.warmup + args.repeats
     log(f"[{size}] {params:,} parameters, {args.prompts} prompts x {args.group} samples x "
         f"{args.max_new_tokens} tokens; TRL and tooltune steps interleaved ...")  # fmt: skip
-    # Steps alternate (TRL, tooltune[, tooltune unshared], TRL, ...) so all see the same load.
+    # Steps alternate (TRL, tooltune, baselines..., TRL, ...) so all see the same load.
     side = Tooltune(directory, users, args, registry)
-    base = None if args.no_baseline else Tooltune(directory, users, args, registry, shared=False)
+    bases = {name: Tooltune(directory, users, args, registry, **BASELINES[name])
+             for name in args.baselines}  # fmt: skip
 
     def between() -> None:
         side.step()
-        if base is not None:
+        for base in bases.values():
             base.step()
 
     trl = run_trl(directory, prompts, args, steps, between=between)
@@ -450,17 +463,16 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     log(f"[{size}] tooltune step times {[round(r['seconds'], 3) for r in tt]}")
     trl_s = statistics.median(trl["times"][args.warmup :])
     tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
-    unshared: dict[str, Any] = {}
-    if base is not None:
-        base_s = statistics.median(r["seconds"] for r in base.results[args.warmup :])
-        log(
-            f"[{size}] tooltune unshared step times {[round(r['seconds'], 3) for r in base.results]}"
-        )
-        unshared = {
-            "tooltune_unshared_s_per_step": base_s,
-            "tooltune_unshared_step_times": [r["seconds"] for r in base.results],
-            "speedup_vs_unshared": base_s / tt_s,
-            "unshared_speedup_vs_trl": trl_s / base_s,
+    baselines: dict[str, Any] = {}
+    for name, base in bases.items():
+        times = [r["seconds"] for r in base.results]
+        log(f"[{size}] tooltune {name} step times {[round(t, 3) for t in times]}")
+        base_s = statistics.median(times[args.warmup :])
+        baselines[name] = {
+            "s_per_step": base_s,
+            "step_times": times,
+            "tooltune_speedup": base_s / tt_s,  # what turning it back on gains
+            "speedup_vs_trl": trl_s / base_s,
         }
     flops = step_flops(
         params, prompt_tokens, profile["generated_tokens"], profile["sequence_tokens"]
@@ -481,7 +493,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
         "model_gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
         "tooltune_mfu": flops["total"] / tt_s / 1e9 / peak,
         "trl_mfu": flops["total"] / trl_s / 1e9 / peak,
-        **unshared,
+        "baselines": baselines,
     }
 
 
@@ -521,14 +533,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tools", action="store_true", help="also run the multi-turn tool case")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the interleaved tooltune run without prompt sharing")  # fmt: skip
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help=f"comma list of tooltune runs with one optimisation off "
+                             f"({', '.join(BASELINES)}); empty for none")  # fmt: skip
+    parser.add_argument("--no-baseline", action="store_true", help="same as --baselines ''")
     args = parser.parse_args(argv)
     args.sizes = (args.sizes or ("0.5M" if args.quick else "0.5M,5M")).split(",")
     args.prompts = args.prompts or (2 if args.quick else 4)
     args.group = args.group or 4
     args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 32)
     args.repeats = args.repeats or (2 if args.quick else 3)
+    args.baselines = [] if args.no_baseline else [b for b in args.baselines.split(",") if b]
+    for name in args.baselines:
+        if name not in BASELINES:
+            parser.error(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     for size in args.sizes:
         if size not in SIZES:
             parser.error(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
@@ -582,9 +600,9 @@ def print_table(out: dict) -> None:
               f"{r['tooltune_generated_tokens_per_s']:.0f} gen tok/s  MFU {100 * r['tooltune_mfu']:.2f}%")  # fmt: skip
         print(f"  speedup   {r['speedup_vs_trl']:.2f}x  (generated tokens per step: TRL "
               f"{r['trl_generated_tokens_per_step']:.0f}, tooltune {r['tooltune_generated_tokens_per_step']})")  # fmt: skip
-        if "speedup_vs_unshared" in r:
-            print(f"  tooltune without prompt sharing {r['tooltune_unshared_s_per_step']:.3f} s/step "
-                  f"(sharing: {r['speedup_vs_unshared']:.2f}x faster)")  # fmt: skip
+        for name, b in r["baselines"].items():
+            print(f"  tooltune {name:20s} {b['s_per_step']:.3f} s/step (turning it back on: "
+                  f"{b['tooltune_speedup']:.2f}x faster; vs TRL {b['speedup_vs_trl']:.2f}x)")  # fmt: skip
         print("  tooltune step profile:")
         for k, v in sorted(r["tooltune_profile_s"].items(), key=lambda kv: -kv[1]):
             print(f"    {k:30s} {v:7.3f} s  {r['tooltune_profile_pct'][k]:5.1f}%")

@@ -74,6 +74,24 @@ def test_logits_equal_the_transformers_forward(name):
     torch.testing.assert_close(unpadded, theirs_unpadded, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_keeping_only_the_last_positions(padded):
+    """`keep=n` computes the last layer's output for the last n positions only: the same
+    values there, and the same keys/values everywhere (`keep=0`: keys/values only)."""
+    model = qwen2()
+    ids, mask = padded_batch()
+    mask = mask if padded else None
+    with torch.no_grad():
+        full_kv, kv = [], []
+        full = llama_forward.hidden_states(model, ids, mask, kv_out=full_kv)
+        for keep in (1, 3):
+            part = llama_forward.hidden_states(model, ids, mask, keep=keep)
+            torch.testing.assert_close(part, full[:, -keep:], rtol=1e-5, atol=1e-5)
+        assert llama_forward.hidden_states(model, ids, mask, kv_out=kv, keep=0).shape[1] == 0
+    for (k, v), (fk, fv) in zip(kv, full_kv, strict=True):
+        assert torch.equal(k, fk) and torch.equal(v, fv)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_cached_decoding_equals_a_full_forward(name):
     """Prefill a left-padded batch, then decode token by token into the static cache, dropping

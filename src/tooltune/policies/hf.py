@@ -104,7 +104,7 @@ class _DirectBackend:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
 
     def forward_last(self, ids, mask, cache):
-        hidden = llama_forward.hidden_states(self.model, ids, mask, cache)
+        hidden = llama_forward.hidden_states(self.model, ids, mask, cache, keep=1)
         return llama_forward.logits(self.model, hidden[:, -1])
 
     def select_cache(self, cache, rows: torch.Tensor):
@@ -273,7 +273,7 @@ class HFPolicy(ModulePolicy):
         ``prefix_index`` expands it to the continuations, and gradients sum back."""
         if self.direct_forward:
             kv: llama_forward.KV = []
-            llama_forward.hidden_states(self.model, prefix_ids, prefix_mask, kv_out=kv)
+            llama_forward.hidden_states(self.model, prefix_ids, prefix_mask, kv_out=kv, keep=0)
             kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
             mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
             hidden = llama_forward.hidden_states(self.model, input_ids, mask, past_kv=kv)

@@ -88,13 +88,17 @@ def hidden_states(
     cache: StaticKVCache | None = None,
     past_kv: KV | None = None,
     kv_out: KV | None = None,
+    keep: int | None = None,
 ) -> torch.Tensor:
-    """Final-norm hidden states [B, T, C] of ids [B, T].
+    """Final-norm hidden states [B, T, C] of ids [B, T] (only the last ``keep`` positions when
+    given; 0 when only keys/values are wanted).
 
     ``attention_mask`` [B, past + T] marks real tokens (padding on either side); positions are
     counted per row from it. ``cache`` takes the new keys/values at ``cache.length``;
     ``past_kv`` (one (k, v) per layer) is a prefix kept in the autograd graph; ``kv_out``
-    collects each layer's new keys/values.
+    collects each layer's new keys/values. With ``keep`` the last layer computes everything
+    after its keys/values for the kept positions only: a prompt's prefill needs one position
+    there, a prefix scored for its keys none.
     """
     _, decoder = _unwrap(model)
     B, T = ids.shape
@@ -104,18 +108,17 @@ def hidden_states(
     if attention_mask is None:
         attention_mask = torch.ones((B, past + T), dtype=torch.long, device=ids.device)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-    plain = past == 0 and bool(attention_mask.all())
-    mask = None if plain else padded_causal_mask(attention_mask, T)
+    causal = past == 0 and bool(attention_mask.all())  # no padding: plain causal attention
+    mask = None if causal else padded_causal_mask(attention_mask, T)
     x = decoder.embed_tokens(ids)
     cos, sin = decoder.rotary_emb(x, positions)
     cos, sin = cos[:, None], sin[:, None]
+    last = len(decoder.layers) - 1
     for i, layer in enumerate(decoder.layers):
         attn = layer.self_attn
         h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if kv_out is not None:
             kv_out.append((k, v))
@@ -126,11 +129,20 @@ def hidden_states(
             cache.k[i, :, :, past : past + T] = k
             cache.v[i, :, :, past : past + T] = v
             k, v = cache.k[i, :, :, : past + T], cache.v[i, :, :, : past + T]
+        if i == last and keep is not None and keep < x.shape[1]:
+            if keep == 0:
+                x = x[:, :0]
+                break
+            x, h, cos, sin = x[:, -keep:], h[:, -keep:], cos[:, :, -keep:], sin[:, :, -keep:]
+            mask = None if causal and keep == 1 else padded_causal_mask(attention_mask, keep)
+            causal = False
+        q = attn.q_proj(h).view(B, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=plain and T > 1, scale=attn.scaling,
+            q, k, v, attn_mask=mask, is_causal=causal and T > 1, scale=attn.scaling,
             dropout_p=attn.attention_dropout if model.training else 0.0, enable_gqa=True,
         )  # fmt: skip
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, h.shape[1], -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     if cache is not None:
         cache.length += T
