@@ -49,6 +49,18 @@ def test_collate_aligns_targets_and_pads():
         collate([TokenRecord([1, 2], [0], [])], 0)
 
 
+def test_collate_drops_tokens_after_the_last_scored_one():
+    """A trailing tool result is never a target nor context for one: it leaves the batch."""
+    recs = [
+        TokenRecord([1, 2, 3, 7, 7, 7], [0, 1, 1, 0, 0, 0], [0.0] * 6),
+        TokenRecord([4, 5, 6], [0, 1, 0], [0.0] * 3),
+        TokenRecord([8, 9], [0, 0], [0.0] * 2),  # nothing scored: kept whole
+    ]
+    batch = collate(recs, pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3], [4, 5, 0], [8, 9, 0]]
+    assert batch.loss_mask.tolist() == [[1, 1], [1, 0], [0, 0]]
+
+
 def test_sft_learns_supervised_tokens(policy, make_config):
     train, val = dataset(32), dataset(8)
     before = evaluate_loss(policy, val)

@@ -82,7 +82,9 @@ def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> 
     """Pad token records (or trajectories carrying them) into one `TokenBatch`.
 
     Records longer than `max_len` keep their first `max_len` tokens: the policy cannot attend
-    further, and the earliest turns are the ones later turns depend on.
+    further, and the earliest turns are the ones later turns depend on. Tokens after a record's
+    last scored token (a tool result an episode ended on, say) are dropped: no score of a
+    causal model depends on them, and they would widen the batch for nothing.
     """
     if not records:
         raise ValueError("cannot collate an empty list of records")
@@ -94,7 +96,7 @@ def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> 
                 f"token record lengths differ: ids={len(r.ids)} mask={len(r.mask)} "
                 f"logprobs={len(r.logprobs)}"
             )
-    lengths = [len(r.ids) if max_len is None else min(len(r.ids), max_len) for r in recs]
+    lengths = [min(scored_length(r), max_len or len(r.ids)) for r in recs]
     width = max(2, max(lengths))
     bsz = len(recs)
     input_ids = torch.full((bsz, width), pad_id, dtype=torch.long)
@@ -108,6 +110,12 @@ def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> 
         if r.logprobs:
             logprobs[b, :n] = torch.tensor(r.logprobs[:n], dtype=torch.float32)
     return TokenBatch(input_ids, attention, mask[:, 1:].contiguous(), logprobs[:, 1:].contiguous())
+
+
+def scored_length(record: Any) -> int:
+    """Tokens up to and including the last scored one (all of them when none is scored)."""
+    last = max((t for t, m in enumerate(record.mask) if m), default=len(record.ids) - 1)
+    return last + 1
 
 
 def policy_device(policy: Any) -> torch.device:
