@@ -186,7 +186,10 @@ class TrajectoryCollector:
         tier: TaskTier = TaskTier.SIMPLE,
     ) -> list[AgentTrajectory]:
         """Roll out `num_samples` episodes per task; results are grouped task by task."""
-        episodes = [self._start(task, tier) for task in tasks for _ in range(num_samples)]
+        encoded: dict[str, list[int]] = {}  # a task's samples share their opening's tokens
+        episodes = [
+            self._start(task, tier, encoded) for task in tasks for _ in range(num_samples)
+        ]
         try:
             for call in itertools.count():
                 active = []
@@ -213,7 +216,9 @@ class TrajectoryCollector:
                 e.registry.close()
         return [e.trajectory for e in episodes]
 
-    def _start(self, task: str | TaskLike, tier: TaskTier) -> _Episode:
+    def _start(
+        self, task: str | TaskLike, tier: TaskTier, encoded: dict[str, list[int]]
+    ) -> _Episode:
         episode_id = uuid.uuid4().hex[:12]
         if isinstance(task, str):
             prompt, task_id, tool_names = task, None, None
@@ -234,7 +239,9 @@ class TrajectoryCollector:
         tokens = None
         if self.token_mode:
             tokens = TokenRecord()
-            tokens.extend(self.policy.encode(text), generated=False)
+            if text not in encoded:
+                encoded[text] = self.policy.encode(text)
+            tokens.extend(encoded[text], generated=False)
         return _Episode(trajectory, task, registry, text, tokens)
 
     def _has_room(self, episode: _Episode) -> bool:
@@ -306,11 +313,16 @@ class TrajectoryCollector:
 
         def run_calls(pair: tuple[_Episode, Any]) -> list:
             episode, action = pair
-            return episode.registry.execute_many(action.tool_calls) if action.tool_calls else []
+            return episode.registry.execute_many(action.tool_calls)
 
         pairs = list(zip(active, actions, strict=True))
-        with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
-            all_responses = list(pool.map(run_calls, pairs))
+        calling = [i for i, (_, action) in enumerate(pairs) if action.tool_calls]
+        all_responses: list[list] = [[] for _ in pairs]
+        if calling:  # (no threads to start when every episode answered)
+            with ThreadPoolExecutor(max_workers=len(calling)) as pool:
+                done = pool.map(run_calls, [pairs[i] for i in calling])
+                for i, responses in zip(calling, done, strict=True):
+                    all_responses[i] = responses
 
         for (episode, action), responses in zip(pairs, all_responses, strict=True):
             observation = None
