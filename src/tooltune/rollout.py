@@ -187,9 +187,7 @@ class TrajectoryCollector:
     ) -> list[AgentTrajectory]:
         """Roll out `num_samples` episodes per task; results are grouped task by task."""
         encoded: dict[str, list[int]] = {}  # a task's samples share their opening's tokens
-        episodes = [
-            self._start(task, tier, encoded) for task in tasks for _ in range(num_samples)
-        ]
+        episodes = [self._start(task, tier, encoded) for task in tasks for _ in range(num_samples)]
         try:
             for call in itertools.count():
                 active = []

@@ -271,7 +271,7 @@ class BuiltinPolicy(ModulePolicy):
             )
             return logp * attention_mask[:, 1:].to(logp.dtype)
         kv = self.model.prefix_kv(prefix_ids, prefix_mask)
-        kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+        kv = [(k.index_select(0, prefix_index), v.index_select(0, prefix_index)) for k, v in kv]
         mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
         prev = prefix_ids[prefix_index, -1]  # prefixes are left-padded: the last column is real
         logits = self.model(input_ids, attention_mask=mask, past_kv=kv, prev_ids=prev)

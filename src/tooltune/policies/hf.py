@@ -274,7 +274,7 @@ class HFPolicy(ModulePolicy):
         if self.direct_forward:
             kv: llama_forward.KV = []
             llama_forward.hidden_states(self.model, prefix_ids, prefix_mask, kv_out=kv, keep=0)
-            kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+            kv = [(k.index_select(0, prefix_index), v.index_select(0, prefix_index)) for k, v in kv]
             mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
             hidden = llama_forward.hidden_states(self.model, input_ids, mask, past_kv=kv)
             logits = llama_forward.logits(self.model, hidden)

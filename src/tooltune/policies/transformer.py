@@ -328,12 +328,13 @@ class Transformer(nn.Module):
         prefix's hidden states are expanded to the rows inside the graph."""
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         h_prefix = self.norm(self._hidden(prefix_ids, prefix_mask, None, None, kv))
-        kv = [(k[prefix_index], v[prefix_index]) for k, v in kv]
+        # index_select, not indexing: its backward (index_add_) is ~2x faster on a CPU
+        kv = [(k.index_select(0, prefix_index), v.index_select(0, prefix_index)) for k, v in kv]
         mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
         prev = prefix_ids[prefix_index, -1]  # left-padded: the last column is real
         h = self.norm(self._hidden(input_ids, mask, None, kv, prev_ids=prev))
         ids = torch.cat([prefix_ids[prefix_index], input_ids], dim=1)
-        h_all = torch.cat([h_prefix[prefix_index], h], dim=1)[:, :-1]
+        h_all = torch.cat([h_prefix.index_select(0, prefix_index), h], dim=1)[:, :-1]
         return self._scored_logprobs(h_all, h[:, :-1], ids, mask, prefix_ids.shape[1])
 
     def _scored_logprobs(self, h_keys, h_q, ids, attention_mask, first_query: int):
