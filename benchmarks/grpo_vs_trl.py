@@ -28,7 +28,7 @@ multi-turn step; an equal-work TRL tool step needs a model that actually emits t
 both frameworks' formats, which a random model does not (see RESULTS.md).
 
     python benchmarks/grpo_vs_trl.py            # both sizes, 3 repeats
-    python benchmarks/grpo_vs_trl.py --quick    # 0.5M only, 2 repeats, smaller batch
+    python benchmarks/grpo_vs_trl.py --quick    # 0.5M only, 5 repeats, smaller batch
     python benchmarks/grpo_vs_trl.py --json     # one JSON object on stdout
 """
 
@@ -523,7 +523,7 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="0.5M model, small batch, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="0.5M model, small batch, 5 repeats")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sizes", default=None, help="comma list of 0.5M,5M")
     parser.add_argument("--prompts", type=int, default=None)
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     args.prompts = args.prompts or (2 if args.quick else 4)
     args.group = args.group or 4
     args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 32)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.repeats = args.repeats or (5 if args.quick else 3)
     args.baselines = [] if args.no_baseline else [b for b in args.baselines.split(",") if b]
     for name in args.baselines:
         if name not in BASELINES:
