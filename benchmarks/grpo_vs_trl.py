@@ -19,7 +19,8 @@ time tooltune with one of them turned off (`--baselines`): `unshared` (no prompt
 `transformers-forward` (the model's own forward, as TRL uses it).
 
 Then a profile of one tooltune step (generation, tools, log-probs, backward, optimiser, rest)
-and the model FLOPs utilisation against the fp32 matmul peak measured on this machine
+and the model FLOPs utilisation (of the necessary work: see `step_flops`) against the fp32
+matmul peak measured on this machine
 (6 * params * tokens for training, 2 * params * tokens for forward-only passes).
 
 Multi-turn tool use: TRL 1.16 has `GRPOTrainer(tools=[...])` (Qwen-family chat templates). The
@@ -411,12 +412,14 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_flops(params: int, prompt_tokens: int, generated: int, sequence_tokens: int) -> dict:
-    """Model FLOPs of one step: generation (prefill + decode, forward only), reference
-    log-probs (forward only) and the policy update (forward + backward)."""
-    gen = 2 * params * (prompt_tokens + generated)
-    ref = 2 * params * sequence_tokens
-    train = 6 * params * sequence_tokens
+def step_flops(params: int, prompt_tokens: int, generated: int) -> dict:
+    """Model FLOPs of one step's necessary work: generation (each distinct prompt once, then
+    the generated tokens; forward only), reference log-probs (forward only) and the policy
+    update (forward + backward), each over the distinct prompt tokens plus the generated ones.
+    A group's samples share their prompt, so running it once per sample is repeated work and
+    not counted: utilisation then measures useful work, and cannot pass 100%."""
+    tokens = prompt_tokens + generated
+    gen, ref, train = 2 * params * tokens, 2 * params * tokens, 6 * params * tokens
     return {"generation": gen, "reference": ref, "training": train, "total": gen + ref + train}
 
 
@@ -442,7 +445,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     # The exact prompt strings tooltune's collector builds (system turn, user turn, open
     # assistant header) are TRL's prompts too, so both tokenise the same text.
     prompts = [opening_text(AgentTrajectory(prompt=u, task_tier="simple")) for u in users]
-    prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts) * args.group
+    prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts)  # distinct prompts, once
     steps = args.warmup + args.repeats
     log(f"[{size}] {params:,} parameters, {args.prompts} prompts x {args.group} samples x "
         f"{args.max_new_tokens} tokens; TRL and tooltune steps interleaved ...")  # fmt: skip
@@ -474,9 +477,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
             "tooltune_speedup": base_s / tt_s,  # what turning it back on gains
             "speedup_vs_trl": trl_s / base_s,
         }
-    flops = step_flops(
-        params, prompt_tokens, profile["generated_tokens"], profile["sequence_tokens"]
-    )
+    flops = step_flops(params, prompt_tokens, profile["generated_tokens"])
     return {
         "parameters": params,
         "trl_s_per_step": trl_s,
