@@ -154,6 +154,14 @@ def test_smollm2_generates_and_takes_a_lora_step(tmp_path_factory):
     assert "Paris" in out.text and out.finish_reason == "stop"
     assert out.token_ids[-1] == policy.eos_token_id
     ids = torch.tensor([policy.encode(prompt("Hi") + "Hello!" + IM_END)])
+    assert policy.direct_forward  # SmolLM2 is a Llama: tooltune's direct forward, same outputs
+    policy.eval()
+    with torch.no_grad():
+        direct = policy.token_logprobs(ids, torch.ones_like(ids))
+        policy.direct_forward = False
+        plain = policy.token_logprobs(ids, torch.ones_like(ids))
+        policy.direct_forward = True
+    torch.testing.assert_close(direct, plain, rtol=1e-4, atol=1e-4)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
     policy.train()
     loss = -policy.token_logprobs(ids, torch.ones_like(ids)).mean()
