@@ -273,3 +273,39 @@ def test_builtin_stop_string_begun_in_an_earlier_piece_is_found(tiny_policy):
     assert len(blind.token_ids) > 1
     with pytest.raises(ValueError, match="one entry per prompt"):
         policy.generate([""], sampling, prompt_token_ids=[prompt], max_new_tokens=[5, 5])
+
+
+@pytest.mark.parametrize("copy_head", [False, True], ids=["plain", "copy_head"])
+def test_prefill_after_cached_prefixes_equals_a_full_prefill(copy_head):
+    """Rows continuing cached prefixes with different numbers of new tokens (run together in
+    power-of-two windows, the prefix's tail run again; with the copy head, exactly the new
+    tokens) fill the cache and give the logits of a prefill from scratch. One row's window
+    is longer than its whole prompt (left padding inside the window)."""
+    from tooltune.policies.sampling import left_pad
+
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                               max_seq_len=64, copy_head=copy_head)  # fmt: skip
+    model = Transformer(config).eval()
+    torch.nn.init.normal_(model.prev_mix.weight, std=0.3)  # starts at zero: give it an effect
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (12, 9, 10, 6, 7)]
+    kept = [11, 6, 5, 1, 0]  # new tokens 1, 3, 5, 5 (windows 1, 4, 8, 8); the last is fresh
+    cached = {}
+    with torch.no_grad():
+        for row, (p, m) in enumerate(zip(prompts, kept, strict=True)):
+            if m:
+                part = model.new_cache(1, m)
+                model(torch.tensor([p[:m]]), cache=part)
+                cached[row] = part.export_row(0, p[:m])
+        ids, mask = left_pad(prompts, 0, torch.device("cpu"))
+        width = ids.shape[1]
+        reused, full = model.new_cache(5, width), model.new_cache(5, width)
+        logits_reused = model.prefill(ids, mask, reused, cached)
+        logits_full = model.prefill(ids, mask, full)
+    torch.testing.assert_close(logits_reused, logits_full, rtol=1e-4, atol=1e-4)
+    for row, p in enumerate(prompts):
+        real = slice(width - len(p), width)
+        torch.testing.assert_close(reused.k[:, row, :, real], full.k[:, row, :, real])
+        torch.testing.assert_close(reused.v[:, row, :, real], full.v[:, row, :, real])
+        torch.testing.assert_close(reused.copy_k[row, real], full.copy_k[row, real])

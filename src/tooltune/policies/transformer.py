@@ -458,12 +458,18 @@ class Transformer(nn.Module):
                 logits = out.new_empty(B, out.shape[-1])
             logits[rows] = out
 
-        by_new: dict[int, list[int]] = {}  # rows with a cached prefix, by new-token count
+        by_window: dict[int, list[int]] = {}  # rows with a cached prefix, by tokens to run
         for row, prefix in cached.items():
-            by_new.setdefault(int(lengths[row]) - len(prefix.ids), []).append(row)
-        for s, group in by_new.items():
+            new = int(lengths[row]) - len(prefix.ids)
+            by_window.setdefault(min(self._window(new), W), []).append(row)
+        for w, group in by_window.items():
             rows = torch.tensor(group, device=ids.device)
-            out, part = self._continue_prefixes(ids[rows, W - s :], [cached[r] for r in group])
+            out, part = self._continue_prefixes(
+                ids[rows, W - w :],
+                attention_mask[rows, W - w :],
+                [cached[r] for r in group],
+                [int(lengths[r]) - w for r in group],
+            )
             place(rows, out)
             n = part.capacity
             cache.k[:, rows, :, W - n : W], cache.v[:, rows, :, W - n : W] = part.k, part.v
@@ -491,22 +497,37 @@ class Transformer(nn.Module):
         cache.last_ids = ids[:, -1].clone()
         return logits
 
-    def _continue_prefixes(self, new_ids: torch.Tensor, prefixes: list[CachedPrefix]):
-        """Run new tokens [G, s] after each row's cached prefix. The prefixes are placed
-        right-aligned (left-padded) in a fresh cache, so the new tokens share their columns;
-        returns (logits [G, vocab] of the last new token, that cache)."""
-        G, s = new_ids.shape
-        width = max(len(p.ids) for p in prefixes)
-        part = self.new_cache(G, width + s)
-        mask = torch.zeros((G, width + s), dtype=torch.long, device=new_ids.device)
-        for g, p in enumerate(prefixes):
-            m = len(p.ids)
-            part.k[:, g, :, width - m : width], part.v[:, g, :, width - m : width] = p.k, p.v
-            part.copy_k[g, width - m : width] = p.copy_k
+    def _window(self, new_tokens: int) -> int:
+        """How many tokens a row with ``new_tokens`` new ones runs after its cached prefix:
+        rounded up to a power of two, so that rows with similar counts run in one batch (the
+        extra tokens are the tail of the prefix, run again: the same keys/values). With the
+        copy head exactly the new ones: a rerun key would get its follower a second time."""
+        if self.copy_q is not None:
+            return new_tokens
+        return 1 << (new_tokens - 1).bit_length()
+
+    def _continue_prefixes(self, new_ids, new_mask, prefixes: list[CachedPrefix], used):
+        """Run the last w tokens [G, w] of each row's prompt (``new_mask``: left padding where
+        a prompt is shorter) after the first ``used[g]`` positions of its cached prefix (the
+        rest of the prompt). The prefixes are placed right-aligned (left-padded) in a fresh
+        cache, so the w tokens share their columns; returns (logits [G, vocab] of the last
+        token, that cache)."""
+        G, w = new_ids.shape
+        used = [max(0, c) for c in used]
+        width = max(used)
+        part = self.new_cache(G, width + w)
+        mask = torch.zeros((G, width + w), dtype=torch.long, device=new_ids.device)
+        mask[:, width:] = new_mask
+        for g, (p, c) in enumerate(zip(prefixes, used, strict=True)):
+            if c > len(p.ids):
+                raise ValueError("a prompt's cached prefix is shorter than it should be")
+            part.k[:, g, :, width - c : width] = p.k[:, :, :c]
+            part.v[:, g, :, width - c : width] = p.v[:, :, :c]
+            part.copy_k[g, width - c : width] = p.copy_k[:c]
             if part.ids.numel():
-                part.ids[g, width - m : width] = torch.tensor(p.ids, device=new_ids.device)
-            part.last_ids[g] = p.last_id
-            mask[g, width - m :] = 1
+                part.ids[g, width - c : width] = torch.tensor(p.ids[:c], device=new_ids.device)
+            part.last_ids[g] = p.last_id if c == len(p.ids) else p.ids[c - 1] if c else -1
+            mask[g, width - c : width] = 1
         part.length = width
         logits = self(new_ids, attention_mask=mask, cache=part, logits_to_keep=1)[:, -1]
         return logits, part
