@@ -50,13 +50,14 @@ def test_collate_aligns_targets_and_pads():
 
 
 def test_collate_drops_tokens_after_the_last_scored_one():
-    """A trailing tool result is never a target nor context for one: it leaves the batch."""
+    """For GRPO a trailing tool result is never a target nor context for one: it can go."""
     recs = [
         TokenRecord([1, 2, 3, 7, 7, 7], [0, 1, 1, 0, 0, 0], [0.0] * 6),
         TokenRecord([4, 5, 6], [0, 1, 0], [0.0] * 3),
         TokenRecord([8, 9], [0, 0], [0.0] * 2),  # nothing scored: kept whole
     ]
-    batch = collate(recs, pad_id=0)
+    assert collate(recs, pad_id=0).input_ids.shape == (3, 6)  # kept by default (SFT)
+    batch = collate(recs, pad_id=0, drop_unscored_tail=True)
     assert batch.input_ids.tolist() == [[1, 2, 3], [4, 5, 0], [8, 9, 0]]
     assert batch.loss_mask.tolist() == [[1, 1], [1, 0], [0, 0]]
 

@@ -78,13 +78,20 @@ def to_token_records(
     return out
 
 
-def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> TokenBatch:
+def collate(
+    records: Sequence[Any],
+    pad_id: int,
+    max_len: int | None = None,
+    drop_unscored_tail: bool = False,
+) -> TokenBatch:
     """Pad token records (or trajectories carrying them) into one `TokenBatch`.
 
     Records longer than `max_len` keep their first `max_len` tokens: the policy cannot attend
-    further, and the earliest turns are the ones later turns depend on. Tokens after a record's
-    last scored token (a tool result an episode ended on, say) are dropped: no score of a
-    causal model depends on them, and they would widen the batch for nothing.
+    further, and the earliest turns are the ones later turns depend on. With
+    `drop_unscored_tail` (GRPO) the tokens after a record's last scored token (a tool result
+    an episode ended on, say) are dropped: no score of a causal model depends on them, and
+    they would widen the batch for nothing. (SFT keeps them: with `sft_context_weight` they
+    are targets too.)
     """
     if not records:
         raise ValueError("cannot collate an empty list of records")
@@ -96,7 +103,8 @@ def collate(records: Sequence[Any], pad_id: int, max_len: int | None = None) -> 
                 f"token record lengths differ: ids={len(r.ids)} mask={len(r.mask)} "
                 f"logprobs={len(r.logprobs)}"
             )
-    lengths = [min(scored_length(r), max_len or len(r.ids)) for r in recs]
+    lengths = [scored_length(r) if drop_unscored_tail else len(r.ids) for r in recs]
+    lengths = [n if max_len is None else min(n, max_len) for n in lengths]
     width = max(2, max(lengths))
     bsz = len(recs)
     input_ids = torch.full((bsz, width), pad_id, dtype=torch.long)
