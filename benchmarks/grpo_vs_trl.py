@@ -28,7 +28,7 @@ Multi-turn tool use: TRL 1.16 has `GRPOTrainer(tools=[...])` (Qwen-family chat t
 multi-turn step; an equal-work TRL tool step needs a model that actually emits tool calls in
 both frameworks' formats, which a random model does not (see RESULTS.md).
 
-    python benchmarks/grpo_vs_trl.py            # both sizes, 3 repeats
+    python benchmarks/grpo_vs_trl.py            # both sizes, 5 repeats
     python benchmarks/grpo_vs_trl.py --quick    # 0.5M only, 5 repeats, smaller batch
     python benchmarks/grpo_vs_trl.py --json     # one JSON object on stdout
 """
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     args.prompts = args.prompts or (2 if args.quick else 4)
     args.group = args.group or 4
     args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 32)
-    args.repeats = args.repeats or (5 if args.quick else 3)
+    args.repeats = args.repeats or 5
     args.baselines = [] if args.no_baseline else [b for b in args.baselines.split(",") if b]
     for name in args.baselines:
         if name not in BASELINES:
