@@ -121,6 +121,32 @@ def test_changing_tool_output_tokens_does_not_change_loss(policy, make_traj, mak
     assert loss_with([9, 10]) == pytest.approx(loss_with([12, 13]), abs=1e-7)
 
 
+def test_a_trailing_tool_result_leaves_the_update_and_changes_nothing(
+    toy_policy_cls, make_traj, make_config
+):
+    """An episode that ended on a tool result (never a target, nor context for one) is scored
+    without it: the batch is narrower, and loss and parameters are those of the episode cut
+    before it."""
+
+    def run(tail):
+        p = toy_policy_cls(seed=3)
+        spy = SpyPolicy(p)
+        group = [
+            make_traj(p, PROMPT + [tok, END, *tail], [0, 0, 0, 1, 1] + [0] * len(tail), r)
+            for tok, r in [(GOOD, 1.0), (BAD, 0.0)]
+        ]
+        trainer = GRPOTrainer(spy, p.clone(), torch.optim.SGD(p.model.parameters(), lr=0.5),
+                              make_config(kl_coef=0.1))  # fmt: skip
+        loss = trainer.train_step([group])["loss"]
+        return p.params(), loss, spy.seen[0].shape[1]
+
+    params_cut, loss_cut, width_cut = run([])
+    params_tail, loss_tail, width_tail = run([9, 10, 11, 12])
+    assert width_tail == width_cut == len(PROMPT) + 1  # [B, T - 1] log-probs of T = 5 tokens
+    assert loss_tail == pytest.approx(loss_cut, abs=1e-7)
+    assert torch.allclose(params_tail, params_cut)
+
+
 def test_ratio_clipping_engages(policy, make_traj, make_config):
     groups = toy_groups(policy, make_traj)
     # pretend sampling was much less likely for positive samples and more likely for negative

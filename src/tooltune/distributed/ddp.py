@@ -274,7 +274,8 @@ class DistributedGRPO:
         device = policy_device(tr.policy)
         full = None
         if kept:
-            full = collate(kept, tr.policy.pad_token_id, tr.max_len, True).to(device)
+            full = collate(kept, tr.policy.pad_token_id, tr.max_len, drop_unscored_tail=True)
+            full = full.to(device)
         local_tokens = full.loss_mask.sum().item() if full is not None else 0.0
         n_seqs, n_tokens, reward_sum, n_rewards, n_skipped, n_groups = ctx.all_reduce_sum(
             [len(kept), local_tokens, sum(rewards), len(rewards), skipped, len(local_groups)]

@@ -395,7 +395,9 @@ class GRPOTrainer:
             return metrics
 
         device = policy_device(self.policy)
-        full = collate(trajectories, self.policy.pad_token_id, self.max_len, True).to(device)
+        full = collate(
+            trajectories, self.policy.pad_token_id, self.max_len, drop_unscored_tail=True
+        ).to(device)
         if self.old_logprobs == "recompute":
             full.old_logprobs = self._score(self.policy, self._policy_kwargs, full)
         adv = torch.tensor(advantages, dtype=torch.float32, device=device)
