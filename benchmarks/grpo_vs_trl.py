@@ -41,12 +41,14 @@ import functools
 import json
 import os
 import platform
+import random
+import re
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from tooltune.chat_format import SPECIAL_TOKENS  # noqa: E402
+from tooltune.chat_format import END_OF_TEXT, IM_END, IM_START, PAD, SPECIAL_TOKENS  # noqa: E402
 from tooltune.config import AgentConfig  # noqa: E402
 from tooltune.registry import ToolRegistry, tool  # noqa: E402
-from tooltune.rollout import SamplingParams, TrajectoryCollector, opening_text  # noqa: E402
-from tooltune.types import AgentTrajectory  # noqa: E402
+from tooltune.rollout import (  # noqa: E402
+    SamplingParams,
+    ScriptedPolicy,
+    TrajectoryCollector,
+    opening_text,
+)
+from tooltune.types import AgentTrajectory, TokenRecord  # noqa: E402
 
 SIZES = {  # Qwen2 shapes: ~0.5M and ~5M parameters with the 1024-token vocabulary below
     "0.5M": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
@@ -98,30 +105,50 @@ def corpus(n: int = 400) -> list[str]:
     return out
 
 
-def build_tokenizer(directory: Path) -> Any:
-    """A byte-level BPE with tooltune's markers as special tokens and the Qwen2.5 chat template
-    TRL ships (needed for TRL's tool calling), saved as a Hugging Face tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(
+    directory: Path, extra_texts: Sequence[str] = (), plain_markers: bool = False
+) -> Any:
+    """A byte-level BPE with tooltune's markers and the Qwen2.5 chat template TRL ships (needed
+    for TRL's tool calling), saved as a Hugging Face tokenizer, and returned as both frameworks
+    load it again: `transformers` 5 loads it as a `Qwen2Tokenizer`, whose own pre-tokenizer
+    splits some text differently from the tokenizer trained here, so anything tokenised for
+    training must use the reloaded one. `plain_markers` adds `<tool_call>` and the other markers
+    as ordinary (not special) tokens, as Qwen's tokenizer does: TRL parses tool calls from text
+    decoded without special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    core = [PAD, END_OF_TEXT, IM_START, IM_END]
+    markers = [t for t in SPECIAL_TOKENS if t not in core]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=VOCAB, special_tokens=core if plain_markers else list(SPECIAL_TOKENS),
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )  # fmt: skip
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus() + list(extra_texts), trainer=trainer)
+    if plain_markers:
+        tok.add_tokens([AddedToken(m, special=False, normalized=False) for m in markers])
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<|pad|>")],
+        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD,
+        additional_special_tokens=[] if plain_markers else [t for t in SPECIAL_TOKENS if t not in (IM_END, PAD)],
     )  # fmt: skip
+    hf.chat_template = qwen_template()
+    hf.save_pretrained(directory)
+    return len(hf)
+
+
+def load_tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def qwen_template() -> str:
     import trl
 
-    template = Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja"
-    hf.chat_template = template.read_text()
-    hf.save_pretrained(directory)
-    return hf
+    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
 
 
 def build_model(directory: Path, size: str, vocab: int) -> int:
@@ -152,12 +179,19 @@ def completion_reward(text: str) -> float:
 
 def run_trl(
     model_dir: Path,
-    prompts: list[str],
+    prompts: list[Any],
     args: argparse.Namespace,
     steps: int,
     between: Callable[[], None] | None = None,
+    reward: Callable[[Any, Any], float] | None = None,
+    tools: list[Callable] | None = None,
 ) -> dict:
-    """TRL's GRPO for `steps` steps; `between()` runs after each timed step (outside it)."""
+    """TRL's GRPO for `steps` steps; `between()` runs after each timed step (outside it).
+
+    Without `tools`, generation is forced to `max_new_tokens` (`min_new_tokens`) and the reward
+    is `completion_reward`. With `tools`, prompts are conversations, episodes end when the model
+    stops (up to `TOOL_TURNS` assistant turns of at most `TOOL_TURN_TOKENS` each) and `reward`
+    scores (prompt, completion messages)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -166,79 +200,65 @@ def run_trl(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     n = len(prompts)
     data = Dataset.from_dict({"prompt": prompts * (steps + 1)})
+    score = reward or (lambda prompt, completion: completion_reward(completion))
 
-    def reward(prompts: list, completions: list, **kwargs) -> list[float]:
-        return [completion_reward(c) for c in completions]
+    def reward_fn(prompts: list, completions: list, **kwargs) -> list[float]:
+        return [score(p, c) for p, c in zip(prompts, completions, strict=True)]
 
     times: list[float] = []
     tokens: list[float] = []
+    calls: list[int] = []
+    counts = {"tokens": 0, "calls": 0}
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
+            counts.update(tokens=0, calls=0)
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
+            tokens.append(float(counts["tokens"]))
+            calls.append(counts["calls"])
             if between is not None:
                 between()
 
+    if tools:
+        length = dict(max_completion_length=TOOL_TURN_TOKENS * TOOL_TURNS,
+                      max_tool_calling_iterations=TOOL_TURNS - 1)  # fmt: skip
+    else:  # fixed-length generation
+        length = dict(max_completion_length=args.max_new_tokens,
+                      generation_kwargs={"min_new_tokens": args.max_new_tokens})  # fmt: skip
     config = GRPOConfig(
         output_dir=str(model_dir / "trl-out"), use_cpu=True, report_to="none",
         save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
         learning_rate=LR, max_steps=steps, per_device_train_batch_size=n * args.group,
         gradient_accumulation_steps=1, num_generations=args.group, num_iterations=1,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
-        beta=BETA, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-        generation_kwargs={"min_new_tokens": args.max_new_tokens},  # fixed-length generation
-        shuffle_dataset=False, dataloader_num_workers=0, bf16=False, max_grad_norm=1.0,
+        temperature=1.0, top_p=1.0, beta=BETA, epsilon=0.2, loss_type="dapo",
+        scale_rewards="group", shuffle_dataset=False, dataloader_num_workers=0, bf16=False,
+        max_grad_norm=1.0, **length,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=config,
                               train_dataset=data, processing_class=tokenizer,
-                              callbacks=[Timer()])  # fmt: skip
-        original = trainer._generate_single_turn
+                              callbacks=[Timer()], tools=tools)  # fmt: skip
+        generate, tool_loop = trainer._generate_single_turn, trainer._tool_call_loop
 
-        def counting(*a, **k):
-            out = original(*a, **k)
-            tokens.append(float(sum(len(c) for c in out[0])))
+        def counting_generate(*a, **k):  # once per step, plus once per round of tool results
+            out = generate(*a, **k)
+            counts["tokens"] += sum(len(c) for c in out[0])
             return out
 
-        trainer._generate_single_turn = counting
+        def counting_tool_loop(*a, **k):
+            out = tool_loop(*a, **k)
+            counts["calls"] += out[4]  # tool_call_count
+            return out
+
+        trainer._generate_single_turn = counting_generate
+        trainer._tool_call_loop = counting_tool_loop
         with contextlib.redirect_stdout(sys.stderr):  # TRL prints its metrics on stdout
             trainer.train()
-    return {"times": times, "generated_tokens": tokens}
-
-
-def trl_accepts_tools(model_dir: Path) -> str:
-    """Whether TRL 1.16's GRPOTrainer takes `tools=` with this tokenizer (construct only)."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-
-    def add(a: int, b: int) -> int:
-        """Add two integers.
-
-        Args:
-            a: First number.
-            b: Second number.
-        """
-        return a + b
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "What is 2 + 3?"}]] * 4})
-    config = GRPOConfig(output_dir=str(model_dir / "trl-tools"), use_cpu=True, report_to="none",
-                        save_strategy="no", per_device_train_batch_size=4, num_generations=2,
-                        max_completion_length=8, max_steps=1)  # fmt: skip
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            GRPOTrainer(model=model, reward_funcs=lambda completions, **k: [0.0] * len(completions),
-                        args=config, train_dataset=data, processing_class=tokenizer, tools=[add])  # fmt: skip
-    except Exception as exc:  # report what TRL says, whatever it is
-        return f"no: {type(exc).__name__}: {exc}"
-    return "yes"
+    return {"times": times, "generated_tokens": tokens, "tool_calls": calls}
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +291,8 @@ def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phas
     """Time generation, tool calls, log-probs (grad / no-grad), backward and the optimiser."""
     saved_backward = torch.Tensor.backward
     policy.generate = phases.wrap("generation", policy.generate)
-    registry.execute_many = phases.wrap("tools", registry.execute_many)
+    start_many = registry.start_many
+    registry.start_many = lambda calls: phases.wrap("tools", phases.wrap("tools", start_many)(calls))
     plain = policy.token_logprobs
 
     def logprobs(*a, **k):
@@ -298,7 +319,7 @@ def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phas
         torch.Tensor.backward = saved_backward
         for obj, attr in ((policy, "generate"), (policy, "token_logprobs"), (ref, "token_logprobs"),
                           (policy, "prefix_token_logprobs"), (ref, "prefix_token_logprobs"),
-                          (optimizer, "step"), (registry, "execute_many")):  # fmt: skip
+                          (optimizer, "step"), (registry, "start_many")):  # fmt: skip
             obj.__dict__.pop(attr, None)
 
 
@@ -320,10 +341,13 @@ def tooltune_setup(
     turns: int,
     shared: bool = True,
     direct: bool = True,
+    reward: Callable[[AgentTrajectory], float] | None = None,
 ):
     """`shared=False` turns off both prompt-sharing optimisations (prefill once per group in
     generation, prompt once per group in the update); `direct=False` runs the model's own
-    `transformers` forward instead of tooltune's direct Llama-family forward."""
+    `transformers` forward instead of tooltune's direct Llama-family forward. With `turns` > 1
+    (the tool case) episodes end when the model stops, each turn at most `TOOL_TURN_TOKENS`,
+    and `reward` scores each trajectory."""
     from tooltune.policies.hf import HFPolicy
     from tooltune.training.grpo import GRPOTrainer
 
@@ -333,8 +357,9 @@ def tooltune_setup(
     if turns == 1:
         policy._stop_ids = []  # fixed-length generation, as min_new_tokens does for TRL
     ref = policy.clone()
+    max_new_tokens = args.max_new_tokens if turns == 1 else TOOL_TURN_TOKENS
     config = AgentConfig(
-        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, max_turns=turns,
+        temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, max_turns=turns,
         kl_coef=BETA, clip_eps=0.2, loss_aggregation="token_mean", scale_rewards=True,
         reward_baseline="mean", ppo_epochs=1, grad_accum_steps=1, max_grad_norm=1.0,
         learning_rate=LR, weight_decay=0.0,
@@ -344,10 +369,11 @@ def tooltune_setup(
     )
     trainer = GRPOTrainer(policy, ref, optimizer, config, share_prefix=shared)
     stop = [] if turns == 1 else None
-    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
                               **({"stop": stop} if stop is not None else {}))  # fmt: skip
+    score = reward or (lambda t: completion_reward(completion_text(t)))
     collector = TrajectoryCollector(policy, registry, config, sampling=sampling,
-                                    reward_fn=lambda t, task: completion_reward(completion_text(t)))  # fmt: skip
+                                    reward_fn=lambda t, task: score(t))  # fmt: skip
     return policy, ref, optimizer, trainer, collector, sampling
 
 
@@ -438,8 +464,8 @@ def add_numbers(a: int, b: int) -> int:
 
 def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> dict:
     directory = root / size
-    tokenizer = build_tokenizer(directory)
-    params = build_model(directory, size, len(tokenizer))
+    params = build_model(directory, size, build_tokenizer(directory))
+    tokenizer = load_tokenizer(directory)
     users = prompt_texts(args.prompts)
     registry = ToolRegistry([])
     # The exact prompt strings tooltune's collector builds (system turn, user turn, open
@@ -498,26 +524,149 @@ def bench_size(size: str, args: argparse.Namespace, root: Path, peak: float) -> 
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Multi-turn tool use
+# --------------------------------------------------------------------------------------------
+
+TOOL_TURNS = 3  # assistant turns an episode may take (TRL: 2 rounds of tool results)
+TOOL_TURN_TOKENS = 48  # new tokens a turn may take (a call is ~30)
+
+
+def tool_operands(user: str) -> tuple[int, int]:
+    """The two numbers of a `prompt_texts` question."""
+    a, b = (int(x) for x in re.findall(r"\d+", user)[:2])
+    return a, b
+
+
+def solved_messages(user: str) -> list[dict]:
+    """One solved episode as chat messages: the call, the tool's result, the answer."""
+    a, b = tool_operands(user)
+    call = {"type": "function", "function": {"name": "add_numbers", "arguments": {"a": a, "b": b}}}
+    return [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": "add_numbers", "content": str(a + b)},
+        {"role": "assistant", "content": str(a + b)},
+    ]
+
+
+def trl_record(tokenizer: Any, user: str) -> TokenRecord:
+    """A solved episode as TRL's tool loop builds it: the prompt (Qwen2.5 template with the
+    tools), the call, the tool result it appends, the answer; mask 1 on the assistant turns."""
+    render = functools.partial(tokenizer.apply_chat_template, tools=[add_numbers],
+                               tokenize=True, return_dict=False)  # fmt: skip
+    messages = solved_messages(user)
+    prompt, after_tool = (render(messages[:n], add_generation_prompt=True) for n in (1, 3))
+    full = render(messages)
+    ends = [i for i, t in enumerate(full) if t == tokenizer.eos_token_id]  # 5 turns end
+    record = TokenRecord()
+    record.extend(prompt, generated=False)
+    record.extend(full[len(prompt) : ends[2] + 1], generated=True)
+    record.extend(after_tool[ends[2] + 1 :], generated=False)
+    record.extend(full[len(after_tool) : ends[4] + 1], generated=True)
+    if record.ids != full[: ends[4] + 1]:
+        raise ValueError("TRL's turns do not tokenise to the whole conversation")
+    return record
+
+
+def scripted_episodes(users: list[str], registry: ToolRegistry) -> list[AgentTrajectory]:
+    """The same solved episodes in tooltune's format, through tooltune's own collector."""
+    script = {}
+    for user in users:
+        a, b = tool_operands(user)
+        call = json.dumps({"name": "add_numbers", "arguments": {"a": a, "b": b}})
+        script[user] = [f"<tool_call>{call}</tool_call>", str(a + b)]
+    config = AgentConfig(max_turns=TOOL_TURNS, max_new_tokens=TOOL_TURN_TOKENS)
+    return TrajectoryCollector(ScriptedPolicy(script), registry, config).collect(users)
+
+
+def fit_tool_model(directory: Path, users: list[str], registry: ToolRegistry) -> dict:
+    """A 0.5M Qwen2 model that solves `users` with one tool call in both formats: TRL's
+    (Qwen2.5 template) and tooltune's. Fitted with tooltune's SFT, saved to `directory`."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tooltune.policies.hf import HFPolicy
+    from tooltune.rollout import tokenize_trajectory
+    from tooltune.training.sft import train_sft
+
+    episodes = scripted_episodes(users, registry)
+    renderer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))  # renders text
+    renderer.chat_template = qwen_template()
+    texts = [renderer.apply_chat_template(solved_messages(u), tools=[add_numbers], tokenize=False)
+             for u in users] + [t.metadata["text"] for t in episodes]  # fmt: skip
+    params = build_model(
+        directory, "0.5M", build_tokenizer(directory, texts * 4, plain_markers=True)
+    )
+    tokenizer = load_tokenizer(directory)
+    policy = HFPolicy.from_pretrained(directory)
+    records = [tokenize_trajectory(t, policy.encode) for t in episodes]
+    records += [trl_record(tokenizer, u) for u in users]
+    config = AgentConfig(sft_epochs=200, sft_learning_rate=1e-2, sft_batch_size=len(records),
+                         warmup_ratio=0.05)  # fmt: skip
+    t0 = time.perf_counter()
+    history = train_sft(policy, records, config)
+    policy.save(directory)
+    return {
+        "parameters": params,
+        "fit_seconds": time.perf_counter() - t0,
+        "fit_loss": history.train_loss[-1],
+        "prompt_tokens": {"tooltune": records[0].mask.index(1), "trl": records[-1].mask.index(1)},
+    }
+
+
 def bench_tools(args: argparse.Namespace, root: Path) -> dict:
-    """Multi-turn tool use: does TRL take tools=, and tooltune's multi-turn step time."""
-    directory = root / "0.5M"
-    if not (directory / "config.json").exists():
-        tokenizer = build_tokenizer(directory)
-        build_model(directory, "0.5M", len(tokenizer))
-    accepts = trl_accepts_tools(directory)
+    """Multi-turn tool use, equal work: a model fitted to call `add_numbers` and answer with
+    its result runs one GRPO step at a time in TRL (`tools=[add_numbers]`) and in tooltune.
+    The reward is the verified answer plus a little noise, so that no group has zero variance
+    and neither side skips the update of a group (tooltune would)."""
+    directory = root / "tools-0.5M"
     registry = ToolRegistry([tool(add_numbers)])
     users = prompt_texts(args.prompts)
-    side = Tooltune(directory, users, args, registry, turns=3)
-    for _ in range(args.warmup + args.repeats):
-        side.step()
+    log(
+        f"[tools] fitting a 0.5M model to call add_numbers in both formats ({len(users)} prompts) ..."
+    )
+    fit = fit_tool_model(directory, users, registry)
+    log(f"[tools] fitted in {fit['fit_seconds']:.1f}s, loss {fit['fit_loss']:.5f}")
+    noise = random.Random(0)
+    verified: dict[str, list[bool]] = {"trl": [], "tooltune": []}
+
+    def score(side: str, user: str, answer: str) -> float:
+        correct = answer.strip() == str(sum(tool_operands(user)))
+        verified[side].append(correct)
+        return float(correct) + 0.1 * noise.random()
+
+    def trl_reward(prompt: list[dict], completion: list[dict]) -> float:
+        last = completion[-1] if completion else {}
+        answer = last.get("content") or "" if last.get("role") == "assistant" else ""
+        return score("trl", prompt[-1]["content"], answer)
+
+    side = Tooltune(directory, users, args, registry, turns=TOOL_TURNS,
+                    reward=lambda t: score("tooltune", t.prompt, t.final_answer or ""))  # fmt: skip
+    log(f"[tools] {args.prompts} prompts x {args.group} samples, up to {TOOL_TURNS} turns; "
+        "TRL and tooltune steps interleaved ...")  # fmt: skip
+    trl = run_trl(directory, [[{"role": "user", "content": u}] for u in users], args,
+                  args.warmup + args.repeats, between=side.step, reward=trl_reward,
+                  tools=[add_numbers])  # fmt: skip
     tt = side.results
     profile, phases = side.profile()
+    log(f"[tools] TRL step times {[round(t, 3) for t in trl['times']]}")
+    log(f"[tools] tooltune step times {[round(r['seconds'], 3) for r in tt]}")
+    trl_s = statistics.median(trl["times"][args.warmup :])
+    tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
     return {
-        "trl_accepts_tools": accepts,
-        "trl_equal_work_step": "not measured: a random model emits no tool calls in either "
-        "framework, so an equal-work multi-turn comparison needs a model fitted to both formats",
-        "tooltune_s_per_step": statistics.median(r["seconds"] for r in tt[args.warmup :]),
-        "tooltune_tool_calls_per_step": profile["tool_calls"],
+        **fit,
+        "trl_s_per_step": trl_s,
+        "tooltune_s_per_step": tt_s,
+        "speedup_vs_trl": trl_s / tt_s,
+        "trl_tool_calls_per_step": trl["tool_calls"],
+        "tooltune_tool_calls_per_step": [r["tool_calls"] for r in tt],
+        "trl_generated_tokens_per_step": trl["generated_tokens"],
+        "tooltune_generated_tokens_per_step": [r["generated_tokens"] for r in tt],
+        "trl_verified_answers": f"{sum(verified['trl'])}/{len(verified['trl'])}",
+        "tooltune_verified_answers": f"{sum(verified['tooltune'])}/{len(verified['tooltune'])}",
+        "trl_step_times": trl["times"],
+        "tooltune_step_times": [r["seconds"] for r in tt],
         "tooltune_profile_s": phases,
     }
 
@@ -526,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="0.5M model, small batch, 5 repeats")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--sizes", default=None, help="comma list of 0.5M,5M")
+    parser.add_argument(
+        "--sizes", default=None, help="comma list of 0.5M,5M ('' with --tools: tools only)"
+    )
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--group", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
@@ -539,7 +690,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"({', '.join(BASELINES)}); empty for none")  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true", help="same as --baselines ''")
     args = parser.parse_args(argv)
-    args.sizes = (args.sizes or ("0.5M" if args.quick else "0.5M,5M")).split(",")
+    sizes = ("0.5M" if args.quick else "0.5M,5M") if args.sizes is None else args.sizes
+    args.sizes = [size for size in sizes.split(",") if size]
+    if not args.sizes and not args.tools:
+        parser.error("nothing to run: give --sizes or --tools")
     args.prompts = args.prompts or (2 if args.quick else 4)
     args.group = args.group or 4
     args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 32)
@@ -577,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             out["sizes"][size] = bench_size(size, args, Path(tmp), peak)
         if args.tools:
             out["tools"] = bench_tools(args, Path(tmp))
-    first = out["sizes"][args.sizes[0]]
+    first = out["sizes"][args.sizes[0]] if args.sizes else out["tools"]
     out["trl_s_per_step"] = first["trl_s_per_step"]
     out["tooltune_s_per_step"] = first["tooltune_s_per_step"]
     out["speedup_vs_trl"] = first["speedup_vs_trl"]
@@ -612,9 +766,15 @@ def print_table(out: dict) -> None:
               f"training {g['training']:.2f}")  # fmt: skip
     if "tools" in out:
         t = out["tools"]
-        print(f"\n[tools] TRL GRPOTrainer(tools=...) accepted: {t['trl_accepts_tools']}")
-        print(f"  tooltune multi-turn step {t['tooltune_s_per_step']:.3f} s, "
-              f"{t['tooltune_tool_calls_per_step']} tool calls; TRL: {t['trl_equal_work_step']}")  # fmt: skip
+        print(f"\n[tools] multi-turn tool use, {t['parameters']:,} parameters fitted to call "
+              f"add_numbers (loss {t['fit_loss']:.5f}); prompt tokens TRL {t['prompt_tokens']['trl']}, "
+              f"tooltune {t['prompt_tokens']['tooltune']}")  # fmt: skip
+        print(f"  TRL       {t['trl_s_per_step']:.3f} s/step  tool calls {t['trl_tool_calls_per_step']}  "
+              f"generated {t['trl_generated_tokens_per_step']}  verified {t['trl_verified_answers']}")  # fmt: skip
+        print(f"  tooltune  {t['tooltune_s_per_step']:.3f} s/step  tool calls "
+              f"{t['tooltune_tool_calls_per_step']}  generated {t['tooltune_generated_tokens_per_step']}  "
+              f"verified {t['tooltune_verified_answers']}")  # fmt: skip
+        print(f"  speedup   {t['speedup_vs_trl']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import os
 import threading
 import time
 from typing import Literal
@@ -6,6 +7,7 @@ from typing import Literal
 import pytest
 
 from tooltune import AgentConfig, ToolCall, ToolDefinition, ToolError, ToolRegistry, tool
+from tooltune import registry as registry_module
 from tooltune.registry import ToolRegistryError
 
 
@@ -171,6 +173,44 @@ def test_hung_tool_times_out_and_caller_keeps_working():
     assert not hung.success and "timed out after 1 s" in hung.error
     assert ok.success and ok.result["city"] == "Rome"
     assert registry.execute(call("lookup", city="Oslo")).success
+
+
+def test_tool_threads_are_reused_and_a_hung_call_takes_only_its_own(monkeypatch):
+    monkeypatch.setattr("tooltune.registry._WORKERS", registry_module._Workers())  # no others
+    threads = []
+
+    @tool
+    def where() -> str:
+        """Which thread runs this."""
+        threads.append(threading.current_thread())  # kept, so no two are the same object
+        return "here"
+
+    registry = ToolRegistry([_sleeper(0.5), where], config=AgentConfig(tool_call_timeout=0.1))
+    for _ in range(4):
+        assert all(r.success for r in registry.execute_many([call("where")] * 4))
+        time.sleep(0.05)  # the threads go back to waiting
+    assert len(threads) == 16 and len(set(threads)) <= 4  # a thread per call would make 16
+    hung, ok = registry.execute_many([call("sleepy"), call("where")])
+    assert not hung.success and ok.success
+    start = time.perf_counter()  # the sleeper still holds a thread: the next call gets another
+    assert registry.execute(call("where")).success
+    assert time.perf_counter() - start < 0.3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_tools():
+    registry = ToolRegistry([lookup])
+    assert registry.execute(call("lookup", city="A")).success  # the parent now has idle threads
+    pid = os.fork()
+    if pid == 0:  # the child has none of them; without a reset its call would wait forever
+        os._exit(0 if registry.execute(call("lookup", city="B")).success else 1)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_per_turn_call_limit():

@@ -14,6 +14,8 @@ import enum
 import functools
 import inspect
 import json
+import os
+import queue
 import re
 import threading
 import time
@@ -410,6 +412,12 @@ class ToolRegistry:
 
         Wall time is close to the slowest call. Calls beyond the cap are not run and get an error
         response. Results come back in the order of `calls`."""
+        return self.start_many(calls)()
+
+    def start_many(self, calls: list[ToolCall]) -> Callable[[], list[ToolResponse]]:
+        """Start the calls of one turn (as `execute_many`) and return a function that waits
+        for their responses. A collector starts every episode's calls before it waits for any,
+        so all the tool calls of a batch run at once, each on its own thread."""
         limit = self.config.max_tool_calls_per_turn
         responses: list[ToolResponse | None] = [None] * len(calls)
         running: list[tuple[int, _Running]] = []
@@ -427,9 +435,13 @@ class ToolRegistry:
                 continue
             timeout = definition.timeout or self.config.tool_call_timeout
             running.append((index, _Running.start(definition, call, timeout)))
-        for index, run in running:
-            responses[index] = run.wait()
-        return [r for r in responses if r is not None]
+
+        def wait() -> list[ToolResponse]:
+            for index, run in running:
+                responses[index] = run.wait()
+            return [r for r in responses if r is not None]
+
+        return wait
 
     def _check(self, call: ToolCall) -> tuple[str | None, ToolDefinition | None]:
         if call.parse_error:
@@ -445,8 +457,42 @@ def _failed(call: ToolCall, error: str, elapsed: float = 0.0) -> ToolResponse:
     return ToolResponse(call.id, False, None, error=error, execution_time=elapsed, name=call.name)
 
 
+class _Workers:
+    """Daemon threads that run tool calls, kept between calls: starting a thread waits for it
+    to run, ~1 ms a call while torch's threads hold the cores. A hung call keeps its thread;
+    a new thread starts whenever no idle one is left."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the threads (a forked child has none of them)."""
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # an idle worker takes it
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name="tooltune-tool", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()  # jobs never raise: `_Running._target` catches everything
+            with self._lock:
+                self._idle += 1
+
+
+_WORKERS = _Workers()
+os.register_at_fork(after_in_child=_WORKERS.reset)
+
+
 class _Running:
-    """One tool call running on a daemon thread, so a hung tool can be abandoned on time."""
+    """One tool call running on a worker thread, so a hung tool can be abandoned on time."""
 
     def __init__(self, definition: ToolDefinition, call: ToolCall, timeout: float) -> None:
         self.definition, self.call, self.timeout = definition, call, timeout
@@ -457,7 +503,7 @@ class _Running:
     @classmethod
     def start(cls, definition: ToolDefinition, call: ToolCall, timeout: float) -> _Running:
         run = cls(definition, call, timeout)
-        threading.Thread(target=run._target, name=f"tool-{call.name}", daemon=True).start()
+        _WORKERS.submit(run._target)
         return run
 
     def _target(self) -> None:

@@ -20,7 +20,6 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -309,18 +308,10 @@ class TrajectoryCollector:
             episode.text += text + IM_END
             episode.cutoffs = episode.cutoffs + 1 if completion.finish_reason == "length" else 0
 
-        def run_calls(pair: tuple[_Episode, Any]) -> list:
-            episode, action = pair
-            return episode.registry.execute_many(action.tool_calls)
-
+        # every episode's calls start before any is waited for: the batch's calls run at once
         pairs = list(zip(active, actions, strict=True))
-        calling = [i for i, (_, action) in enumerate(pairs) if action.tool_calls]
-        all_responses: list[list] = [[] for _ in pairs]
-        if calling:  # (no threads to start when every episode answered)
-            with ThreadPoolExecutor(max_workers=len(calling)) as pool:
-                done = pool.map(run_calls, [pairs[i] for i in calling])
-                for i, responses in zip(calling, done, strict=True):
-                    all_responses[i] = responses
+        waits = [episode.registry.start_many(action.tool_calls) for episode, action in pairs]
+        all_responses = [wait() for wait in waits]
 
         for (episode, action), responses in zip(pairs, all_responses, strict=True):
             observation = None
