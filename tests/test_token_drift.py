@@ -30,10 +30,15 @@ def test_sampled_episodes_have_no_drift(env):
     policy = BuiltinPolicy.create([d.metadata["text"] for d in demos], size="tiny", vocab_size=512,
                                   max_seq_len=2048)  # fmt: skip
     # a random model writes arbitrary token soup, special tokens included: the hardest case
-    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=40, seed=3)
-    collector = TrajectoryCollector(policy, env, config, sampling=sampling, tool_style="compact")
-    episodes = collector.collect(tasks, num_samples=2)
-    assert sum(len(e.steps) for e in episodes) > len(episodes)  # several turns were recorded
+    # that soup holds a <tool_call> marker, which makes an episode go on, for 2-4 seeds in 10
+    for seed in range(20):
+        sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=40, seed=seed)
+        collector = TrajectoryCollector(policy, env, config, sampling=sampling, tool_style="compact")
+        episodes = collector.collect(tasks, num_samples=2)
+        if sum(len(e.steps) for e in episodes) > len(episodes):
+            break  # several turns were recorded
+    else:
+        pytest.fail("no seed gave an episode of several turns")
     for episode in episodes:
         check_token_record(episode, policy, "compact")
         assert sum(episode.tokens.mask) > 0

@@ -91,7 +91,14 @@ def sample_tokens(
         outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling, one uniform number per row (`torch.multinomial` draws one per
+    # vocabulary entry: 2 ms for 32 rows of 2048 on a 2-core CPU, against 50 us). A token
+    # outside the nucleus adds nothing to the sum, so it is never the first entry above `u`.
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=probs.device) * total
+    u = torch.where(u < total, u, 0.0)  # rounding can lift u * total to total itself
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
