@@ -23,14 +23,18 @@ and the model FLOPs utilisation (of the necessary work: see `step_flops`) agains
 matmul peak measured on this machine
 (6 * params * tokens for training, 2 * params * tokens for forward-only passes).
 
-Multi-turn tool use: TRL 1.16 has `GRPOTrainer(tools=[...])` (Qwen-family chat templates). The
-`--tools` case checks that TRL accepts our tool and chat template, and times tooltune's
-multi-turn step; an equal-work TRL tool step needs a model that actually emits tool calls in
-both frameworks' formats, which a random model does not (see RESULTS.md).
+Multi-turn tool use (`--tools`): TRL 1.16's `GRPOTrainer(tools=[add_numbers])` (Qwen2.5 chat
+template, TRL's tool loop) against tooltune's collector with the same tool, both with up to 3
+assistant turns. A random model writes no tool calls, so the 0.5M model is first fitted with
+tooltune's SFT to solve the prompts in both formats (call `add_numbers`, then answer with its
+result); the output shows the tool calls, generated tokens and verified answers of every step on
+both sides, so equal work can be checked. The reward is the verified answer plus a little
+noise, so that no group has zero variance and neither side skips an update.
 
     python benchmarks/grpo_vs_trl.py            # both sizes, 5 repeats
     python benchmarks/grpo_vs_trl.py --quick    # 0.5M only, 5 repeats, smaller batch
     python benchmarks/grpo_vs_trl.py --json     # one JSON object on stdout
+    python benchmarks/grpo_vs_trl.py --tools --sizes ''   # the multi-turn tool case only
 """
 
 from __future__ import annotations
@@ -292,7 +296,11 @@ def profiled(policy: Any, ref: Any, optimizer: Any, registry: ToolRegistry, phas
     saved_backward = torch.Tensor.backward
     policy.generate = phases.wrap("generation", policy.generate)
     start_many = registry.start_many
-    registry.start_many = lambda calls: phases.wrap("tools", phases.wrap("tools", start_many)(calls))
+
+    def timed_start(calls):  # starting the calls and waiting for them are both tool time
+        return phases.wrap("tools", phases.wrap("tools", start_many)(calls))
+
+    registry.start_many = timed_start
     plain = policy.token_logprobs
 
     def logprobs(*a, **k):
