@@ -646,7 +646,7 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
 
     def trl_reward(prompt: list[dict], completion: list[dict]) -> float:
         last = completion[-1] if completion else {}
-        answer = last.get("content") or "" if last.get("role") == "assistant" else ""
+        answer = (last.get("content") or "") if last.get("role") == "assistant" else ""
         return score("trl", prompt[-1]["content"], answer)
 
     side = Tooltune(directory, users, args, registry, turns=TOOL_TURNS,
