@@ -59,16 +59,18 @@ def build_system_prompt(
 ) -> str:
     """System prompt with the tools: `json` lists OpenAI tool entries, one per line (what
     pretrained chat models know); `compact` writes one signature line per tool (fewer tokens
-    for small models); `names` only names the tools offered, for a model trained from scratch
-    that learns each tool's arguments from its demonstrations (a third of the tokens of
-    `compact`, and every step of training and rollout attends over the system prompt)."""
+    for small models); `names` only names the tools offered, without the instructions, for a
+    model trained from scratch: it cannot read prose and learns the call format and each
+    tool's arguments from its demonstrations (every step of training and rollout attends over
+    the system prompt: 31 tokens of the built-in tokenizer for a typical set, against 106
+    with the instructions)."""
     tools = list(tools)
     if style == "json":
         lines = [json.dumps(t, ensure_ascii=False) for t in tools]
     elif style == "compact":
         lines = [_compact_signature(t) for t in tools]
     elif style == "names":
-        lines = [", ".join(t.get("function", t)["name"] for t in tools)]
+        return "<tools>\n" + ", ".join(t.get("function", t)["name"] for t in tools) + "\n</tools>"
     else:
         raise ValueError(f"unknown tool style {style!r}; use one of {', '.join(TOOL_STYLES)}")
     return f"{instructions}\n<tools>\n" + "\n".join(lines) + "\n</tools>"
