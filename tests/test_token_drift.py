@@ -33,7 +33,9 @@ def test_sampled_episodes_have_no_drift(env):
     # that soup holds a <tool_call> marker, which makes an episode go on, for 2-4 seeds in 10
     for seed in range(20):
         sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=40, seed=seed)
-        collector = TrajectoryCollector(policy, env, config, sampling=sampling, tool_style="compact")
+        collector = TrajectoryCollector(
+            policy, env, config, sampling=sampling, tool_style="compact"
+        )
         episodes = collector.collect(tasks, num_samples=2)
         if sum(len(e.steps) for e in episodes) > len(episodes):
             break  # several turns were recorded

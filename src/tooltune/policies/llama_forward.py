@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tooltune.policies.transformer import padded_causal_mask
+from tooltune.policies.transformer import padded_causal_mask, select_cache_rows
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -68,11 +68,7 @@ class StaticKVCache:
 
     def select_rows(self, rows: torch.Tensor) -> StaticKVCache:
         n = self.length
-        k = self.k.new_empty(self.k.shape[0], len(rows), *self.k.shape[2:])
-        v = torch.empty_like(k)
-        k[:, :, :, :n] = self.k[:, rows, :, :n]
-        v[:, :, :, :n] = self.v[:, rows, :, :n]
-        self.k, self.v = k, v
+        self.k, self.v = select_cache_rows(self.k, rows, n), select_cache_rows(self.v, rows, n)
         return self
 
 
