@@ -189,7 +189,7 @@ def test_tool_threads_are_reused_and_a_hung_call_takes_only_its_own(monkeypatch)
     for _ in range(4):
         assert all(r.success for r in registry.execute_many([call("where")] * 4))
         time.sleep(0.05)  # the threads go back to waiting
-    assert len(threads) == 16 and len(set(threads)) <= 4  # a thread per call would make 16
+    assert len(threads) == 16 and len(set(threads)) <= 8  # a thread per call would make 16
     hung, ok = registry.execute_many([call("sleepy"), call("where")])
     assert not hung.success and ok.success
     start = time.perf_counter()  # the sleeper still holds a thread: the next call gets another
