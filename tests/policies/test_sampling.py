@@ -140,6 +140,13 @@ def test_sampling_frequencies_follow_temperature():
     assert math.isclose(float((tokens == 0).float().mean()), 0.7 / 0.9, abs_tol=0.03)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_sampling_from_broken_logits_is_a_clear_error(bad):
+    logits = torch.tensor([[0.0, 1.0, 2.0], [bad, bad, bad]])
+    with pytest.raises(ValueError, match="cannot sample"):
+        sample_tokens(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+
+
 def test_stop_checker_cut_uses_earliest_stop():
     checker = StopChecker(["END", "\n\n"], decode)
     assert checker.cut("abc\n\nxEND") == "abc"

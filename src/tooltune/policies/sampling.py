@@ -96,6 +96,8 @@ def sample_tokens(
     # outside the nucleus adds nothing to the sum, so it is never the first entry above `u`.
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
+    if not bool(((total > 0) & torch.isfinite(total)).all()):
+        raise ValueError("cannot sample: the model's logits are NaN, or -inf for every token")
     u = torch.rand(total.shape, generator=generator, device=probs.device) * total
     u = torch.where(u < total, u, 0.0)  # rounding can lift u * total to total itself
     tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
