@@ -488,7 +488,8 @@ class _Workers:
 
 
 _WORKERS = _Workers()
-os.register_at_fork(after_in_child=_WORKERS.reset)
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_WORKERS.reset)
 
 
 class _Running:
