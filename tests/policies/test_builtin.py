@@ -295,3 +295,35 @@ def test_a_checkpoint_from_another_model_version_fails_clearly(texts, tmp_path):
     torch.save(state, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="another version of the built-in model"):
         BuiltinPolicy.load(tmp_path)
+
+
+def test_attention_groups_skip_padding_only_where_it_pays():
+    from tooltune.policies.transformer import GROUP_CALL_COST, attention_groups
+
+    # rows sorted longest first: two long rows, then three short ones (first real columns)
+    assert attention_groups([0, 10, 600, 600, 610], 700) == [(0, 2, 0), (2, 5, 592)]
+    assert attention_groups([0, 0, 0], 700) == [(0, 3, 0)]  # nothing to skip: one call
+    # skipping 16 columns of one row does not pay for another call
+    assert GROUP_CALL_COST > 16
+    assert attention_groups([0, 16], 700) == [(0, 2, 0)]
+
+
+def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch):
+    import tooltune.policies.transformer as transformer
+
+    long = chat_prompt("Tell me everything about the capital of France, please. " * 6)
+    prompts = [long, "The quick", long + " Now", "A"]
+    plans = []
+    plan = transformer.attention_groups
+    monkeypatch.setattr(
+        transformer, "attention_groups", lambda *a: plans.append(plan(*a)) or plans[-1]
+    )
+    grouped = tiny_policy.generate(prompts, GREEDY)
+    assert any(len(p) > 1 for p in plans)  # the long and the short rows were split
+    monkeypatch.setattr(transformer, "GROUP_CALL_COST", 10**9)
+    plans.clear()
+    single = tiny_policy.generate(prompts, GREEDY)
+    assert all(len(p) == 1 for p in plans)
+    assert [c.token_ids for c in grouped] == [c.token_ids for c in single]
+    for a, b in zip(grouped, single, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs))

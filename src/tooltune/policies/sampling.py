@@ -181,7 +181,9 @@ def generate_tokens(
         raise ValueError("max_new_tokens and generated_before need one entry per prompt")
     budgets = [min(w, max_seq_len - len(p)) for w, p in zip(wanted, prompt_ids, strict=True)]
     results: list[Completion | None] = [None] * len(prompt_ids)
-    rows = [i for i, b in enumerate(budgets) if b > 0]
+    # longest prompts first: left-padded rows of similar length sit together, so a backend
+    # can skip the padding columns a run of rows shares (see transformer.attention_groups)
+    rows = sorted((i for i, b in enumerate(budgets) if b > 0), key=lambda i: -len(prompt_ids[i]))
     for i, b in enumerate(budgets):
         if b <= 0:  # no room left in the context (or nothing asked for)
             results[i] = Completion(text="", token_ids=[], logprobs=[], finish_reason="length")
