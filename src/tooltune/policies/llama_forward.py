@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tooltune.policies.transformer import padded_causal_mask, select_cache_rows
+from tooltune.policies.transformer import additive_mask, padded_causal_mask, select_cache_rows
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -77,14 +77,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask as the float mask attention adds to its scores, converted once per
-    forward (attention would convert a boolean mask in every layer)."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, float("-inf")
-    )
-
-
 def hidden_states(
     model: Any,
     ids: torch.Tensor,
@@ -114,7 +106,7 @@ def hidden_states(
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
     causal = past == 0 and bool(attention_mask.all())  # no padding: plain causal attention
     x = decoder.embed_tokens(ids)
-    mask = None if causal else _additive(padded_causal_mask(attention_mask, T), x.dtype)
+    mask = None if causal else additive_mask(padded_causal_mask(attention_mask, T), x.dtype)
     cos, sin = decoder.rotary_emb(x, positions)
     cos, sin = cos[:, None], sin[:, None]
     last = len(decoder.layers) - 1
@@ -139,7 +131,7 @@ def hidden_states(
                 break
             x, h, cos, sin = x[:, -keep:], h[:, -keep:], cos[:, :, -keep:], sin[:, :, -keep:]
             if not (causal and keep == 1):  # one query sees every key: no mask
-                mask = _additive(padded_causal_mask(attention_mask, keep), x.dtype)
+                mask = additive_mask(padded_causal_mask(attention_mask, keep), x.dtype)
             causal = False
         q = attn.q_proj(h).view(B, h.shape[1], -1, attn.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
