@@ -152,3 +152,20 @@ def test_stop_checker_cut_uses_earliest_stop():
     assert checker.cut("abc\n\nxEND") == "abc"
     assert checker.cut("no stop") == "no stop"
     assert not StopChecker([], decode).hit([0, 1])
+
+
+def test_stop_checker_decodes_only_after_tokens_that_can_end_a_stop_string():
+    texts = {0: "ab", 1: "E", 2: "N", 3: "D!", 4: "\ufffd"}
+    calls = []
+
+    def counting_decode(ids):
+        calls.append(list(ids))
+        return "".join(texts[i] for i in ids)
+
+    checker = StopChecker(["END"], counting_decode)
+    assert not checker.hit([0, 1, 2])  # "N" cannot end "END": no tail decoded
+    assert [c for c in calls if len(c) > 1] == []
+    assert checker.hit([0, 1, 2, 3])  # "D!" can, and the tail holds "END"
+    assert not checker.hit([0, 3])  # it can, but the tail does not hold "END"
+    assert checker.can_end(4)  # part of a character: checked to be safe
+    assert StopChecker(["a "], counting_decode).can_end(0)  # a stop ending in a space: always
