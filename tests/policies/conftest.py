@@ -44,3 +44,25 @@ def tiny_policy(request):
             policy.model.copy_gate.bias.fill_(3.0)
             policy.model.copy_match.fill_(0.2)
     return policy
+
+
+@pytest.fixture
+def stale_cache_memory():
+    """Fills the KV cache memory pool with NaN buffers made by `model`, so that the next
+    caches start on stale numbers: any position attention reads without writing it shows."""
+    import gc
+
+    from tooltune.policies.transformer import CACHE_MEMORY
+
+    def poison(model, batch: int = 4, capacity: int = 1024) -> None:
+        CACHE_MEMORY.free.clear()
+        stale = [model.new_cache(batch, capacity) for _ in range(CACHE_MEMORY.keep)]
+        for cache in stale:
+            cache.k.fill_(float("nan"))
+            cache.v.fill_(float("nan"))
+            cache.copy_k.fill_(float("nan"))
+        del stale, cache
+        gc.collect()
+        assert len(CACHE_MEMORY.free) == CACHE_MEMORY.keep
+
+    return poison

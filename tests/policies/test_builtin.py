@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -327,3 +329,14 @@ def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch)
     assert [c.token_ids for c in grouped] == [c.token_ids for c in single]
     for a, b in zip(grouped, single, strict=True):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs))
+
+
+def test_reused_cache_memory_holds_no_stale_numbers_that_attention_reads(
+    tiny_policy, stale_cache_memory
+):
+    prompts = [PROMPTS[0], PROMPTS[1]]  # left padding in the second row
+    before = tiny_policy.generate(prompts, GREEDY)
+    stale_cache_memory(tiny_policy.model)
+    after = tiny_policy.generate(prompts, GREEDY)
+    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+    assert all(math.isfinite(lp) for c in after for lp in c.logprobs)

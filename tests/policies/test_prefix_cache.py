@@ -186,9 +186,12 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch):
     assert runs == [len(ids[0]) + len(policy.encode(" more"))]
 
 
-def test_builtin_turns_written_in_pieces_match_whole_turns(tiny_policy, monkeypatch):
+def test_builtin_turns_written_in_pieces_match_whole_turns(
+    tiny_policy, monkeypatch, stale_cache_memory
+):
     """The collector writes a continuing policy's turns in pieces of DECODE_CHUNK tokens;
-    greedy episodes are the same tokens as when each turn is one generate call."""
+    greedy episodes are the same tokens as when each turn is one generate call (whose caches
+    start on stale memory: the pieces' caches are assembled from cached prefixes)."""
     from dataclasses import replace
 
     from tooltune import rollout
@@ -216,7 +219,9 @@ def test_builtin_turns_written_in_pieces_match_whole_turns(tiny_policy, monkeypa
         )
         return collector.collect(prompts)
 
-    pieces, whole = episodes(16), episodes(1000)
+    whole = episodes(1000)
+    stale_cache_memory(model)
+    pieces = episodes(16)
     assert max(sum(t.tokens.mask) for t in pieces) > 2 * 16  # turns spanned several pieces
     for a, b in zip(pieces, whole, strict=True):
         assert a.tokens.ids == b.tokens.ids and a.tokens.mask == b.tokens.mask

@@ -125,27 +125,37 @@ class KVCache:
 
     ``length`` is the number of filled positions (the same for every row: rows are aligned by
     left padding, and padded slots are masked by the attention mask). ``select_rows`` drops
-    finished rows so they stop costing compute.
+    finished rows so they stop costing compute. Keys and values start uninitialised (reused
+    memory, see `CacheMemory`): a forward writes every position it runs, padding included, and
+    ``prefill`` zeroes the padding it leaves unwritten, since attention reads it (masked, but
+    a NaN there would still spread).
     """
 
     def __init__(self, config: TransformerConfig, batch: int, capacity: int, device, dtype):
         hd = config.d_model // config.n_heads
         shape = (config.n_layers, batch, config.n_heads, capacity, hd)
-        self.k = self.zeros(shape, device, dtype)
-        self.v = self.zeros(shape, device, dtype)
+        self.k = self.empty(shape, device, dtype)
+        self.v = self.empty(shape, device, dtype)
         self.length = 0
         self.last_ids = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: none
         # the copy head's keys and the token ids they point at (empty without a copy head)
         width = config.d_model if config.copy_head else 0
-        self.copy_k = self.zeros((batch, capacity, width), device, dtype)
+        self.copy_k = self.empty((batch, capacity, width), device, dtype)
         self.ids = torch.zeros((batch, capacity if width else 0), dtype=torch.long, device=device)
         # runs of rows that attend from their own first real column (see `attention_groups`),
         # planned at the first decoding step after the rows change; None: not planned
         self.groups: list[tuple[int, int, int]] | None = None
 
-    def zeros(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-        """Zeroed memory from `CACHE_MEMORY`, given back when this cache is dropped."""
-        return CACHE_MEMORY.zeros(self, shape, device, dtype)
+    def empty(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+        """Memory from `CACHE_MEMORY`, given back when this cache is dropped."""
+        return CACHE_MEMORY.empty(self, shape, device, dtype)
+
+    def zero_before(self, row: int, column: int) -> None:
+        """Zero ``row``'s positions before ``column`` (its left padding)."""
+        if column > 0:
+            self.k[:, row, :, :column] = 0
+            self.v[:, row, :, :column] = 0
+            self.copy_k[row, :column] = 0
 
     @property
     def capacity(self) -> int:
@@ -167,7 +177,7 @@ class KVCache:
         """Keep (or repeat) the given rows (see `select_cache_rows`)."""
         n = self.length
         more = len(rows) > self.k.shape[1]
-        new = (lambda shape: self.zeros(shape, self.k.device, self.k.dtype)) if more else None
+        new = (lambda shape: self.empty(shape, self.k.device, self.k.dtype)) if more else None
         self.k = select_cache_rows(self.k, rows, n, new=new)
         self.v = select_cache_rows(self.v, rows, n, new=new)
         self.last_ids, self.ids = self.last_ids[rows], self.ids[rows]
@@ -178,20 +188,21 @@ class KVCache:
 
 class CacheMemory:
     """Reuses the memory of dropped KV caches. The kernel page-faults fresh memory in on first
-    touch: a new 46 MB cache (32 rows of the tiny model) costs ~25 ms, zeroing reused memory
-    ~3 ms, and a rollout builds a cache every few dozen tokens. A cache's buffers come back
-    when the cache object is garbage collected; caches never hand out views of their memory
-    that outlive them (`export_row` copies)."""
+    touch: a new zeroed 46 MB cache (32 rows of the tiny model) costs ~25 ms, zeroing reused
+    memory ~3 ms, not zeroing it nothing, and a rollout builds a cache every few dozen tokens.
+    A cache's buffers come back when the cache object is garbage collected; caches never hand
+    out views of their memory that outlive them (`export_row` copies)."""
 
     def __init__(self, keep: int = 6) -> None:
         self.keep = keep  # free buffers kept, largest first
         self.free: list[torch.Tensor] = []
         self.lock = threading.Lock()
 
-    def zeros(self, owner: object, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    def empty(self, owner: object, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+        """Uninitialised memory of `shape`, back in the pool when `owner` is collected."""
         n = math.prod(shape)
         if n == 0 or self.keep == 0:
-            return torch.zeros(shape, device=device, dtype=dtype)
+            return torch.empty(shape, device=device, dtype=dtype)
         with self.lock:
             fits = [
                 i
@@ -203,7 +214,7 @@ class CacheMemory:
         if buffer is None:
             buffer = torch.empty(n, device=device, dtype=dtype)
         weakref.finalize(owner, self._give_back, buffer)
-        return buffer[:n].view(shape).zero_()
+        return buffer[:n].view(shape)
 
     def _give_back(self, buffer: torch.Tensor) -> None:
         with self.lock:
@@ -618,6 +629,8 @@ class Transformer(nn.Module):
             for layer, (k, v) in enumerate(kv):
                 cache.k[layer, rows, :, W - n : W] = k
                 cache.v[layer, rows, :, W - n : W] = v
+        for row, n in enumerate(lengths):
+            cache.zero_before(row, W - int(n))
         cache.length = W
         cache.last_ids = ids[:, -1].clone()
         return logits
@@ -653,6 +666,7 @@ class Transformer(nn.Module):
                 part.ids[g, width - c : width] = torch.tensor(p.ids[:c], device=new_ids.device)
             part.last_ids[g] = p.last_id if c == len(p.ids) else p.ids[c - 1] if c else -1
             mask[g, width - c : width] = 1
+            part.zero_before(g, width - c)
         part.length = width
         logits = self(new_ids, attention_mask=mask, cache=part, logits_to_keep=1)[:, -1]
         return logits, part
