@@ -340,3 +340,19 @@ def test_reused_cache_memory_holds_no_stale_numbers_that_attention_reads(
     after = tiny_policy.generate(prompts, GREEDY)
     assert [c.token_ids for c in after] == [c.token_ids for c in before]
     assert all(math.isfinite(lp) for c in after for lp in c.logprobs)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_decoding_masks_and_positions_equal_the_general_ones(T):
+    from tooltune.policies.transformer import padded_causal_mask, token_positions
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]])
+    S = mask.shape[1]
+    cumsum = (mask.cumsum(-1) - 1).clamp(min=0)[:, S - T :]
+    assert torch.equal(token_positions(mask, T), cumsum)
+    q_pos = torch.arange(S - T, S)[:, None]
+    k_pos = torch.arange(S)[None, :]
+    general = ((k_pos <= q_pos) & mask.bool()[:, None, :]) | (k_pos == q_pos)
+    flags = mask.bool()
+    assert torch.equal(padded_causal_mask(flags, T), general[:, None])
+    assert torch.equal(flags, mask.bool())  # the caller's mask is left alone

@@ -21,7 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tooltune.policies.transformer import additive_mask, padded_causal_mask, select_cache_rows
+from tooltune.policies.transformer import (
+    additive_mask,
+    padded_causal_mask,
+    select_cache_rows,
+    token_positions,
+)
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -103,7 +108,7 @@ def hidden_states(
         raise ValueError(f"KV cache overflow: {past + T} > capacity {cache.k.shape[3]}")
     if attention_mask is None:
         attention_mask = torch.ones((B, past + T), dtype=torch.long, device=ids.device)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+    positions = token_positions(attention_mask, T)
     causal = past == 0 and bool(attention_mask.all())  # no padding: plain causal attention
     x = decoder.embed_tokens(ids)
     mask = None if causal else additive_mask(padded_causal_mask(attention_mask, T), x.dtype)

@@ -699,8 +699,7 @@ class Transformer(nn.Module):
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} != {(B, past + T)}"
                 )
-            # Position of a token = number of real tokens before it in its row.
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            positions = token_positions(attention_mask, T)
             all_real = past == 0 and bool(attention_mask.all())
             mask = None if all_real else padded_causal_mask(attention_mask, T)
         if mask is not None:
@@ -746,10 +745,23 @@ class Transformer(nn.Module):
         return self.embed(prev.clamp(min=0)) * ok[..., None].to(self.embed.weight.dtype)
 
 
+def token_positions(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, T] position of each of the last T tokens: the number of real tokens before it in its
+    row (``attention_mask`` [B, S] is 1 for real tokens). One new token per row (decoding) needs
+    only each row's count."""
+    if T == 1:
+        return (attention_mask.sum(-1, keepdim=True) - 1).clamp(min=0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+
 def padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     """Boolean [B, 1, T, S] mask for the last T of S positions: causal, real keys only, and
     each query may always see itself (so a padding query's row is never fully masked, which
     would give NaN). ``attention_mask`` [B, S] is 1 for real tokens, 0 for padding."""
+    if T == 1:  # decoding: every real key, and the query itself
+        allowed = attention_mask != 0  # a new tensor, even for a boolean mask
+        allowed[:, -1] = True
+        return allowed[:, None, None, :]
     B, S = attention_mask.shape
     past = S - T
     q_pos = torch.arange(past, S, device=attention_mask.device)[:, None]
