@@ -48,19 +48,20 @@ def tiny_policy(request):
 
 @pytest.fixture
 def stale_cache_memory():
-    """Fills the KV cache memory pool with NaN buffers made by `model`, so that the next
-    caches start on stale numbers: any position attention reads without writing it shows."""
+    """Fills the KV cache memory pool with NaN: `poison(new_cache)` makes caches with
+    `new_cache()`, fills their keys and values with NaN and drops them, so that the next caches
+    start on stale numbers: any position attention reads without writing it first shows."""
     import gc
 
     from tooltune.policies.transformer import CACHE_MEMORY
 
-    def poison(model, batch: int = 4, capacity: int = 1024) -> None:
+    def poison(new_cache) -> None:
         CACHE_MEMORY.free.clear()
-        stale = [model.new_cache(batch, capacity) for _ in range(CACHE_MEMORY.keep)]
+        stale = [new_cache() for _ in range(CACHE_MEMORY.keep)]
         for cache in stale:
-            cache.k.fill_(float("nan"))
-            cache.v.fill_(float("nan"))
-            cache.copy_k.fill_(float("nan"))
+            for name in ("k", "v", "copy_k"):
+                if hasattr(cache, name):
+                    getattr(cache, name).fill_(float("nan"))
         del stale, cache
         gc.collect()
         assert len(CACHE_MEMORY.free) == CACHE_MEMORY.keep

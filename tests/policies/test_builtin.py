@@ -336,7 +336,7 @@ def test_reused_cache_memory_holds_no_stale_numbers_that_attention_reads(
 ):
     prompts = [PROMPTS[0], PROMPTS[1]]  # left padding in the second row
     before = tiny_policy.generate(prompts, GREEDY)
-    stale_cache_memory(tiny_policy.model)
+    stale_cache_memory(lambda: tiny_policy.model.new_cache(4, 1024))
     after = tiny_policy.generate(prompts, GREEDY)
     assert [c.token_ids for c in after] == [c.token_ids for c in before]
     assert all(math.isfinite(lp) for c in after for lp in c.logprobs)

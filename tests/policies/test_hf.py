@@ -70,6 +70,21 @@ def test_generation_batched_cached_and_seeded(policy):
     assert torch.allclose(logp[0, -n:], torch.tensor(a[0].logprobs), atol=1e-4)
 
 
+def test_direct_cache_memory_holds_no_stale_numbers_that_attention_reads(
+    model_dir, stale_cache_memory
+):
+    from tooltune.policies import llama_forward
+
+    policy = HFPolicy.from_pretrained(model_dir, direct_forward=True)
+    prompts = [prompt("What is the capital of France?"), "The quick"]  # left padding
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12, stop=[])
+    before = policy.generate(prompts, greedy)
+    stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 256))
+    after = policy.generate(prompts, greedy)
+    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+    assert torch.isfinite(torch.tensor([lp for c in after for lp in c.logprobs])).all()
+
+
 def test_rows_that_finish_early_leave_the_cache(policy):
     """A prompt that nearly fills the context finishes after 2 tokens; dropping its row from
     the DynamicCache must not disturb the other rows."""

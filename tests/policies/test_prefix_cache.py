@@ -220,7 +220,7 @@ def test_builtin_turns_written_in_pieces_match_whole_turns(
         return collector.collect(prompts)
 
     whole = episodes(1000)
-    stale_cache_memory(model)
+    stale_cache_memory(lambda: model.new_cache(4, 1024))
     pieces = episodes(16)
     assert max(sum(t.tokens.mask) for t in pieces) > 2 * 16  # turns spanned several pieces
     for a, b in zip(pieces, whole, strict=True):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tooltune.policies.transformer import (
+    CACHE_MEMORY,
     additive_mask,
     padded_causal_mask,
     select_cache_rows,
@@ -59,7 +60,9 @@ def supports(model: Any) -> bool:
 
 class StaticKVCache:
     """Keys/values [layers, B, kv_heads, capacity, head_dim], written in place; ``length``
-    positions are filled (rows aligned by left padding, as in the built-in model's cache)."""
+    positions are filled (rows aligned by left padding, as in the built-in model's cache).
+    The memory is reused and uninitialised (`CACHE_MEMORY`): the first forward runs every
+    prompt column, padding included, so nothing is read before it is written."""
 
     def __init__(self, model: Any, batch: int, capacity: int) -> None:
         base, decoder = _unwrap(model)
@@ -67,13 +70,20 @@ class StaticKVCache:
         heads = base.config.num_key_value_heads
         weight = decoder.embed_tokens.weight
         shape = (len(decoder.layers), batch, heads, capacity, attn.head_dim)
-        self.k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
-        self.v = torch.zeros_like(self.k)
+        self.k = CACHE_MEMORY.empty(self, shape, weight.device, weight.dtype)
+        self.v = CACHE_MEMORY.empty(self, shape, weight.device, weight.dtype)
         self.length = 0
 
     def select_rows(self, rows: torch.Tensor) -> StaticKVCache:
-        n = self.length
-        self.k, self.v = select_cache_rows(self.k, rows, n), select_cache_rows(self.v, rows, n)
+        n, k = self.length, self.k
+
+        def new(shape):
+            return CACHE_MEMORY.empty(self, shape, k.device, k.dtype)
+
+        self.k, self.v = (
+            select_cache_rows(k, rows, n, new=new),
+            select_cache_rows(self.v, rows, n, new=new),
+        )
         return self
 
 
