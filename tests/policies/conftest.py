@@ -66,4 +66,5 @@ def stale_cache_memory():
         gc.collect()
         assert len(CACHE_MEMORY.free) == CACHE_MEMORY.keep
 
-    return poison
+    yield poison
+    CACHE_MEMORY.free.clear()  # later tests start on fresh memory

@@ -331,6 +331,17 @@ def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch)
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs))
 
 
+def test_a_dropped_cache_gives_its_memory_to_the_next(tiny_policy):
+    import gc
+
+    cache = tiny_policy.model.new_cache(2, 64)
+    memory = {cache.k.data_ptr(), cache.v.data_ptr()}
+    del cache
+    gc.collect()
+    smaller = tiny_policy.model.new_cache(1, 64)  # fits in either buffer
+    assert {smaller.k.data_ptr(), smaller.v.data_ptr()} <= memory
+
+
 def test_reused_cache_memory_holds_no_stale_numbers_that_attention_reads(
     tiny_policy, stale_cache_memory
 ):
