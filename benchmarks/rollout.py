@@ -291,18 +291,20 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def interleaved_best(repeats: int, runs: dict[str, Callable[[], Any]]) -> dict[str, tuple]:
-    """(fastest seconds, output) of each run, the runs taking turns `repeats` times: on a VM
-    whose speed drifts by tens of percent within minutes, each side then gets the same chances
-    at a fast spell (timed back to back, sequential first, batch 32 could all fall in a slow
-    one: 5.6x against 7.7x a few minutes apart)."""
-    best: dict[str, tuple] = {name: (float("inf"), None) for name in runs}
+    """(fastest seconds, output, every run's seconds) of each run, the runs taking turns
+    `repeats` times: on a VM whose speed drifts by tens of percent within minutes, each side
+    then gets the same chances at a fast spell (timed back to back, sequential first, batch 32
+    could all fall in a slow one: 5.6x against 7.7x a few minutes apart)."""
+    best: dict[str, tuple] = {name: (float("inf"), None, []) for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             start = time.perf_counter()
             out = fn()
             seconds = time.perf_counter() - start
-            if seconds < best[name][0]:
-                best[name] = (seconds, out)
+            fastest, _, every = best[name]
+            every.append(round(seconds, 3))
+            if seconds < fastest:
+                best[name] = (seconds, out, every)
     return best
 
 
@@ -329,9 +331,9 @@ def rollout_benchmark(
     timed = interleaved_best(repeats, runs)
 
     result: dict[str, Any] = {"batched": {}}
-    seconds, seq_out = timed["sequential"]
+    seconds, seq_out, every = timed["sequential"]
     result["sequential"] = {
-        "trajectories": seq_n, "seconds": round(seconds, 3),
+        "trajectories": seq_n, "seconds": round(seconds, 3), "every_run_seconds": every,
         "trajectories_per_s": round(seq_n / seconds, 3),
         "generated_tokens": generated_tokens(seq_out),
         "generated_tokens_per_s": round(generated_tokens(seq_out) / seconds, 1),
@@ -339,9 +341,10 @@ def rollout_benchmark(
     }  # fmt: skip
     log(f"  sequential x{seq_n}: {result['sequential']}")
     for b in sizes:
-        dt, out = timed[f"batch {b}"]
+        dt, out, every = timed[f"batch {b}"]
         row = {
-            "seconds": round(dt, 3), "trajectories_per_s": round(b / dt, 3),
+            "seconds": round(dt, 3), "every_run_seconds": every,
+            "trajectories_per_s": round(b / dt, 3),
             "generated_tokens": generated_tokens(out),
             "generated_tokens_per_s": round(generated_tokens(out) / dt, 1),
             "mean_turns": round(turns(out), 2), **behaviour(out),
@@ -353,9 +356,10 @@ def rollout_benchmark(
                 row["generated_tokens"] == result["sequential"]["generated_tokens"]
             )
     if "turn by turn" in timed:
-        dt, out = timed["turn by turn"]
+        dt, out, every = timed["turn by turn"]
         row = {
-            "seconds": round(dt, 3), "trajectories_per_s": round(seq_n / dt, 3),
+            "seconds": round(dt, 3), "every_run_seconds": every,
+            "trajectories_per_s": round(seq_n / dt, 3),
             "generated_tokens": generated_tokens(out), **behaviour(out),
         }  # fmt: skip
         result["batched_turn_by_turn"] = row
