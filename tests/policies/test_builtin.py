@@ -342,6 +342,24 @@ def test_a_dropped_cache_gives_its_memory_to_the_next(tiny_policy):
     assert {smaller.k.data_ptr(), smaller.v.data_ptr()} <= memory
 
 
+def test_the_cache_memory_pool_holds_a_bounded_amount():
+    import gc
+
+    from tooltune.policies.transformer import CacheMemory
+
+    class Owner:
+        pass
+
+    pool = CacheMemory(keep=2, max_bytes=1000 * 4)  # room for 1,000 floats
+    owners = [Owner() for _ in range(4)]
+    for owner, n in zip(owners, (100, 200, 300, 2000), strict=True):
+        pool.empty(owner, (n,), "cpu", torch.float32)
+    del owners
+    gc.collect()
+    # the 2,000-float buffer exceeds the bytes allowed; of the rest, the largest two are kept
+    assert sorted(b.numel() for b in pool.free) == [200, 300]
+
+
 def test_reused_cache_memory_holds_no_stale_numbers_that_attention_reads(
     tiny_policy, stale_cache_memory
 ):

@@ -191,10 +191,13 @@ class CacheMemory:
     touch: a new zeroed 46 MB cache (32 rows of the tiny model) costs ~25 ms, zeroing reused
     memory ~3 ms, not zeroing it nothing, and a rollout builds a cache every few dozen tokens.
     A cache's buffers come back when the cache object is garbage collected; caches never hand
-    out views of their memory that outlive them (`export_row` copies)."""
+    out views of their memory that outlive them (`export_row` copies). At most `keep` free
+    buffers and `max_bytes` are held between calls, so a large model's caches (SmolLM2's are
+    GBs at batch 32) go back to the system for training instead of staying parked here."""
 
-    def __init__(self, keep: int = 6) -> None:
+    def __init__(self, keep: int = 6, max_bytes: int = 512 * 2**20) -> None:
         self.keep = keep  # free buffers kept, largest first
+        self.max_bytes = max_bytes
         self.free: list[torch.Tensor] = []
         self.lock = threading.Lock()
 
@@ -218,9 +221,13 @@ class CacheMemory:
 
     def _give_back(self, buffer: torch.Tensor) -> None:
         with self.lock:
-            self.free.append(buffer)
-            self.free.sort(key=torch.Tensor.numel, reverse=True)
-            del self.free[self.keep :]
+            held, total = [], 0
+            for b in sorted([*self.free, buffer], key=torch.Tensor.numel, reverse=True):
+                size = b.numel() * b.element_size()
+                if len(held) < self.keep and total + size <= self.max_bytes:
+                    held.append(b)
+                    total += size
+            self.free = held
 
 
 CACHE_MEMORY = CacheMemory()
