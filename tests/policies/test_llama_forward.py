@@ -121,6 +121,44 @@ def test_cached_decoding_equals_a_full_forward(name):
         llama_forward.hidden_states(model, rest[rows], full_mask[rows], cache)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_decode_step_equals_the_module_path(name):
+    """`decode_step` (module functions on their weights, a rotary table) gives the logits and
+    the cache contents of `hidden_states` through the modules, padded rows included."""
+    model = MODELS[name]()
+    assert llama_forward.decodes_plainly(model)
+    ids, mask = padded_batch()
+    ids, mask = ids[[0, 2]], mask[[0, 2]]  # left padding in row 1
+    caches = [llama_forward.StaticKVCache(model, 2, 14) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            llama_forward.hidden_states(model, ids[:, :8], mask[:, :8], cache)
+        for t in range(8, 14):
+            step = ids[:, t : t + 1]
+            ours = llama_forward.decode_step(model, step, mask[:, : t + 1], caches[0])
+            hidden = llama_forward.hidden_states(model, step, mask[:, : t + 1], caches[1])
+            torch.testing.assert_close(
+                ours, llama_forward.logits(model, hidden)[:, -1], rtol=1e-6, atol=1e-6
+            )
+        assert caches[0].length == caches[1].length == 14
+        torch.testing.assert_close(caches[0].k, caches[1].k, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(caches[0].v, caches[1].v, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="overflow"):
+            llama_forward.decode_step(model, step, mask, caches[0])
+
+
+def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    assert llama_forward.decodes_plainly(HFPolicy.from_pretrained(path).model)
+    lora = HFPolicy.from_pretrained(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    assert lora.direct_forward and not llama_forward.decodes_plainly(lora.model)
+    assert not llama_forward.decodes_plainly(qwen2().to(torch.bfloat16))
+    dynamic = transformers.LlamaConfig(
+        **SHAPE, rope_scaling={"rope_type": "dynamic", "factor": 2.0}
+    )
+    assert not llama_forward.decodes_plainly(transformers.LlamaForCausalLM(dynamic))
+
+
 def test_prefix_scoring_and_gradients_equal_the_transformers_path(tmp_path, tiny_qwen2):
     """`prefix_token_logprobs` (a shared prompt run once, kept in the graph) and
     `token_logprobs`: the same values and the same parameter gradients on both paths."""

@@ -99,11 +99,14 @@ class _DirectBackend:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.plain = llama_forward.decodes_plainly(model)
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
 
     def forward_last(self, ids, mask, cache):
+        if self.plain and cache is not None and cache.length > 0 and ids.shape[1] == 1:
+            return llama_forward.decode_step(self.model, ids, mask, cache)
         hidden = llama_forward.hidden_states(self.model, ids, mask, cache, keep=1)
         return llama_forward.logits(self.model, hidden[:, -1])
 

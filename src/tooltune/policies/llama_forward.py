@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tooltune.policies.transformer import (
     CACHE_MEMORY,
@@ -73,6 +74,7 @@ class StaticKVCache:
         self.k = CACHE_MEMORY.empty(self, shape, weight.device, weight.dtype)
         self.v = CACHE_MEMORY.empty(self, shape, weight.device, weight.dtype)
         self.length = 0
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # see `decode_step`
 
     def select_rows(self, rows: torch.Tensor) -> StaticKVCache:
         n, k = self.length, self.k
@@ -159,6 +161,100 @@ def hidden_states(
     if cache is not None:
         cache.length += T
     return decoder.norm(x)
+
+
+def decodes_plainly(model: Any) -> bool:
+    """Whether `decode_step` may run the model: every module a step runs is a plain one
+    (`nn.Linear`, an RMSNorm, SiLU; a peft LoRA layer is not), the weights are fp32 (the
+    RMSNorm's own rounding in other dtypes differs from `F.rms_norm`'s), and the rotary angles
+    depend on the position only (not on the longest one seen, as dynamic and long-rope
+    scalings do)."""
+    base, decoder = _unwrap(model)
+    if base is not model or not supports(model):
+        return False
+    rope_type = getattr(decoder.rotary_emb, "rope_type", None)
+    if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
+        return False
+    if decoder.embed_tokens.weight.dtype != torch.float32 or type(base.lm_head) is not nn.Linear:
+        return False
+    norms = [decoder.norm]
+    for layer in decoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+        linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if any(type(m) is not nn.Linear for m in linears):
+            return False
+        if type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return False
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+    return all(
+        type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms
+    )
+
+
+def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+
+
+def _rope_tables(decoder: Any, cache: StaticKVCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [capacity, head_dim] of every position the cache can hold, sin with the
+    first half negated: ``x * cos + x.roll(half) * sin`` is ``x * cos + rotate_half(x) * sin``
+    (a negation is exact, so the products are the same numbers)."""
+    if cache.rope is None:
+        weight = decoder.embed_tokens.weight
+        positions = torch.arange(cache.k.shape[3], device=weight.device)[None]
+        cos, sin = decoder.rotary_emb(weight[:1, None], positions)
+        half = sin.shape[-1] // 2
+        cache.rope = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+    return cache.rope
+
+
+@torch.no_grad()
+def decode_step(
+    model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, cache: StaticKVCache
+) -> torch.Tensor:
+    """Logits [B, vocab] of one new token per row after the cached ones: what
+    ``logits(model, hidden_states(model, ids, attention_mask, cache))[:, -1]`` gives, for a
+    model that `decodes_plainly`. The modules' functions run directly on their weights, norms
+    as one `F.rms_norm`, the rotary angles come from a table made once per cache: a step runs
+    ~40% fewer operations, and on the small models a CPU trains, operations are the cost (8
+    rows of a 0.5M Qwen2: 1.3 against 2.0 ms a step on a 2-core CPU)."""
+    base, decoder = _unwrap(model)
+    B = ids.shape[0]
+    past = cache.length
+    if past + 1 > cache.k.shape[3]:
+        raise ValueError(f"KV cache overflow: {past + 1} > capacity {cache.k.shape[3]}")
+    cos_table, sin_table = _rope_tables(decoder, cache)
+    positions = token_positions(attention_mask, 1)[:, 0]
+    cos, sin = cos_table[positions][:, None, None], sin_table[positions][:, None, None]
+    half = cos.shape[-1] // 2
+    padded = not bool(attention_mask.all())
+    x = F.embedding(ids, decoder.embed_tokens.weight)
+    mask = additive_mask(padded_causal_mask(attention_mask, 1), x.dtype) if padded else None
+    for i, layer in enumerate(decoder.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        h = _norm(layer.input_layernorm, x)
+        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, 1, -1, attn.head_dim)
+        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(B, 1, -1, attn.head_dim)
+        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(B, 1, -1, attn.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q = q * cos + q.roll(half, -1) * sin
+        k = k * cos + k.roll(half, -1) * sin
+        cache.k[i, :, :, past : past + 1] = k
+        cache.v[i, :, :, past : past + 1] = v
+        y = F.scaled_dot_product_attention(
+            q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], attn_mask=mask,
+            scale=attn.scaling, enable_gqa=True,
+        )  # fmt: skip
+        y = F.linear(y.transpose(1, 2).reshape(B, 1, -1), attn.o_proj.weight, attn.o_proj.bias)
+        x = x + y
+        h = _norm(layer.post_attention_layernorm, x)
+        gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
+        up = F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+        x = x + F.linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+    cache.length += 1
+    x = _norm(decoder.norm, x[:, -1])
+    return F.linear(x, base.lm_head.weight, base.lm_head.bias)
 
 
 def logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
