@@ -140,11 +140,31 @@ def test_sampling_frequencies_follow_temperature():
     assert math.isclose(float((tokens == 0).float().mean()), 0.7 / 0.9, abs_tol=0.03)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
-def test_sampling_from_broken_logits_is_a_clear_error(bad):
-    logits = torch.tensor([[0.0, 1.0, 2.0], [bad, bad, bad]])
+class BrokenBackend(ScriptBackend):
+    """Row 1's logits go bad (all NaN, one NaN, or all -inf) at the second step."""
+
+    def __init__(self, bad):
+        super().__init__([[0, 1, 3, EOS]] * 2)
+        self.bad = bad
+
+    def forward_last(self, ids, mask, cache):
+        logits = super().forward_last(ids, mask, cache)
+        if cache["n"] == 1 and self.bad == "one":
+            logits[1, 2] = float("nan")
+        elif cache["n"] == 1:
+            logits[1] = self.bad
+        return logits
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "one", float("-inf")])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sampling_from_broken_logits_is_a_clear_error(bad, temperature):
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=4, seed=0)
     with pytest.raises(ValueError, match="cannot sample"):
-        sample_tokens(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+        generate_tokens(
+            BrokenBackend(bad), [[0], [1]], sampling, eos_ids=[EOS], pad_id=PAD,
+            decode=decode, max_seq_len=100, device=torch.device("cpu"),
+        )  # fmt: skip
 
 
 def test_stop_checker_cut_uses_earliest_stop():

@@ -25,6 +25,7 @@ selector. Semantics, identical for every token policy:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -77,7 +78,10 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 def sample_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B])."""
+    """Draw one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B]).
+    Broken logits (NaN, or -inf for every token) give a non-finite log-prob, which the decode
+    loop turns into an error (`check_sampled`) when it reads the tokens anyway: a check here
+    would cost a device sync and five operations per step."""
     logits = logits.float()
     if temperature <= 0:
         tokens = logits.argmax(dim=-1)
@@ -96,12 +100,18 @@ def sample_tokens(
     # outside the nucleus adds nothing to the sum, so it is never the first entry above `u`.
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
-    if not bool(((total > 0) & torch.isfinite(total)).all()):
-        raise ValueError("cannot sample: the model's logits are NaN, or -inf for every token")
     u = torch.rand(total.shape, generator=generator, device=probs.device) * total
     u = torch.where(u < total, u, 0.0)  # rounding can lift u * total to total itself
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    # (NaN in the cdf sends u past the end: clamped, its log-prob is NaN too)
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def check_sampled(logprobs: list[float]) -> None:
+    """A sampled token always has a finite log-prob: inverse-CDF sampling never picks a token
+    of probability 0, and NaN or all -inf logits make every log-prob NaN."""
+    if not all(map(math.isfinite, logprobs)):
+        raise ValueError("cannot sample: the model's logits are NaN, or -inf for every token")
 
 
 class StopChecker:
@@ -230,6 +240,7 @@ def generate_tokens(
     while True:
         tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
         token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
+        check_sampled(logp_list)
         for j, i in enumerate(rows):
             if done[j]:
                 continue
