@@ -121,15 +121,16 @@ def test_cached_decoding_equals_a_full_forward(name):
         llama_forward.hidden_states(model, rest[rows], full_mask[rows], cache)
 
 
+@pytest.mark.parametrize("rows", [[0, 2], [0]], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("name", MODELS)
-def test_decode_step_equals_the_module_path(name):
-    """`decode_step` (module functions on their weights, a rotary table) gives the logits and
-    the cache contents of `hidden_states` through the modules, padded rows included."""
+def test_decode_step_equals_the_module_path(name, rows):
+    """`decode_step` (module functions on their weights, a rotary table, no mask without
+    padding) gives the logits and cache contents of `hidden_states` through the modules."""
     model = MODELS[name]()
     assert llama_forward.decodes_plainly(model)
     ids, mask = padded_batch()
-    ids, mask = ids[[0, 2]], mask[[0, 2]]  # left padding in row 1
-    caches = [llama_forward.StaticKVCache(model, 2, 14) for _ in range(2)]
+    ids, mask = ids[rows], mask[rows]  # row 2 is left-padded
+    caches = [llama_forward.StaticKVCache(model, len(rows), 14) for _ in range(2)]
     with torch.no_grad():
         for cache in caches:
             llama_forward.hidden_states(model, ids[:, :8], mask[:, :8], cache)
@@ -145,6 +146,26 @@ def test_decode_step_equals_the_module_path(name):
         torch.testing.assert_close(caches[0].v, caches[1].v, rtol=1e-6, atol=1e-6)
         with pytest.raises(ValueError, match="overflow"):
             llama_forward.decode_step(model, step, mask, caches[0])
+
+
+def test_generation_takes_the_plain_step(tmp_path, tiny_qwen2, monkeypatch):
+    """A plain model's generation decodes through `decode_step`, with the tokens and
+    log-probs the module path samples."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path)
+    steps = []
+    real = llama_forward.decode_step
+    monkeypatch.setattr(llama_forward, "decode_step", lambda *a: steps.append(1) or real(*a))
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=6, seed=0, stop=[])
+    prompts = ["hello world", "the answer is", "hello world"]
+    plain = policy.generate(prompts, sampling)
+    assert len(steps) == 5
+    monkeypatch.setattr(llama_forward, "decodes_plainly", lambda model: False)
+    modules = policy.generate(prompts, sampling)
+    assert len(steps) == 5
+    assert [c.token_ids for c in plain] == [c.token_ids for c in modules]
+    for a, b in zip(plain, modules, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
 def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
