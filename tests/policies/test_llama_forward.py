@@ -174,6 +174,10 @@ def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
     lora = HFPolicy.from_pretrained(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
     assert lora.direct_forward and not llama_forward.decodes_plainly(lora.model)
     assert not llama_forward.decodes_plainly(qwen2().to(torch.bfloat16))
+    assert not llama_forward.decodes_plainly(qwen2().train())  # dropout would be skipped
+    hooked = qwen2()
+    hooked.model.layers[1].mlp.register_forward_hook(lambda *args: None)
+    assert not llama_forward.decodes_plainly(hooked)  # the hook would not run
     dynamic = transformers.LlamaConfig(
         **SHAPE, rope_scaling={"rope_type": "dynamic", "factor": 2.0}
     )

@@ -165,12 +165,14 @@ def hidden_states(
 
 def decodes_plainly(model: Any) -> bool:
     """Whether `decode_step` may run the model: every module a step runs is a plain one
-    (`nn.Linear`, an RMSNorm, SiLU; a peft LoRA layer is not), the weights are fp32 (the
-    RMSNorm's own rounding in other dtypes differs from `F.rms_norm`'s), and the rotary angles
-    depend on the position only (not on the longest one seen, as dynamic and long-rope
-    scalings do)."""
+    (`nn.Linear`, an RMSNorm, SiLU; a peft LoRA layer is not) with no forward hooks (they would
+    not run), the model is in eval mode (no dropout), the weights are fp32 (the RMSNorm's own
+    rounding in other dtypes differs from `F.rms_norm`'s), and the rotary angles depend on the
+    position only (not on the longest one seen, as dynamic and long-rope scalings do)."""
     base, decoder = _unwrap(model)
-    if base is not model or not supports(model):
+    if base is not model or model.training or not supports(model):
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
     rope_type = getattr(decoder.rotary_emb, "rope_type", None)
     if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
