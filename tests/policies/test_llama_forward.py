@@ -168,6 +168,38 @@ def test_generation_takes_the_plain_step(tmp_path, tiny_qwen2, monkeypatch):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
+def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch):
+    """A prompt that continues a row the last generate call finished (its prompt and
+    completion, then new tokens) runs only its new tokens, with the completions a fresh prefill
+    gives; a prompt that continues nothing, in the same batch, runs whole."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path)
+    assert policy.continues_turns
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5, stop=[])
+    first = [policy.encode("hello world"), policy.encode("the answer is 42, the answer")]
+    turn1 = policy.generate(["", ""], greedy, first)
+    new = policy.encode(" world, the")
+    second = [p + c.token_ids + new for p, c in zip(first, turn1, strict=True)]
+    second.append(policy.encode("a fresh prompt"))
+    runs = []
+    real = llama_forward.prefill
+    monkeypatch.setattr(
+        llama_forward, "prefill", lambda *a: runs.append((a[1].shape[0], len(a[4]))) or real(*a)
+    )
+    continued = policy.generate(["", "", ""], greedy, second)
+    assert runs == [(3, 2)]  # two of the three rows continue; the fresh one has no prefix
+    fresh = policy.generate(["", "", ""], greedy, second, reuse_turns=False)
+    assert len(runs) == 1
+    assert [c.token_ids for c in continued] == [c.token_ids for c in fresh]
+    for a, b in zip(continued, fresh, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    policy.generate(["", ""], greedy, first)  # a weight update discards what was kept
+    with torch.no_grad():
+        next(policy.model.parameters()).add_(0.0)
+    policy.generate(["", "", ""], greedy, second)
+    assert len(runs) == 1
+
+
 def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     assert llama_forward.decodes_plainly(HFPolicy.from_pretrained(path).model)

@@ -44,6 +44,8 @@ def _load_weights(worker: Any, weights: list[tuple[str, Any]]) -> None:
 class VLLMPolicy:
     """An `HFPolicy` whose `generate` runs on a vLLM engine (see the module docstring)."""
 
+    continues_turns = False  # one generate call a turn (the HF policy's own would say yes)
+
     def __init__(self, policy: Any, directory: str | Path | None = None, **engine_kwargs: Any):
         vllm = _vllm()
         if hasattr(policy.model, "peft_config"):

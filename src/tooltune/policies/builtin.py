@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tooltune.chat_format import IM_START
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import generate_tokens
+from tooltune.policies.sampling import continued_rows, generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
 from tooltune.policies.transformer import (
     CachedPrefix,
@@ -66,15 +66,7 @@ class _Backend:
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
     def prefill(self, ids, mask, cache: KVCache) -> torch.Tensor:
-        prompts = [
-            tuple(ids[row, ids.shape[1] - n :].tolist())
-            for row, n in enumerate(mask.sum(dim=1).tolist())
-        ]
-        cached = {}
-        for row, prompt in enumerate(prompts):
-            found = longest_prefix(self.previous, prompt) if self.previous else None
-            if found is not None:
-                cached[row] = found
+        prompts, cached = continued_rows(self.previous, ids, mask)
         fresh = [row for row in range(len(prompts)) if row not in cached]
         shared = self.shared_prefix([prompts[row] for row in fresh])
         if shared is not None:
@@ -104,19 +96,6 @@ class _Backend:
         return cache.select_rows(rows)
 
 
-def longest_prefix(
-    prefixes: dict[tuple[int, ...], CachedPrefix], prompt: tuple[int, ...]
-) -> CachedPrefix | None:
-    """The longest stored prefix that ``prompt`` continues by at least one token."""
-    best = None
-    for key, entry in prefixes.items():
-        n = len(key)
-        longer = best is None or n > len(best.ids)
-        if longer and n < len(prompt) and prompt[n - 1] == key[-1] and prompt[:n] == key:
-            best = entry
-    return best
-
-
 class BuiltinPolicy(ModulePolicy):
     """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
 
@@ -133,14 +112,6 @@ class BuiltinPolicy(ModulePolicy):
             )
         self.model = model
         self.tokenizer = tokenizer
-        # The rows the last generate() call finished, to continue in the next turn; valid only
-        # for the weights they were computed with (see _weights_version).
-        self._turn_cache: dict[tuple[int, ...], CachedPrefix] = {}
-        self._turn_cache_version: tuple | None = None
-
-    def _weights_version(self) -> tuple:
-        """Changes whenever a parameter is updated in place (optimiser step, load) or replaced."""
-        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     @classmethod
     def create(
@@ -217,10 +188,7 @@ class BuiltinPolicy(ModulePolicy):
             raise ValueError("prompt_token_ids must have one entry per prompt")
         was_training = self.model.training
         self.model.eval()
-        version = self._weights_version()
-        previous = self._turn_cache if reuse_turns and self._turn_cache_version == version else {}
-        finished: dict[tuple[int, ...], CachedPrefix] | None = {} if reuse_turns else None
-        self._turn_cache, self._turn_cache_version = {}, None  # released before the batch runs
+        previous, finished, version = self._take_turn_cache(reuse_turns)
         try:
             completions = generate_tokens(
                 _Backend(self.model, previous, finished),
@@ -236,8 +204,7 @@ class BuiltinPolicy(ModulePolicy):
                 max_new_tokens=max_new_tokens,
                 generated_before=generated_before,
             )
-            if finished:
-                self._turn_cache, self._turn_cache_version = finished, version
+            self._keep_turn_cache(finished, version)
             return completions
         finally:
             self.model.train(was_training)

@@ -28,7 +28,7 @@ from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
 from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import generate_tokens
+from tooltune.policies.sampling import continued_rows, generate_tokens
 from tooltune.rollout import Completion, SamplingParams
 
 SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
@@ -97,9 +97,11 @@ class _Backend:
 class _DirectBackend:
     """Decoding through ``llama_forward`` into a preallocated cache (Llama-family models)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, previous: dict | None = None, finished: dict | None = None):
         self.model = model
         self.plain = llama_forward.decodes_plainly(model)
+        self.previous = previous or {}  # rows the last call finished (see HFPolicy.generate)
+        self.finished = finished  # rows this call finishes, kept for the next one
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
@@ -112,6 +114,16 @@ class _DirectBackend:
 
     def select_cache(self, cache, rows: torch.Tensor):
         return cache.select_rows(rows)
+
+    def prefill(self, ids, mask, cache) -> torch.Tensor:
+        _, cached = continued_rows(self.previous, ids, mask)
+        if not cached:
+            return self.forward_last(ids, mask, cache)
+        return llama_forward.prefill(self.model, ids, mask, cache, cached)
+
+    def capture(self, cache, row: int, ids: list[int]) -> None:
+        if self.finished is not None and ids:
+            self.finished[tuple(ids)] = cache.export_row(row, ids)
 
 
 class HFPolicy(ModulePolicy):
@@ -216,6 +228,12 @@ class HFPolicy(ModulePolicy):
         )
 
     # -- generation and scoring -------------------------------------------------------------
+    @property
+    def continues_turns(self) -> bool:
+        """Whether generate() continues the rows of its last call (the direct forward does):
+        the collector then generates turns in pieces (see TrajectoryCollector)."""
+        return self.direct_forward
+
     def generate(
         self,
         prompts: list[str],
@@ -223,18 +241,27 @@ class HFPolicy(ModulePolicy):
         prompt_token_ids: list[list[int]] | None = None,
         use_cache: bool = True,
         share_prefill: bool = True,
+        reuse_turns: bool = True,
+        max_new_tokens: list[int] | None = None,
+        generated_before: list[list[int]] | None = None,
     ) -> list[Completion]:
-        """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``)."""
+        """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``),
+        continuing the rows of the last call (``reuse_turns``) on the direct forward."""
         if prompt_token_ids is None:
             prompt_token_ids = [self.encode(p) for p in prompts]
         elif len(prompt_token_ids) != len(prompts):
             raise ValueError("prompt_token_ids must have one entry per prompt")
         was_training = self.model.training
         self.model.eval()
+        reuse = reuse_turns and self.direct_forward
+        previous, finished, version = self._take_turn_cache(reuse)
         try:
-            backend = _DirectBackend if self.direct_forward else _Backend
-            return generate_tokens(
-                backend(self.model),
+            if self.direct_forward:
+                backend: Any = _DirectBackend(self.model, previous, finished)
+            else:
+                backend = _Backend(self.model)
+            completions = generate_tokens(
+                backend,
                 prompt_token_ids,
                 sampling,
                 eos_ids=self._stop_ids,
@@ -244,7 +271,11 @@ class HFPolicy(ModulePolicy):
                 device=self.device,
                 use_cache=use_cache,
                 share_prefill=share_prefill,
+                max_new_tokens=max_new_tokens,
+                generated_before=generated_before,
             )
+            self._keep_turn_cache(finished, version)
+            return completions
         finally:
             self.model.train(was_training)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from tooltune.policies.transformer import (
     CACHE_MEMORY,
+    CachedPrefix,
     additive_mask,
     padded_causal_mask,
     select_cache_rows,
@@ -75,6 +76,13 @@ class StaticKVCache:
         self.v = CACHE_MEMORY.empty(self, shape, weight.device, weight.dtype)
         self.length = 0
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # see `decode_step`
+
+    def export_row(self, row: int, ids: list[int]) -> CachedPrefix:
+        """A copy of ``row``'s last ``len(ids)`` filled positions, which hold the tokens ``ids``
+        (what a later `prefill` continues)."""
+        n, end = len(ids), self.length
+        k, v = self.k[:, row, :, end - n : end].clone(), self.v[:, row, :, end - n : end].clone()
+        return CachedPrefix(ids=tuple(ids), k=k, v=v, copy_k=k.new_empty(n, 0), last_id=-1)
 
     def select_rows(self, rows: torch.Tensor) -> StaticKVCache:
         n, k = self.length, self.k
@@ -161,6 +169,60 @@ def hidden_states(
     if cache is not None:
         cache.length += T
     return decoder.norm(x)
+
+
+@torch.no_grad()
+def prefill(
+    model: Any,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: StaticKVCache,
+    cached: dict[int, CachedPrefix],
+) -> torch.Tensor:
+    """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each row's
+    last token. A row in ``cached`` runs only the rest of its prompt after the stored keys and
+    values of its beginning (an episode's next turn after the one a previous call generated).
+
+    Rows are grouped by the tokens they run, rounded up to a power of two (a row with fewer new
+    tokens runs the tail of its prefix again: the same keys and values, up to float rounding);
+    a row without a prefix runs its whole prompt. Each group runs in a cache of its own, its
+    prefixes right-aligned, and lands right-aligned in ``cache``, where a padded pass over the
+    whole prompts would have put it. Padding is zeroed: attention reads it (masked)."""
+    if cache.length != 0:
+        raise ValueError("prefill needs an empty cache")
+    B, W = ids.shape
+    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    groups: dict[int, list[int]] = {}
+    for row, n in enumerate(lengths):
+        new = n - len(cached[row].ids) if row in cached else n
+        groups.setdefault(min(1 << (new - 1).bit_length(), W), []).append(row)
+    out = None
+    for w, group in groups.items():
+        rows = torch.tensor(group, device=ids.device)
+        used = [max(0, lengths[r] - w) for r in group]  # prefix positions each row keeps
+        width = max(used)
+        part = StaticKVCache(model, len(group), width + w)
+        mask = torch.zeros((len(group), width + w), dtype=torch.long, device=ids.device)
+        mask[:, width:] = attention_mask[rows, W - w :]
+        for g, (row, c) in enumerate(zip(group, used, strict=True)):
+            if c:
+                part.k[:, g, :, width - c : width] = cached[row].k[:, :, :c]
+                part.v[:, g, :, width - c : width] = cached[row].v[:, :, :c]
+                mask[g, width - c : width] = 1
+            part.k[:, g, :, : width - c] = 0
+            part.v[:, g, :, : width - c] = 0
+        part.length = width
+        last = logits(model, hidden_states(model, ids[rows, W - w :], mask, part, keep=1)[:, -1])
+        if out is None:
+            out = last.new_empty(B, last.shape[-1])
+        out[rows] = last
+        n = width + w
+        cache.k[:, rows, :, W - n : W] = part.k
+        cache.v[:, rows, :, W - n : W] = part.v
+        cache.k[:, rows, :, : W - n] = 0
+        cache.v[:, rows, :, : W - n] = 0
+    cache.length = W
+    return out
 
 
 def decodes_plainly(model: Any) -> bool:

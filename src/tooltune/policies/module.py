@@ -28,6 +28,29 @@ class ModulePolicy:
         self.model.to(device)
         return self
 
+    # The rows the last generate() call finished, kept so that the next call can continue them
+    # (an episode's next turn runs only its new tokens); valid only for the weights they were
+    # computed with.
+    _turn_cache: dict = {}
+    _turn_cache_version: tuple | None = None
+
+    def _weights_version(self) -> tuple:
+        """Changes whenever a parameter is updated in place (optimiser step, load) or replaced."""
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def _take_turn_cache(self, reuse: bool) -> tuple[dict, dict | None, tuple]:
+        """(the last call's rows if still valid, a dict for this call's rows or None, the
+        weights' version). The old rows are released here, before the new batch runs."""
+        version = self._weights_version()
+        valid = reuse and self._turn_cache_version == version
+        previous = self._turn_cache if valid else {}
+        self._turn_cache, self._turn_cache_version = {}, None
+        return previous, ({} if reuse else None), version
+
+    def _keep_turn_cache(self, finished: dict | None, version: tuple) -> None:
+        if finished:
+            self._turn_cache, self._turn_cache_version = finished, version
+
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode without gradients, e.g. for the GRPO reference policy."""

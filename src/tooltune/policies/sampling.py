@@ -155,6 +155,32 @@ class StopChecker:
         return text[: min(found)] if found else text
 
 
+def longest_prefix(prefixes: dict[tuple[int, ...], Any], prompt: tuple[int, ...]) -> Any:
+    """The longest stored prefix (keyed by its token ids) that ``prompt`` continues by at least
+    one token, or None."""
+    best, best_n = None, 0
+    for key, entry in prefixes.items():
+        n = len(key)
+        if n > best_n and n < len(prompt) and prompt[n - 1] == key[-1] and prompt[:n] == key:
+            best, best_n = entry, n
+    return best
+
+
+def continued_rows(
+    previous: dict[tuple[int, ...], Any], ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[list[tuple[int, ...]], dict[int, Any]]:
+    """For a prefill of left-padded prompts: each row's prompt, and the rows that continue a
+    row an earlier call finished (``previous``, keyed by token ids), with what was kept of it."""
+    width = ids.shape[1]
+    prompts = [tuple(ids[r, width - n :].tolist()) for r, n in enumerate(mask.sum(dim=1).tolist())]
+    cached = {}
+    for row, prompt in enumerate(prompts):
+        found = longest_prefix(previous, prompt) if previous else None
+        if found is not None:
+            cached[row] = found
+    return prompts, cached
+
+
 def left_pad(
     prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
