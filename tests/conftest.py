@@ -7,7 +7,9 @@ import torch
 torch.set_num_threads(1)
 
 
-def build_tiny_qwen2(path, texts, vocab_size: int = 300, sharpen: bool = True):
+def build_tiny_qwen2(
+    path, texts, vocab_size: int = 300, sharpen: bool = True, max_positions: int = 256
+):
     """Save a tiny random Qwen2 with a BPE tokenizer trained on `texts` to `path` (no downloads).
     Its tokenizer knows <|im_start|>/<|im_end|> but none of tooltune's other markers, like most
     chat models. `sharpen` draws larger random weights, so outputs depend on the whole prefix."""
@@ -31,7 +33,7 @@ def build_tiny_qwen2(path, texts, vocab_size: int = 300, sharpen: bool = True):
     )
     config = transformers.Qwen2Config(
         vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(0)

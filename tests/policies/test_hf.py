@@ -183,3 +183,39 @@ def test_smollm2_generates_and_takes_a_lora_step(tmp_path_factory):
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
+
+
+def test_turns_written_in_pieces_have_no_token_drift(tmp_path, tiny_qwen2, monkeypatch):
+    """Collection on both forward paths: a turn longer than one decoding piece is written in
+    two generate calls (the direct forward continues its last call's rows instead of running
+    the prompt again) and every record re-renders to its own tokens."""
+    from tooltune.config import AgentConfig
+    from tooltune.policies import llama_forward
+    from tooltune.registry import ToolRegistry, tool
+    from tooltune.rollout import TrajectoryCollector, check_token_record
+
+    def lookup(word: str) -> str:
+        """Look a word up.
+
+        Args:
+            word: the word
+        """
+        return f"{word}: a word of {len(word)} letters"
+
+    continued = []
+    real = llama_forward.prefill
+    monkeypatch.setattr(llama_forward, "prefill", lambda *a: continued.append(1) or real(*a))
+    path = tiny_qwen2(tmp_path / "m", CORPUS, vocab_size=400, max_positions=1024)
+    config = AgentConfig(max_turns=3, max_new_tokens=40, max_trajectory_len=1024)
+    tasks = ["What is the capital of France?", "Find the fox.", "Say 42."]
+    for direct in (True, False):
+        continued.clear()
+        policy = HFPolicy.from_pretrained(path, direct_forward=direct)
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=40, seed=0)
+        collector = TrajectoryCollector(policy, ToolRegistry([tool(lookup)]), config,
+                                        sampling=sampling, tool_style="compact")  # fmt: skip
+        episodes = collector.collect(tasks, num_samples=2)
+        assert max(sum(e.tokens.mask) for e in episodes) > 32  # a turn of two pieces
+        for episode in episodes:
+            check_token_record(episode, policy, "compact")
+        assert bool(continued) == direct  # only the direct forward continues rows
