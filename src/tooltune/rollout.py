@@ -211,6 +211,11 @@ class TrajectoryCollector:
         finally:
             for e in episodes:
                 e.registry.close()
+            # keys/values kept to continue turns are of no use once the episodes are over (a
+            # 135M model's are GBs at batch 32): give them back before training runs
+            release = getattr(self.policy, "release_turns", None)
+            if release is not None:
+                release()
         return [e.trajectory for e in episodes]
 
     def _start(

@@ -219,3 +219,4 @@ def test_turns_written_in_pieces_have_no_token_drift(tmp_path, tiny_qwen2, monke
         for episode in episodes:
             check_token_record(episode, policy, "compact")
         assert bool(continued) == direct  # only the direct forward continues rows
+        assert not policy._turn_cache  # what was kept is given back when the episodes end

@@ -51,6 +51,10 @@ class ModulePolicy:
         if finished:
             self._turn_cache, self._turn_cache_version = finished, version
 
+    def release_turns(self) -> None:
+        """Drop the kept rows (the collector calls this when its episodes are over)."""
+        self._turn_cache, self._turn_cache_version = {}, None
+
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode without gradients, e.g. for the GRPO reference policy."""
