@@ -1,5 +1,7 @@
 """tooltune's direct Llama-family forward computes what the `transformers` forward computes."""
 
+import math
+
 import pytest
 import torch
 
@@ -168,10 +170,11 @@ def test_generation_takes_the_plain_step(tmp_path, tiny_qwen2, monkeypatch):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
-def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch):
+def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory):
     """A prompt that continues a row the last generate call finished (its prompt and
     completion, then new tokens) runs only its new tokens, with the completions a fresh prefill
-    gives; a prompt that continues nothing, in the same batch, runs whole."""
+    gives; a prompt that continues nothing, in the same batch, runs whole. The caches start on
+    NaN-filled memory: padding the prefill leaves unwritten must be zeroed."""
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     policy = HFPolicy.from_pretrained(path)
     assert policy.continues_turns
@@ -186,7 +189,9 @@ def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch):
     monkeypatch.setattr(
         llama_forward, "prefill", lambda *a: runs.append((a[1].shape[0], len(a[4]))) or real(*a)
     )
+    stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 64))
     continued = policy.generate(["", "", ""], greedy, second)
+    assert all(math.isfinite(lp) for c in continued for lp in c.logprobs)
     assert runs == [(3, 2)]  # two of the three rows continue; the fresh one has no prefix
     fresh = policy.generate(["", "", ""], greedy, second, reuse_turns=False)
     assert len(runs) == 1
