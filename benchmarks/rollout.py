@@ -228,7 +228,7 @@ def hf_twin(builtin: BuiltinPolicy, directory: Path) -> Any:
     config = transformers.Qwen2Config(
         vocab_size=len(tok), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_seq_len,
+        num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.max_seq_len,
         tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ def chat_prompt(question: str) -> str:
 
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24, stop=[])
-PROMPTS = [chat_prompt("What is 2 + 2?"), "The quick", chat_prompt("Capital of France? Search it.")]
+PROMPTS = [chat_prompt("What is 2 + 2?"), "A quick", chat_prompt("Capital of France? Search it.")]
 
 
 def test_tokenizer_round_trip_and_special_tokens(tmp_path, texts):
@@ -385,3 +385,55 @@ def test_decoding_masks_and_positions_equal_the_general_ones(T):
     flags = mask.bool()
     assert torch.equal(padded_causal_mask(flags, T), general[:, None])
     assert torch.equal(flags, mask.bool())  # the caller's mask is left alone
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_grouped_query_attention_equals_query_heads_with_repeated_keys_and_values(
+    texts, n_kv_heads
+):
+    """A model whose query heads share key/value heads computes what a model with one key/value
+    head per query head computes when those heads hold the shared head's weights: query head h
+    reads key/value head h // (n_heads / n_kv_heads), in the training forward, the prefill and
+    the decoding step (which folds a group's query heads into rows of one product)."""
+    grouped = BuiltinPolicy.create(
+        texts, size="tiny", seed=0, vocab_size=512, max_seq_len=256, n_kv_heads=n_kv_heads
+    )
+    full = BuiltinPolicy.create(
+        texts, size="tiny", seed=0, vocab_size=512, max_seq_len=256, n_kv_heads=4
+    )
+    full.tokenizer = grouped.tokenizer
+    assert full.model.config.n_kv_heads == 4
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in grouped.model.named_parameters():
+            if p.dim() == 2:  # sharp random weights, as in the `tiny_policy` fixture
+                std = 0.1 if name == "embed.weight" else 2.0 * p.shape[1] ** -0.5
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+        state = grouped.model.state_dict()
+
+        def per_query_head(w: torch.Tensor) -> torch.Tensor:  # [n_kv_heads * 32, 128]
+            return w.view(n_kv_heads, 32, 128).repeat_interleave(4 // n_kv_heads, 0).flatten(0, 1)
+
+        for i in range(len(grouped.model.blocks)):
+            name = f"blocks.{i}.attn.qkv.weight"
+            q, k, v = state[name].split([128, 32 * n_kv_heads, 32 * n_kv_heads])
+            state[name] = torch.cat([q, per_query_head(k), per_query_head(v)])
+        full.model.load_state_dict(state)
+    assert grouped.model.num_parameters() < full.model.num_parameters()
+
+    ids = torch.tensor([grouped.encode(PROMPTS[0])])
+    torch.testing.assert_close(grouped.model(ids), full.model(ids), atol=1e-4, rtol=1e-4)
+    a = grouped.generate(PROMPTS, GREEDY)  # left-padded rows: prefill, then decoding steps
+    b = full.generate(PROMPTS, GREEDY)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    for x, y in zip(a, b, strict=True):
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
+        assert len(set(x.token_ids)) > 3
+    cache = grouped.model.new_cache(2, 8)
+    assert cache.k.shape == (4, 2, n_kv_heads, 8, 32)  # the cache holds the shared heads only
+
+
+def test_query_heads_must_divide_among_the_key_value_heads():
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        config_for_size("tiny", 512, n_kv_heads=3)
+    assert config_for_size("tiny", 512, n_kv_heads=None).n_kv_heads == 4

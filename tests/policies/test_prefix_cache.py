@@ -142,7 +142,7 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch):
     whether the rows finished early (stop string) or at the token budget."""
     policy = tiny_policy
     model = policy.model
-    turn = SamplingParams(temperature=0.0, max_new_tokens=6, stop=["user", "ance"])
+    turn = SamplingParams(temperature=0.0, max_new_tokens=6, stop=["uld", "brownch"])
     first = ["Paris is the capital", "The quick brown fox jumps", "What is 2 + 2?"]
     # the last two rows run the same number of new tokens after prefixes of different lengths
     follow = [policy.encode(" tool said: 42. Next"), policy.encode(" and"), policy.encode(" and")]
