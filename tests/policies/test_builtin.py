@@ -437,3 +437,17 @@ def test_query_heads_must_divide_among_the_key_value_heads():
     with pytest.raises(ValueError, match="n_kv_heads"):
         config_for_size("tiny", 512, n_kv_heads=3)
     assert config_for_size("tiny", 512, n_kv_heads=None).n_kv_heads == 4
+
+
+def test_checkpoints_saved_before_key_value_heads_were_configurable_load_as_before(texts, tmp_path):
+    import json
+
+    policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, n_kv_heads=4)
+    policy.save(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["model"]["n_kv_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = BuiltinPolicy.load(tmp_path)
+    assert loaded.model.config.n_kv_heads == loaded.model.config.n_heads == 4
+    ids = torch.tensor([policy.encode(PROMPTS[0])])
+    torch.testing.assert_close(loaded.model(ids), policy.model(ids))
