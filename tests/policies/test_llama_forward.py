@@ -123,13 +123,17 @@ def test_cached_decoding_equals_a_full_forward(name):
         llama_forward.hidden_states(model, rest[rows], full_mask[rows], cache)
 
 
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "separate"])
 @pytest.mark.parametrize("rows", [[0, 2], [0]], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("name", MODELS)
-def test_decode_step_equals_the_module_path(name, rows):
+def test_decode_step_equals_the_module_path(name, rows, stacked, monkeypatch):
     """`decode_step` (module functions on their weights, a rotary table, no mask without
-    padding) gives the logits and cache contents of `hidden_states` through the modules."""
+    padding, projections stacked for small models) gives the logits and cache contents of
+    `hidden_states` through the modules."""
     model = MODELS[name]()
     assert llama_forward.decodes_plainly(model)
+    if not stacked:
+        monkeypatch.setattr(llama_forward, "STACK_MAX_BYTES", 0)
     ids, mask = padded_batch()
     ids, mask = ids[rows], mask[rows]  # row 2 is left-padded
     caches = [llama_forward.StaticKVCache(model, len(rows), 14) for _ in range(2)]
@@ -144,6 +148,7 @@ def test_decode_step_equals_the_module_path(name, rows):
                 ours, llama_forward.logits(model, hidden)[:, -1], rtol=1e-6, atol=1e-6
             )
         assert caches[0].length == caches[1].length == 14
+        assert bool(caches[0].stacked) == stacked
         torch.testing.assert_close(caches[0].k, caches[1].k, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(caches[0].v, caches[1].v, rtol=1e-6, atol=1e-6)
         with pytest.raises(ValueError, match="overflow"):
