@@ -87,7 +87,7 @@ def sample_tokens(
         tokens = logits.argmax(dim=-1)
         logp = F.log_softmax(logits, dim=-1)
         return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-    logp = F.log_softmax(logits / temperature, dim=-1)
+    logp = F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     probs = logp.exp()
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
