@@ -1,8 +1,11 @@
 """`VLLMPolicy`'s translation to and from vLLM, against a stand-in engine (vLLM needs a CUDA GPU
 and is not installed here). What it checks: the exact prompt ids and sampling settings reach the
 engine, completions come back with the sampled tokens' log-probs, `sync` ships the trained
-weights, and a LoRA policy is refused. Whether vLLM itself accepts these calls is not checked."""
+weights and drops the prefix cache, and a LoRA policy is refused. Whether an installed vLLM
+has these calls is checked where there is one (the last test)."""
 
+import inspect
+import os
 import sys
 import types
 
@@ -10,7 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from tooltune.distributed.vllm_backend import VLLMPolicy  # noqa: E402
+from tooltune.distributed.vllm_backend import VLLMPolicy, sampling_kwargs  # noqa: E402
 from tooltune.policies.hf import HFPolicy, LoraSettings  # noqa: E402
 from tooltune.rollout import SamplingParams  # noqa: E402
 
@@ -41,9 +44,13 @@ class FakeLLM:
     def collective_rpc(self, method, args=()):
         self.rpcs.append((method, args))
 
+    def reset_prefix_cache(self):
+        self.rpcs.append(("reset_prefix_cache", ()))
+
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # restored afterwards
     module = types.ModuleType("vllm")
     module.LLM = FakeLLM
     module.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
@@ -59,6 +66,8 @@ def test_generation_and_weight_sync_go_through_the_engine(tmp_path, tiny_qwen2, 
     assert engine.model == str(tmp_path / "served")
     assert (tmp_path / "served" / "config.json").exists()  # the engine loads a saved checkpoint
     assert engine.kwargs["enable_prefix_caching"]
+    assert engine.kwargs["logprobs_mode"] == "processed_logprobs"  # after temperature
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # sync: in-process, no copies
 
     sampling = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=2, seed=5, stop=["X"])
     out = policy.generate(["a", "b"], sampling, prompt_token_ids=[[1, 2, 3], [4, 5]])
@@ -73,6 +82,7 @@ def test_generation_and_weight_sync_go_through_the_engine(tmp_path, tiny_qwen2, 
     assert policy.encode("hello") == policy.policy.encode("hello")  # the rest is the HF policy's
 
     policy.sync()
+    assert [name for name, _ in engine.rpcs[1:]] == ["reset_prefix_cache"]  # no stale prefixes
     _, (weights,) = engine.rpcs[0]
     names = dict(weights)
     assert names.keys() == policy.policy.model.state_dict().keys()
@@ -94,3 +104,23 @@ def test_a_clear_error_without_vllm(tmp_path, tiny_qwen2, monkeypatch):
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     with pytest.raises(ImportError, match="pip install vllm"):
         VLLMPolicy(HFPolicy.from_pretrained(path))
+
+
+def test_the_calls_exist_in_the_installed_vllm():
+    """Where vLLM is installed (a GPU machine; it is not in CI): every call `VLLMPolicy` makes
+    exists there with the arguments it passes. The engine itself needs a GPU to start."""
+    vllm = pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.outputs import CompletionOutput
+
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=4, seed=3, stop=["X"])
+    params = vllm.SamplingParams(**sampling_kwargs(sampling, row=1))
+    assert (params.seed, params.max_tokens, params.logprobs) == (4, 4, 0)
+    assert "use_tqdm" in inspect.signature(vllm.LLM.generate).parameters
+    assert "args" in inspect.signature(vllm.LLM.collective_rpc).parameters
+    assert callable(vllm.LLM.reset_prefix_cache)
+    engine = EngineArgs(model="m", dtype="auto", enable_prefix_caching=True,
+                        logprobs_mode="processed_logprobs")  # fmt: skip
+    assert engine.logprobs_mode == "processed_logprobs"
+    fields = {"text", "token_ids", "logprobs", "finish_reason"}
+    assert fields <= set(inspect.signature(CompletionOutput).parameters)
