@@ -25,6 +25,7 @@ class FakeLLM:
 
     def __init__(self, model, tokenizer, **kwargs):
         self.model, self.kwargs, self.requests, self.rpcs = model, kwargs, [], []
+        self.resets_allowed = True
         FakeLLM.instances.append(self)
 
     def generate(self, requests, params, use_tqdm=False):
@@ -46,6 +47,7 @@ class FakeLLM:
 
     def reset_prefix_cache(self):
         self.rpcs.append(("reset_prefix_cache", ()))
+        return self.resets_allowed
 
 
 @pytest.fixture
@@ -89,6 +91,9 @@ def test_generation_and_weight_sync_go_through_the_engine(tmp_path, tiny_qwen2, 
     assert all(not w.requires_grad for w in names.values())
     first = next(iter(policy.policy.model.parameters()))
     assert any(w.data_ptr() == first.data_ptr() for w in names.values())  # no copies
+    engine.resets_allowed = False  # what vLLM answers while requests run
+    with pytest.raises(RuntimeError, match="prefix cache"):
+        policy.sync()
 
 
 def test_lora_policies_must_be_merged_first(tmp_path, tiny_qwen2, fake_vllm):

@@ -117,7 +117,8 @@ class VLLMPolicy:
         self.llm.collective_rpc(_load_weights, args=(weights,))
         # prefix caching finds a cached prompt by its tokens, not by the weights that computed
         # its keys and values: drop them (TRL's colocated vLLM does the same after each sync)
-        self.llm.reset_prefix_cache()
+        if self.llm.reset_prefix_cache() is False:  # vLLM refuses while requests run
+            raise RuntimeError("vLLM kept its prefix cache: sync() between generate() calls")
 
     def __getattr__(self, name: str) -> Any:
         if name == "policy":
