@@ -352,11 +352,10 @@ def decode_step(
         qk = qk * cos + qk.roll(half, -1) * sin
         cache.k[i, :, :, past] = qk[:, heads:]
         cache.v[i, :, :, past] = qkv[:, heads + kv_heads :]
-        # each key/value head's query heads as query rows of it: [B, kv_heads, group, hd]
-        q = qk[:, :heads, None]
+        q = qk[:, :heads, None]  # [B, heads, 1, head_dim]
         y = F.scaled_dot_product_attention(
             q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], attn_mask=mask,
-            scale=attn.scaling, enable_gqa=True
+            scale=attn.scaling, enable_gqa=True,
         )  # fmt: skip
         x = x + F.linear(y.reshape(B, -1), attn.o_proj.weight, attn.o_proj.bias)
         h = _norm(layer.post_attention_layernorm, x)
