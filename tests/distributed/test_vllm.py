@@ -127,5 +127,11 @@ def test_the_calls_exist_in_the_installed_vllm():
     engine = EngineArgs(model="m", dtype="auto", enable_prefix_caching=True,
                         logprobs_mode="processed_logprobs")  # fmt: skip
     assert engine.logprobs_mode == "processed_logprobs"
-    fields = {"text", "token_ids", "logprobs", "finish_reason"}
-    assert fields <= set(inspect.signature(CompletionOutput).parameters)
+    from vllm.logprobs import Logprob
+
+    out = CompletionOutput(index=0, text="ab", token_ids=[7, 9], cumulative_logprob=-0.9,
+                           logprobs=[{7: Logprob(-0.25)}, {9: Logprob(-0.5), 3: Logprob(-2.0)}],
+                           finish_reason="length")  # fmt: skip
+    completion = VLLMPolicy._completion(object.__new__(VLLMPolicy), out)  # no engine needed
+    assert (completion.token_ids, completion.logprobs) == ([7, 9], [-0.25, -0.5])
+    assert (completion.text, completion.finish_reason) == ("ab", "length")
