@@ -306,8 +306,7 @@ class HFPolicy(ModulePolicy):
         ``DynamicCache`` whose tensors stay in the autograd graph; selecting its rows with
         ``prefix_index`` expands it to the continuations, and gradients sum back."""
         if self.direct_forward:
-            kv: llama_forward.KV = []
-            llama_forward.hidden_states(self.model, prefix_ids, prefix_mask, kv_out=kv, keep=0)
+            kv, prefix_mask = llama_forward.prefix_kv(self.model, prefix_ids, prefix_mask)
             kv = [(k.index_select(0, prefix_index), v.index_select(0, prefix_index)) for k, v in kv]
             mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
             hidden = llama_forward.hidden_states(self.model, input_ids, mask, past_kv=kv)

@@ -185,6 +185,61 @@ def hidden_states(
     return decoder.norm(x)
 
 
+# Prefixes that begin with at least this many equal tokens run that beginning once (see
+# `prefix_kv`); shorter common beginnings are not worth a pass of their own.
+MIN_COMMON_PREFIX = 16
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != rows[0][i] for r in rows[1:]):
+            return i
+    return n
+
+
+def prefix_kv(
+    model: Any, ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[KV, torch.Tensor]:
+    """Keys/values of left-padded prefixes [P, S] (one (k, v) per layer, in the autograd
+    graph) and the mask [P, S'] of their positions, for continuations to attend to.
+
+    Prefixes that begin alike (the system prompt and tool listing every task of a batch shares)
+    run that beginning once, as one row whose keys/values every prefix then reads, and only
+    their own rest separately (left-padded after the shared part, which the mask says);
+    gradients of the shared part sum over the prefixes that read it. The benchmark's 0.5M
+    Qwen2 with 4 prompts of ~189 tokens that share 173, 16 continuations: scoring with
+    gradients 106 -> 95 ms, without 37 -> 33 ms (with 2 prompts no change: the prefix pass
+    skips the last layer's queries and the LM head, so prefix positions are cheap there)."""
+    P, S = ids.shape
+    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    rows = [ids[p, S - n :].tolist() for p, n in enumerate(lengths)]
+    # every prefix keeps at least one token of its own, and the split must save positions
+    common = min(_common_length(rows), min(lengths) - 1) if P > 1 else 0
+    if common < MIN_COMMON_PREFIX or common + P * (max(lengths) - common) >= P * S:
+        kv: KV = []
+        hidden_states(model, ids, attention_mask, kv_out=kv, keep=0)
+        return kv, attention_mask
+    shared: KV = []
+    hidden_states(model, ids[:1, S - lengths[0] : S - lengths[0] + common], kv_out=shared, keep=0)
+    width = max(lengths) - common
+    rest = ids.new_zeros((P, width))  # any id: padding is masked
+    mask = attention_mask.new_zeros((P, common + width))
+    mask[:, :common] = 1
+    for p, row in enumerate(rows):
+        n = len(row) - common
+        rest[p, width - n :] = torch.tensor(row[common:], dtype=ids.dtype)
+        mask[p, common + width - n :] = 1
+    past = [(k.expand(P, -1, -1, -1), v.expand(P, -1, -1, -1)) for k, v in shared]
+    own: KV = []
+    hidden_states(model, rest, mask, past_kv=past, kv_out=own, keep=0)
+    kv = [
+        (torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2))
+        for (pk, pv), (k, v) in zip(past, own, strict=True)
+    ]
+    return kv, mask
+
+
 @torch.no_grad()
 def prefill(
     model: Any,
