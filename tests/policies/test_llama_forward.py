@@ -210,6 +210,34 @@ def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch, st
     assert len(runs) == 1
 
 
+def test_prompts_that_begin_alike_run_the_beginning_once(
+    tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory
+):
+    """Distinct prompts with a common beginning (a system prompt) prefill it once, as one row
+    whose keys/values each prompt continues: the completions of a plain prefill."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5, stop=[])
+    system = policy.encode("the answer is 42, hello world")
+    prompts = [system + policy.encode(" the answer"), system + policy.encode(" hello world, the")]
+    prompts.append(prompts[0])  # a GRPO group: one prompt twice
+    runs = []
+    real = llama_forward.prefill
+    monkeypatch.setattr(
+        llama_forward, "prefill", lambda *a: runs.append((a[1].shape[0], len(a[4]))) or real(*a)
+    )
+    monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", len(system))
+    stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 64))
+    shared = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
+    assert runs == [(2, 2)]  # the two distinct prompts, both after the common beginning
+    monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", len(system) + 1)  # too short now
+    plain = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
+    assert len(runs) == 1
+    assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
+    for a, b in zip(shared, plain, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     assert llama_forward.decodes_plainly(HFPolicy.from_pretrained(path).model)

@@ -118,6 +118,8 @@ class _DirectBackend:
     def prefill(self, ids, mask, cache) -> torch.Tensor:
         _, cached = continued_rows(self.previous, ids, mask)
         if not cached:
+            cached = llama_forward.common_beginning(self.model, ids, mask)
+        if not cached:
             return self.forward_last(ids, mask, cache)
         return llama_forward.prefill(self.model, ids, mask, cache, cached)
 

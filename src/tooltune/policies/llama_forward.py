@@ -190,12 +190,17 @@ def hidden_states(
 MIN_COMMON_PREFIX = 16
 
 
-def _common_length(rows: list[list[int]]) -> int:
-    n = min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != rows[0][i] for r in rows[1:]):
-            return i
-    return n
+def _common_beginning(ids: torch.Tensor, attention_mask: torch.Tensor):
+    """(lengths, each row's real tokens, how many tokens all rows begin with) of left-padded
+    rows; the common beginning leaves every row at least one token of its own."""
+    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    rows = [ids[b, ids.shape[1] - n :].tolist() for b, n in enumerate(lengths)]
+    common = 0
+    if len(rows) > 1:
+        limit = min(lengths) - 1
+        while common < limit and all(r[common] == rows[0][common] for r in rows[1:]):
+            common += 1
+    return lengths, rows, common
 
 
 def prefix_kv(
@@ -212,10 +217,7 @@ def prefix_kv(
     gradients 106 -> 95 ms, without 37 -> 33 ms (with 2 prompts no change: the prefix pass
     skips the last layer's queries and the LM head, so prefix positions are cheap there)."""
     P, S = ids.shape
-    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
-    rows = [ids[p, S - n :].tolist() for p, n in enumerate(lengths)]
-    # every prefix keeps at least one token of its own, and the split must save positions
-    common = min(_common_length(rows), min(lengths) - 1) if P > 1 else 0
+    lengths, rows, common = _common_beginning(ids, attention_mask)
     if common < MIN_COMMON_PREFIX or common + P * (max(lengths) - common) >= P * S:
         kv: KV = []
         hidden_states(model, ids, attention_mask, kv_out=kv, keep=0)
@@ -241,6 +243,22 @@ def prefix_kv(
 
 
 @torch.no_grad()
+def common_beginning(
+    model: Any, ids: torch.Tensor, attention_mask: torch.Tensor
+) -> dict[int, CachedPrefix]:
+    """For `prefill` of left-padded prompts [B, W] that begin alike (a system prompt and tool
+    listing): the keys/values of that beginning, run once as one row, for every row; nothing
+    when they share fewer than `MIN_COMMON_PREFIX` tokens."""
+    _, rows, common = _common_beginning(ids, attention_mask)
+    if common < MIN_COMMON_PREFIX:
+        return {}
+    part = StaticKVCache(model, 1, common)
+    hidden_states(model, ids.new_tensor([rows[0][:common]]), cache=part, keep=0)
+    shared = part.export_row(0, rows[0][:common])
+    return dict.fromkeys(range(len(rows)), shared)
+
+
+@torch.no_grad()
 def prefill(
     model: Any,
     ids: torch.Tensor,
@@ -250,7 +268,8 @@ def prefill(
 ) -> torch.Tensor:
     """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each row's
     last token. A row in ``cached`` runs only the rest of its prompt after the stored keys and
-    values of its beginning (an episode's next turn after the one a previous call generated).
+    values of its beginning (an episode's next turn after the one a previous call generated, or
+    the beginning all prompts share: `common_beginning`).
 
     Rows are grouped by the tokens they run, rounded up to a power of two (a row with fewer new
     tokens runs the tail of its prefix again: the same keys and values, up to float rounding);
