@@ -212,10 +212,11 @@ def prefix_kv(
     Prefixes that begin alike (the system prompt and tool listing every task of a batch shares)
     run that beginning once, as one row whose keys/values every prefix then reads, and only
     their own rest separately (left-padded after the shared part, which the mask says);
-    gradients of the shared part sum over the prefixes that read it. The benchmark's 0.5M
-    Qwen2 with 4 prompts of ~189 tokens that share 173, 16 continuations: scoring with
-    gradients 106 -> 95 ms, without 37 -> 33 ms (with 2 prompts no change: the prefix pass
-    skips the last layer's queries and the LM head, so prefix positions are cheap there)."""
+    gradients of the shared part sum over the prefixes that read it. SmolLM2-135M, 4 prompts
+    of a 300-token system prompt and 20 tokens of their own, 4 continuations of 40 tokens
+    each: scoring without gradients 4.6 -> 3.0 s on a 2-core CPU, the same log-probs. The
+    GRPO benchmark's 2-layer 0.5M Qwen2 (4 prompts of ~189 tokens sharing 173): with
+    gradients 106 -> 95 ms; with 2 prompts no change (its prefix pass is half the model)."""
     P, S = ids.shape
     lengths, rows, common = _common_beginning(ids, attention_mask)
     if common < MIN_COMMON_PREFIX or common + P * (max(lengths) - common) >= P * S:
