@@ -230,6 +230,8 @@ def test_prompts_that_begin_alike_run_the_beginning_once(
     stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 64))
     shared = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
     assert runs == [(2, 2)]  # the two distinct prompts, both after the common beginning
+    policy.generate(["", "", ""], greedy, prompts, reuse_turns=False, share_prefill=False)
+    assert len(runs) == 1  # no sharing asked for: every prompt runs whole
     monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", len(system) + 1)  # too short now
     plain = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
     assert len(runs) == 1

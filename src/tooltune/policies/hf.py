@@ -97,11 +97,18 @@ class _Backend:
 class _DirectBackend:
     """Decoding through ``llama_forward`` into a preallocated cache (Llama-family models)."""
 
-    def __init__(self, model: Any, previous: dict | None = None, finished: dict | None = None):
+    def __init__(
+        self,
+        model: Any,
+        previous: dict | None = None,
+        finished: dict | None = None,
+        share_beginnings: bool = True,
+    ):
         self.model = model
         self.plain = llama_forward.decodes_plainly(model)
         self.previous = previous or {}  # rows the last call finished (see HFPolicy.generate)
         self.finished = finished  # rows this call finishes, kept for the next one
+        self.share_beginnings = share_beginnings  # see llama_forward.common_beginning
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
@@ -117,7 +124,7 @@ class _DirectBackend:
 
     def prefill(self, ids, mask, cache) -> torch.Tensor:
         _, cached = continued_rows(self.previous, ids, mask)
-        if not cached:
+        if not cached and self.share_beginnings:
             cached = llama_forward.common_beginning(self.model, ids, mask)
         if not cached:
             return self.forward_last(ids, mask, cache)
@@ -248,7 +255,8 @@ class HFPolicy(ModulePolicy):
         generated_before: list[list[int]] | None = None,
     ) -> list[Completion]:
         """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``),
-        continuing the rows of the last call (``reuse_turns``) on the direct forward."""
+        continuing the rows of the last call (``reuse_turns``) on the direct forward, where
+        ``share_prefill`` also runs the beginning that distinct prompts share once."""
         if prompt_token_ids is None:
             prompt_token_ids = [self.encode(p) for p in prompts]
         elif len(prompt_token_ids) != len(prompts):
@@ -259,7 +267,7 @@ class HFPolicy(ModulePolicy):
         previous, finished, version = self._take_turn_cache(reuse)
         try:
             if self.direct_forward:
-                backend: Any = _DirectBackend(self.model, previous, finished)
+                backend: Any = _DirectBackend(self.model, previous, finished, share_prefill)
             else:
                 backend = _Backend(self.model)
             completions = generate_tokens(
