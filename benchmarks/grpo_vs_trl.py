@@ -12,9 +12,9 @@ TRL steps are timed with a trainer callback (`on_step_begin` -> `on_step_end`: g
 reward, log-probs, backward and optimiser step); tooltune steps are collect + train_step.
 
 tooltune shares each group's prompt (prefilled once per group in generation, run once per
-group in the update: `GRPOTrainer(share_prefix=True)`), and the beginning all prompts share
-(system prompt and tool listing) once per batch, and runs Llama-family models through its
-direct forward (`tooltune.policies.llama_forward`: a preallocated KV cache, none of the
+group in the update: `GRPOTrainer(share_prefix=True)`) and the beginning its distinct
+prompts share (system prompt and tool listing: run once per batch); it runs Llama-family
+models through its direct forward (`tooltune.policies.llama_forward`: a preallocated KV cache, none of the
 `transformers` forward's per-call machinery). Baseline runs, interleaved with the other two,
 time tooltune with one of them turned off (`--baselines`): `unshared` (no prompt sharing) and
 `transformers-forward` (the model's own forward, as TRL uses it).
