@@ -16,6 +16,7 @@ keeps the `transformers` path.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import torch
@@ -195,11 +196,7 @@ def _common_beginning(ids: torch.Tensor, attention_mask: torch.Tensor):
     rows; the common beginning leaves every row at least one token of its own."""
     lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
     rows = [ids[b, ids.shape[1] - n :].tolist() for b, n in enumerate(lengths)]
-    common = 0
-    if len(rows) > 1:
-        limit = min(lengths) - 1
-        while common < limit and all(r[common] == rows[0][common] for r in rows[1:]):
-            common += 1
+    common = min(len(os.path.commonprefix(rows)), min(lengths) - 1) if len(rows) > 1 else 0
     return lengths, rows, common
 
 
