@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from tooltune.policies import llama_forward  # noqa: E402
+from tooltune.policies import llama_forward, sampling  # noqa: E402
 from tooltune.policies.hf import HFPolicy, LoraSettings, position_ids_from_mask  # noqa: E402
 from tooltune.rollout import SamplingParams  # noqa: E402
 
@@ -226,13 +226,13 @@ def test_prompts_that_begin_alike_run_the_beginning_once(
     monkeypatch.setattr(
         llama_forward, "prefill", lambda *a: runs.append((a[1].shape[0], len(a[4]))) or real(*a)
     )
-    monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", len(system))
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", len(system))
     stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 64))
     shared = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
     assert runs == [(2, 2)]  # the two distinct prompts, both after the common beginning
     policy.generate(["", "", ""], greedy, prompts, reuse_turns=False, share_prefill=False)
     assert len(runs) == 1  # no sharing asked for: every prompt runs whole
-    monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", len(system) + 1)  # too short now
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", len(system) + 1)  # too short now
     plain = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
     assert len(runs) == 1
     assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
@@ -272,7 +272,7 @@ def test_prefix_scoring_and_gradients_equal_the_transformers_path(
     prefix_mask = torch.ones_like(prefix)
     prefix_mask[1, :2] = 0  # left-padded prefixes
     prefix[1, 2 : 2 + common] = prefix[0, :common]
-    monkeypatch.setattr(llama_forward, "MIN_COMMON_PREFIX", 3)
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", 3)
     passes = []
     real = llama_forward.hidden_states
     monkeypatch.setattr(

@@ -252,6 +252,8 @@ def test_builtin_prompts_with_a_common_beginning_run_it_once(tiny_policy, monkey
     assert len(shared[0].ids) >= max(common, 16)
     alone = [policy.generate([p], greedy, reuse_turns=False)[0] for p in prompts]
     assert all(not r for r in runs[1:])  # a single prompt shares nothing
+    policy.generate(prompts, greedy, reuse_turns=False, share_prefill=False)
+    assert not runs[-1]  # no sharing asked for
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     for a, b in zip(together, alone, strict=True):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tooltune.chat_format import IM_START
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import continued_rows, generate_tokens
+from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
 from tooltune.policies.transformer import (
     CachedPrefix,
@@ -30,9 +30,6 @@ from tooltune.policies.transformer import (
 from tooltune.rollout import Completion, SamplingParams
 
 FORMAT = "tooltune-builtin"
-# Prompts of one batch that begin with at least this many equal tokens (the system prompt of
-# an evaluation or a collection) run their common beginning once.
-MIN_SHARED_PREFIX = 16
 
 
 def sequence_logprobs(
@@ -47,17 +44,20 @@ def sequence_logprobs(
 class _Backend:
     """Adapts the transformer to the shared decode loop. ``previous`` holds the rows the last
     ``generate`` call finished; a prompt that continues one of them (the next turn of the same
-    episode) runs only its new tokens. Rows finished now are kept in ``finished``."""
+    episode) runs only its new tokens. Rows finished now are kept in ``finished``. With
+    ``share``, fresh prompts that begin alike run that beginning once."""
 
     def __init__(
         self,
         model: Transformer,
         previous: dict[tuple[int, ...], CachedPrefix] | None = None,
         finished: dict[tuple[int, ...], CachedPrefix] | None = None,
+        share: bool = True,
     ) -> None:
         self.model = model
         self.previous = previous or {}
         self.finished = finished
+        self.share = share
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return self.model.new_cache(batch, capacity)
@@ -75,15 +75,11 @@ class _Backend:
 
     def shared_prefix(self, prompts: list[tuple[int, ...]]) -> CachedPrefix | None:
         """The prompts' common beginning (a system prompt), run once, when it is long enough
-        to be worth it; every prompt keeps at least one token of its own."""
-        if len(prompts) < 2:
+        to be worth it (`common_beginning`)."""
+        n = common_beginning(prompts) if self.share else 0
+        if not n:
             return None
-        n = min(len(p) for p in prompts) - 1
         first = prompts[0]
-        for p in prompts[1:]:
-            n = next((i for i in range(n) if p[i] != first[i]), n)
-        if n < MIN_SHARED_PREFIX:
-            return None
         part = self.model.new_cache(1, n)
         self.model(torch.tensor([first[:n]], device=part.k.device), cache=part, logits_to_keep=1)
         return part.export_row(0, list(first[:n]))
@@ -175,7 +171,8 @@ class BuiltinPolicy(ModulePolicy):
         """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
         as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
         sequence at every step (only useful to measure what the KV cache saves);
-        ``share_prefill=False`` prefills repeated prompts once per row instead of once.
+        ``share_prefill=False`` prefills every row whole, instead of repeated prompts once
+        and the beginning distinct prompts share once.
 
         With ``reuse_turns``, the keys/values of the rows this call finishes are kept until
         the next call, and a prompt there that continues one of them (an episode's next turn:
@@ -191,7 +188,7 @@ class BuiltinPolicy(ModulePolicy):
         previous, finished, version = self._take_turn_cache(reuse_turns)
         try:
             completions = generate_tokens(
-                _Backend(self.model, previous, finished),
+                _Backend(self.model, previous, finished, share_prefill),
                 prompt_token_ids,
                 sampling,
                 eos_ids=[self.tokenizer.eos_token_id, self.tokenizer.endoftext_id],

@@ -28,7 +28,7 @@ from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
 from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import continued_rows, generate_tokens
+from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
 from tooltune.rollout import Completion, SamplingParams
 
 SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
@@ -108,7 +108,7 @@ class _DirectBackend:
         self.plain = llama_forward.decodes_plainly(model)
         self.previous = previous or {}  # rows the last call finished (see HFPolicy.generate)
         self.finished = finished  # rows this call finishes, kept for the next one
-        self.share_beginnings = share_beginnings  # see llama_forward.common_beginning
+        self.share_beginnings = share_beginnings  # fresh prompts' common beginning run once
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
@@ -123,9 +123,12 @@ class _DirectBackend:
         return cache.select_rows(rows)
 
     def prefill(self, ids, mask, cache) -> torch.Tensor:
-        _, cached = continued_rows(self.previous, ids, mask)
-        if not cached and self.share_beginnings:
-            cached = llama_forward.common_beginning(self.model, ids, mask)
+        prompts, cached = continued_rows(self.previous, ids, mask)
+        fresh = [row for row in range(len(prompts)) if row not in cached]
+        n = common_beginning([prompts[row] for row in fresh]) if self.share_beginnings else 0
+        if n:
+            shared = llama_forward.run_prefix(self.model, list(prompts[fresh[0]][:n]))
+            cached.update(dict.fromkeys(fresh, shared))
         if not cached:
             return self.forward_last(ids, mask, cache)
         return llama_forward.prefill(self.model, ids, mask, cache, cached)

@@ -16,13 +16,13 @@ keeps the `transformers` path.
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tooltune.policies.sampling import common_beginning
 from tooltune.policies.transformer import (
     CACHE_MEMORY,
     CachedPrefix,
@@ -186,20 +186,6 @@ def hidden_states(
     return decoder.norm(x)
 
 
-# Prefixes that begin with at least this many equal tokens run that beginning once (see
-# `prefix_kv`); shorter common beginnings are not worth a pass of their own.
-MIN_COMMON_PREFIX = 16
-
-
-def _common_beginning(ids: torch.Tensor, attention_mask: torch.Tensor):
-    """(lengths, each row's real tokens, how many tokens all rows begin with) of left-padded
-    rows; the common beginning leaves every row at least one token of its own."""
-    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
-    rows = [ids[b, ids.shape[1] - n :].tolist() for b, n in enumerate(lengths)]
-    common = min(len(os.path.commonprefix(rows)), min(lengths) - 1) if len(rows) > 1 else 0
-    return lengths, rows, common
-
-
 def prefix_kv(
     model: Any, ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[KV, torch.Tensor]:
@@ -215,8 +201,10 @@ def prefix_kv(
     GRPO benchmark's 2-layer 0.5M Qwen2 (4 prompts of ~189 tokens sharing 173): with
     gradients 106 -> 95 ms; with 2 prompts no change (its prefix pass is half the model)."""
     P, S = ids.shape
-    lengths, rows, common = _common_beginning(ids, attention_mask)
-    if common < MIN_COMMON_PREFIX or common + P * (max(lengths) - common) >= P * S:
+    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    rows = [ids[p, S - n :].tolist() for p, n in enumerate(lengths)]
+    common = common_beginning(rows)
+    if not common or common + P * (max(lengths) - common) >= P * S:
         kv: KV = []
         hidden_states(model, ids, attention_mask, kv_out=kv, keep=0)
         return kv, attention_mask
@@ -241,19 +229,12 @@ def prefix_kv(
 
 
 @torch.no_grad()
-def common_beginning(
-    model: Any, ids: torch.Tensor, attention_mask: torch.Tensor
-) -> dict[int, CachedPrefix]:
-    """For `prefill` of left-padded prompts [B, W] that begin alike (a system prompt and tool
-    listing): the keys/values of that beginning, run once as one row, for every row; nothing
-    when they share fewer than `MIN_COMMON_PREFIX` tokens."""
-    _, rows, common = _common_beginning(ids, attention_mask)
-    if common < MIN_COMMON_PREFIX:
-        return {}
-    part = StaticKVCache(model, 1, common)
-    hidden_states(model, ids.new_tensor([rows[0][:common]]), cache=part, keep=0)
-    shared = part.export_row(0, rows[0][:common])
-    return dict.fromkeys(range(len(rows)), shared)
+def run_prefix(model: Any, ids: list[int]) -> CachedPrefix:
+    """The keys/values of ``ids`` run as one row: a beginning that several prompts of a
+    `prefill` continue (``sampling.common_beginning``)."""
+    part = StaticKVCache(model, 1, len(ids))
+    hidden_states(model, torch.tensor([ids], device=part.k.device), cache=part, keep=0)
+    return part.export_row(0, ids)
 
 
 @torch.no_grad()
@@ -267,7 +248,7 @@ def prefill(
     """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each row's
     last token. A row in ``cached`` runs only the rest of its prompt after the stored keys and
     values of its beginning (an episode's next turn after the one a previous call generated, or
-    the beginning all prompts share: `common_beginning`).
+    the beginning the prompts share: `run_prefix`).
 
     Rows are grouped by the tokens they run, rounded up to a power of two (a row with fewer new
     tokens runs the tail of its prefix again: the same keys and values, up to float rounding);

@@ -26,6 +26,7 @@ selector. Semantics, identical for every token policy:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -164,6 +165,20 @@ def longest_prefix(prefixes: dict[tuple[int, ...], Any], prompt: tuple[int, ...]
         if n > best_n and n < len(prompt) and prompt[n - 1] == key[-1] and prompt[:n] == key:
             best, best_n = entry, n
     return best
+
+
+# Prompts that begin with at least this many equal tokens (a system prompt and tool listing)
+# run their common beginning once; a shorter one is not worth a pass of its own.
+MIN_SHARED_PREFIX = 16
+
+
+def common_beginning(prompts: Sequence[Sequence[int]]) -> int:
+    """How many tokens every prompt begins with, leaving each at least one of its own; 0 for
+    fewer than two prompts or a beginning shorter than `MIN_SHARED_PREFIX`."""
+    if len(prompts) < 2:
+        return 0
+    n = min(len(os.path.commonprefix(list(prompts))), min(len(p) for p in prompts) - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 def continued_rows(
