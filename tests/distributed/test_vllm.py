@@ -116,6 +116,7 @@ def test_the_calls_exist_in_the_installed_vllm():
     exists there with the arguments it passes. The engine itself needs a GPU to start."""
     vllm = pytest.importorskip("vllm")
     from vllm.engine.arg_utils import EngineArgs
+    from vllm.logprobs import Logprob
     from vllm.outputs import CompletionOutput
 
     sampling = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=4, seed=3, stop=["X"])
@@ -127,8 +128,6 @@ def test_the_calls_exist_in_the_installed_vllm():
     engine = EngineArgs(model="m", dtype="auto", enable_prefix_caching=True,
                         logprobs_mode="processed_logprobs")  # fmt: skip
     assert engine.logprobs_mode == "processed_logprobs"
-    from vllm.logprobs import Logprob
-
     out = CompletionOutput(index=0, text="ab", token_ids=[7, 9], cumulative_logprob=-0.9,
                            logprobs=[{7: Logprob(-0.25)}, {9: Logprob(-0.5), 3: Logprob(-2.0)}],
                            finish_reason="length")  # fmt: skip
