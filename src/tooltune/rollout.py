@@ -6,9 +6,10 @@ concurrently, and finished episodes leave the batch. Policies that can continue 
 (`continues_turns`: the built-in model, Hugging Face models on the direct forward) generate in
 pieces of `DECODE_CHUNK` tokens, and an episode whose turn ended runs its tools and starts its
 next turn at the next piece, while the others are still writing: the batch stays full instead
-of waiting, turn after turn, for its longest answer (continuous batching). For token policies (those with `encode`),
-each episode's exact token ids, loss mask and sampling log-probs are recorded as they happen and
-the same ids are fed back to the model, so training sees exactly what sampling saw.
+of waiting, turn after turn, for its longest answer (continuous batching). For token policies
+(those with `encode`), each episode's exact token ids, loss mask and sampling log-probs are
+recorded as they happen and the same ids are fed back to the model, so training sees exactly
+what sampling saw.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tooltune.policies import sampling
 from tooltune.policies.sampling import StopChecker, generate_tokens, sample_tokens
 from tooltune.rollout import SamplingParams
 
@@ -189,3 +190,14 @@ def test_stop_checker_decodes_only_after_tokens_that_can_end_a_stop_string():
     assert not checker.hit([0, 3])  # it can, but the tail does not hold "END"
     assert checker.can_end(4)  # part of a character: checked to be safe
     assert StopChecker(["a "], counting_decode).can_end(0)  # a stop ending in a space: always
+
+
+def test_common_beginning_leaves_each_prompt_a_token(monkeypatch):
+    """The shared beginning of a batch's prompts: the longest common prefix, but never a whole
+    prompt (each must run at least its last token for its logits), and nothing below the
+    threshold or for a single prompt."""
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", 2)
+    assert sampling.common_beginning([(1, 2, 3, 9), (1, 2, 3, 4, 5), (1, 2, 3, 7)]) == 3
+    assert sampling.common_beginning([(1, 2, 3), (1, 2, 3, 4)]) == 2  # the first keeps one
+    assert sampling.common_beginning([(1, 2, 3), (1, 5, 3)]) == 0  # 1 token: below 2
+    assert sampling.common_beginning([(1, 2, 3)]) == 0

@@ -177,6 +177,8 @@ def common_beginning(prompts: Sequence[Sequence[int]]) -> int:
     fewer than two prompts or a beginning shorter than `MIN_SHARED_PREFIX`."""
     if len(prompts) < 2:
         return 0
+    # commonprefix compares only the lexicographically first and last prompt, which bound all
+    # the others; it works on any sequences, token lists included
     n = min(len(os.path.commonprefix(list(prompts))), min(len(p) for p in prompts) - 1)
     return n if n >= MIN_SHARED_PREFIX else 0
 
