@@ -215,6 +215,20 @@ def test_old_checkpoints_without_the_previous_token_mix_still_load(tiny_policy, 
     assert loaded.model.prev_mix is None and not loaded.model.config.prev_token_mix
 
 
+@pytest.mark.parametrize(
+    "change", [{"n_kv_heads": "x"}, {"n_kv_heads": 3}, {"from_a_newer_version": 1}]
+)
+def test_a_config_with_unusable_model_settings_is_a_clear_error(tiny_policy, tmp_path, change):
+    import json
+
+    tiny_policy.save(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="config.json has model settings"):
+        BuiltinPolicy.load(tmp_path)
+
+
 def test_copy_head_mixes_a_pointer_over_the_context_into_the_vocabulary(texts):
     policy = BuiltinPolicy.create(texts, size="tiny", seed=0, vocab_size=512, copy_head=True)
     model = policy.model

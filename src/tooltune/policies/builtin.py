@@ -263,7 +263,12 @@ class BuiltinPolicy(ModulePolicy):
             raise ValueError(f"{directory} holds {meta.get('format')!r}, not a {FORMAT} policy")
         meta["model"].setdefault("prev_token_mix", False)  # saved before the options existed
         meta["model"].setdefault("copy_head", False)
-        model = Transformer(TransformerConfig(**meta["model"]))
+        try:
+            config = TransformerConfig(**meta["model"])
+        except (TypeError, ValueError) as exc:  # a hand-edited file, or a newer tooltune's
+            msg = f"{config_path} has model settings this tooltune cannot use: {exc}"
+            raise ValueError(msg) from None
+        model = Transformer(config)
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         try:
             model.load_state_dict(state)
