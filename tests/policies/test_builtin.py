@@ -8,6 +8,7 @@ from tooltune.policies.builtin import BuiltinPolicy
 from tooltune.policies.tokenizer import BPETokenizer
 from tooltune.policies.transformer import MODEL_SIZES, Transformer, config_for_size
 from tooltune.rollout import SamplingParams
+from tooltune.training.schedule import make_scheduler
 
 
 def chat_prompt(question: str) -> str:
@@ -156,20 +157,28 @@ def test_clone_is_frozen_and_independent(tiny_policy):
     assert not torch.equal(ref.model.embed.weight, tiny_policy.model.embed.weight)
 
 
-def test_sft_steps_make_the_model_reproduce_a_string(texts):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sft_steps_make_the_model_reproduce_a_string(texts, seed):
+    # Warm-up then cosine decay, as SFT runs: at a constant 3e-3 AdamW can jump out of the
+    # minimum in the last steps on one CPU's rounding and not another's. What the test means is
+    # that the model learned the string: its best loss is small and greedy decoding writes it.
     target = chat_prompt("Say the code.") + 'The code is <tool_call>{"x": 731}</tool_call>' + IM_END
-    policy = BuiltinPolicy.create([target] * 5 + texts, size="tiny", seed=0, vocab_size=512)
+    policy = BuiltinPolicy.create([target] * 5 + texts, size="tiny", seed=seed, vocab_size=512)
     prompt = chat_prompt("Say the code.")
     ids = torch.tensor([policy.encode(target)])
     mask = torch.ones_like(ids)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    scheduler = make_scheduler(opt, total_steps=150, warmup_ratio=0.1)
     policy.train()
-    for _ in range(200):
+    losses = []
+    for _ in range(150):
         loss = -policy.token_logprobs(ids, mask).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.05
+        scheduler.step()
+        losses.append(loss.item())
+    assert min(losses) < 0.05 < losses[0]
     out = policy.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=40))[0]
     assert out.text == 'The code is <tool_call>{"x": 731}</tool_call>'
     assert out.token_ids[-1] == policy.eos_token_id and out.finish_reason == "stop"
