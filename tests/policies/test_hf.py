@@ -37,16 +37,32 @@ def policy(model_dir, request):
     return policy
 
 
-def test_tooltune_tokens_are_added_as_single_ids(policy, model_dir):
+def test_markers_stay_text_the_tokenizer_already_reads(policy, model_dir):
     original = transformers.AutoTokenizer.from_pretrained(model_dir)
-    assert len(policy.tokenizer) == len(original) + len(SPECIAL_TOKENS) - 3
+    assert len(policy.tokenizer) == len(original)  # it has ChatML's markers: nothing added
     assert policy.model.get_input_embeddings().weight.shape[0] == len(policy.tokenizer)
-    for special in SPECIAL_TOKENS:
-        assert len(policy.encode(special)) == 1
+    assert len(policy.encode(TOOL_CALL_OPEN)) > 1
     text = prompt("hi") + f'{TOOL_CALL_OPEN}{{"a": 1}}</tool_call>{IM_END}'
     assert policy.decode(policy.encode(text)) == text
-    assert policy.eos_token_id == policy.encode(IM_END)[0]
+    assert policy.eos_token_id == policy.encode(IM_END)[0] and len(policy.encode(IM_END)) == 1
     assert policy.pad_token_id is not None
+
+
+def test_marker_tokens_start_from_the_text_they_replace(model_dir):
+    original = transformers.AutoTokenizer.from_pretrained(model_dir)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    policy = HFPolicy.from_pretrained(model_dir, marker_tokens=True)
+    added = [t for t in SPECIAL_TOKENS if t not in original.get_vocab()]
+    assert TOOL_CALL_OPEN in added
+    assert len(policy.tokenizer) == len(original) + len(added)
+    table = policy.model.get_input_embeddings().weight
+    old = plain.get_input_embeddings().weight
+    for token in added:
+        assert len(policy.encode(token)) == 1
+        pieces = original.encode(token, add_special_tokens=False)
+        torch.testing.assert_close(table[policy.encode(token)[0]], old[pieces].mean(dim=0))
+    text = prompt("hi") + f'{TOOL_CALL_OPEN}{{"a": 1}}</tool_call>{IM_END}'
+    assert policy.decode(policy.encode(text)) == text
 
 
 def test_generation_batched_cached_and_seeded(policy):
@@ -220,3 +236,71 @@ def test_turns_written_in_pieces_have_no_token_drift(tmp_path, tiny_qwen2, monke
             check_token_record(episode, policy, "compact")
         assert bool(continued) == direct  # only the direct forward continues rows
         assert not policy._turn_cache  # what was kept is given back when the episodes end
+
+
+def test_scored_positions_match_the_full_logits_values_and_gradients(model_dir):
+    """`token_logprobs(scored=)` runs the LM head on the marked positions only: the same
+    log-probs there (0 elsewhere) and the same gradients as the full pass."""
+    policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    ids = torch.tensor([policy.encode(prompt("What is the capital of France?") + "Paris")])
+    ids = torch.cat([ids, ids.flip(1)])
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding on one row
+    scored = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+    scored[0, -5:] = 1
+    scored[1, 4:9] = 1
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+
+    def run(**kwargs):
+        logp = policy.token_logprobs(ids, mask, **kwargs)
+        grads = torch.autograd.grad((logp * scored).sum(), trainable)
+        return logp, grads
+
+    full, full_grads = run()
+    part, part_grads = run(scored=scored)
+    torch.testing.assert_close(part, full * scored, rtol=1e-5, atol=1e-6)
+    assert (part[scored == 0] == 0).all() and (part[scored == 1] < 0).all()
+    for a, b in zip(part_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in part_grads)
+
+
+def test_resolve_dtype():
+    from tooltune.policies.hf import fast_bf16, resolve_dtype
+
+    assert resolve_dtype("auto") == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
+    assert resolve_dtype("bf16") == torch.bfloat16 and resolve_dtype("fp32") == torch.float32
+    assert resolve_dtype(torch.float16) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3")
+
+
+@pytest.mark.parametrize("marker_tokens", [False, True], ids=["text-markers", "marker-tokens"])
+def test_bf16_base_trains_fp32_adapters(model_dir, marker_tokens):
+    """Frozen weights in bf16, every trainable parameter (LoRA, added token rows) in fp32;
+    log-probs near the fp32 model's; a step updates the adapters."""
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    fp32 = HFPolicy.from_pretrained(model_dir, lora=lora, marker_tokens=marker_tokens)
+    bf16 = HFPolicy.from_pretrained(model_dir, lora=lora, dtype="bf16", marker_tokens=marker_tokens)
+    assert fp32.compute_dtype == torch.float32 and bf16.compute_dtype == torch.bfloat16
+    trainable = [p for p in bf16.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    frozen = [p for p in bf16.parameters() if not p.requires_grad and p.dim() == 2]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    ids = torch.tensor(
+        [bf16.encode(prompt("Hi") + f'{TOOL_CALL_OPEN}{{"a": 1}}</tool_call>{IM_END}')]
+    )
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        a, b = fp32.token_logprobs(ids, mask), bf16.token_logprobs(ids, mask)
+    assert b.dtype == torch.float32
+    assert (a - b).abs().mean() < 0.05 * a.abs().mean()  # bf16 rounding, not another model
+    before = [p.detach().clone() for p in trainable]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    loss = -bf16.token_logprobs(ids, mask, scored=torch.ones(1, ids.shape[1] - 1)).mean()
+    loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trainable)
+    opt.step()
+    assert any(not torch.equal(p, q) for p, q in zip(trainable, before, strict=True))
+    out = bf16.generate([prompt("Hi")], SamplingParams(temperature=0.0, max_new_tokens=4))[0]
+    assert len(out.token_ids) >= 1

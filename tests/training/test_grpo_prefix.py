@@ -1,6 +1,7 @@
 """GRPO with shared prompts: running each group's prompt once gives the same update."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -71,6 +72,7 @@ class Spy:
         self.calls = 0
         inner = policy.prefix_token_logprobs
 
+        @functools.wraps(inner)  # keeps the signature: the trainer reads which keywords it takes
         def counted(*a, **k):
             self.calls += 1
             return inner(*a, **k)

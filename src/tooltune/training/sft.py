@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tooltune.policies.module import accepts_keyword
 from tooltune.training.schedule import make_scheduler
 
 
@@ -166,10 +167,18 @@ class SFTHistory:
         }
 
 
+def scored_token_logprobs(policy: Any, batch: TokenBatch) -> torch.Tensor:
+    """`policy.token_logprobs` of the batch, computed at its loss-mask positions only where the
+    policy can (``scored=``: a pretrained model's vocabulary-wide logits of context positions
+    were most of SFT's memory); the other positions are then 0."""
+    if accepts_keyword(policy.token_logprobs, "scored"):
+        return policy.token_logprobs(batch.input_ids, batch.attention_mask, scored=batch.loss_mask)
+    return policy.token_logprobs(batch.input_ids, batch.attention_mask)
+
+
 def masked_nll_sum(policy: Any, batch: TokenBatch) -> torch.Tensor:
     """Sum over the batch of -log p(token) for mask==1 tokens (keeps the graph)."""
-    logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
-    return -(logp * batch.loss_mask).sum()
+    return -(scored_token_logprobs(policy, batch) * batch.loss_mask).sum()
 
 
 def own_and_weighted_nll(
@@ -177,10 +186,11 @@ def own_and_weighted_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(NLL of the model's own tokens, that plus `context_weight` x the NLL of the context
     tokens): the first is what SFT reports, the second what it minimises."""
+    if not context_weight:
+        own = masked_nll_sum(policy, batch)
+        return own, own
     logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
     own = -(logp * batch.loss_mask).sum()
-    if not context_weight:
-        return own, own
     context = batch.attention_mask[:, 1:] * (1.0 - batch.loss_mask)
     return own, own - context_weight * (logp * context).sum()
 
