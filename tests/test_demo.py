@@ -106,8 +106,8 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
     ]
 
 
-def test_hugging_face_models_get_room_for_json_tools_and_one_row_micro_batches():
-    """SmolLM2 with the JSON tool listing: episodes must fit and SFT must not need 24+ GB."""
+def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():
+    """SmolLM2: compact tool listings, turns as long as the expert's, two rows a micro-batch."""
     from tooltune.cli import build_parser
     from tooltune.training.pipeline import resolve_demo
 
@@ -115,15 +115,16 @@ def test_hugging_face_models_get_room_for_json_tools_and_one_row_micro_batches()
         return resolve_demo(build_parser().parse_args(["demo", "--preset", "smoke", *argv]))
 
     config, settings = resolve("--model", "smollm2-135m")
-    assert settings.model == "smollm2-135m" and settings.tool_style == "json"
-    assert config.max_trajectory_len == 4096 and settings.max_seq_len == 4096
-    assert config.grad_accum_steps == config.sft_batch_size
-    config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=2048",
-                               "--set", "pipeline.tool_style=compact")  # fmt: skip
-    assert config.max_trajectory_len == 2048 and settings.tool_style == "compact"
+    assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
+    assert config.max_trajectory_len == 2048 and settings.max_seq_len == 2048
+    assert config.max_new_tokens >= 144  # the expert's longest turn: 58-132 SmolLM2 tokens
+    assert config.grad_accum_steps == config.sft_batch_size // 2
+    config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=4096",
+                               "--set", "pipeline.tool_style=json")  # fmt: skip
+    assert config.max_trajectory_len == 4096 and settings.tool_style == "json"
     config, settings = resolve()  # the built-in model keeps the preset
     assert settings.tool_style == "names" and config.max_trajectory_len == 1536
-    assert config.grad_accum_steps == 1
+    assert config.grad_accum_steps == 1 and config.max_new_tokens == 48
 
 
 def test_the_default_demo_trains_the_copy_head_model_and_hf_models_go_without_its_aids():

@@ -47,6 +47,9 @@ class PipelineSettings:
     max_seq_len: int = 1024
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
+    dtype: str = "auto"  # Hugging Face models' frozen weights: auto (bf16 where fast) | bf16 | fp32
+    device: str = ""  # Hugging Face models: cpu | cuda | cuda:N; empty: cuda where present
+    marker_tokens: bool = False  # Hugging Face models: <tool_call> etc. as new single tokens
     rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
     copy_drill_steps: int = 0  # copy drills before SFT; built-in model only (pretrained ones copy)
     sft_tasks: int = 1600
@@ -317,13 +320,22 @@ class AgentTrainingPipeline:
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
 
         path = load_smollm2() if s.model == "smollm2-135m" else s.model
-        return HFPolicy.from_pretrained(path, lora=LoraSettings() if s.lora else None)
+        policy = HFPolicy.from_pretrained(path, lora=LoraSettings() if s.lora else None,
+                                          dtype=s.dtype, device=self._device(),
+                                          marker_tokens=s.marker_tokens)  # fmt: skip
+        self.log(f"[model] {path}: {describe_compute(policy)}")
+        return policy
+
+    def _device(self) -> str:
+        from tooltune.policies.hf import default_device
+
+        return self.settings.device or default_device()
 
     def _load_checkpoint(self, relative: str) -> Any:
         directory = self.run.dir / relative
         if not (directory / "COMPLETE").exists():
             raise ConfigError(f"checkpoint {directory} is incomplete; rerun with --fresh")
-        return load_policy(directory / "policy")
+        return load_policy(directory / "policy", self.settings.dtype, self._device())
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def _evaluate(self, stage: str) -> dict[str, Any]:
@@ -536,8 +548,9 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_policy(directory: str | Path) -> Any:
-    """A saved policy directory: the built-in format or a Hugging Face model."""
+def load_policy(directory: str | Path, dtype: str = "auto", device: str | None = None) -> Any:
+    """A saved policy directory: the built-in format or a Hugging Face model (its frozen
+    weights in ``dtype``, see `tooltune.policies.hf.resolve_dtype`, on ``device``)."""
     directory = Path(directory)
     meta_path = directory / "config.json"
     if meta_path.exists():
@@ -550,8 +563,24 @@ def load_policy(directory: str | Path) -> Any:
 
             return BuiltinPolicy.load(directory)
     from tooltune.policies import HFPolicy
+    from tooltune.policies.hf import default_device
 
-    return HFPolicy.from_pretrained(directory)
+    return HFPolicy.from_pretrained(directory, dtype=dtype, device=device or default_device())
+
+
+def describe_compute(policy: Any) -> str:
+    """Which compute path a Hugging Face policy runs, for the log: dtype, device, and why."""
+    from tooltune.policies.hf import fast_bf16
+
+    dtype, device = policy.compute_dtype, policy.device
+    if dtype == torch.bfloat16:
+        why = "fast bf16 on this device"
+    elif device.type == "cpu" and not fast_bf16(device):
+        why = "this CPU has no AVX-512 BF16 or AMX: bf16 would be slower"
+    else:
+        why = "as configured"
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    return f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), {trainable:,} trainable parameters in fp32"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,17 +594,22 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
     config_table, pipeline_table = load_preset(args.preset)
     if args.model != "builtin":
         pipeline_table["model"] = args.model
-        pipeline_table.setdefault("tool_style", "json")
+        # One signature line per offered tool: 296-391 SmolLM2 tokens a prompt against 1,029-1,360
+        # for the JSON schemas, paid in every SFT row, rollout and scoring pass.
+        pipeline_table.setdefault("tool_style", "compact")
         # context-token loss and copy head are aids for a model trained from scratch
         config_table.pop("sft_context_weight", None)
         pipeline_table.pop("copy_head", None)
-        # The JSON tool listing alone can pass 1,500 tokens (episodes then could not start);
-        # SmolLM2 reads 8,192.
+        # The expert's longest turn is 58-132 SmolLM2 tokens a tier: a shorter limit cuts
+        # demonstrated calls in half.
+        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 160)
         for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
-            table[key] = max(int(table.get(key, 0)), 4096)
-        # One row per micro-batch: SmolLM2's [rows, 1,500 tokens, 49k vocabulary] logits and 30
-        # layers of activations for 8 rows took more than 24 GB (killed by the OOM killer).
-        config_table.setdefault("grad_accum_steps", int(config_table.get("sft_batch_size", 16)))
+            table[key] = max(int(table.get(key, 0)), 2048)
+        # Two rows per micro-batch: the LM head runs on scored positions only, so a row's
+        # memory is its activations (SmolLM2, 30 layers), not [tokens, 49k vocabulary] logits.
+        config_table.setdefault(
+            "grad_accum_steps", max(1, int(config_table.get("sft_batch_size", 16)) // 2)
+        )
     config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
     for override in args.overrides:
         if override.startswith("pipeline."):
