@@ -289,6 +289,8 @@ def test_segments_rebuild_the_collected_text_and_tokenize():
 
 
 def test_episodes_that_keep_running_into_the_token_limit_are_stopped():
+    from tooltune.rollout import check_token_record, trajectory_segments
+
     class Rambling(ScriptedPolicy):
         def generate(self, prompts, sampling, prompt_token_ids=None):
             return [Completion("<think>and so on", finish_reason="length") for _ in prompts]
@@ -296,5 +298,15 @@ def test_episodes_that_keep_running_into_the_token_limit_are_stopped():
     registry = ToolRegistry([multiply])
     t = TrajectoryCollector(Rambling([]), registry).collect_trajectory("q")
     assert len(t.steps) == 2 and t.metadata["stop_reason"] == "cut_off"
+    assert "".join(text for text, _ in trajectory_segments(t)) == t.metadata["text"]
     t = TrajectoryCollector(Rambling([]), registry, stop_after_cutoffs=None).collect_trajectory("q")
     assert len(t.steps) == registry.config.max_turns
+
+    class RamblingChars(CharPolicy):  # the same with a token record (cut off: no end token)
+        def generate(self, prompts, sampling, prompt_token_ids=None):
+            text = '<tool_call>{"name": "multiply", "arg'
+            return [Completion(text, self.encode(text), [-0.5] * len(text), "length")] * len(prompts)
+
+    t = TrajectoryCollector(RamblingChars({}), registry).collect_trajectory("q")
+    assert t.metadata["stop_reason"] == "cut_off" and t.steps[-1].observation  # an error
+    check_token_record(t, RamblingChars({}), "json")  # the record is the re-rendered episode

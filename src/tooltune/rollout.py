@@ -330,13 +330,14 @@ class TrajectoryCollector:
                 episode.trajectory.final_answer = action.content
                 self._stop(episode, "answer")
                 continue
-            if self.stop_after_cutoffs and episode.cutoffs >= self.stop_after_cutoffs:
-                self._stop(episode, "cut_off")
-                continue
+            # the tool turn follows even when the episode stops here (as after its last turn),
+            # so the text and the token record are what `trajectory_segments` re-renders
             follow = follow_text(observation)
             episode.text += follow
             if episode.tokens is not None:
                 episode.tokens.extend(self.policy.encode(follow), generated=False)
+            if self.stop_after_cutoffs and episode.cutoffs >= self.stop_after_cutoffs:
+                self._stop(episode, "cut_off")
 
     def _stop(self, episode: _Episode, reason: str) -> None:
         episode.done = True
