@@ -1,4 +1,6 @@
-"""The training pipeline: evaluate (before) -> SFT -> evaluate -> GRPO -> evaluate -> report.
+"""The training pipeline: evaluate (before) -> SFT -> evaluate -> reward model -> GRPO -> evaluate
+-> report. The reward model learns from the SFT'd policy's verified episodes on training tasks
+(see `reward_stage`); with `reward_baseline = "learned"` it is GRPO's baseline.
 
 Every stage ends with an atomic checkpoint (`state.json` is replaced only after the files it
 points to are complete), and GRPO also checkpoints every `checkpoint_every` steps, so a run that is
@@ -32,8 +34,9 @@ from tooltune.rollout import (
     trajectory_segments,
     write_trajectories,
 )
+from tooltune.training import reward_stage
 
-STAGES = ("data", "before", "sft", "after_sft", "grpo", "after_grpo")
+STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class PipelineSettings:
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
     grpo_steps: int = 30
+    reward_model_tasks: int = 0  # training tasks the reward model learns from; 0: no reward model
     checkpoint_every: int = 5
     saved_trajectories: int = 8  # per tier and stage, into trajectories.jsonl
     backend: str = "local"  # GRPO rollouts: local (batched, in process) or ray (actors)
@@ -69,6 +73,8 @@ class PipelineSettings:
         for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
+        if self.reward_model_tasks == 1 or self.reward_model_tasks < 0:
+            raise ConfigError("pipeline.reward_model_tasks must be 0 (off) or at least 2")
         if self.tool_style not in TOOL_STYLES:
             raise ConfigError(f"pipeline.tool_style must be one of {', '.join(TOOL_STYLES)}")
         if self.backend not in ("local", "ray"):
@@ -191,6 +197,7 @@ class AgentTrainingPipeline:
         log: Callable[[str], None] = print,
         progress: bool = True,
     ) -> None:
+        reward_stage.check_settings(config, settings)  # a learned baseline needs a reward model
         self.env = env
         self.config = config
         self.settings = settings
@@ -245,6 +252,8 @@ class AgentTrainingPipeline:
                 state["metrics"][stage] = self._evaluate(stage)
             elif stage == "sft":
                 self._sft(demos)
+            elif stage == "reward_model" and self.settings.reward_model_tasks:
+                state["metrics"][stage] = reward_stage.run_stage(self)
             elif stage == "grpo":
                 self._grpo(state)
             state["completed"].append(stage)
@@ -456,8 +465,9 @@ class AgentTrainingPipeline:
             )
             optimizer.load_state_dict(trainer_state["optimizer"])
             scheduler.load_state_dict(trainer_state["scheduler"])
+        baseline = reward_stage.baseline_fn(self) if cfg.reward_baseline == "learned" else None
         trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
-                              max_len=s.max_seq_len)  # fmt: skip
+                              max_len=s.max_seq_len, baseline_fn=baseline)  # fmt: skip
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens)  # fmt: skip
         if s.backend == "ray":  # rollouts and tools in Ray actors; weights pushed after each update
