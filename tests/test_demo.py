@@ -51,6 +51,11 @@ def _check_run(run: Path) -> dict:
         assert row["n_test_tasks"] > 0
     report = (run / "report.md").read_text()
     assert "| Simple |" in report and "After GRPO" in report and "Tool Call Failures" in report
+    rm = metrics["reward_model"]  # trained on training tasks' episodes, judged on held-out tasks
+    assert rm["n_trajectories"] > 0 and rm["n_train_tasks"] > 0 and rm["n_held_out_tasks"] > 0
+    for key in ("held_out_accuracy", "held_out_auc"):
+        assert rm[key] is None or 0.0 <= rm[key] <= 1.0, key
+    assert "## Reward model" in report and "held-out (" in report
     return metrics
 
 

@@ -38,6 +38,9 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
         row.update({k: m[k] for k in KEYS if k in m})
         row["n_test_tasks"] = m.get("n_tasks", n_test)
         out[stage] = row
+    if metrics.get("reward_model"):  # scalars only: the split's task ids stay in state.json
+        lists = ("tasks", "train_loss", "val_loss")
+        out["reward_model"] = {k: v for k, v in metrics["reward_model"].items() if k not in lists}
     return out
 
 
@@ -100,6 +103,16 @@ def plot_curves(history: dict[str, list[float]], path: Path) -> Path | None:
     return path
 
 
+def _reward_model_text(summary: dict[str, Any]) -> str:
+    """The reward model stage in a sentence (empty when it did not run)."""
+    if "reward_model" not in summary:
+        return ""
+    from tooltune.training.reward_stage import describe
+
+    return (f"Trained on {describe(summary['reward_model'])}. Accuracy: success predicted where "
+            "the task-completion logit is > 0; labels from the task verifiers.")  # fmt: skip
+
+
 def write_report(
     run_dir: str | Path,
     metrics: dict[str, Any],
@@ -118,9 +131,13 @@ def write_report(
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
              + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per tier), greedy decoding,"
              f" real tools; {settings.sft_tasks} expert demonstrations; {settings.grpo_steps} GRPO steps of"
-             f" {config.batch_size} tasks x {config.num_samples} samples; wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
+             f" {config.batch_size} tasks x {config.num_samples} samples ({config.reward_baseline} baseline);"
+             f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
     md = [f"# {title}", "", facts, "", "## Tool use accuracy", "", _markdown(acc), "",
           "## Efficiency", "", _markdown(eff), ""]  # fmt: skip
+    reward_model = _reward_model_text(summary)
+    if reward_model:
+        md += ["## Reward model", "", reward_model, ""]
     if curves:
         md += ["## Training curves", "", f"![curves]({curves.name})", ""]
     md += [
@@ -133,6 +150,8 @@ def write_report(
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(facts)}</p>",
             "<h2>Tool use accuracy</h2>", _html_table(acc), "<h2>Efficiency</h2>", _html_table(eff)]  # fmt: skip
+    if reward_model:
+        page.append(f"<h2>Reward model</h2><p>{html.escape(reward_model)}</p>")
     if curves:
         page.append(
             f"<h2>Training curves</h2><img src='{curves.name}' alt='loss, reward and success curves'>"
