@@ -104,6 +104,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(4))
+    assert [r["stage"] for r in rows].count("copy_drill") == 1  # kept across the resume
     assert [r["stage"] for r in rows if r["stage"] in ("before", "after_sft", "after_grpo")] == [
         "before",
         "after_sft",
@@ -114,7 +115,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
 def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():
     """SmolLM2: compact tool listings, turns as long as the expert's, two rows a micro-batch."""
     from tooltune.cli import build_parser
-    from tooltune.training.pipeline import resolve_demo
+    from tooltune.training.demo import resolve_demo
 
     def resolve(*argv: str):
         return resolve_demo(build_parser().parse_args(["demo", "--preset", "smoke", *argv]))
@@ -134,7 +135,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
 
 def test_the_default_demo_trains_the_copy_head_model_and_hf_models_go_without_its_aids():
     from tooltune.cli import build_parser
-    from tooltune.training.pipeline import resolve_demo
+    from tooltune.training.demo import resolve_demo
 
     def resolve(*argv: str):
         return resolve_demo(build_parser().parse_args(["demo", *argv]))

@@ -246,7 +246,7 @@ def _bfcl_check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tooltune.training.pipeline import run_demo
+    from tooltune.training.demo import run_demo
 
     return run_demo(args)
 

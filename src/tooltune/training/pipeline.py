@@ -15,17 +15,15 @@ import os
 import random
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from importlib import resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tooltune.chat_format import IM_END, TOOL_STYLES
-from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config, parse_override
+from tooltune.config import AgentConfig, ConfigError, TaskTier
 from tooltune.rollout import (
     SamplingParams,
     TrajectoryCollector,
@@ -79,43 +77,6 @@ class PipelineSettings:
             raise ConfigError(f"pipeline.tool_style must be one of {', '.join(TOOL_STYLES)}")
         if self.backend not in ("local", "ray"):
             raise ConfigError("pipeline.backend must be local or ray")
-
-
-def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config table, pipeline table) of a built-in preset or a TOML file path."""
-    path = Path(name)
-    if path.suffix == ".toml" and path.is_file():
-        text = path.read_text(encoding="utf-8")
-    else:
-        try:
-            text = resources.files("tooltune.presets").joinpath(f"{name}.toml").read_text("utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"unknown preset {name!r}; built-in presets: smoke, default"
-            ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"preset {name!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"config", "pipeline"}
-    if unknown:
-        raise ConfigError(f"preset {name!r} has unknown tables: {', '.join(sorted(unknown))}")
-    return dict(data.get("config", {})), dict(data.get("pipeline", {}))
-
-
-def make_settings(table: dict[str, Any]) -> PipelineSettings:
-    known = {f.name: f.type for f in fields(PipelineSettings)}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"unknown pipeline key {key!r} (known: {', '.join(known)})")
-        default = getattr(PipelineSettings, key)
-        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(
-            value, type(default)
-        ):
-            raise ConfigError(
-                f"pipeline.{key} must be of type {type(default).__name__}, got {value!r}"
-            )
-    return PipelineSettings(**table)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +195,9 @@ class AgentTrainingPipeline:
             self._check_same_run(state)
             self.history = state["history"]
             done, step = set(state["completed"]), state["grpo_step"]
+            # the copy drill's row belongs to the SFT stage it runs in
             self.run.trim("metrics.jsonl", lambda r: r["stage"] in done
+                          or (r["stage"] == "copy_drill" and "sft" in done)
                           or (r["stage"] == "grpo" and r["step"] < step))  # fmt: skip
             self.run.trim("trajectories.jsonl", lambda r: r["metadata"].get("stage") in done)
             self.log(
@@ -591,72 +554,3 @@ def describe_compute(policy: Any) -> str:
         why = "as configured"
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     return f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), {trainable:,} trainable parameters in fp32"
-
-
-# ------------------------------------------------------------------------------------------------
-# `tooltune demo`
-# ------------------------------------------------------------------------------------------------
-
-
-def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
-    """The demo's config and pipeline settings: the preset, defaults for Hugging Face models,
-    then the user's `--config` file and `--set` overrides (which win)."""
-    config_table, pipeline_table = load_preset(args.preset)
-    if args.model != "builtin":
-        pipeline_table["model"] = args.model
-        # One signature line per offered tool: 296-391 SmolLM2 tokens a prompt against 1,029-1,360
-        # for the JSON schemas, paid in every SFT row, rollout and scoring pass.
-        pipeline_table.setdefault("tool_style", "compact")
-        # context-token loss and copy head are aids for a model trained from scratch
-        config_table.pop("sft_context_weight", None)
-        pipeline_table.pop("copy_head", None)
-        # The expert's longest turn is 58-132 SmolLM2 tokens a tier: a shorter limit cuts
-        # demonstrated calls in half.
-        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 160)
-        for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
-            table[key] = max(int(table.get(key, 0)), 2048)
-        # Two rows per micro-batch: the LM head runs on scored positions only, so a row's
-        # memory is its activations (SmolLM2, 30 layers), not [tokens, 49k vocabulary] logits.
-        config_table.setdefault(
-            "grad_accum_steps", max(1, int(config_table.get("sft_batch_size", 16)) // 2)
-        )
-    config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
-    for override in args.overrides:
-        if override.startswith("pipeline."):
-            path, value = parse_override(override)
-            pipeline_table[".".join(path[1:])] = value
-    if getattr(args, "backend", "local") != "local":
-        pipeline_table["backend"] = args.backend
-        pipeline_table["ray_address"] = args.ray_address
-    config_table.setdefault("seed", args.seed)
-    config = load_config(args.config, config_overrides, base=config_table)
-    return config, make_settings(pipeline_table)
-
-
-def run_demo(args: Any) -> int:
-    """Build the world, train, evaluate, and write the run directory with its report."""
-    from tooltune.environment import Environment
-    from tooltune.training.report import write_report
-
-    started = time.perf_counter()
-    config, settings = resolve_demo(args)
-    name = (
-        args.name
-        or f"{Path(args.preset).stem}-{settings.model.replace('/', '_')}-seed{config.seed}"
-    )
-    run_dir = Path(args.out) if args.out else Path("runs") / name
-    if getattr(args, "fresh", False):
-        shutil.rmtree(run_dir, ignore_errors=True)
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    print(f"tooltune demo: preset {args.preset}, model {settings.model}, run directory {run_dir}")
-    with Environment(world_dir=args.world, seed=config.seed, config=config) as env:
-        pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
-        metrics = pipeline.run_all()
-        test_n = len(pipeline.test_tasks())
-    elapsed = time.perf_counter() - started
-    report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed)
-    print(f"report: {report}")
-    print(f"total time: {elapsed / 60:.1f} min")
-    return 0
