@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tooltune.cli import main
+from tooltune.config import ConfigError
 
 TIERS = ("simple", "multi_tool_seq", "multi_tool_par", "complex")
 
@@ -128,6 +129,10 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=4096",
                                "--set", "pipeline.tool_style=json")  # fmt: skip
     assert config.max_trajectory_len == 4096 and settings.tool_style == "json"
+    _, settings = resolve("--model", "smollm2-135m", "--device", "cpu")
+    assert settings.device == "cpu" and settings.dtype == "auto"
+    with pytest.raises(ConfigError, match="pipeline.device"):
+        resolve("--model", "smollm2-135m", "--device", "gpu0")
     config, settings = resolve()  # the built-in model keeps the preset
     assert settings.tool_style == "names" and config.max_trajectory_len == 1536
     assert config.grad_accum_steps == 1 and config.max_new_tokens == 48

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--model", default="builtin", help="builtin | smollm2-135m | a local HF model dir"
     )
+    demo.add_argument("--device", default="",
+                      help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
     demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     demo.add_argument("--name", help="run name (default: from preset and time)")
     demo.add_argument("--backend", choices=["local", "ray"], default="local",

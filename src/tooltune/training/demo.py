@@ -84,6 +84,8 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
         if override.startswith("pipeline."):
             path, value = parse_override(override)
             pipeline_table[".".join(path[1:])] = value
+    if getattr(args, "device", ""):
+        pipeline_table["device"] = args.device
     if getattr(args, "backend", "local") != "local":
         pipeline_table["backend"] = args.backend
         pipeline_table["ray_address"] = args.ray_address

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ class PipelineSettings:
             raise ConfigError("pipeline.reward_model_tasks must be 0 (off) or at least 2")
         if self.tool_style not in TOOL_STYLES:
             raise ConfigError(f"pipeline.tool_style must be one of {', '.join(TOOL_STYLES)}")
+        if self.device and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"pipeline.device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError("pipeline.backend must be local or ray")
 
@@ -301,7 +304,10 @@ class AgentTrainingPipeline:
     def _device(self) -> str:
         from tooltune.policies.hf import default_device
 
-        return self.settings.device or default_device()
+        device = self.settings.device or default_device()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device here")
+        return device
 
     def _load_checkpoint(self, relative: str) -> Any:
         directory = self.run.dir / relative
