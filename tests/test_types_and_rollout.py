@@ -305,7 +305,8 @@ def test_episodes_that_keep_running_into_the_token_limit_are_stopped():
     class RamblingChars(CharPolicy):  # the same with a token record (cut off: no end token)
         def generate(self, prompts, sampling, prompt_token_ids=None):
             text = '<tool_call>{"name": "multiply", "arg'
-            return [Completion(text, self.encode(text), [-0.5] * len(text), "length")] * len(prompts)
+            turn = Completion(text, self.encode(text), [-0.5] * len(text), "length")
+            return [turn] * len(prompts)
 
     t = TrajectoryCollector(RamblingChars({}), registry).collect_trajectory("q")
     assert t.metadata["stop_reason"] == "cut_off" and t.steps[-1].observation  # an error
