@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tooltune.chat_format import (
+    END_OF_TEXT,
     IM_END,
+    PAD,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
     build_system_prompt,
     format_observation,
     parse_action,
@@ -17,6 +23,7 @@ from tooltune.chat_format import (
 from tooltune.types import AgentAction, ToolCall, ToolResponse
 
 TAGS = ("<", ">", "|")
+MARKERS = (TOOL_CALL_OPEN, TOOL_CALL_CLOSE, THINK_OPEN, THINK_CLOSE)
 plain_text = st.text(
     alphabet=st.characters(blacklist_characters="<>|", blacklist_categories=("Cs",)), max_size=60
 ).map(str.strip)
@@ -97,15 +104,48 @@ def test_arbitrary_text_never_raises(text):
         max_size=40,
     )
 )
-def test_tag_soup_never_raises(pieces):
-    parse_action("".join(pieces), known_tools={"x"})
+def test_tag_soup_gives_known_calls_or_recorded_errors_and_no_stray_markers(pieces):
+    text = "".join(pieces)
+    action = parse_action(text, known_tools={"x"})
+    kind = "tool_call" if action.tool_calls else ("respond" if action.content else "think")
+    assert action.type == kind
+    assert len(action.tool_calls) <= text.count(TOOL_CALL_OPEN)  # a call needs its marker
+    for i, call in enumerate(action.tool_calls):
+        assert call.id == f"call_{i}"
+        if call.parse_error is None:  # parsed: a known tool with an arguments object
+            assert call.name == "x" and isinstance(call.arguments, dict) and call.raw is None
+        else:  # not parsed: the reason, and the text the model wrote, kept for the feedback
+            assert call.parse_error.strip() and call.arguments == {}
+            assert call.raw.startswith(TOOL_CALL_OPEN)
+    unclosed = [c for c in action.tool_calls if c.parse_error and "not closed" in c.parse_error]
+    assert unclosed in ([], action.tool_calls[-1:])  # only the last call can run to the end
+    # no marker is left in the answer; a closing think marker never inside the thinking
+    assert not any(marker in action.content for marker in MARKERS), action.content
+    assert THINK_CLOSE not in action.thinking
+    assert action.content == action.content.strip()
+    if THINK_OPEN not in text:  # nothing is thinking, and every <tool_call> makes a call
+        assert action.thinking == ""
+        assert bool(action.tool_calls) == (TOOL_CALL_OPEN in text)
 
 
 def test_one_megabyte_of_random_text():
     rng = random.Random(0)
     text = "".join(chr(rng.randrange(0, 0x2FFF)) for _ in range(1_000_000))
-    parse_action(text)
-    parse_action("<tool_call>" + text)
+    assert not any(m in text for m in (*MARKERS, IM_END, END_OF_TEXT, PAD))  # all > 8 chars
+    plain = parse_action(text)  # no markers: all of it is the answer, stripped
+    assert plain.type == "respond" and plain.tool_calls == [] and plain.thinking == ""
+    assert plain.content == text.strip()
+    cut = parse_action(TOOL_CALL_OPEN + text)  # the call runs to the end: one unclosed call
+    (call,) = cut.tool_calls
+    assert call.name == "" and call.arguments == {} and "not closed" in call.parse_error
+    assert call.raw == TOOL_CALL_OPEN + text
+    assert cut.type == "tool_call" and cut.content == "" and cut.thinking == ""
+    closed = parse_action(TOOL_CALL_OPEN + text + TOOL_CALL_CLOSE)  # closed: a JSON error
+    (call,) = closed.tool_calls
+    assert (
+        "not valid JSON" in call.parse_error and call.raw == TOOL_CALL_OPEN + text + TOOL_CALL_CLOSE
+    )
+    assert closed.content == ""
 
 
 def test_several_calls_think_and_answer():
