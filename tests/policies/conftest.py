@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from tooltune.chat_format import render_prompt
 
@@ -68,3 +69,36 @@ def stale_cache_memory():
 
     yield poison
     CACHE_MEMORY.free.clear()  # later tests start on fresh memory
+
+
+def assert_same_greedy(a, b, atol: float = 1e-4) -> None:
+    """Greedy completions of the same prompts by two computations that are equal in exact
+    arithmetic (batched or alone, cached or recomputed, grouped heads or full): the same tokens,
+    their log-probs within `atol`. Up to a near tie: where the two best tokens' log-probs are
+    closer than rounding, the summation order (so the path, and the CPU's kernels) decides which
+    is the argmax, and the rows may go on differently from there. A row may differ only at such
+    a tie (both choices' log-probs within `atol`), and is compared up to it.
+    Rows are completions, or token records (`ids`, `mask`: a row may then differ only at a
+    token both wrote)."""
+    assert len(a) == len(b)
+    for row, (x, y) in enumerate(zip(a, b, strict=True)):
+        xs, ys = (r.token_ids if hasattr(r, "token_ids") else r.ids for r in (x, y))
+        n = 0
+        while n < min(len(xs), len(ys)) and xs[n] == ys[n]:
+            n += 1
+        got, want = torch.tensor(x.logprobs[:n]), torch.tensor(y.logprobs[:n])
+        torch.testing.assert_close(got, want, rtol=0, atol=atol, msg=f"row {row}")
+        if hasattr(x, "mask"):
+            assert x.mask[:n] == y.mask[:n], f"row {row}"
+        if n < max(len(xs), len(ys)):
+            assert n < min(len(xs), len(ys)), f"row {row}: one ended at token {n}"
+            if hasattr(x, "mask"):
+                assert x.mask[n] == y.mask[n] == 1, f"row {row}: token {n} differs, not written"
+            gap = abs(x.logprobs[n] - y.logprobs[n])
+            assert gap <= atol, f"row {row}: token {n} differs ({gap:.2e} apart), not at a tie"
+
+
+@pytest.fixture(scope="session")
+def same_greedy():
+    """`assert_same_greedy`, as a fixture (test modules are imported by path)."""
+    return assert_same_greedy

@@ -54,23 +54,27 @@ def test_generation_is_deterministic_under_seed(tiny_policy):
     assert [x.token_ids for x in a] != [x.token_ids for x in c]
 
 
-def test_kv_cache_matches_full_recompute(tiny_policy):
+def test_kv_cache_matches_full_recompute(tiny_policy, same_greedy):
     cached = tiny_policy.generate(PROMPTS, GREEDY)
     full = tiny_policy.generate(PROMPTS, GREEDY, use_cache=False)
-    assert [c.token_ids for c in cached] == [c.token_ids for c in full]
-    for a, b in zip(cached, full, strict=True):
-        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    same_greedy(cached, full)
 
 
-def test_batched_matches_unbatched_with_left_padding(tiny_policy):
+def test_batched_matches_unbatched_with_left_padding(tiny_policy, same_greedy):
     lengths = [len(tiny_policy.encode(p)) for p in PROMPTS]
     assert len(set(lengths)) == len(PROMPTS)  # rows really are padded differently
     batched = tiny_policy.generate(PROMPTS, GREEDY)
     single = [tiny_policy.generate([p], GREEDY)[0] for p in PROMPTS]
-    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
-    for a, b in zip(batched, single, strict=True):
-        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
-        assert len(set(a.token_ids)) > 3  # a varied continuation, not one repeated token
+    same_greedy(batched, single)
+    assert varied_rows(batched)  # the model writes varied text, not one repeated token
+
+
+def varied_rows(completions) -> int:
+    """Rows with a varied continuation, not one repeated token: a model that repeats one token
+    whatever the input would make comparisons vacuous. Not every row: which prompts a random
+    model ends at once (end token first) depends on its weights, so a check on every row, or
+    on two, held for some seeds' weights only."""
+    return sum(len(set(c.token_ids)) > 3 for c in completions)
 
 
 def test_prompt_token_ids_are_used_verbatim(tiny_policy):
@@ -81,12 +85,14 @@ def test_prompt_token_ids_are_used_verbatim(tiny_policy):
 
 
 def test_stop_string_truncates_text_but_keeps_ids(tiny_policy):
-    free = tiny_policy.generate([PROMPTS[1]], GREEDY)[0]
+    # the prompt the model writes most after (a random model may end some prompts at once)
+    prompt, free = max(
+        ((p, tiny_policy.generate([p], GREEDY)[0]) for p in PROMPTS),
+        key=lambda pair: len(pair[1].text),
+    )
     assert len(free.text) > 6
     stop = free.text[3:6]  # a string the model is known to produce
-    stopped = tiny_policy.generate(
-        [PROMPTS[1]], SamplingParams(**{**vars(GREEDY), "stop": [stop]})
-    )[0]
+    stopped = tiny_policy.generate([prompt], SamplingParams(**{**vars(GREEDY), "stop": [stop]}))[0]
     assert stopped.finish_reason == "stop"
     assert stop not in stopped.text and free.text.startswith(stopped.text + stop)
     n = len(stopped.token_ids)
@@ -184,7 +190,7 @@ def test_sft_steps_make_the_model_reproduce_a_string(texts, seed):
     assert out.token_ids[-1] == policy.eos_token_id and out.finish_reason == "stop"
 
 
-def test_rows_that_finish_early_leave_the_others_unchanged(tiny_policy):
+def test_rows_that_finish_early_leave_the_others_unchanged(tiny_policy, same_greedy):
     # The long prompt leaves room for only 3 new tokens (max_seq_len=256), so its row finishes
     # first and is dropped from the batch and the KV cache while the others continue.
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 40
@@ -194,10 +200,7 @@ def test_rows_that_finish_early_leave_the_others_unchanged(tiny_policy):
     prompt_ids = [ids] + [tiny_policy.encode(p) for p in PROMPTS]
     batched = tiny_policy.generate(prompts, GREEDY, prompt_token_ids=prompt_ids)
     assert len(batched[0].token_ids) == 3 and batched[0].finish_reason == "length"
-    for p, got in zip(PROMPTS, batched[1:], strict=True):
-        alone = tiny_policy.generate([p], GREEDY)[0]
-        assert got.token_ids == alone.token_ids
-        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-4)
+    same_greedy(batched[1:], [tiny_policy.generate([p], GREEDY)[0] for p in PROMPTS])
 
 
 def test_a_name_has_the_same_tokens_wherever_it_appears(texts):
@@ -333,7 +336,7 @@ def test_attention_groups_skip_padding_only_where_it_pays():
     assert attention_groups([0, 16], 700) == [(0, 2, 0)]
 
 
-def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch):
+def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch, same_greedy):
     import tooltune.policies.transformer as transformer
 
     long = chat_prompt("Tell me everything about the capital of France, please. " * 6)
@@ -349,9 +352,7 @@ def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch)
     plans.clear()
     single = tiny_policy.generate(prompts, GREEDY)
     assert all(len(p) == 1 for p in plans)
-    assert [c.token_ids for c in grouped] == [c.token_ids for c in single]
-    for a, b in zip(grouped, single, strict=True):
-        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs))
+    same_greedy(grouped, single, atol=1e-5)
 
 
 def test_a_dropped_cache_gives_its_memory_to_the_next(tiny_policy):
@@ -412,7 +413,7 @@ def test_decoding_masks_and_positions_equal_the_general_ones(T):
 
 @pytest.mark.parametrize("n_kv_heads", [1, 2])
 def test_grouped_query_attention_equals_query_heads_with_repeated_keys_and_values(
-    texts, n_kv_heads
+    texts, n_kv_heads, same_greedy
 ):
     """A model whose query heads share key/value heads computes what a model with one key/value
     head per query head computes when those heads hold the shared head's weights: query head h
@@ -448,10 +449,8 @@ def test_grouped_query_attention_equals_query_heads_with_repeated_keys_and_value
     torch.testing.assert_close(grouped.model(ids), full.model(ids), atol=1e-4, rtol=1e-4)
     a = grouped.generate(PROMPTS, GREEDY)  # left-padded rows: prefill, then decoding steps
     b = full.generate(PROMPTS, GREEDY)
-    assert [c.token_ids for c in a] == [c.token_ids for c in b]
-    for x, y in zip(a, b, strict=True):
-        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
-        assert len(set(x.token_ids)) > 3
+    same_greedy(a, b)
+    assert varied_rows(a)
     cache = grouped.model.new_cache(2, 8)
     assert cache.k.shape == (4, 2, n_kv_heads, 8, 32)  # the cache holds the shared heads only
 

@@ -109,8 +109,8 @@ def test_cached_decoding_equals_a_full_forward(name):
         full = reference_logits(model, torch.cat([prompt, rest], dim=1), full_mask)
         rows = torch.tensor([0, 1])
         for t in range(rest.shape[1]):
-            torch.testing.assert_close(
-                llama_forward.logits(model, step), full[rows, 7 + t], rtol=1e-5, atol=1e-5
+            torch.testing.assert_close(  # 1e-5 held for one seed's weights on one CPU only
+                llama_forward.logits(model, step), full[rows, 7 + t], rtol=1e-4, atol=1e-4
             )
             if t == 3:  # the first row finishes; its cache row leaves
                 rows = torch.tensor([1])
@@ -175,7 +175,9 @@ def test_generation_takes_the_plain_step(tmp_path, tiny_qwen2, monkeypatch):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
-def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory):
+def test_next_turn_continues_the_last_call(
+    tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory, same_greedy
+):
     """A prompt that continues a row the last generate call finished (its prompt and
     completion, then new tokens) runs only its new tokens, with the completions a fresh prefill
     gives; a prompt that continues nothing, in the same batch, runs whole. The caches start on
@@ -200,9 +202,7 @@ def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch, st
     assert runs == [(3, 2)]  # two of the three rows continue; the fresh one has no prefix
     fresh = policy.generate(["", "", ""], greedy, second, reuse_turns=False)
     assert len(runs) == 1
-    assert [c.token_ids for c in continued] == [c.token_ids for c in fresh]
-    for a, b in zip(continued, fresh, strict=True):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    same_greedy(continued, fresh)
     policy.generate(["", ""], greedy, first)  # a weight update discards what was kept
     with torch.no_grad():
         next(policy.model.parameters()).add_(0.0)
@@ -211,7 +211,7 @@ def test_next_turn_continues_the_last_call(tmp_path, tiny_qwen2, monkeypatch, st
 
 
 def test_prompts_that_begin_alike_run_the_beginning_once(
-    tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory
+    tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory, same_greedy
 ):
     """Distinct prompts with a common beginning (a system prompt) prefill it once, as one row
     whose keys/values each prompt continues: the completions of a plain prefill."""
@@ -235,9 +235,7 @@ def test_prompts_that_begin_alike_run_the_beginning_once(
     monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", len(system) + 1)  # too short now
     plain = policy.generate(["", "", ""], greedy, prompts, reuse_turns=False)
     assert len(runs) == 1
-    assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
-    for a, b in zip(shared, plain, strict=True):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    same_greedy(shared, plain)
 
 
 def test_decode_step_only_for_plain_fp32_models(tmp_path, tiny_qwen2):
