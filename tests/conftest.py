@@ -7,6 +7,14 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Each test starts on one thread, whatever the one before it set (`tooltune demo` sets the
+    machine's core count, which later tests in the same process would otherwise inherit)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def build_tiny_qwen2(
     path, texts, vocab_size: int = 300, sharpen: bool = True, max_positions: int = 256
 ):
