@@ -1,5 +1,6 @@
 """The main job end to end: `tooltune demo --preset smoke`, and a kill-and-resume run."""
 
+import contextlib
 import json
 import math
 import os
@@ -128,39 +129,82 @@ def test_the_pipeline_trains_a_hugging_face_model(tmp_path, tiny_qwen2):
     assert policy.compute_dtype == torch.float32 and len(policy.encode("hello")) > 0
 
 
-def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path):
-    args = _demo_args(tmp_path, "run", "--set", "pipeline.grpo_steps=4")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# `tooltune demo`, killed with SIGKILL (no cleanup, as kill -9 or the OOM killer) right after it
+# logs the metrics row of GRPO step argv[1]: after the checkpoint before that step, before the
+# next checkpoint, so the row must be dropped and the step run again when the run resumes.
+# Rewards get the smoke test's nudge, so GRPO steps the optimizer and its state is resumed.
+KILLED_IN_GRPO = """
+import os, signal, sys
+from tooltune.training import pipeline
+from tooltune.training.grpo import GRPOTrainer
+train_step = GRPOTrainer.train_step
+def distinct_rewards(self, groups):
+    for group in groups:
+        for i, trajectory in enumerate(group):
+            trajectory.total_reward += 0.01 * i
+    return train_step(self, groups)
+GRPOTrainer.train_step = distinct_rewards
+log_metrics = pipeline._Run.log_metrics
+def log_then_die(run, row):
+    log_metrics(run, row)
+    if row["stage"] == "grpo" and row["step"] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+pipeline._Run.log_metrics = log_then_die
+from tooltune.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, monkeypatch):
+    from tooltune.training.grpo import GRPOTrainer
+
+    # every stage, smaller (half the smoke run's time); GRPO checkpoints every step
+    sets = ["pipeline.grpo_steps=4", "pipeline.sft_tasks=16", "sft_epochs=1",
+            "pipeline.val_tasks=0", "pipeline.eval_tasks_per_tier=1", "pipeline.copy_drill_steps=4",
+            "pipeline.reward_model_tasks=4", "max_new_tokens=24"]  # fmt: skip
+    args = _demo_args(tmp_path, "run", *[a for s in sets for a in ("--set", s)])
+    run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tooltune.cli", *args],
-        env=env,
+        [sys.executable, "-c", KILLED_IN_GRPO, "2", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    state_path = tmp_path / "run" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if state_path.exists() and json.loads(state_path.read_text()).get("grpo_step", 0) >= 2:
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the run never reached GRPO step 2")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its tool workers, if any outlived it
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert "grpo" not in state["completed"] and state["grpo_step"] == 2  # killed mid-GRPO
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    grpo_logged = [r["step"] for r in logged if r["stage"] == "grpo"]
+    assert grpo_logged == [0, 1, 2]  # step 2's row came after the last checkpoint
+    trainer = torch.load(run / state["checkpoint"] / "trainer.pt", weights_only=False)
+    assert trainer["optimizer"]["state"]  # AdamW's moments, which the resumed run loads
+
+    train_step = GRPOTrainer.train_step
+
+    def distinct_rewards(self, groups):  # as in the killed process
+        for group in groups:
+            for i, trajectory in enumerate(group):
+                trajectory.total_reward += 0.01 * i
+        return train_step(self, groups)
+
+    monkeypatch.setattr(GRPOTrainer, "train_step", distinct_rewards)
     assert main(args) == 0
-    _check_run(tmp_path / "run")
-    rows = [
-        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(4))
+    _check_run(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(4))  # 2 once, 3 run
     assert [r["stage"] for r in rows].count("copy_drill") == 1  # kept across the resume
     assert [r["stage"] for r in rows if r["stage"] in ("before", "after_sft", "after_grpo")] == [
         "before",
         "after_sft",
         "after_grpo",
     ]
+    assert json.loads((run / "state.json").read_text())["completed"][-1] == "after_grpo"
 
 
 def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():
