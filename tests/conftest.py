@@ -61,3 +61,21 @@ def build_tiny_qwen2(
 def tiny_qwen2():
     """`build_tiny_qwen2`, as a fixture (test modules are imported by path, not as a package)."""
     return build_tiny_qwen2
+
+
+@pytest.fixture
+def distinct_grpo_rewards(monkeypatch):
+    """GRPO groups whose rewards differ by 0.01 a sample. An undertrained model's samples often
+    earn the same reward, and a group of ties teaches nothing (it is skipped), so a pipeline
+    test would not see GRPO update (test_demo's killed subprocess applies the same patch)."""
+    from tooltune.training.grpo import GRPOTrainer
+
+    train_step = GRPOTrainer.train_step
+
+    def distinct_rewards(self, groups):
+        for group in groups:
+            for i, trajectory in enumerate(group):
+                trajectory.total_reward += 0.01 * i
+        return train_step(self, groups)
+
+    monkeypatch.setattr(GRPOTrainer, "train_step", distinct_rewards)

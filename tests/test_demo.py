@@ -74,20 +74,7 @@ def _check_run(run: Path) -> dict:
 
 
 @RUNS_THE_PIPELINE
-def test_smoke_demo_writes_a_complete_run(tmp_path, capsys, monkeypatch):
-    from tooltune.training.grpo import GRPOTrainer
-
-    train_step = GRPOTrainer.train_step
-
-    def distinct_rewards(self, groups):
-        # the smoke model's samples often earn the same reward, and a group of ties teaches
-        # nothing (it is skipped); a nudge per sample makes every group an update
-        for group in groups:
-            for i, trajectory in enumerate(group):
-                trajectory.total_reward += 0.01 * i
-        return train_step(self, groups)
-
-    monkeypatch.setattr(GRPOTrainer, "train_step", distinct_rewards)
+def test_smoke_demo_writes_a_complete_run(tmp_path, capsys, distinct_grpo_rewards):
     started = time.perf_counter()
     assert main(_demo_args(tmp_path, "run")) == 0
     out = capsys.readouterr().out
@@ -165,9 +152,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 @RUNS_THE_PIPELINE
-def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, monkeypatch):
-    from tooltune.training.grpo import GRPOTrainer
-
+def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, distinct_grpo_rewards):
     # every stage, smaller (half the smoke run's time); GRPO checkpoints every step
     sets = ["pipeline.grpo_steps=4", "pipeline.sft_tasks=16", "sft_epochs=1",
             "pipeline.val_tasks=0", "pipeline.eval_tasks_per_tier=1", "pipeline.copy_drill_steps=4",
@@ -195,16 +180,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, monkeypatch
     trainer = torch.load(run / state["checkpoint"] / "trainer.pt", weights_only=False)
     assert trainer["optimizer"]["state"]  # AdamW's moments, which the resumed run loads
 
-    train_step = GRPOTrainer.train_step
-
-    def distinct_rewards(self, groups):  # as in the killed process
-        for group in groups:
-            for i, trajectory in enumerate(group):
-                trajectory.total_reward += 0.01 * i
-        return train_step(self, groups)
-
-    monkeypatch.setattr(GRPOTrainer, "train_step", distinct_rewards)
-    assert main(args) == 0
+    assert main(args) == 0  # with distinct_grpo_rewards, as in the killed process
     _check_run(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "grpo"] == list(range(4))  # 2 once, 3 run

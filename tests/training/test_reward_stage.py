@@ -65,12 +65,11 @@ def test_a_learned_baseline_without_a_reward_model_is_a_config_error(tmp_path):
 
 
 def test_demo_with_learned_baseline_trains_the_reward_model_on_training_tasks(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, distinct_grpo_rewards
 ):
     """A tiny smoke run: the stage sees only training tasks, and every GRPO group's advantages
     come from the reward model's baseline."""
     from tooltune.cli import main
-    from tooltune.training.grpo import GRPOTrainer
 
     seen_tasks, baseline_calls = [], []
     collect = reward_stage.collect_episodes
@@ -91,18 +90,8 @@ def test_demo_with_learned_baseline_trains_the_reward_model_on_training_tasks(
 
         return baseline
 
-    train_step = GRPOTrainer.train_step
-
-    def varied_train_step(self, groups):
-        # an undertrained policy's samples often tie; distinct rewards make every group count
-        for group in groups:
-            for i, t in enumerate(group):
-                t.total_reward += 0.01 * i
-        return train_step(self, groups)
-
     monkeypatch.setattr(reward_stage, "collect_episodes", spy_collect)
     monkeypatch.setattr(reward_stage, "learned_baseline", spy_baseline)
-    monkeypatch.setattr(GRPOTrainer, "train_step", varied_train_step)
     run = tmp_path / "run"
     sets = ["reward_baseline=learned", "sft_epochs=1", "pipeline.sft_tasks=16",
             "pipeline.val_tasks=0", "pipeline.copy_drill_steps=0", "pipeline.eval_tasks_per_tier=1",
