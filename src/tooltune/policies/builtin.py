@@ -27,6 +27,7 @@ from tooltune.policies.transformer import (
     TransformerConfig,
     config_for_size,
 )
+from tooltune.prompt_format import PromptFormat, save_prompt_format
 from tooltune.rollout import Completion, SamplingParams
 
 FORMAT = "tooltune-builtin"
@@ -154,7 +155,9 @@ class BuiltinPolicy(ModulePolicy):
 
     def clone(self) -> BuiltinPolicy:
         """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        return BuiltinPolicy(frozen_copy(self.model), self.tokenizer)
+        frozen = BuiltinPolicy(frozen_copy(self.model), self.tokenizer)
+        frozen.prompt_format = self.prompt_format
+        return frozen
 
     # -- generation and scoring -------------------------------------------------------------
     def generate(
@@ -243,7 +246,8 @@ class BuiltinPolicy(ModulePolicy):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """One directory: config.json, tokenizer.json, model.pt (a plain state dict)."""
+        """One directory: config.json, tokenizer.json, model.pt (a plain state dict) and, when
+        known, prompt_format.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": asdict(self.model.config)}
@@ -251,6 +255,7 @@ class BuiltinPolicy(ModulePolicy):
         self.tokenizer.save(directory / "tokenizer.json")
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save(state, directory / "model.pt")
+        save_prompt_format(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> BuiltinPolicy:
@@ -261,6 +266,7 @@ class BuiltinPolicy(ModulePolicy):
         meta = json.loads(config_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{directory} holds {meta.get('format')!r}, not a {FORMAT} policy")
+        prompt_format = PromptFormat.read(directory)  # a corrupt file fails before the weights load
         meta["model"].setdefault("prev_token_mix", False)  # saved before the options existed
         meta["model"].setdefault("copy_head", False)
         try:
@@ -279,4 +285,6 @@ class BuiltinPolicy(ModulePolicy):
                 "another version of the built-in model: train it again (tooltune demo --fresh)"
             ) from exc
         tokenizer = BPETokenizer.load(directory / "tokenizer.json")
-        return cls(model.to(device), tokenizer)
+        policy = cls(model.to(device), tokenizer)
+        policy.prompt_format = prompt_format
+        return policy

@@ -38,6 +38,7 @@ from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
+from tooltune.prompt_format import PromptFormat, save_prompt_format
 from tooltune.rollout import Completion, SamplingParams
 
 SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
@@ -235,8 +236,11 @@ class HFPolicy(ModulePolicy):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a model directory")
         dtype = resolve_dtype(dtype, device)
+        prompt_format = PromptFormat.read(path)  # None for a model tooltune did not save
         if (path / "adapter_config.json").exists():
-            return cls._load_adapter(path, dtype, device, direct_forward)
+            policy = cls._load_adapter(path, dtype, device, direct_forward)
+            policy.prompt_format = prompt_format
+            return policy
         if not any((path / name).exists() for name in TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's "
@@ -247,8 +251,10 @@ class HFPolicy(ModulePolicy):
         added = add_tooltune_tokens(tokenizer, model, marker_tokens)
         if lora is not None:
             model = apply_lora(model, lora, added)
-        return cls(_trainable_in_fp32(model).to(device), tokenizer, str(path.resolve()),
-                   direct_forward)  # fmt: skip
+        policy = cls(_trainable_in_fp32(model).to(device), tokenizer, str(path.resolve()),
+                     direct_forward)  # fmt: skip
+        policy.prompt_format = prompt_format
+        return policy
 
     load = from_pretrained
 
@@ -294,9 +300,11 @@ class HFPolicy(ModulePolicy):
 
     def clone(self) -> HFPolicy:
         """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        return HFPolicy(
+        frozen = HFPolicy(
             frozen_copy(self.model), self.tokenizer, self.base_path, self.direct_forward
         )
+        frozen.prompt_format = self.prompt_format
+        return frozen
 
     # -- generation and scoring -------------------------------------------------------------
     @property
@@ -425,7 +433,8 @@ class HFPolicy(ModulePolicy):
         return config.get("vocab_size")
 
     def save(self, directory: str | Path) -> None:
-        """``save_pretrained`` of the model (the adapter only, for LoRA) and the tokenizer."""
+        """``save_pretrained`` of the model (the adapter only, for LoRA), the tokenizer and,
+        when known, the prompt format."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if is_peft(self.model):
@@ -439,6 +448,7 @@ class HFPolicy(ModulePolicy):
         if is_peft(self.model):
             meta = {"base_path": self.base_path}
             (directory / SETTINGS_FILE).write_text(json.dumps(meta, indent=2))
+        save_prompt_format(self, directory)
 
 
 def is_peft(model: Any) -> bool:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
+
+if TYPE_CHECKING:
+    from tooltune.prompt_format import PromptFormat
 
 
 def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
@@ -24,6 +27,9 @@ class ModulePolicy:
     """Delegates `parameters`/`train`/`eval`/`to` to `self.model` (returning the policy)."""
 
     model: torch.nn.Module
+    # How the model is prompted (tool style, generation settings): set by whoever trains it,
+    # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
+    prompt_format: PromptFormat | None = None
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
