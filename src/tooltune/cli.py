@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+from tooltune.chat_format import TOOL_STYLES
+from tooltune.config import (
+    AgentConfig,
+    ConfigError,
+    TaskTier,
+    load_config,
+    parse_override,
+    read_config_file,
+)
 
 
 class UsageError(Exception):
@@ -92,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "-n", type=int, default=200, help="number of tasks per tier (default 200)"
     )
+    evaluate.add_argument("--tool-style", choices=TOOL_STYLES,
+                          help="how the prompt lists the tools (default: as the model was "
+                               "trained, from its prompt_format.json; json for the expert)")  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--trajectories", type=Path, help="also write the trajectories as JSONL")
     evaluate.set_defaults(handler=_eval)
@@ -173,13 +184,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UsageError("-n must be at least 1")
-    config = _config(args)
+    config, tool_style = _prompting(args, _config(args))
     with _environment(args, config) as env:
         policy = _load_policy(args.policy, env, config)
         tasks = []
         for tier in TaskTier:
             tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier], world=env)
-        result = evaluate(policy, tasks, env, config)
+        result = evaluate(policy, tasks, env, config, tool_style=tool_style)
     metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
         from tooltune.rollout import write_trajectories
@@ -195,19 +206,59 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_policy(name: str, env, config: AgentConfig):
-    if name == "expert":
-        from tooltune.tasks.expert import ExpertPolicy
+def _prompting(args: argparse.Namespace, config: AgentConfig) -> tuple[AgentConfig, str]:
+    """(config, tool style) to evaluate with: a saved model's own prompt format (tool style and
+    generation settings), except what the command line sets explicitly, which wins."""
+    from tooltune.prompt_format import (
+        FALLBACK_TOOL_STYLE,
+        FILENAME,
+        GENERATION_KEYS,
+        PromptFormat,
+        missing_message,
+    )
 
-        return ExpertPolicy(env)  # evaluate() hands it the tasks through prepare()
+    if args.policy == "expert":
+        return config, args.tool_style or FALLBACK_TOOL_STYLE
+    path = _policy_dir(args.policy)
+    saved = PromptFormat.read(path)
+    if saved is None:
+        _say(f"warning: {missing_message(path)}")
+        return config, args.tool_style or FALLBACK_TOOL_STYLE
+    explicit = set(read_config_file(args.config)) if args.config else set()
+    explicit |= {parse_override(text)[0][0] for text in args.overrides}
+    used = saved.configure(config, keep=explicit)
+    style = args.tool_style or saved.tool_style
+    _say(f"prompting as saved in {path / FILENAME}: {saved.describe()}")
+    if style != saved.tool_style:
+        _say(f"note: --tool-style {style} overrides the saved tool style {saved.tool_style}")
+    for key in GENERATION_KEYS:
+        if getattr(used, key) != getattr(saved, key):
+            _say(f"note: {key} {getattr(used, key)} from the command line overrides the saved "
+                 f"{getattr(saved, key)}")  # fmt: skip
+    return used, style
+
+
+def _say(message: str) -> None:
+    print(f"tooltune: {message}", file=sys.stderr)
+
+
+def _policy_dir(name: str) -> Path:
     path = Path(name)
     if not path.exists():
         raise UsageError(
             f"--policy must be 'expert' or a saved model directory; {name!r} does not exist"
         )
+    return path
+
+
+def _load_policy(name: str, env, config: AgentConfig):
+    if name == "expert":
+        from tooltune.tasks.expert import ExpertPolicy
+
+        return ExpertPolicy(env)  # evaluate() hands it the tasks through prepare()
     from tooltune.training.pipeline import load_policy
 
-    return load_policy(path)
+    return load_policy(_policy_dir(name))
 
 
 def _tasks_sample(args: argparse.Namespace) -> int:

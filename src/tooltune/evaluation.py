@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from tooltune.config import AgentConfig, TaskTier
+from tooltune.prompt_format import tool_style_of
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 from tooltune.tasks.checkers import verify
 from tooltune.types import AgentTrajectory
@@ -128,13 +129,14 @@ def run_evaluation(
     *,
     batch_size: int = 32,
     sampling: SamplingParams | None = None,
-    tool_style: str = "json",
+    tool_style: str | None = None,  # None: the style the policy was trained with
     progress: Any = None,  # True for a progress bar, or a callable(done, total)
     **collector_kwargs: Any,
 ) -> tuple[dict[str, Any], list[AgentTrajectory]]:
     """Roll out `policy` once per task in `env`; (metrics, trajectories in task order).
 
-    A policy with a `prepare(tasks)` method (the scripted expert) is told the tasks first."""
+    A policy with a `prepare(tasks)` method (the scripted expert) is told the tasks first.
+    Without `tool_style`, a model is prompted as it was trained (its `prompt_format`)."""
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
         prepare(tasks)
@@ -148,7 +150,7 @@ def run_evaluation(
         env,
         config,
         sampling=sampling,
-        tool_style=tool_style,
+        tool_style=tool_style or tool_style_of(policy),
         verifier=lambda task, trajectory: verify(task, trajectory, env),
         **collector_kwargs,
     )

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import AgentConfig, TaskTier
+from tooltune.prompt_format import tool_style_of
 from tooltune.rollout import SamplingParams, ToolSource, TrajectoryCollector
 from tooltune.types import AgentTrajectory
 
@@ -272,7 +273,9 @@ class EnvironmentTools:
 
 
 class RolloutWorker:
-    """Body of one Ray actor: a policy copy, a tool source, and `run_episodes`."""
+    """Body of one Ray actor: a policy copy, a tool source, and `run_episodes`. With
+    ``tool_style=None`` it prompts in the style the policy was trained with (its saved
+    prompt format), as every consumer of a saved model does."""
 
     def __init__(
         self,
@@ -280,7 +283,7 @@ class RolloutWorker:
         tools_factory: Callable[[], ToolSource],
         config: AgentConfig,
         sampling: SamplingParams,
-        tool_style: str,
+        tool_style: str | None,
         verifier: Verifier | str | None,
         reward_fn: RewardFn | None,
         threads: int,
@@ -300,7 +303,7 @@ class RolloutWorker:
         self.verifier = verifier
         self.config = config
         self.sampling = sampling
-        self.tool_style = tool_style
+        self.tool_style = tool_style or tool_style_of(self.policy)
         self.reward_fn = reward_fn
         self.version = 0
 
@@ -333,6 +336,7 @@ class RayRolloutBackend:
     `address=None` starts a private local Ray with `num_cpus` CPUs (default: one per worker
     thread); otherwise it connects to the cluster at `address` ("auto", "ray://host:10001"...).
     A Ray that is already initialised in this process is reused and left running.
+    ``tool_style=None`` (the default): each worker prompts as its policy was trained.
     """
 
     def __init__(
@@ -344,7 +348,7 @@ class RayRolloutBackend:
         address: str | None = None,
         *,
         sampling: SamplingParams | None = None,
-        tool_style: str = "json",
+        tool_style: str | None = None,
         verifier: Verifier | str | None = None,
         reward_fn: RewardFn | None = None,
         num_cpus: int | None = None,
@@ -453,7 +457,7 @@ def make_ray_backend(
     world_dir: str | Path | None = None,
     tools_factory: Callable[[], ToolSource] | None = None,
     sampling: SamplingParams | None = None,
-    tool_style: str = "json",
+    tool_style: str | None = None,
     verifier: Verifier | str | None = None,
     reward_fn: RewardFn | None = None,
     threads_per_worker: int = 1,
@@ -461,7 +465,9 @@ def make_ray_backend(
     """What `tooltune ... --backend ray [--ray-address ADDR]` calls: a backend whose workers
     hold a snapshot of `policy` and the built-in environment of `world_dir` (or the tools of
     `tools_factory`). With the built-in environment the default verifier is its own checker
-    (`verifier="tools"`). After each update, call `backend.push_policy(policy)`."""
+    (`verifier="tools"`). The workers prompt in the tool style saved with `policy` (its
+    prompt format) unless `tool_style` says otherwise. After each update, call
+    `backend.push_policy(policy)`."""
     if tools_factory is None:
         tools_factory = EnvironmentTools(
             None if world_dir is None else str(world_dir), config.seed, config

@@ -25,6 +25,7 @@ import torch
 
 from tooltune.chat_format import IM_END, TOOL_STYLES
 from tooltune.config import AgentConfig, ConfigError, TaskTier
+from tooltune.prompt_format import PromptFormat, missing_message
 from tooltune.rollout import (
     SamplingParams,
     TrajectoryCollector,
@@ -254,6 +255,7 @@ class AgentTrainingPipeline:
         demos = [d for d in demos if d.success]
         write_trajectories(demos_path, demos)
         self.policy = self._new_policy(demos)
+        self.policy.prompt_format = self._prompt_format()  # saved with every checkpoint
         state["completed"].append("data")
         state["checkpoint"] = self.run.checkpoint("latest", self.policy)
         self.run.save_state(state)
@@ -309,11 +311,29 @@ class AgentTrainingPipeline:
             raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device here")
         return device
 
+    def _prompt_format(self) -> PromptFormat:
+        s = self.settings
+        marker_tokens = s.marker_tokens and s.model != "builtin"
+        return PromptFormat.from_training(self.config, s.tool_style, marker_tokens)
+
     def _load_checkpoint(self, relative: str) -> Any:
+        """The policy of a checkpoint, with the prompt format it was saved with (one saved
+        before formats were recorded gets this run's, which trained it)."""
         directory = self.run.dir / relative
         if not (directory / "COMPLETE").exists():
             raise ConfigError(f"checkpoint {directory} is incomplete; rerun with --fresh")
-        return load_policy(directory / "policy", self.settings.dtype, self._device())
+        policy = load_policy(directory / "policy", self.settings.dtype, self._device())
+        expected = self._prompt_format()
+        if policy.prompt_format is None:
+            self.log(f"warning: {missing_message(directory / 'policy')}; this run's is used: "
+                     f"{expected.describe()}")  # fmt: skip
+            policy.prompt_format = expected
+        elif policy.prompt_format != expected:
+            raise ConfigError(
+                f"{directory / 'policy'} was prompted with {policy.prompt_format.describe()}, "
+                f"but this run prompts with {expected.describe()}; rerun with --fresh"
+            )
+        return policy
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def _evaluate(self, stage: str) -> dict[str, Any]:
@@ -437,8 +457,9 @@ class AgentTrainingPipeline:
         baseline = reward_stage.baseline_fn(self) if cfg.reward_baseline == "learned" else None
         trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
                               max_len=s.max_seq_len, baseline_fn=baseline)  # fmt: skip
-        sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+        fmt = self.policy.prompt_format  # a resumed run's is the checkpoint's
+        sampling = SamplingParams(temperature=fmt.temperature, top_p=fmt.top_p,
+                                  max_new_tokens=fmt.max_new_tokens)  # fmt: skip
         if s.backend == "ray":  # rollouts and tools in Ray actors; weights pushed after each update
             from tooltune.distributed.ray_backend import make_ray_backend
             from tooltune.training.rewards import verified_success
@@ -446,13 +467,12 @@ class AgentTrainingPipeline:
             rubric = rubric_from_config(cfg, outcome=verified_success)
             collector = make_ray_backend(
                 self.policy, cfg, num_workers=s.ray_workers, address=s.ray_address or None,
-                world_dir=self.env.world_dir, sampling=sampling, tool_style=s.tool_style,
-                reward_fn=rubric.apply,
+                world_dir=self.env.world_dir, sampling=sampling, reward_fn=rubric.apply,
             )  # fmt: skip
         else:
             rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))
             collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
-                                            tool_style=s.tool_style, reward_fn=rubric.apply)  # fmt: skip
+                                            tool_style=fmt.tool_style, reward_fn=rubric.apply)  # fmt: skip
         try:
             self._grpo_steps(state, collector, trainer, optimizer, scheduler, sampling)
         finally:
@@ -529,7 +549,9 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_policy(directory: str | Path, dtype: str = "auto", device: str | None = None) -> Any:
     """A saved policy directory: the built-in format or a Hugging Face model (its frozen
-    weights in ``dtype``, see `tooltune.policies.hf.resolve_dtype`, on ``device``)."""
+    weights in ``dtype``, see `tooltune.policies.hf.resolve_dtype`, on ``device``). Its
+    ``prompt_format`` is the directory's `tooltune.prompt_format.PromptFormat`, None when
+    it has none (saved before formats were recorded, or a model tooltune did not train)."""
     directory = Path(directory)
     meta_path = directory / "config.json"
     if meta_path.exists():
