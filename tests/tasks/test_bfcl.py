@@ -208,3 +208,48 @@ def test_bfcl_tasks_verify_from_the_first_calls():
         task.prompt, task.tier, [AgentStep(AgentAction("tool_call", "", calls[:1]))]
     )
     assert not verify(task, bad)
+
+
+def _one(schema: dict, allowed: list, value, category="simple_python") -> list[str]:
+    functions = [{"name": "f", "parameters": {"type": "dict", "properties": {"x": schema}}}]
+    q = bfcl.BFCLQuestion("q", [], functions, [{"f": {"x": allowed}}], category)
+    return bfcl.check_question(q, [{"name": "f", "arguments": {"x": value}}])
+
+
+def test_variable_references_follow_bfcl():
+    array = {"type": "array", "items": {"type": "string"}}
+    # a string for an array parameter whose possible answer is that string (a variable name)
+    assert _one(array, ["my_list"], "my_list") == []
+    assert _one(array, ["my_list"], "My List")  # a variable is compared exactly
+    assert _one(array, ["my_list"], ["my_list"])  # the right type, but not the answer
+    # items of another type than declared, where the possible answer lists exactly those items
+    assert _one(array, [[1, 2]], [1, 2]) == []
+    assert "wrong type for 'x'[0]" in _one(array, [["a"]], [1])[0]
+    # an integer possible answer for a float parameter: plain equality
+    assert _one({"type": "float"}, [3], 3) == [] and _one({"type": "float"}, [3], 3.0) == []
+    # strings lose only spaces and , . / - _ * ^ (not tabs) and case
+    assert _one({"type": "string"}, ["New York"], "new_york") == []
+    assert _one({"type": "string"}, ["New York"], "new\tyork")
+
+
+def test_parallel_matching_is_greedy_like_bfcl():
+    functions = [
+        {"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}}}}
+    ]
+    truth = [{"f": {"x": [1, 2]}}, {"f": {"x": [1]}}]
+    q = bfcl.BFCLQuestion("q", [], functions, truth, "parallel")
+    one, two = ({"name": "f", "arguments": {"x": v}} for v in (1, 2))
+    assert bfcl.check_question(q, [two, one]) == []
+    # the first ground-truth call takes the first call that fits it, leaving 2 for x=[1]
+    assert bfcl.check_question(q, [one, two])
+
+
+def test_relevance_categories():
+    call = {"name": "weather.get", "arguments": {}}
+    assert bfcl.check_question(_question(None, "live_irrelevance"), []) == []
+    assert bfcl.check_question(_question(None, "live_irrelevance"), [call])
+    assert bfcl.check_question(_question(None, "live_relevance"), [call]) == []
+    assert bfcl.check_question(_question(None, "live_relevance"), [])
+    malformed = {"name": "", "arguments": {}, "parse_error": "not valid JSON"}
+    assert bfcl.check_question(_question(None, "live_relevance"), [malformed])
+    assert bfcl.check_question(_question(None, "irrelevance"), [malformed])  # a call attempted

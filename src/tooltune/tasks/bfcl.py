@@ -23,7 +23,7 @@ from typing import Any
 
 from tooltune.config import TaskTier
 
-_STRIP = re.compile(r"[\s,./\-_*^]")
+_STRIP = re.compile(r"[ ,./\-_*^]")
 _TYPE_NAMES = {
     "string": "string",
     "integer": "integer",
@@ -49,7 +49,7 @@ class BFCLQuestion:
     @property
     def irrelevant(self) -> bool:
         """An irrelevance question: the correct answer is to call nothing."""
-        return self.category.startswith("irrelevance") or self.ground_truth == []
+        return "irrelevance" in self.category or self.ground_truth == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +217,8 @@ def reference_arguments(
     params: dict[str, list], required: list[str] | None = None
 ) -> dict[str, Any]:
     """The arguments of a ground-truth call: the first allowed value of each parameter, leaving
-    out the optional ones ("" among the allowed values, and not `required` by the schema)."""
+    out the optional ones ("" among the allowed values, and not `required` by the schema). A
+    required parameter whose only allowed value is "" gets "" (the empty string BFCL accepts)."""
     out = {}
     for name, allowed in params.items():
         allowed = allowed if isinstance(allowed, list) else [allowed]
@@ -226,6 +227,8 @@ def reference_arguments(
         present, value = _first_allowed(allowed)
         if present:
             out[name] = value
+        elif "" in allowed:
+            out[name] = ""
     return out
 
 
@@ -250,101 +253,171 @@ def reference_predictions(questions: list[BFCLQuestion]) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # The AST checker
 # --------------------------------------------------------------------------------------------
+#
+# The rules are BFCL's (its `ast_checker`, Python categories), including its quirks, so that
+# a score here means what it means on the leaderboard; tests/tasks/test_bfcl_agreement.py
+# compares the two entry by entry. In short, for each argument:
+#   * its type must be the declared one (an int stands for a float), or else the type of the
+#     possible answers: BFCL writes a variable name as a string where the schema says e.g.
+#     `array`, and the argument is then that variable ("variable reference");
+#   * an array's items must have the declared item type, or the type of the items the
+#     possible answer lists; a possible answer that is not a list (the optional marker "")
+#     lets any items through;
+#   * its value must be one of the possible answers: strings (also inside arrays and one level
+#     of dicts) compared in `normalize_string` form; a variable reference, numbers and booleans
+#     with Python's `==` (so 1 == 1.0 == True); arrays element by element in order; dicts key
+#     by key one level deep, nested values with `==`.
+# Deliberate differences: a function name may come back with its dots written as underscores
+# (BFCL accepts that only for models it flags so); schema types BFCL does not use ("number",
+# "object") are read as JSON Schema's, an unknown one is not type-checked (BFCL would fail).
+
+_PYTHON_TYPES: dict[str, type] = {
+    "string": str,
+    "integer": int,
+    "float": float,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "tuple": list,
+    "dict": dict,
+    "object": dict,
+    "any": str,
+}
+_TYPE_WORDS = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
+               dict: "dict", type(None): "null"}  # fmt: skip
 
 
 def normalize_string(text: str) -> str:
-    """BFCL's string comparison form: lower case, no whitespace or , . / - _ * ^, one quote kind."""
+    """BFCL's string comparison form: lower case, no spaces or , . / - _ * ^, one quote kind."""
     return _STRIP.sub("", text).lower().replace("'", '"')
 
 
-def _type_error(value: Any, schema: dict, where: str) -> str | None:
-    kind = schema.get("type", "any")
-    if kind == "any" or kind is None:
-        return None
-    ok = {
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "boolean": lambda v: isinstance(v, bool),
-        "array": lambda v: isinstance(v, list | tuple),
-        "tuple": lambda v: isinstance(v, list | tuple),
-        "dict": lambda v: isinstance(v, dict),
-        "object": lambda v: isinstance(v, dict),
-    }.get(kind)
-    if ok is None:
-        return None  # a type name BFCL does not use: nothing to check
-    if not ok(value):
-        return f"wrong type for {where}: expected {kind}, got {_json_type(value)}"
-    if kind in ("array", "tuple") and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            problem = _type_error(item, schema["items"], f"{where}[{i}]")
-            if problem:
-                return problem
-    if kind in ("dict", "object") and isinstance(schema.get("properties"), dict):
-        for key, item in value.items():
-            sub = schema["properties"].get(key)
-            if sub is not None:
-                problem = _type_error(item, sub, f"{where}.{key}")
-                if problem:
-                    return problem
-    return None
-
-
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "dict"
-    return "null" if value is None else type(value).__name__
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
 
 
-def _same(value: Any, expected: Any) -> bool:
-    """`value` equals one concrete possible answer (`expected`), BFCL-style."""
-    if isinstance(expected, dict):  # a nested dict: each key maps to a list of allowed values
-        if not isinstance(value, dict):
-            return False
-        for key in value:
-            if key not in expected:
-                return False
-        for key, allowed in expected.items():
-            allowed = allowed if isinstance(allowed, list) else [allowed]
-            if key not in value:
-                if "" not in allowed:
-                    return False
-            elif not _allowed(value[key], allowed):
-                return False
-        return True
-    if isinstance(expected, list):
-        if not isinstance(value, list | tuple) or len(value) != len(expected):
-            return False
-        return all(_same(v, e) for v, e in zip(value, expected, strict=True))
-    if isinstance(expected, str):
-        return isinstance(value, str) and normalize_string(value) == normalize_string(expected)
-    if isinstance(expected, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
-    if isinstance(expected, int | float):
-        return isinstance(value, int | float) and float(value) == float(expected)
-    return value == expected
+def _answer_type(allowed: Any) -> type | None:
+    """The type of the first possible answer other than the optional marker ""."""
+    return next((type(a) for a in _items(allowed) if a != ""), None)
 
 
-def _allowed(value: Any, allowed: list) -> bool:
-    return any(
-        _same(value, candidate) for candidate in allowed if not (candidate == "" and value != "")
+def _items(container: Any) -> list:
+    """The elements BFCL iterates over: a list's items, a string's characters, else none."""
+    return list(container) if isinstance(container, list | str) else []
+
+
+def _norm(value: Any) -> Any:
+    return normalize_string(value) if type(value) is str else value
+
+
+def _type_problem(value: Any, allowed: list, declared: type, item_type: type | None,
+                  where: str) -> tuple[str | None, bool]:  # fmt: skip
+    """(problem, variable): whether `value` has an acceptable type, and whether the possible
+    answers are a variable reference (their type is not the declared one)."""
+    answer_type = _answer_type(allowed)
+    variable = answer_type is not None and answer_type is not declared
+    if type(value) is declared:
+        if item_type is None or _items_fit(value, allowed, item_type):
+            return None, variable
+        bad = next((i for i, item in enumerate(value) if type(item) is not item_type), None)
+        if bad is None:  # no possible answer at all
+            return f"no possible answer for the items of {where}", variable
+        expected = _TYPE_WORDS.get(item_type)
+        got = _json_type(value[bad])
+        return f"wrong type for {where}[{bad}]: expected {expected}, got {got}", variable
+    if answer_type is not None and type(value) is answer_type:
+        return None, True
+    return (
+        f"wrong type for {where}: expected {_TYPE_WORDS.get(declared)}, got {_json_type(value)}",
+        variable,
     )
+
+
+def _items_fit(value: list, allowed: list, item_type: type) -> bool:
+    """Every item has the declared item type or that of some possible answer's items."""
+    for candidate in allowed:
+        if not isinstance(candidate, list):
+            return True
+        listed = _answer_type(candidate)
+        if all(type(item) is item_type or type(item) is listed for item in value):
+            return True
+    return False
+
+
+def _dict_fits(value: dict, candidate: Any) -> bool:
+    """One level of a dict argument against one possible dict (keys map to allowed lists)."""
+    if not isinstance(candidate, dict):
+        return False
+    for key, item in value.items():
+        if key not in candidate or _norm(item) not in [_norm(a) for a in _items(candidate[key])]:
+            return False
+    return all(
+        key in value or (isinstance(allowed, list | str) and "" in allowed)
+        for key, allowed in candidate.items()
+    )
+
+
+def _list_fits(value: list, candidate: Any) -> bool:
+    """An array against one possible array, in order (a string candidate is its characters)."""
+    if not isinstance(candidate, list | str):
+        return False
+    return [_norm(v) for v in value] == [_norm(a) for a in _items(candidate)]
+
+
+def _dicts_fit(value: list, candidate: Any) -> bool:
+    """A list of dicts against one possible list of dicts, in order."""
+    if not isinstance(candidate, list | str) or len(value) != len(candidate):
+        return False
+    if isinstance(candidate, str):
+        return not value  # the optional marker "" stands for an empty list
+    return all(
+        isinstance(v, dict) and candidate[i] != "" and _dict_fits(v, candidate[i])
+        for i, v in enumerate(value)
+    )
+
+
+def _value_problem(param: str, value: Any, schema: dict, allowed: list) -> str | None:
+    """Why `value` is not an acceptable argument for `param` (None when it is)."""
+    declared_name = schema.get("type")
+    declared = _PYTHON_TYPES.get(declared_name) if isinstance(declared_name, str) else None
+    if declared is None:  # not a type BFCL uses: only the value counts
+        return None if value in allowed else _wrong_value(param, value, allowed)
+    item_type = None
+    if declared is list and isinstance(schema.get("items"), dict):
+        item_type = _PYTHON_TYPES.get(schema["items"].get("type"))
+    if declared is float and type(value) is int:
+        value = float(value)
+    problem, variable = _type_problem(value, allowed, declared, item_type, repr(param))
+    if problem:
+        return problem
+    if variable:
+        fits = value in allowed
+    elif declared is dict:
+        fits = any(a != "" and _dict_fits(value, a) for a in allowed)
+    elif declared is list and item_type is dict:
+        fits = any(_dicts_fit(value, a) for a in allowed)
+    elif declared is str:
+        fits = normalize_string(value) in [normalize_string(a) for a in allowed if type(a) is str]
+    elif declared is list:
+        fits = any(_list_fits(value, a) for a in allowed)
+    else:
+        fits = value in allowed
+    return None if fits else _wrong_value(param, value, allowed)
+
+
+def _wrong_value(param: str, value: Any, allowed: list) -> str:
+    shown = [a for a in allowed if a != ""]
+    return f"wrong value for {param!r}: {value!r} is not one of {shown!r}"
 
 
 def _names_match(predicted: str, expected: str) -> bool:
     """Exact, or equal once dots become underscores (models that cannot emit dotted names)."""
     return predicted == expected or predicted.replace(".", "_") == expected.replace(".", "_")
+
+
+def _find_doc(functions: list[dict], name: str) -> dict | None:
+    exact = next((f for f in functions if f.get("name") == name), None)
+    return exact or next((f for f in functions if _names_match(f.get("name", ""), name)), None)
 
 
 def check_call(
@@ -353,6 +426,8 @@ def check_call(
     """Reasons why one predicted call does not match one ground-truth call ([] when it does)."""
     if not isinstance(call, dict):
         return ["a call must be an object with name and arguments"]
+    if call.get("parse_error"):
+        return [f"malformed call: {call['parse_error']}"]
     name = call.get("name")
     arguments = call.get("arguments", {})
     if isinstance(arguments, str):
@@ -364,25 +439,21 @@ def check_call(
         return [f"wrong function name: expected {expected_name}, got {name}"]
     if not isinstance(arguments, dict):
         return [f"arguments of {name} must be an object"]
-    doc = next((f for f in functions if _names_match(f.get("name", ""), expected_name)), None)
-    schema = (doc or {}).get("parameters") or {}
+    schema = (_find_doc(functions, expected_name) or {}).get("parameters") or {}
     properties = schema.get("properties", {})
-    reasons = []
-    for required in schema.get("required", []):
-        if required not in arguments:
-            reasons.append(f"missing required parameter {required!r}")
+    reasons = [
+        f"missing required parameter {required!r}"
+        for required in schema.get("required", [])
+        if required not in arguments
+    ]
     for param, value in arguments.items():
         if param not in properties or param not in expected:
             reasons.append(f"unexpected parameter {param!r}")
             continue
-        problem = _type_error(value, properties[param], repr(param))
+        allowed = expected[param] if isinstance(expected[param], list) else [expected[param]]
+        problem = _value_problem(param, value, properties[param], allowed)
         if problem:
             reasons.append(problem)
-            continue
-        allowed = expected[param] if isinstance(expected[param], list) else [expected[param]]
-        if not _allowed(value, allowed):
-            shown = [a for a in allowed if a != ""]
-            reasons.append(f"wrong value for {param!r}: {value!r} is not one of {shown!r}")
     for param, allowed in expected.items():
         allowed = allowed if isinstance(allowed, list) else [allowed]
         if param not in arguments and "" not in allowed and param not in schema.get("required", []):
@@ -390,55 +461,54 @@ def check_call(
     return reasons
 
 
+def _is_call(call: Any) -> bool:
+    """A well-formed call: an object with a non-empty name and no parse error."""
+    return isinstance(call, dict) and bool(call.get("name")) and not call.get("parse_error")
+
+
 def check_question(question: BFCLQuestion, calls: list[dict]) -> list[str]:
-    """Reasons why the predicted calls do not answer `question` ([] when they do)."""
-    truth = question.ground_truth
+    """Reasons why the predicted calls do not answer `question` ([] when it does).
+
+    As in BFCL, the category decides the rule: `irrelevance` wants no call (a malformed one
+    counts as a call), `relevance` at least one well-formed call, `parallel` the ground-truth
+    calls in any order, `multiple` one call to the ground-truth function, and the rest exactly
+    one call to the question's first function."""
+    category = question.category
     if question.irrelevant:
         return [] if not calls else [f"expected no function call, got {len(calls)}"]
+    if "relevance" in category:
+        return [] if any(_is_call(c) for c in calls) else ["expected a function call, got none"]
+    truth = question.ground_truth
     if truth is None:
         return ["no possible answer for this question"]
     if len(calls) != len(truth):
         return [f"wrong number of calls: expected {len(truth)}, got {len(calls)}"]
     expected = [next(iter(c.items())) for c in truth]
-    if len(expected) == 1:
+    if "parallel" in category:
+        return _match_parallel(calls, expected, question.functions)
+    if "multiple" in category or not question.functions:
         name, params = expected[0]
-        return check_call(calls[0], name, params, question.functions)
-    return _match_parallel(calls, expected, question.functions)
+    else:  # a simple question: its one function, with the ground truth's arguments
+        name, params = question.functions[0].get("name", ""), expected[0][1]
+    return check_call(calls[0], name, params, question.functions)
 
 
 def _match_parallel(
     calls: list[dict], expected: list[tuple[str, dict]], functions: list[dict]
 ) -> list[str]:
-    """Match calls to ground-truth calls in any order, each used once (bipartite matching)."""
-    fits = [
-        [not check_call(call, name, params, functions) for name, params in expected]
-        for call in calls
-    ]
-    owner: dict[int, int] = {}  # ground-truth index -> call index
-
-    def assign(i: int, seen: set[int]) -> bool:
-        for j, ok in enumerate(fits[i]):
-            if ok and j not in seen:
-                seen.add(j)
-                if j not in owner or assign(owner[j], seen):
-                    owner[j] = i
-                    return True
-        return False
-
-    for i in range(len(calls)):
-        assign(i, set())
-    if len(owner) == len(expected):
-        return []
-    reasons = []
+    """BFCL's parallel matching: each ground-truth call in turn takes the first call not yet
+    taken that fits it. Greedy, like BFCL: a call that fits two ground-truth calls goes to the
+    first, even where another assignment would match them all."""
+    taken: set[int] = set()
     for j, (name, params) in enumerate(expected):
-        if j in owner:
-            continue
-        used = set(owner.values())
-        # explain with the closest unmatched call of the same name
-        candidates = [i for i in range(len(calls)) if i not in used] or list(range(len(calls)))
-        best = min((check_call(calls[i], name, params, functions) for i in candidates), key=len)
-        reasons.append(f"no call matches ground-truth call {j + 1} ({name}): " + "; ".join(best))
-    return reasons
+        left = [i for i in range(len(calls)) if i not in taken]
+        problems = [check_call(calls[i], name, params, functions) for i in left]
+        match = next((i for i, p in zip(left, problems, strict=True) if not p), None)
+        if match is None:
+            best = min(problems, key=len) if problems else ["no call left"]
+            return [f"no call matches ground-truth call {j + 1} ({name}): " + "; ".join(best)]
+        taken.add(match)
+    return []
 
 
 def check_predictions(
