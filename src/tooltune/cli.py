@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--predictions", type=Path, required=True)
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_bfcl_check)
+    bfcl_run = bfcl_sub.add_parser("run", help="ask a model one BFCL category and score it")
+    bfcl_run.add_argument("--model", default="builtin",
+                          help="builtin | smollm2-135m | a saved model dir | a tooltune demo run dir")  # fmt: skip
+    bfcl_run.add_argument("--category", required=True,
+                          help="simple | multiple | parallel | parallel_multiple | irrelevance | live_*")  # fmt: skip
+    bfcl_run.add_argument("--data", type=Path,
+                          help="folder in BFCL's layout (default: the bfcl-eval package's data)")  # fmt: skip
+    bfcl_run.add_argument("-n", type=int, help="only the first N entries")
+    bfcl_run.add_argument("--out", type=Path, help="predictions file (default: runs/bfcl/...)")
+    bfcl_run.add_argument("--tool-style", choices=TOOL_STYLES,
+                          help="how the prompt lists the functions (default: as the model was "
+                               "trained; compact for Hugging Face models, names for built-in)")  # fmt: skip
+    bfcl_run.add_argument("--max-new-tokens", type=int, default=256)
+    bfcl_run.add_argument("--batch-size", type=int, default=8)
+    bfcl_run.add_argument("--device", default="", help="Hugging Face models: cpu | cuda | cuda:N")
+    bfcl_run.add_argument("--json", action="store_true", help="print one JSON object")
+    bfcl_run.set_defaults(handler=_bfcl_run)
     bfcl.set_defaults(handler=lambda a: bfcl.print_help() or 2)
     return parser
 
@@ -295,6 +313,31 @@ def _bfcl_check(args: argparse.Namespace) -> int:
         for entry in report["entries"]:
             if not entry["valid"]:
                 print(f"  {entry['id']}: {'; '.join(entry['reasons'])}")
+    return 0
+
+
+def _bfcl_run(args: argparse.Namespace) -> int:
+    from tooltune import bfcl_run
+
+    if args.n is not None and args.n < 1:
+        raise UsageError("-n must be at least 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise UsageError("--max-new-tokens and --batch-size must be at least 1")
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"no such folder: {args.data}")
+    label = re.sub(r"[^\w.-]+", "_", Path(args.model).name or args.model)
+    out = args.out or Path("runs") / "bfcl" / f"{label}-{args.category}.jsonl"
+    try:
+        result = bfcl_run.run(args.model, args.category, data=args.data, limit=args.n, out=out,
+                              tool_style=args.tool_style, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size, device=args.device)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(result.summary())
+        print(f"predictions: {result.predictions}")
     return 0
 
 

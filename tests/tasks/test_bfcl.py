@@ -177,20 +177,6 @@ def test_bad_files_name_the_line(tmp_path):
         bfcl.load_questions(path)
 
 
-def test_predict_with_a_scripted_policy():
-    from tooltune.rollout import ScriptedPolicy
-
-    q = _question([{"weather.get": TRUTH}])
-    q.messages = [{"role": "user", "content": "weather in NYC for 3 days"}]
-    call = json.dumps({"name": "weather.get", "arguments": GOOD})
-    policy = ScriptedPolicy([f"<tool_call>{call}</tool_call>"])
-    predictions = bfcl.predict(policy, [q])
-    assert predictions == [{"id": "q1", "calls": [{"name": "weather.get", "arguments": GOOD}]}]
-    assert bfcl.check_predictions([q], None, predictions)["accuracy"] == 1.0
-    prompt = bfcl.question_prompt(q)
-    assert "weather.get" in prompt and prompt.rstrip().endswith("<|im_start|>assistant")
-
-
 @needs_data
 def test_bfcl_tasks_verify_from_the_first_calls():
     from tooltune.tasks import verify
