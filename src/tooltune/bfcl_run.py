@@ -247,7 +247,7 @@ def run(model: str, category: str, data: Path | None = None, limit: int | None =
     default = BUILTIN_TOOL_STYLE
     if policy is None:
         policy, default = load_model(model, questions, device)
-        if model == "builtin":  # a fresh model has no format of its own to warn about
+        if model in ("builtin", "smollm2-135m"):  # untrained: no format of its own to warn about
             tool_style = tool_style or default
     style = tool_style_for(policy, default, tool_style)
     predictions = predict(policy, questions, style, max_new_tokens, batch_size)
