@@ -5,12 +5,14 @@ messages) and `function` (function docs whose JSON-Schema-like `parameters` use 
 for objects and `integer`/`float`/`string`/`boolean`/`array`/`tuple`/`dict`/`any`). A possible-
 answer file gives, per id, `ground_truth`: a list of `{function name: {param: [allowed values]}}`.
 
-The checker follows BFCL's AST rules: the function name must match, required parameters must be
-present, no unknown parameters, types must fit (an int is accepted for a float), every value must
-be one of the allowed values (strings compared case-, whitespace- and punctuation-insensitively),
-an allowed value of "" marks a parameter that may be left out, lists and dicts are compared
-element by element, parallel calls may come in any order (each ground-truth call used once), and
-an irrelevance question is answered correctly by making no call at all.
+The checker follows BFCL's AST rules (Python categories; see "The AST checker" below): the
+function name must match, required parameters must be present, no unknown parameters, types must
+fit (an int is accepted for a float; a possible answer of another type than the declared one is
+a variable reference, checked against its own type), every value must be one of the allowed
+values (strings compared case-, space- and punctuation-insensitively), an allowed value of ""
+marks a parameter that may be left out, lists and dicts are compared element by element,
+parallel calls may come in any order (matched greedily, as BFCL does), an irrelevance question
+is answered correctly by making no call at all and a relevance question by making one.
 """
 
 from __future__ import annotations
