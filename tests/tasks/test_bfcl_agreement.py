@@ -54,11 +54,14 @@ def bfcl_checker() -> Iterator[tuple[Any, Any, str]]:
             from bfcl_eval.constants import model_config
 
             model = next(
-                key.replace("/", "_")
-                for key, value in model_config.MODEL_CONFIG_MAPPING.items()
-                if not value.underscore_to_dot and "_" not in key
-            )
-        except ImportError:  # a provider SDK is missing: the stub registry
+                (key.replace("/", "_")
+                 for key, value in model_config.MODEL_CONFIG_MAPPING.items()
+                 if not value.underscore_to_dot and "_" not in key),
+                None,
+            )  # fmt: skip
+        except ImportError:  # a provider SDK is missing
+            model = None
+        if model is None:  # the stub registry
             stub = types.ModuleType("bfcl_eval.constants.model_config")
             stub.MODEL_CONFIG_MAPPING = _StubRegistry()
             patch.setitem(sys.modules, stub.__name__, stub)
