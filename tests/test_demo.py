@@ -218,7 +218,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     assert config.grad_accum_steps == 1 and config.max_new_tokens == 48
 
 
-def test_the_default_demo_trains_the_copy_head_model_and_hf_models_go_without_its_aids():
+def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_preset():
     from tooltune.cli import build_parser
     from tooltune.training.demo import resolve_demo
 
@@ -226,8 +226,17 @@ def test_the_default_demo_trains_the_copy_head_model_and_hf_models_go_without_it
         return resolve_demo(build_parser().parse_args(["demo", *argv]))
 
     config, settings = resolve()
-    assert settings.copy_head and settings.copy_drill_steps > 0 and config.sft_context_weight > 0
-    config, settings = resolve("--model", "smollm2-135m")
+    assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
     assert not settings.copy_head and config.sft_context_weight == 0
-    config, _ = resolve("--model", "smollm2-135m", "--set", "sft_context_weight=0.05")
+    assert settings.eval_tasks_per_tier >= 50 and settings.before_tasks_per_tier >= 25
+    assert 0 < settings.lora_layers < 30  # adapters on the top layers: a cheaper backward
+    config, settings = resolve("--model", "builtin")  # the from-scratch model's own preset
+    assert settings.model == "builtin" and settings.copy_head and settings.copy_drill_steps > 0
+    assert config.sft_context_weight > 0 and settings.tool_style == "names"
+    config, _ = resolve("--model", "smollm2-135m", "--preset", "builtin",
+                        "--set", "sft_context_weight=0.05")  # fmt: skip
     assert config.sft_context_weight == 0.05  # an explicit choice still wins
+    _, settings = resolve("--set", "pipeline.lora_dropout=0")  # an int where a float is due
+    assert settings.lora_dropout == 0.0
+    with pytest.raises(ConfigError, match="lora_layers"):
+        resolve("--set", "pipeline.lora_layers=-1")

@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
 
     demo = sub.add_parser("demo", parents=[common], help="build the world, train, evaluate, report")
-    demo.add_argument("--preset", default="default", help="smoke | default (default: default)")
-    demo.add_argument(
-        "--model", default="builtin", help="builtin | smollm2-135m | a local HF model dir"
-    )
+    demo.add_argument("--preset", help="default | builtin | smoke | a TOML file (default: default, "
+                      "or builtin with --model builtin)")  # fmt: skip
+    demo.add_argument("--model", help="smollm2-135m | builtin | a local HF model dir "
+                      "(default: the preset's, smollm2-135m)")  # fmt: skip
     demo.add_argument("--device", default="",
                       help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
     demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")

@@ -61,11 +61,18 @@ class LoraSettings:
     """LoRA adapters on the attention and MLP projections (names absent from a model are
     skipped). ``train_new_tokens`` also trains the embedding rows of the tokens tooltune added
     to the vocabulary: without it those rows keep their initial mean embedding and the model
-    can hardly learn to emit ``<tool_call>``."""
+    can hardly learn to emit ``<tool_call>``.
+
+    ``top_layers`` > 0 puts adapters on the last that many decoder layers only: backward then
+    stops there, and the layers below run without adapters (SmolLM2-135M, two 780-token rows,
+    fp32 on 2 cores: 14.3 s a step with adapters on all 30 layers and dropout 0.05, 7.3 s on
+    the top 10 without dropout). Trainable new-token rows would need gradients through every
+    layer, so they cancel that saving."""
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
+    top_layers: int = 0  # 0: every layer
     target_modules: list[str] = field(
         default_factory=lambda: [
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -546,8 +553,13 @@ def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> 
         trainable_tokens = {"embed_tokens": sorted(new_token_ids)}
         if "embed_tokens" not in names:
             trainable_tokens = sorted(new_token_ids)  # peft finds the embedding itself
+    layers = None
+    count = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if settings.top_layers and count:
+        layers = list(range(max(0, count - settings.top_layers), count))
     config = LoraConfig(
         r=settings.r,
+        layers_to_transform=layers,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,

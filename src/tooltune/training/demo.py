@@ -30,7 +30,7 @@ def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
             text = resources.files("tooltune.presets").joinpath(f"{name}.toml").read_text("utf-8")
         except FileNotFoundError:
             raise ConfigError(
-                f"unknown preset {name!r}; built-in presets: smoke, default"
+                f"unknown preset {name!r}; built-in presets: default, builtin, smoke"
             ) from None
     try:
         data = tomllib.loads(text)
@@ -48,6 +48,8 @@ def make_settings(table: dict[str, Any]) -> PipelineSettings:
         if key not in known:
             raise ConfigError(f"unknown pipeline key {key!r} (known: {', '.join(known)})")
         default = getattr(PipelineSettings, key)
+        if isinstance(default, float) and type(value) is int:
+            table[key] = value = float(value)
         if isinstance(default, bool) != isinstance(value, bool) or not isinstance(
             value, type(default)
         ):
@@ -57,12 +59,18 @@ def make_settings(table: dict[str, Any]) -> PipelineSettings:
     return PipelineSettings(**table)
 
 
+def preset_name(args: Any) -> str:
+    """The preset asked for; without one, `default` (SmolLM2) or `builtin` for the built-in model."""
+    return args.preset or ("builtin" if args.model == "builtin" else "default")
+
+
 def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
     """The demo's config and pipeline settings: the preset, defaults for Hugging Face models,
     then the user's `--config` file and `--set` overrides (which win)."""
-    config_table, pipeline_table = load_preset(args.preset)
-    if args.model != "builtin":
+    config_table, pipeline_table = load_preset(preset_name(args))
+    if args.model:
         pipeline_table["model"] = args.model
+    if pipeline_table.get("model", "builtin") != "builtin":
         # One signature line per offered tool: 296-391 SmolLM2 tokens a prompt against 1,029-1,360
         # for the JSON schemas, paid in every SFT row, rollout and scoring pass.
         pipeline_table.setdefault("tool_style", "compact")
@@ -102,8 +110,7 @@ def run_demo(args: Any) -> int:
     started = time.perf_counter()
     config, settings = resolve_demo(args)
     name = (
-        args.name
-        or f"{Path(args.preset).stem}-{settings.model.replace('/', '_')}-seed{config.seed}"
+        args.name or f"{Path(preset_name(args)).stem}-{Path(settings.model).name}-seed{config.seed}"
     )
     run_dir = Path(args.out) if args.out else Path("runs") / name
     if getattr(args, "fresh", False):
@@ -111,7 +118,9 @@ def run_demo(args: Any) -> int:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    print(f"tooltune demo: preset {args.preset}, model {settings.model}, run directory {run_dir}")
+    print(
+        f"tooltune demo: preset {preset_name(args)}, model {settings.model}, run directory {run_dir}"
+    )
     with Environment(world_dir=args.world, seed=config.seed, config=config) as env:
         pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
         metrics = pipeline.run_all()

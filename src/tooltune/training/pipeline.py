@@ -50,6 +50,8 @@ class PipelineSettings:
     max_seq_len: int = 1024
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
+    lora_layers: int = 0  # adapters on the last N decoder layers only (0: all); see LoraSettings
+    lora_dropout: float = 0.05
     dtype: str = "auto"  # Hugging Face models' frozen weights: auto (bf16 where fast) | bf16 | fp32
     device: str = ""  # Hugging Face models: cpu | cuda | cuda:N; empty: cuda where present
     marker_tokens: bool = False  # Hugging Face models: <tool_call> etc. as new single tokens
@@ -58,6 +60,12 @@ class PipelineSettings:
     sft_tasks: int = 1600
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
+    heldout_tools_tasks: int = (
+        0  # also evaluated each stage: tasks whose tools training never offers
+    )
+    before_tasks_per_tier: int = (
+        0  # the untrained model's evaluation: the first N of each tier (0: all)
+    )
     grpo_steps: int = 30
     reward_model_tasks: int = 0  # training tasks the reward model learns from; 0: no reward model
     checkpoint_every: int = 5
@@ -70,7 +78,10 @@ class PipelineSettings:
         for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pipeline.{key} must be at least 1")
-        for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps"):
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("pipeline.lora_dropout must be in [0, 1)")
+        for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps",
+                    "lora_layers", "before_tasks_per_tier", "heldout_tools_tasks"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
         if self.reward_model_tasks == 1 or self.reward_model_tasks < 0:
@@ -297,7 +308,8 @@ class AgentTrainingPipeline:
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
 
         path = load_smollm2() if s.model == "smollm2-135m" else s.model
-        policy = HFPolicy.from_pretrained(path, lora=LoraSettings() if s.lora else None,
+        lora = LoraSettings(top_layers=s.lora_layers, dropout=s.lora_dropout)
+        policy = HFPolicy.from_pretrained(path, lora=lora if s.lora else None,
                                           dtype=s.dtype, device=self._device(),
                                           marker_tokens=s.marker_tokens)  # fmt: skip
         self.log(f"[model] {path}: {describe_compute(policy)}")
@@ -340,14 +352,26 @@ class AgentTrainingPipeline:
         from tooltune.evaluation import evaluate
 
         tasks = self.test_tasks()
+        if stage == "before" and self.settings.before_tasks_per_tier:
+            tasks = [t for tier in TaskTier for t in
+                     [t for t in tasks if t.tier == tier][: self.settings.before_tasks_per_tier]]  # fmt: skip
         self.policy.eval()
         result = evaluate(self.policy, tasks, self.env, self.config,
                           tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
         metrics = {k: v for k, v in result.items() if k != "trajectories"}
         self._save_samples(stage, result.get("trajectories", []))
+        if self.settings.heldout_tools_tasks:
+            heldout = self._tasks(
+                "heldout_tools", self.settings.heldout_tools_tasks, self.config.seed + 3
+            )
+            other = evaluate(self.policy, heldout, self.env, self.config,
+                             tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
+            metrics["heldout_tools"] = {"accuracy": other["accuracy"]["overall"],
+                                        "n_tasks": other["n_tasks"]}  # fmt: skip
         self.run.log_metrics({"stage": stage, **_flat(metrics)})
         acc = metrics["accuracy"]
         self.log(f"[{stage}] accuracy " + ", ".join(f"{t.value} {acc[t.value]:.0%}" for t in TaskTier)
+                 + (f", held-out tools {metrics['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in metrics else "")
                  + f"; failures {metrics['tool_call_failure_rate']:.0%}, "
                  f"unnecessary {metrics['unnecessary_call_rate']:.0%}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
         return metrics

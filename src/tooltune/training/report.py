@@ -37,6 +37,8 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
         row["accuracy"]["overall"] = m["accuracy"].get("overall")
         row.update({k: m[k] for k in KEYS if k in m})
         row["n_test_tasks"] = m.get("n_tasks", n_test)
+        if "heldout_tools" in m:
+            row["heldout_tools"] = m["heldout_tools"]
         out[stage] = row
     if metrics.get("reward_model"):  # scalars only: the split's task ids stay in state.json
         lists = ("tasks", "train_loss", "val_loss")
@@ -50,6 +52,10 @@ def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
     for tier in TaskTier:
         rows.append([TIER_NAMES[tier], *(f"{summary[s]['accuracy'][tier.value]:.0%}" for s in stages),
                      f"{SEED_ACCURACY[tier.value]:.0%}"])  # fmt: skip
+    if any("heldout_tools" in summary[s] for s in stages):
+        rows.append(["Held-out tools (never trained on)",
+                     *(f"{summary[s]['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in summary[s]
+                       else "-" for s in stages), "-"])  # fmt: skip
     return rows
 
 
@@ -129,7 +135,9 @@ def write_report(
     acc, eff = accuracy_table(summary), efficiency_table(summary)
     title = f"tooltune run: {run_dir.name}"
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
-             + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per tier), greedy decoding,"
+             + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per tier"
+             + (f", the first {settings.before_tasks_per_tier} of each before training"
+                if getattr(settings, "before_tasks_per_tier", 0) else "") + "), greedy decoding,"
              f" real tools; {settings.sft_tasks} expert demonstrations; {settings.grpo_steps} GRPO steps of"
              f" {config.batch_size} tasks x {config.num_samples} samples ({config.reward_baseline} baseline);"
              f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
