@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=_tasks_sample)
     tasks.set_defaults(handler=lambda a: tasks.print_help() or 2)
 
+    export = sub.add_parser("export", help="write a trained model as a plain Hugging Face "
+                            "directory (LoRA merged, chat template with tools)")  # fmt: skip
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a tooltune demo run directory or a saved policy directory")  # fmt: skip
+    export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new output directory")
+    export.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="weights' dtype (default: the base model's, fp32 without one)")  # fmt: skip
+    export.add_argument("--tool-style", choices=TOOL_STYLES,
+                        help="only for a directory saved without prompt_format.json")  # fmt: skip
+    export.set_defaults(handler=_export)
+
     bfcl = sub.add_parser("bfcl", help="Berkeley Function Calling Leaderboard files")
     bfcl_sub = bfcl.add_subparsers(metavar="ACTION")
     check = bfcl_sub.add_parser("check", help="score predictions with BFCL's AST rules")
@@ -338,6 +349,19 @@ def _bfcl_run(args: argparse.Namespace) -> int:
     else:
         print(result.summary())
         print(f"predictions: {result.predictions}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tooltune.export import ExportError, export
+
+    try:
+        result = export(args.run_dir, args.out_dir, dtype=args.dtype, tool_style=args.tool_style)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    for note in result.warnings:
+        _say(f"warning: {note}")
+    print(result.summary())
     return 0
 
 
