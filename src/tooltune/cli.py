@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--ray-address", default="", help="an existing Ray cluster (default: start one)"
     )
+    demo.add_argument("--report-to", choices=["none", "tensorboard", "wandb"],
+                      help="also send the metrics to TensorBoard (RUN_DIR/tensorboard) or W&B "
+                           "(WANDB_MODE=offline works without network); default none")  # fmt: skip
     demo.add_argument("--fresh", action="store_true",
                       help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     demo.set_defaults(handler=_demo)

@@ -94,6 +94,8 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
             pipeline_table[".".join(path[1:])] = value
     if getattr(args, "device", ""):
         pipeline_table["device"] = args.device
+    if getattr(args, "report_to", None):
+        pipeline_table["report_to"] = args.report_to
     if getattr(args, "backend", "local") != "local":
         pipeline_table["backend"] = args.backend
         pipeline_table["ray_address"] = args.ray_address

@@ -35,6 +35,7 @@ from tooltune.rollout import (
     write_trajectories,
 )
 from tooltune.training import reward_stage
+from tooltune.training.tracking import check_report_to, make_tracker
 
 STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
 
@@ -73,6 +74,7 @@ class PipelineSettings:
     backend: str = "local"  # GRPO rollouts: local (batched, in process) or ray (actors)
     ray_address: str = ""  # an existing Ray cluster; empty: start a local one
     ray_workers: int = 2
+    report_to: str = "none"  # metrics.jsonl's rows also to tensorboard | wandb (see tracking)
 
     def __post_init__(self) -> None:
         for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
@@ -92,6 +94,7 @@ class PipelineSettings:
             raise ConfigError(f"pipeline.device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError("pipeline.backend must be local or ray")
+        check_report_to(self.report_to)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,6 +102,8 @@ class PipelineSettings:
 
 class _Run:
     """A run directory: state, checkpoints and logs, each written atomically."""
+
+    tracker: Any = None  # also gets every metrics row (training.tracking)
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -140,6 +145,8 @@ class _Run:
     def log_metrics(self, row: dict[str, Any]) -> None:
         with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(row)
 
     def trim(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop JSONL rows written after the checkpoint a resumed run starts from."""
@@ -178,6 +185,8 @@ class AgentTrainingPipeline:
         self.config = config
         self.settings = settings
         self.run = _Run(Path(run_dir))
+        self.run.tracker = make_tracker(settings.report_to, run_dir,
+                                        {"config": config.to_dict(), "pipeline": asdict(settings)})  # fmt: skip
         self.log = log
         self.progress = progress
         self.policy: Any = None
@@ -239,12 +248,14 @@ class AgentTrainingPipeline:
             state["checkpoint"] = self.run.checkpoint("latest", self.policy)
             self.run.save_state(state)
             self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s")
+        if self.run.tracker is not None:
+            self.run.tracker.close()
         return state["metrics"]
 
     def _check_same_run(self, state: dict[str, Any]) -> None:
-        if state.get("config") != self.config.to_dict() or state.get("settings") != asdict(
-            self.settings
-        ):
+        same = {**asdict(self.settings), "report_to": None}  # where metrics go is no part of it
+        if state.get("config") != self.config.to_dict() or {
+            **state.get("settings", {}), "report_to": None} != same:  # fmt: skip
             raise ConfigError(
                 f"{self.run.dir} holds a run with another configuration; use another --out or --fresh"
             )
