@@ -140,12 +140,12 @@ def distinct_rewards(self, groups):
             trajectory.total_reward += 0.01 * i
     return train_step(self, groups)
 GRPOTrainer.train_step = distinct_rewards
-log_metrics = pipeline._Run.log_metrics
+log_metrics = pipeline.RunDirectory.log_metrics
 def log_then_die(run, row):
     log_metrics(run, row)
     if row["stage"] == "grpo" and row["step"] == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
-pipeline._Run.log_metrics = log_then_die
+pipeline.RunDirectory.log_metrics = log_then_die
 from tooltune.cli import main
 sys.exit(main(sys.argv[2:]))
 """

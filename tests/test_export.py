@@ -203,7 +203,7 @@ def trained_run(tmp_path_factory, tiny_qwen2):
     call, saved as the pipeline saves it (checkpoints/latest, state.json)."""
     from tooltune.policies import HFPolicy, LoraSettings
     from tooltune.rollout import SamplingParams
-    from tooltune.training.pipeline import _Run
+    from tooltune.training.run_dir import RunDirectory
 
     root = tmp_path_factory.mktemp("trained")
     target = f"<tool_call>{json.dumps(CALL)}</tool_call><|im_end|>"
@@ -232,7 +232,7 @@ def trained_run(tmp_path_factory, tiny_qwen2):
     else:
         pytest.fail(f"the tiny model did not learn the call: {text!r}")
     policy.model.eval()
-    run = _Run(root / "run")
+    run = RunDirectory(root / "run")
     run.checkpoint("latest", policy)
     run.save_state({"completed": ["data", "before", "sft"], "metrics": {}})
     return root / "run", policy
@@ -282,7 +282,7 @@ def test_export_refuses_what_it_cannot_export(trained_run, tmp_path, tiny_qwen2,
     from tooltune import export as export_module
     from tooltune.cli import main
     from tooltune.policies import BuiltinPolicy
-    from tooltune.training.pipeline import _Run
+    from tooltune.training.run_dir import RunDirectory
 
     run_dir, policy = trained_run
 
@@ -292,7 +292,7 @@ def test_export_refuses_what_it_cannot_export(trained_run, tmp_path, tiny_qwen2,
         assert not out.exists() or not any(out.iterdir())
 
     # a run that finished no training stage
-    untrained = _Run(tmp_path / "untrained")
+    untrained = RunDirectory(tmp_path / "untrained")
     untrained.checkpoint("latest", policy)
     untrained.save_state({"completed": ["data", "before"], "metrics": {}})
     fails(tmp_path / "untrained", tmp_path / "o1", "finished no training stage")

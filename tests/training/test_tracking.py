@@ -10,7 +10,8 @@ import pytest
 from tooltune.cli import main
 from tooltune.config import AgentConfig, ConfigError
 from tooltune.training import tracking
-from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings, _Run
+from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
+from tooltune.training.run_dir import RunDirectory
 
 ROWS = [
     {"stage": "before", "accuracy.simple": 0.25, "avg_steps": 2, "note": "text is left out"},
@@ -49,7 +50,7 @@ def read_events(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_gets_every_row_as_the_run_logs_it(tmp_path):
     pytest.importorskip("tensorboard")
-    run = _Run(tmp_path)
+    run = RunDirectory(tmp_path)
     run.tracker = tracking.make_tracker("tensorboard", tmp_path)
     for row in ROWS[:5]:
         run.log_metrics(row)
@@ -93,7 +94,7 @@ def test_wandb_offline_logs_without_network(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = _Run(tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
     run.tracker = tracking.make_tracker("wandb", run.dir, {"pipeline": {"grpo_steps": 2}})
     for row in ROWS:
         run.log_metrics(row)
