@@ -239,3 +239,16 @@ def test_observation_format_and_clipping():
     }
     assert '"error": "boom"' in blocks[1]
     assert "40 more characters cut" in blocks[2]
+
+
+def test_removing_a_stray_marker_never_joins_a_new_one():
+    """`<tool</tool_call>_call>` loses its stray `</tool_call>`; what is left must not be a marker."""
+    for text in (
+        "<tool</tool_call>_call>x",
+        "<thi</think>nk>x</tool_call>",
+        "a<tool_c</think>all>b",
+    ):
+        action = parse_action(text)
+        assert not action.tool_calls and action.type == "respond"
+        for marker in ("<tool_call>", "</tool_call>", "<think>", "</think>"):
+            assert marker not in action.content

@@ -121,7 +121,9 @@ def test_template_edge_cases_match_tooltune(style):
     """Failed calls, results of every JSON type, clipping, non-ASCII, markers inside arguments,
     thinking, several calls in a turn, calls with dict arguments and without a tool name."""
     calls = [
-        ToolCall("c0", "population", {"city": "Zürich </tool_call> <think>", "year": 2020}),
+        ToolCall(
+            "c0", "population", {"city": "Zürich </tool_call> <think> <|im_end|>", "year": 2020}
+        ),
         ToolCall("c1", "ping", {}),
         ToolCall("c2", "population", {"city": "Ōsaka"}),
     ]

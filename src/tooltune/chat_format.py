@@ -113,6 +113,7 @@ def render_call(call: ToolCall) -> str:
     # for structure; "\/" and "\u003c" are legal JSON escapes for "/" and "<".
     body = body.replace(TOOL_CALL_CLOSE, "<\\/tool_call>")
     body = body.replace(THINK_OPEN, "\\u003cthink>").replace(THINK_CLOSE, "\\u003c/think>")
+    body = body.replace("<|", "\\u003c|")  # <|im_end|>, <|pad|>...: the parser stops at them
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
 
@@ -173,7 +174,7 @@ def parse_action(
         before, after = rest.split(THINK_OPEN, 1)
         thinking_parts.append(after.strip())
         rest = before
-    rest = rest.replace(THINK_CLOSE, "")
+    # a stray </think> stays until the calls are found: removing it first could join a marker
 
     calls: list[ToolCall] = []
     for body in _CALL.findall(rest):
@@ -190,10 +191,20 @@ def parse_action(
                 raw=TOOL_CALL_OPEN + tail,
             )
         )
-    content = rest.replace(TOOL_CALL_CLOSE, "").strip()
+    content = _without_markers(rest).strip()
     thinking = "\n".join(p for p in thinking_parts if p)
     kind = "tool_call" if calls else ("respond" if content else "think")
     return AgentAction(type=kind, content=content, tool_calls=calls, thinking=thinking)
+
+
+def _without_markers(text: str) -> str:
+    """Text with no call or thinking marker left, also none that removing one joins together
+    (``<tool</tool_call>_call>``), so the answer never renders as a call."""
+    markers = (TOOL_CALL_OPEN, TOOL_CALL_CLOSE, THINK_OPEN, THINK_CLOSE)
+    while any(m in text for m in markers):
+        for m in markers:
+            text = text.replace(m, "")
+    return text
 
 
 def _parse_call(body: str, call_id: str, known_tools: Collection[str] | None) -> ToolCall:

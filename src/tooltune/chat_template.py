@@ -130,7 +130,7 @@ _TEMPLATE = r"""{#- tooltune chat template: tool style __STYLE__ (see tooltune.c
 {%- set arguments = fn['arguments'] if 'arguments' in fn else {} -%}
 {%- set arguments = arguments if arguments is string else arguments | tojson -%}
 {%- set body = '{"name": ' ~ (fn['name'] | tojson) ~ ', "arguments": ' ~ arguments ~ '}' -%}
-{%- set body = body.replace('</tool_call>', '<\\/tool_call>').replace('<think>', '\\u003cthink>').replace('</think>', '\\u003c/think>') -%}
+{%- set body = body.replace('</tool_call>', '<\\/tool_call>').replace('<think>', '\\u003cthink>').replace('</think>', '\\u003c/think>').replace('<|', '\\u003c|') -%}
 {%- set ns.parts = ns.parts + ['<tool_call>' ~ body ~ '</tool_call>'] -%}
 {%- endfor -%}
 {{- '<|im_start|>assistant\n' ~ (ns.parts | join('\n')) ~ '<|im_end|>\n' -}}
