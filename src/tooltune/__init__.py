@@ -5,6 +5,7 @@ below is the part of each stage a user touches.
 """
 
 from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
+from tooltune.env import Reward, ToolEnv, bind, load_env, mcp_tools, openapi_tools, reward
 from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, tool
 from tooltune.rollout import (
     Completion,
@@ -34,18 +35,25 @@ __all__ = [
     "Completion",
     "ConfigError",
     "Policy",
+    "Reward",
     "SamplingParams",
     "ScriptedPolicy",
     "TaskTier",
     "TokenRecord",
     "ToolCall",
     "ToolDefinition",
+    "ToolEnv",
     "ToolError",
     "ToolRegistry",
     "ToolResponse",
     "TrajectoryCollector",
+    "bind",
     "load_config",
+    "load_env",
+    "mcp_tools",
+    "openapi_tools",
     "read_trajectories",
+    "reward",
     "tool",
     "write_trajectories",
 ]

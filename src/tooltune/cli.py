@@ -79,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     demo.set_defaults(handler=_demo)
 
+    train = sub.add_parser("train", parents=[common], help="train on your own environment "
+                           "(tools, tasks, rewards): SFT, GRPO, evaluation, report")  # fmt: skip
+    train.add_argument("--env", required=True, metavar="SPEC",
+                       help="path/to/env.py or package.module, optionally :attr (a tooltune.ToolEnv "
+                            "or a function returning one; default names: env, make_env)")  # fmt: skip
+    train.add_argument("--preset", help="default | smoke | a TOML file (default: default, "
+                       "or builtin with --model builtin)")  # fmt: skip
+    train.add_argument("--model", help="smollm2-135m | builtin | a local HF model dir "
+                       "(default: the preset's, smollm2-135m)")  # fmt: skip
+    train.add_argument("--device", default="",
+                       help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    train.add_argument("--name", help="run name (default: from environment, preset and model)")
+    train.add_argument("--report-to", choices=["none", "tensorboard", "wandb"],
+                       help="also send the metrics to TensorBoard or W&B; default none")  # fmt: skip
+    train.add_argument("--fresh", action="store_true",
+                       help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
+    train.set_defaults(handler=_train)
+
     tools = sub.add_parser("tools", help="list or call the built-in tools")
     tools_sub = tools.add_subparsers(metavar="ACTION")
     listing = tools_sub.add_parser(
@@ -98,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", parents=[common], help="evaluate a policy on held-out tasks")
     evaluate.add_argument("--policy", default="expert", help="expert | a saved model directory")
+    evaluate.add_argument("--env", metavar="SPEC", help="a user environment (as for `tooltune "
+                          "train`) instead of the built-in world; -n then counts per group")  # fmt: skip
     evaluate.add_argument(
         "--split", default="test", help="train | validation | test | heldout_tools"
     )
@@ -174,6 +195,19 @@ def _environment(args: argparse.Namespace, config: AgentConfig):
     return Environment(world_dir=args.world, seed=args.seed, config=config)
 
 
+def _eval_environment(args: argparse.Namespace, config: AgentConfig):
+    if not args.env:
+        return _environment(args, config)
+    from tooltune.env import load_env
+
+    try:
+        env = load_env(args.env)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    env.config = config
+    return env
+
+
 def _tools_list(args: argparse.Namespace) -> int:
     config = _config(args)
     with _environment(args, config) as env, env.registry() as registry:
@@ -217,12 +251,18 @@ def _eval(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError("-n must be at least 1")
     config, tool_style = _prompting(args, _config(args))
-    with _environment(args, config) as env:
+    with _eval_environment(args, config) as env:
         policy = _load_policy(args.policy, env, config)
-        tasks = []
-        for tier in TaskTier:
-            tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier], world=env)
-        result = evaluate(policy, tasks, env, config, tool_style=tool_style)
+        if args.env:
+            tasks = env.sample_tasks(args.split, args.n, seed=args.seed, per_group=True)
+            if not tasks:
+                raise UsageError(f"the environment has no {args.split} tasks")
+        else:
+            tasks = []
+            for tier in TaskTier:
+                tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier], world=env)
+        result = evaluate(policy, tasks, env, config, tool_style=tool_style,
+                          groups=list(env.groups))  # fmt: skip
     metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
         from tooltune.rollout import write_trajectories
@@ -285,9 +325,10 @@ def _policy_dir(name: str) -> Path:
 
 def _load_policy(name: str, env, config: AgentConfig):
     if name == "expert":
-        from tooltune.tasks.expert import ExpertPolicy
-
-        return ExpertPolicy(env)  # evaluate() hands it the tasks through prepare()
+        expert = env.expert()  # evaluate() hands it the tasks through prepare()
+        if expert is None:
+            raise UsageError("this environment has no expert; pass --policy DIR")
+        return expert
     from tooltune.training.pipeline import load_policy
 
     return load_policy(_policy_dir(name))
@@ -366,6 +407,12 @@ def _export(args: argparse.Namespace) -> int:
         _say(f"warning: {note}")
     print(result.summary())
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tooltune.training.demo import run_train
+
+    return run_train(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

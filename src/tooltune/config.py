@@ -29,6 +29,20 @@ class TaskTier(StrEnum):
     COMPLEX = "complex"  # planning, several tools, recovery from errors
 
 
+def as_group(value: Any) -> TaskTier | str:
+    """A task's group: one of the built-in world's tiers, or any name a user's tasks carry
+    (reports and evaluation group by it)."""
+    if isinstance(value, TaskTier):
+        return value
+    try:
+        return TaskTier(value)
+    except ValueError:
+        text = str(value).strip() if value is not None else ""
+        if not text:
+            raise ValueError("a task's group must be a non-empty name") from None
+        return text
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 

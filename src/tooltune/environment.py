@@ -1,6 +1,8 @@
-"""The built-in environment: a world on disk, its services, and one tool registry per episode.
+"""The built-in world: a world on disk, its services, and one tool registry per episode.
 
-`Environment` builds the world when it is missing, loads (or builds) the search index, and
+`BuiltinWorld` (also importable as `Environment`, its earlier name) has the interface of
+`tooltune.ToolEnv` (tasks by split and group, per-episode registries, verification, rubric,
+expert), so the pipeline and evaluation treat it like any user environment. It builds the world when it is missing, loads (or builds) the search index, and
 starts the flight service and the web server only when a registry first needs them. Each call to
 `registry(episode_id)` returns a fresh `ToolRegistry` whose stateful tools are isolated to that
 episode: file writes and image crops go to the episode's overlay directory, flight bookings carry
@@ -24,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tooltune.config import AgentConfig
+from tooltune.config import AgentConfig, TaskTier
 from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, ToolRegistryError, tool
 from tooltune.tasks.generators import FAMILIES
 from tooltune.tasks.splits import default_world_dir
@@ -101,8 +103,11 @@ def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
     return [geo_lookup, corp_registry]
 
 
-class Environment:
+class BuiltinWorld:
     """The world, its services and per-episode tool registries; use as a context manager."""
+
+    groups = [t.value for t in TaskTier]  # reports keep the four tiers
+    name = "builtin"
 
     def __init__(
         self,
@@ -258,11 +263,52 @@ class Environment:
         """An environment is a tool source for `TrajectoryCollector` (episode_id, names)."""
         return self.registry(episode_id, tools)
 
-    # -- verification -------------------------------------------------------------------------
+    # -- tasks, verification, rewards, SFT data: the interface of `tooltune.ToolEnv` ------------
+    def sample_tasks(
+        self,
+        split: str,
+        n: int,
+        seed: int = 0,
+        per_group: bool = False,
+        weights: dict[Any, float] | None = None,
+    ) -> list[Any]:
+        """Generated tasks of `split`: `n` of each tier (`per_group`), or `n` drawn by tier
+        `weights` (default: `config.task_tier_weights`)."""
+        from tooltune.tasks import sample_tasks
+
+        if per_group:
+            return [t for tier in TaskTier
+                    for t in sample_tasks(split, n, seed=seed, tiers=[tier], world=self)]  # fmt: skip
+        weights = weights or {t.value: w for t, w in self.config.task_tier_weights.items()}
+        return sample_tasks(split, n, seed=seed, tier_weights=weights, world=self)
+
     def verify(self, task: Any, trajectory: Any) -> bool:
         from tooltune.tasks.checkers import verify
 
         return verify(task, trajectory, self)
+
+    def rubric(self, config: AgentConfig) -> Any:
+        from tooltune.training.rewards import rubric_from_config
+
+        return rubric_from_config(config, outcome=lambda t, task: self.verify(task, t))
+
+    def expert(self) -> Any:
+        """The scripted expert (solves every built-in task through the real tools)."""
+        from tooltune.tasks.expert import ExpertPolicy
+
+        return ExpertPolicy(self)
+
+    def demonstrations(self) -> None:
+        return None  # the expert plays the training tasks instead
+
+    def augmenter(self, rng: Any) -> Any:
+        """Renames a demonstration's entities afresh (see `tasks.augment`)."""
+        from tooltune.tasks.augment import rename_entities
+
+        return lambda demo: rename_entities(demo, self.world, rng)
+
+    def describe(self) -> str:
+        return f"the built-in world (seed {self.seed}, {self.world_dir})"
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -278,7 +324,7 @@ class Environment:
             self._flights = self._web = None
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> Environment:
+    def __enter__(self) -> BuiltinWorld:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -287,6 +333,9 @@ class Environment:
     def __del__(self) -> None:  # a forgotten close must not leave servers behind
         with contextlib.suppress(Exception):
             self.close()
+
+
+Environment = BuiltinWorld  # the earlier name
 
 
 def _remove_if_empty(path: Path) -> None:

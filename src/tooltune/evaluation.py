@@ -6,7 +6,8 @@ reward). The efficiency table is computed from the trajectories:
     avg_steps               assistant turns per episode
     tool_call_failure_rate  failed tool calls / tool calls
     unplanned_failure_rate  failed calls that are not their task's planted failure / tool calls
-    unnecessary_call_rate   calls beyond each task's minimal solution / tool calls
+    unnecessary_call_rate   calls beyond each task's minimal solution / tool calls (of tasks
+                            whose minimal solution is known; None when no task's is)
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
 
 The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
@@ -75,17 +76,30 @@ def planted_failures(task: Any, trajectory: AgentTrajectory) -> int:
     return count
 
 
-def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[str, Any]:
-    """The seed's tables from finished trajectories (one per task, in order)."""
+def task_groups(tasks: list) -> list[str]:
+    """The groups to report: the built-in world's four tiers when every task has one (so its
+    tables keep all four rows), else each group the tasks carry, in order of appearance."""
+    names = list(dict.fromkeys(str(t.tier) for t in tasks))
+    return list(TIERS) if set(names) <= set(TIERS) else names
+
+
+def compute_metrics(
+    tasks: list, trajectories: list[AgentTrajectory], groups: list[str] | None = None
+) -> dict[str, Any]:
+    """The seed's tables from finished trajectories (one per task, in order); accuracy and
+    counts per group (`task_groups` by default)."""
     if len(tasks) != len(trajectories):
         raise ValueError("one trajectory per task is needed")
+    groups = list(groups) if groups is not None else task_groups(tasks)
     correct: Counter = Counter()
     counts: Counter = Counter()
     by_template: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    steps = calls = failed = planted = extra = 0
+    steps = calls = failed = planted = extra = judged = (
+        0  # judged: calls of tasks with a known minimum
+    )
     par_total = par_done = 0
     for task, traj in zip(tasks, trajectories, strict=True):
-        tier = TaskTier(task.tier).value
+        tier = str(task.tier)
         counts[tier] += 1
         correct[tier] += bool(traj.success)
         template = task.metadata.get("template", "")
@@ -96,17 +110,20 @@ def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[st
         calls += n_calls
         failed += sum(not r.success for r in traj.tool_responses)
         planted += planted_failures(task, traj)
-        extra += max(0, n_calls - len(task.minimal_calls))
+        if task.minimal_calls is not None:
+            extra += max(0, n_calls - len(task.minimal_calls))
+            judged += n_calls
         if tier == TaskTier.MULTI_TOOL_PAR.value and task.metadata.get("parallel", 0) >= 2:
             par_total += 1
             par_done += _parallel_done(task, traj)
     n = len(tasks)
-    accuracy = {t: (correct[t] / counts[t] if counts[t] else None) for t in TIERS}
+    groups += [g for g in counts if g not in groups]
+    accuracy = {g: (correct[g] / counts[g] if counts[g] else None) for g in groups}
     accuracy["overall"] = sum(correct.values()) / n if n else None
     return {
         "n_tasks": n,
-        "counts": {t: counts[t] for t in TIERS},
-        "correct": {t: correct[t] for t in TIERS},
+        "counts": {g: counts[g] for g in groups},
+        "correct": {g: correct[g] for g in groups},
         "accuracy": accuracy,
         "avg_steps": steps / n if n else None,
         "avg_tool_calls": calls / n if n else None,
@@ -115,7 +132,7 @@ def compute_metrics(tasks: list, trajectories: list[AgentTrajectory]) -> dict[st
         "planted_failures": planted,
         "tool_call_failure_rate": failed / calls if calls else 0.0,
         "unplanned_failure_rate": (failed - planted) / calls if calls else 0.0,
-        "unnecessary_call_rate": extra / calls if calls else 0.0,
+        "unnecessary_call_rate": extra / judged if judged else (0.0 if calls == judged else None),
         "parallel_call_rate": par_done / par_total if par_total else None,
         "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
     }
@@ -127,6 +144,7 @@ def run_evaluation(
     env: Any,
     config: AgentConfig | None = None,
     *,
+    groups: list[str] | None = None,
     batch_size: int = 32,
     sampling: SamplingParams | None = None,
     tool_style: str | None = None,  # None: the style the policy was trained with
@@ -135,6 +153,9 @@ def run_evaluation(
 ) -> tuple[dict[str, Any], list[AgentTrajectory]]:
     """Roll out `policy` once per task in `env`; (metrics, trajectories in task order).
 
+    `env` is any environment (`tooltune.ToolEnv`, the built-in world): a tool source whose
+    `verify(task, trajectory)` decides success (a bare tool source falls back to the task's
+    checker spec). Accuracy is reported per `groups` (default: `task_groups(tasks)`).
     A policy with a `prepare(tasks)` method (the scripted expert) is told the tasks first.
     Without `tool_style`, a model is prompted as it was trained (its `prompt_format`)."""
     prepare = getattr(policy, "prepare", None)
@@ -151,7 +172,7 @@ def run_evaluation(
         config,
         sampling=sampling,
         tool_style=tool_style or tool_style_of(policy),
-        verifier=lambda task, trajectory: verify(task, trajectory, env),
+        verifier=getattr(env, "verify", None) or (lambda task, t: verify(task, t, env)),
         **collector_kwargs,
     )
     bar = None
@@ -171,7 +192,7 @@ def run_evaluation(
     finally:
         if bar is not None:
             bar.close()
-    return compute_metrics(tasks, trajectories), trajectories
+    return compute_metrics(tasks, trajectories, groups), trajectories
 
 
 def evaluate(
@@ -193,13 +214,13 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    lines = ["| Task Tier | Accuracy | n |", "|---|---|---|"]
+    builtin = set(metrics["counts"]) == set(TIERS)
+    lines = [f"| {'Task Tier' if builtin else 'Group'} | Accuracy | n |", "|---|---|---|"]
     names = {"simple": "Simple", "multi_tool_seq": "Multi-Tool Seq", "multi_tool_par": "Multi-Tool Par",
              "complex": "Complex"}  # fmt: skip
-    for tier in TIERS:
-        lines.append(
-            f"| {names[tier]} | {pct(metrics['accuracy'][tier])} | {metrics['counts'][tier]} |"
-        )
+    for group in metrics["counts"]:
+        lines.append(f"| {names.get(group, group)} | {pct(metrics['accuracy'][group])} | "
+                     f"{metrics['counts'][group]} |")  # fmt: skip
     lines.append(f"| Overall | {pct(metrics['accuracy']['overall'])} | {metrics['n_tasks']} |")
     lines += ["", "| Metric | Value |", "|---|---|"]
     avg = metrics["avg_steps"]

@@ -35,7 +35,7 @@ from tooltune.chat_format import (
     render_action,
     render_turn,
 )
-from tooltune.config import AgentConfig, TaskTier
+from tooltune.config import AgentConfig, TaskTier, as_group
 from tooltune.registry import ToolRegistry
 from tooltune.types import AgentStep, AgentTrajectory, TokenRecord
 
@@ -233,7 +233,7 @@ class TrajectoryCollector:
             registry = self.tools(episode_id, tool_names)
         trajectory = AgentTrajectory(
             prompt=prompt,
-            task_tier=TaskTier(tier),
+            task_tier=as_group(tier),
             task_id=task_id,
             tools=registry.openai_tools(),
             metadata={"episode_id": episode_id},

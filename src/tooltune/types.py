@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tooltune.config import TaskTier
+from tooltune.config import TaskTier, as_group
 
 ACTION_TYPES = ("think", "tool_call", "respond")
 
@@ -112,7 +112,7 @@ class AgentTrajectory:
     """Complete trajectory of an agent episode."""
 
     prompt: str  # the user's query
-    task_tier: TaskTier
+    task_tier: TaskTier | str  # the task's group (a tier of the built-in world, or any name)
     steps: list[AgentStep] = field(default_factory=list)
     final_answer: str | None = None
     total_reward: float = 0.0
@@ -135,13 +135,13 @@ class AgentTrajectory:
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["task_tier"] = self.task_tier.value
+        data["task_tier"] = str(self.task_tier)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentTrajectory:
         data = dict(data)
-        data["task_tier"] = TaskTier(data["task_tier"])
+        data["task_tier"] = as_group(data["task_tier"])
         data["steps"] = [AgentStep.from_dict(s) for s in data.get("steps", [])]
         if data.get("tokens") is not None:
             data["tokens"] = TokenRecord(**data["tokens"])
@@ -187,7 +187,7 @@ class AgentTrajectory:
             "messages": self.to_messages(),
             "tools": self.tools,
             "task_id": self.task_id,
-            "task_tier": self.task_tier.value,
+            "task_tier": str(self.task_tier),
             "final_answer": self.final_answer,
             "total_reward": self.total_reward,
             "success": self.success,
@@ -206,7 +206,7 @@ class AgentTrajectory:
         users = [m for m in messages if m.get("role") == "user"]
         if not users:
             raise ValueError("messages hold no user message to take the prompt from")
-        trajectory = cls(prompt=_text(users[0].get("content")), task_tier=TaskTier(task_tier))
+        trajectory = cls(prompt=_text(users[0].get("content")), task_tier=as_group(task_tier))
         trajectory.tools = list(tools or [])
         started = False
         for message in messages:

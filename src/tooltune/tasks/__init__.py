@@ -11,29 +11,36 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tooltune.config import TaskTier
+from tooltune.config import TaskTier, as_group
 
 
 @dataclass
 class Task:
-    """One task of the built-in world (or of BFCL)."""
+    """One task: of the built-in world, of BFCL, or of a user's `ToolEnv`.
+
+    `tier` is the task's group: a `TaskTier` for the built-in world, any name for user tasks
+    (`group` reads it as text)."""
 
     id: str
     prompt: str
-    tier: TaskTier
+    tier: TaskTier | str
     tools: list[str]
     answer: Any  # expected answer, for people and checkers
     check: dict  # serialisable checker spec (see tooltune.tasks.checkers)
-    minimal_calls: list[dict]  # [{"name":..., "arguments":...}] the shortest solution
+    minimal_calls: list[dict] | None  # [{"name":..., "arguments":...}] shortest; None: unknown
     split: str = "train"
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tier = TaskTier(self.tier)
+        self.tier = as_group(self.tier)
+
+    @property
+    def group(self) -> str:
+        return str(self.tier)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["tier"] = self.tier.value
+        data["tier"] = str(self.tier)
         return data
 
     @classmethod
@@ -90,14 +97,15 @@ def load_tasks(path: Any) -> list[Task]:
 def format_task(task: Task) -> str:
     """A task as a person reads it: prompt, tier, tools, expected answer and shortest solution."""
     lines = [
-        f"[{task.id}] tier={task.tier.value} split={task.split}",
+        f"[{task.id}] tier={task.tier} split={task.split}",
         f"prompt: {task.prompt}",
         f"tools: {', '.join(task.tools)}",
         f"answer: {json.dumps(task.answer, ensure_ascii=False)}",
         f"check: {json.dumps(task.check, ensure_ascii=False)[:300]}",
         "minimal calls:",
     ]
-    lines += [f"  {json.dumps(c, ensure_ascii=False)}" for c in task.minimal_calls] or ["  (none)"]
+    calls = task.minimal_calls or []
+    lines += [f"  {json.dumps(c, ensure_ascii=False)}" for c in calls] or ["  (none)"]
     return "\n".join(lines)
 
 

@@ -142,6 +142,35 @@ def check_spec(spec: dict, trajectory: Any, env: Any = None) -> bool:
     return check_answer(spec, trajectory.final_answer)
 
 
+# The keys each spec type needs; "state" types read the built-in world and need its services.
+SPEC_KEYS: dict[str, tuple[str, ...]] = {
+    "number": ("value",), "numbers": ("values",), "text": ("value",),
+    "choice": ("value", "options"), "set": ("items",), "all": ("checks",),
+    "booking": ("flight_id", "passenger"), "file": ("path", "check"),
+    "bfcl": ("functions",),
+}  # fmt: skip
+STATE_SPECS = ("booking", "file")
+
+
+def validate_spec(spec: Any, state: bool = True) -> None:
+    """Raise ValueError, naming the problem, for a spec `check_spec` cannot apply (an unknown
+    type, a missing key); `state=False` also refuses the built-in world's state checks."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a check spec must be a JSON object, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in SPEC_KEYS:
+        raise ValueError(f"unknown check type {kind!r}; known: {', '.join(SPEC_KEYS)}")
+    if kind in STATE_SPECS and not state:
+        raise ValueError(f"check type {kind!r} reads the built-in world's state")
+    missing = [k for k in SPEC_KEYS[kind] if k not in spec]
+    if missing:
+        raise ValueError(f"check of type {kind!r} lacks {', '.join(missing)}")
+    for sub in spec.get("checks", []) if kind == "all" else []:
+        validate_spec(sub, state)
+    if kind == "file":
+        validate_spec(spec["check"], state)
+
+
 def verify(task: Any, trajectory: Any, env: Any = None) -> bool:
     """Did the episode solve the task? Decided from the answer or the world state, never from
     rewards. `env` is the `Environment` the episode ran in (needed for state checks)."""

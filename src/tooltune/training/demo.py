@@ -106,29 +106,52 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
 
 def run_demo(args: Any) -> int:
     """Build the world, train, evaluate, and write the run directory with its report."""
-    from tooltune.environment import Environment
+    from tooltune.environment import BuiltinWorld
+
+    return run_training(args, "demo", lambda config: BuiltinWorld(
+        world_dir=args.world, seed=config.seed, config=config))  # fmt: skip
+
+
+def run_train(args: Any) -> int:
+    """`tooltune train --env SPEC`: the demo's pipeline and run directory on a user environment."""
+    from tooltune.env import load_env
+
+    label = Path(args.env.rpartition(":")[0] if ".py:" in args.env else args.env)
+    label = label.parent.name if label.stem == "env" else label.stem  # examples/calc/env.py: calc
+    return run_training(args, "train", lambda config: load_env(args.env), label)
+
+
+def run_training(args: Any, command: str, make_env: Any, label: str = "") -> int:
+    """Resolve the config, open the environment, run (or resume) the pipeline, write the report."""
     from tooltune.training.report import write_report
 
     started = time.perf_counter()
     config, settings = resolve_demo(args)
-    name = (
-        args.name or f"{Path(preset_name(args)).stem}-{Path(settings.model).name}-seed{config.seed}"
-    )
+    name = args.name or "-".join(
+        [*([label] if label else []), Path(preset_name(args)).stem, Path(settings.model).name,
+         f"seed{config.seed}"])  # fmt: skip
     run_dir = Path(args.out) if args.out else Path("runs") / name
     if getattr(args, "fresh", False):
         shutil.rmtree(run_dir, ignore_errors=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    print(
-        f"tooltune demo: preset {preset_name(args)}, model {settings.model}, run directory {run_dir}"
-    )
-    with Environment(world_dir=args.world, seed=config.seed, config=config) as env:
+    print(f"tooltune {command}: preset {preset_name(args)}, model {settings.model}, "
+          f"run directory {run_dir}")  # fmt: skip
+    try:
+        env = make_env(config)
+    except (ValueError, OSError) as exc:  # a bad environment file or task file: one clear line
+        raise ConfigError(str(exc)) from None
+    with env:
+        if command != "demo":
+            print(f"environment: {env.describe()}")
         pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
         metrics = pipeline.run_all()
         test_n = len(pipeline.test_tasks())
+        source = None if command == "demo" else pipeline.sft_source
     elapsed = time.perf_counter() - started
-    report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed)
+    report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed,
+                          sft_source=source)  # fmt: skip
     print(f"report: {report}")
     print(f"total time: {elapsed / 60:.1f} min")
     return 0

@@ -1,5 +1,6 @@
 """The training pipeline: evaluate (before) -> SFT -> evaluate -> reward model -> GRPO -> evaluate
--> report. The reward model learns from the SFT'd policy's verified episodes on training tasks
+-> report, in any environment: the built-in world or a user's `tooltune.ToolEnv` (tasks by split
+and group, per-episode tools, verification, rubric, SFT data; see `tooltune.env`). The reward model learns from the SFT'd policy's verified episodes on training tasks
 (see `reward_stage`); with `reward_baseline = "learned"` it is GRPO's baseline.
 
 Every stage ends with an atomic checkpoint (`state.json` is replaced only after the files it
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from tooltune.chat_format import IM_END, TOOL_STYLES
-from tooltune.config import AgentConfig, ConfigError, TaskTier
+from tooltune.config import AgentConfig, ConfigError
 from tooltune.prompt_format import PromptFormat, missing_message
 from tooltune.rollout import (
     SamplingParams,
@@ -96,14 +97,8 @@ class PipelineSettings:
         check_report_to(self.report_to)
 
 
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
-
-
 class AgentTrainingPipeline:
-    """Complete pipeline for agent training on the built-in world."""
+    """Complete pipeline for agent training in an environment (see the module docstring)."""
 
     def __init__(
         self,
@@ -115,6 +110,9 @@ class AgentTrainingPipeline:
         progress: bool = True,
     ) -> None:
         reward_stage.check_settings(config, settings)  # a learned baseline needs a reward model
+        check_environment(env, settings)
+        if hasattr(env, "config"):
+            env.config = config  # the registries' timeouts and limits are this run's
         self.env = env
         self.config = config
         self.settings = settings
@@ -124,17 +122,12 @@ class AgentTrainingPipeline:
         self.log = log
         self.progress = progress
         self.policy: Any = None
+        self.sft_source = ""  # what SFT learned from, for the report ("40 expert demonstrations")
         self.history: dict[str, list[float]] = {"loss": [], "reward": [], "success_rate": []}
 
     # -- tasks ----------------------------------------------------------------------------------
     def _tasks(self, split: str, n: int, seed: int, per_tier: bool = False) -> list[Any]:
-        from tooltune.tasks import sample_tasks
-
-        if per_tier:
-            return [t for tier in TaskTier
-                    for t in sample_tasks(split, n, seed=seed, tiers=[tier], world=self.env)]  # fmt: skip
-        weights = {t.value: w for t, w in self.config.task_tier_weights.items()}
-        return sample_tasks(split, n, seed=seed, tier_weights=weights, world=self.env)
+        return self.env.sample_tasks(split, n, seed=seed, per_group=per_tier)
 
     def test_tasks(self) -> list[Any]:
         return self._tasks(
@@ -199,42 +192,66 @@ class AgentTrainingPipeline:
         demos_path = self.run.dir / "demonstrations.jsonl"
         if "data" in state["completed"]:
             self.policy = self._load_checkpoint(state["checkpoint"])
+            self.sft_source = state.get("sft_source", "")
             return read_trajectories(demos_path)
         started = time.perf_counter()
-        tasks = self._tasks("train", self.settings.sft_tasks, self.config.seed)
-        demos = self._collect_expert(tasks)
-        failed = [d for d in demos if not d.success]
-        if failed:
-            self.log(
-                f"warning: the expert failed {len(failed)} of {len(demos)} training tasks; they are left out"
-            )
-        demos = [d for d in demos if d.success]
+        demos, source = self.env.demonstrations(), "demonstrations"
+        if demos is None and self.env.expert() is not None:
+            source = "expert demonstrations"
+            tasks = self._tasks("train", self.settings.sft_tasks, self.config.seed)
+            demos = self._collect_expert(tasks)
+        if demos is None:  # rejection sampling: the model's own verified successes
+            source = "verified successes of the model's own"
+            self.policy = self._new_policy([])
+            self.policy.prompt_format = self._prompt_format()
+            demos = self._own_successes()
+        else:
+            self.policy = self._new_policy(demos)
+            self.policy.prompt_format = self._prompt_format()  # saved with every checkpoint
         write_trajectories(demos_path, demos)
-        self.policy = self._new_policy(demos)
-        self.policy.prompt_format = self._prompt_format()  # saved with every checkpoint
+        self.sft_source = state["sft_source"] = f"{len(demos)} {source}"
         state["completed"].append("data")
         state["checkpoint"] = self.run.checkpoint("latest", self.policy)
         self.run.save_state(state)
-        self.log(f"[data] {len(demos)} expert demonstrations, model with "
+        self.log(f"[data] {len(demos)} {source}, model with "
                  f"{sum(p.numel() for p in self.policy.parameters()):,} parameters "
                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
         return demos
 
     def _collect_expert(self, tasks: list[Any]) -> list[Any]:
-        from tooltune.tasks import verify
-        from tooltune.tasks.expert import ExpertPolicy
+        """The expert's verified episodes of `tasks` (its failures are left out, and said)."""
+        from tooltune.env_data import collect_successes
 
-        expert = ExpertPolicy(self.env)
-        expert.prepare(tasks)
-        collector = TrajectoryCollector(
-            expert, self.env.registry, self.config,
-            tool_style=self.settings.tool_style,
-            verifier=lambda task, t: verify(task, t, self.env),
-        )  # fmt: skip
-        out: list[Any] = []
-        for chunk in _chunks(tasks, 64, self._bar(len(tasks), "expert demonstrations")):
-            out += collector.collect(chunk)
-        return out
+        demos, total = collect_successes(self.env.expert(), self.env, tasks, self.config,
+                                         self.settings.tool_style,
+                                         bar=self._bar(len(tasks), "expert demonstrations"))  # fmt: skip
+        if len(demos) < total:
+            self.log(f"warning: the expert failed {total - len(demos)} of {total} tasks; "
+                     "they are left out")  # fmt: skip
+        return demos
+
+    def _own_successes(self) -> list[Any]:
+        """Rejection sampling: `num_samples` episodes of the new model on each training task
+        (up to `sft_tasks`) at the configured temperature; the verified ones are the SFT data."""
+        from tooltune.env_data import collect_successes
+
+        cfg = self.config
+        tasks = self._tasks("train", self.settings.sft_tasks, cfg.seed)
+        tasks = list({t.id: t for t in tasks}.values())  # each task once, sampled num_samples times
+        sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)  # fmt: skip
+        self.policy.eval()
+        kept, total = collect_successes(self.policy, self.env, tasks, cfg, self.settings.tool_style,
+                                        num_samples=cfg.num_samples, sampling=sampling,
+                                        bar=self._bar(len(tasks), "own episodes"))  # fmt: skip
+        self.log(f"[data] rejection sampling: {len(kept)} of {total} episodes verified")
+        if not kept:
+            raise ConfigError(
+                "the model solved none of the training tasks on its own, so there is nothing "
+                "to fine-tune on: give the environment demonstrations= or expert=, or raise "
+                "num_samples / temperature"
+            )
+        return kept
 
     def _new_policy(self, demos: list[Any]) -> Any:
         s = self.settings
@@ -243,7 +260,8 @@ class AgentTrainingPipeline:
 
             rename = self._rename()
             if rename is None:
-                texts = [d.metadata["text"] for d in demos]
+                texts = ["".join(text for text, _ in trajectory_segments(d, s.tool_style))
+                         for d in demos]  # fmt: skip
             else:  # no name is frequent enough to become one token: names split into syllables
                 texts = ["".join(text for text, _ in trajectory_segments(rename(d), s.tool_style))
                          for d in demos for _ in range(2)]  # fmt: skip
@@ -296,26 +314,28 @@ class AgentTrainingPipeline:
     def _evaluate(self, stage: str) -> dict[str, Any]:
         from tooltune.evaluation import evaluate
 
-        tasks = self.test_tasks()
+        tasks, groups = self.test_tasks(), list(self.env.groups)
         if stage == "before" and self.settings.before_tasks_per_tier:
-            tasks = [t for tier in TaskTier for t in
-                     [t for t in tasks if t.tier == tier][: self.settings.before_tasks_per_tier]]  # fmt: skip
+            tasks = [t for g in groups for t in
+                     [t for t in tasks if t.group == g][: self.settings.before_tasks_per_tier]]  # fmt: skip
         self.policy.eval()
-        result = evaluate(self.policy, tasks, self.env, self.config,
+        result = evaluate(self.policy, tasks, self.env, self.config, groups=groups,
                           tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
         metrics = {k: v for k, v in result.items() if k != "trajectories"}
         self._save_samples(stage, result.get("trajectories", []))
+        heldout = []
         if self.settings.heldout_tools_tasks:
             heldout = self._tasks(
                 "heldout_tools", self.settings.heldout_tools_tasks, self.config.seed + 3
             )
+        if heldout:
             other = evaluate(self.policy, heldout, self.env, self.config,
                              tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
             metrics["heldout_tools"] = {"accuracy": other["accuracy"]["overall"],
                                         "n_tasks": other["n_tasks"]}  # fmt: skip
         self.run.log_metrics({"stage": stage, **_flat(metrics)})
         acc = metrics["accuracy"]
-        self.log(f"[{stage}] accuracy " + ", ".join(f"{t.value} {acc[t.value]:.0%}" for t in TaskTier)
+        self.log(f"[{stage}] accuracy " + ", ".join(f"{g} {_pct(acc[g])}" for g in groups)
                  + (f", held-out tools {metrics['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in metrics else "")
                  + f"; failures {metrics['tool_call_failure_rate']:.0%}, "
                  f"unnecessary {metrics['unnecessary_call_rate']:.0%}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
@@ -323,9 +343,9 @@ class AgentTrainingPipeline:
 
     def _save_samples(self, stage: str, trajectories: list[Any]) -> None:
         keep = []
-        for tier in TaskTier:
-            of_tier = [t for t in trajectories if t.task_tier == tier]
-            keep += of_tier[: self.settings.saved_trajectories]
+        for group in self.env.groups:
+            of_group = [t for t in trajectories if str(t.task_tier) == group]
+            keep += of_group[: self.settings.saved_trajectories]
         for t in keep:
             t.metadata["stage"] = stage
             t.tokens = None  # token ids are for training; the file is for people and other tools
@@ -336,10 +356,7 @@ class AgentTrainingPipeline:
         """Renames the entities of a demonstration (see `tasks.augment`), or None when off."""
         if not self.settings.rename_entities:
             return None
-        from tooltune.tasks.augment import rename_entities
-
-        rng = random.Random(self.config.seed)
-        return lambda demo: rename_entities(demo, self.env.world, rng)
+        return self.env.augmenter(random.Random(self.config.seed))
 
     def _copy_drill(self) -> None:
         """Teach the model to copy spans from its context before it sees a demonstration."""
@@ -372,9 +389,10 @@ class AgentTrainingPipeline:
         if self.settings.copy_drill_steps and self.settings.model == "builtin":
             self._copy_drill()
         val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
-        val_demos = self._collect_expert(val_tasks) if val_tasks else []
+        expert = val_tasks and self.env.expert() is not None
+        val_demos = self._collect_expert(val_tasks) if expert else []
         val_records = [tokenize_trajectory(d, self.policy.encode, self.settings.tool_style)
-                       for d in val_demos if d.success]  # fmt: skip
+                       for d in val_demos]  # fmt: skip
 
         def after_epoch(epoch: int, policy: Any) -> dict[str, Any]:
             metrics: dict[str, Any] = {}
@@ -402,7 +420,6 @@ class AgentTrainingPipeline:
 
     # -- stage: GRPO -----------------------------------------------------------------------------
     def _grpo(self, state: dict[str, Any]) -> None:
-        from tooltune.tasks import verify
         from tooltune.training.grpo import GRPOTrainer
         from tooltune.training.rewards import rubric_from_config
         from tooltune.training.schedule import make_scheduler
@@ -439,7 +456,7 @@ class AgentTrainingPipeline:
                 world_dir=self.env.world_dir, sampling=sampling, reward_fn=rubric.apply,
             )  # fmt: skip
         else:
-            rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, self.env))
+            rubric = self.env.rubric(cfg)
             collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
                                             tool_style=fmt.tool_style, reward_fn=rubric.apply)  # fmt: skip
         try:
@@ -472,8 +489,16 @@ class AgentTrainingPipeline:
             self.history["loss"].append(metrics["loss"])
             self.history["reward"].append(metrics["mean_reward"])
             self.history["success_rate"].append(success)
+            components: dict[str, list[float]] = {}
+            for t in trajectories:  # every reward term reported on its own
+                for name, value in t.reward_components.items():
+                    components.setdefault(f"reward.{name}", []).append(value)
+            means = {k: sum(v) / len(v) for k, v in components.items()}
+            errors = getattr(self.env, "reward_errors", None)
+            if errors:
+                means.update({f"reward_errors.{k}": v for k, v in errors.items()})
             self.run.log_metrics(
-                {"stage": "grpo", "step": step, "success_rate": success, **metrics}
+                {"stage": "grpo", "step": step, "success_rate": success, **metrics, **means}
             )
             if bar is not None:
                 bar.update(1)
@@ -496,14 +521,22 @@ class AgentTrainingPipeline:
         return tqdm(total=total, desc=desc, initial=initial, dynamic_ncols=True)
 
 
-def _chunks(items: list[Any], size: int, bar: Any) -> Any:
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        yield chunk
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+def check_environment(env: Any, settings: PipelineSettings) -> None:
+    """Refuse, before any training, what this environment cannot do with these settings."""
+    is_builtin = hasattr(env, "world_dir")
+    if settings.backend == "ray" and not is_builtin:
+        raise ConfigError("backend ray runs the built-in world only; use backend local")
+    given = getattr(env, "demonstrations_path", None) is not None or env.expert() is not None
+    if settings.model == "builtin" and not given:
+        raise ConfigError(
+            "the built-in model is trained from scratch and cannot find successes on its own: "
+            "give the environment demonstrations= or expert=, or train a pretrained model "
+            "(--model smollm2-135m or a Hugging Face model directory)"
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,7 +33,7 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
         if stage not in metrics:
             continue
         m = metrics[stage]
-        row = {"accuracy": {t.value: m["accuracy"][t.value] for t in TaskTier}}
+        row = {"accuracy": {g: m["accuracy"][g] for g in _groups(m["accuracy"])}}
         row["accuracy"]["overall"] = m["accuracy"].get("overall")
         row.update({k: m[k] for k in KEYS if k in m})
         row["n_test_tasks"] = m.get("n_tasks", n_test)
@@ -46,22 +46,40 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
     return out
 
 
+def _groups(accuracy: dict[str, Any]) -> list[str]:
+    """The groups of an accuracy row (the built-in tiers, or a user environment's groups)."""
+    return [g for g in accuracy if g != "overall"]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
     stages = [s for s in STAGE_NAMES if s in summary]
-    rows = [["Task Tier", *(STAGE_NAMES[s] for s in stages), "Seed target (after GRPO)"]]
-    for tier in TaskTier:
-        rows.append([TIER_NAMES[tier], *(f"{summary[s]['accuracy'][tier.value]:.0%}" for s in stages),
-                     f"{SEED_ACCURACY[tier.value]:.0%}"])  # fmt: skip
+    groups = _groups(summary[stages[0]]["accuracy"]) if stages else []
+    builtin = set(groups) == set(SEED_ACCURACY)  # the seed's targets are for its four tiers
+    rows = [["Task Tier" if builtin else "Group", *(STAGE_NAMES[s] for s in stages)]
+            + (["Seed target (after GRPO)"] if builtin else [])]  # fmt: skip
+    for group in groups:
+        name = TIER_NAMES[TaskTier(group)] if builtin else group
+        rows.append([name, *(_pct(summary[s]["accuracy"].get(group)) for s in stages)]
+                    + ([f"{SEED_ACCURACY[group]:.0%}"] if builtin else []))  # fmt: skip
+    if not builtin and len(groups) > 1:
+        rows.append(["Overall", *(_pct(summary[s]["accuracy"].get("overall")) for s in stages)])
     if any("heldout_tools" in summary[s] for s in stages):
         rows.append(["Held-out tools (never trained on)",
                      *(f"{summary[s]['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in summary[s]
-                       else "-" for s in stages), "-"])  # fmt: skip
+                       else "-" for s in stages), *(["-"] if builtin else [])])  # fmt: skip
     return rows
 
 
 def efficiency_table(summary: dict[str, Any]) -> list[list[str]]:
     stages = [s for s in STAGE_NAMES if s in summary]
-    rows = [["Metric", *(STAGE_NAMES[s] for s in stages), "Seed target (after)"]]
+    builtin = not stages or set(_groups(summary[stages[0]]["accuracy"])) == set(SEED_ACCURACY)
+    rows = [
+        ["Metric", *(STAGE_NAMES[s] for s in stages), *(["Seed target (after)"] if builtin else [])]
+    ]
     labels = [("avg_steps", "Avg. Steps per Task", "{:.2f}", "3.1"),
               ("tool_call_failure_rate", "Tool Call Failures (all)", "{:.1%}", "4%"),
               ("unplanned_failure_rate", "Tool Call Failures (not planted by the task)", "{:.1%}", "4%"),
@@ -69,7 +87,8 @@ def efficiency_table(summary: dict[str, Any]) -> list[list[str]]:
               ("parallel_call_rate", "Parallel calls on Multi-Tool Par", "{:.0%}", "-")]  # fmt: skip
     for key, label, fmt, target in labels:
         if all(key in summary[s] and summary[s][key] is not None for s in stages):
-            rows.append([label, *(fmt.format(summary[s][key]) for s in stages), target])
+            rows.append([label, *(fmt.format(summary[s][key]) for s in stages),
+                         *([target] if builtin else [])])  # fmt: skip
     return rows
 
 
@@ -127,7 +146,10 @@ def write_report(
     config: AgentConfig,
     n_test: int,
     elapsed_s: float,
+    sft_source: str | None = None,
 ) -> Path:
+    """Write metrics.json, report.md, report.html and curves.png. `sft_source` says what SFT
+    learned from (default: the built-in world's expert demonstrations)."""
     run_dir = Path(run_dir)
     summary = summarise(metrics, n_test)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -135,10 +157,12 @@ def write_report(
     acc, eff = accuracy_table(summary), efficiency_table(summary)
     title = f"tooltune run: {run_dir.name}"
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
-             + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per tier"
+             + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per "
+             + ("tier" if sft_source is None else "group")
              + (f", the first {settings.before_tasks_per_tier} of each before training"
                 if getattr(settings, "before_tasks_per_tier", 0) else "") + "), greedy decoding,"
-             f" real tools; {settings.sft_tasks} expert demonstrations; {settings.grpo_steps} GRPO steps of"
+             f" real tools; {sft_source or f'{settings.sft_tasks} expert demonstrations'};"
+             f" {settings.grpo_steps} GRPO steps of"
              f" {config.batch_size} tasks x {config.num_samples} samples ({config.reward_baseline} baseline);"
              f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
     md = [f"# {title}", "", facts, "", "## Tool use accuracy", "", _markdown(acc), "",

@@ -58,12 +58,8 @@ def policy_vocab_size(policy: Any) -> int:
 
 def collect_episodes(pipeline: Any, tasks: Sequence[Any]) -> list[Any]:
     """Policy samples (GRPO's sampling and rubric) plus expert episodes, all with token ids."""
-    from tooltune.tasks import verify
-    from tooltune.tasks.expert import ExpertPolicy
-    from tooltune.training.rewards import rubric_from_config
-
     cfg, s, policy = pipeline.config, pipeline.settings, pipeline.policy
-    rubric = rubric_from_config(cfg, outcome=lambda t, task: verify(task, t, pipeline.env))
+    rubric = pipeline.env.rubric(cfg)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 - 1)  # fmt: skip
     policy.eval()
@@ -72,8 +68,10 @@ def collect_episodes(pipeline: Any, tasks: Sequence[Any]) -> list[Any]:
     episodes = sampled.collect(list(tasks), num_samples=SAMPLES_PER_TASK)
     for t in episodes:
         t.metadata["source"] = "policy"
+    expert = pipeline.env.expert()  # None: an environment without one (policy samples only)
+    if expert is None:
+        return episodes
     expert_tasks = list(tasks)[::2]
-    expert = ExpertPolicy(pipeline.env)
     expert.prepare(expert_tasks)
     scripted = TrajectoryCollector(expert, pipeline.env.registry, cfg, tool_style=s.tool_style,
                                    reward_fn=rubric.apply)  # fmt: skip
