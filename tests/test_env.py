@@ -240,3 +240,36 @@ def test_registry_refuses_unknown_tools():
     env = ToolEnv(_rows(), [add])
     with pytest.raises(ToolRegistryError, match="unknown tools: nope"):
         env.registry("e", ["nope"])
+
+
+def test_pipeline_falls_back_to_rejection_sampling(tmp_path, tiny_qwen2, monkeypatch):
+    """No demonstrations and no expert: the new model's own episodes are sampled; with none
+    verified the run stops with what to do, with some they are the SFT data."""
+    from tooltune import AgentConfig
+    from tooltune.config import ConfigError
+    from tooltune.training import pipeline as pipeline_module
+    from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
+
+    model_dir = tiny_qwen2(tmp_path / "qwen", [r["prompt"] for r in _rows()] * 3)
+    config = AgentConfig(max_turns=2, max_new_tokens=8, num_samples=2, sft_epochs=1,
+                         sft_batch_size=2, max_trajectory_len=1024)  # fmt: skip
+    settings = PipelineSettings(model=str(model_dir), tool_style="compact", sft_tasks=4,
+                                val_tasks=0, eval_tasks_per_tier=1, grpo_steps=0,
+                                max_seq_len=1024, lora=False)  # fmt: skip
+    env = ToolEnv(_rows(), [add])
+    with pytest.raises(ConfigError, match="solved none of the training tasks"):
+        AgentTrainingPipeline(env, config, settings, tmp_path / "a", progress=False).run_all()
+
+    sampled = []
+
+    def fake(policy, env, tasks, *args, **kwargs):  # the expert's episodes stand in for luck
+        sampled.append(kwargs["num_samples"])
+        expert = ToolEnv(_rows(), [add], expert=_expert)
+        return collect_successes(expert.expert(), env, tasks[:2], config, "compact")
+
+    monkeypatch.setattr("tooltune.env_data.collect_successes", fake)
+    run = AgentTrainingPipeline(env, config, settings, tmp_path / "b", progress=False)
+    metrics = run.run_all()
+    assert sampled == [2] and "after_sft" in metrics
+    assert run.sft_source == "2 verified successes of the model's own"
+    assert pipeline_module.read_trajectories(tmp_path / "b" / "demonstrations.jsonl")
