@@ -273,3 +273,19 @@ def test_pipeline_falls_back_to_rejection_sampling(tmp_path, tiny_qwen2, monkeyp
     assert sampled == [2] and "after_sft" in metrics
     assert run.sft_source == "2 verified successes of the model's own"
     assert pipeline_module.read_trajectories(tmp_path / "b" / "demonstrations.jsonl")
+
+
+def test_a_run_does_not_resume_in_another_environment(tmp_path):
+    from tooltune import AgentConfig
+    from tooltune.config import ConfigError
+    from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
+    from tooltune.training.run_dir import RunDirectory
+
+    env = ToolEnv(_rows(), [add], expert=_expert, name="sums")
+    RunDirectory(tmp_path).save_state({"completed": [], "metrics": {}, "history": {},
+                                       "grpo_step": 0, "config": AgentConfig().to_dict(),
+                                       "settings": {**PipelineSettings().__dict__},
+                                       "environment": "another: 3 tasks"})  # fmt: skip
+    with pytest.raises(ConfigError, match="holds a run in another environment"):
+        AgentTrainingPipeline(env, AgentConfig(), PipelineSettings(), tmp_path,
+                              progress=False).run_all()  # fmt: skip

@@ -308,7 +308,7 @@ class BuiltinWorld:
         return lambda demo: rename_entities(demo, self.world, rng)
 
     def describe(self) -> str:
-        return f"the built-in world (seed {self.seed}, {self.world_dir})"
+        return f"the built-in world (seed {self.seed})"
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -140,7 +140,8 @@ class AgentTrainingPipeline:
         state = self.run.load_state()
         if state is None:
             state = {"completed": [], "metrics": {}, "history": self.history, "grpo_step": 0,
-                     "config": self.config.to_dict(), "settings": asdict(self.settings)}  # fmt: skip
+                     "config": self.config.to_dict(), "settings": asdict(self.settings),
+                     "environment": self.env.describe()}  # fmt: skip
             (self.run.dir / "metrics.jsonl").unlink(missing_ok=True)
         else:
             self._check_same_run(state)
@@ -186,6 +187,9 @@ class AgentTrainingPipeline:
             raise ConfigError(
                 f"{self.run.dir} holds a run with another configuration; use another --out or --fresh"
             )
+        if state.get("environment", self.env.describe()) != self.env.describe():
+            raise ConfigError(f"{self.run.dir} holds a run in another environment "
+                              f"({state['environment']}); use another --out or --fresh")  # fmt: skip
 
     # -- stage: data (expert demonstrations, tokenizer, initial model) -------------------------
     def _stage_data(self, state: dict[str, Any]) -> list[Any]:
