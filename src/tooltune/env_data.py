@@ -74,8 +74,8 @@ def collect_successes(
     collector = TrajectoryCollector(policy, env.registry, config, sampling=sampling,
                                     tool_style=tool_style, verifier=env.verify)  # fmt: skip
     kept, total = [], 0
-    for start in range(0, len(tasks), 32):
-        chunk = tasks[start : start + 32]
+    for start in range(0, len(tasks), 64):  # as many episodes as one collect call holds well
+        chunk = tasks[start : start + 64]
         episodes = collector.collect(chunk, num_samples=num_samples)
         total += len(episodes)
         kept += [e for e in episodes if e.success]

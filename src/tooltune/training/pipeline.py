@@ -1,7 +1,8 @@
 """The training pipeline: evaluate (before) -> SFT -> evaluate -> reward model -> GRPO -> evaluate
 -> report, in any environment: the built-in world or a user's `tooltune.ToolEnv` (tasks by split
-and group, per-episode tools, verification, rubric, SFT data; see `tooltune.env`). The reward model learns from the SFT'd policy's verified episodes on training tasks
-(see `reward_stage`); with `reward_baseline = "learned"` it is GRPO's baseline.
+and group, per-episode tools, verification, rubric, SFT data; see `tooltune.env`). The reward
+model learns from the SFT'd policy's verified episodes on training tasks (see `reward_stage`);
+with `reward_baseline = "learned"` it is GRPO's baseline.
 
 Every stage ends with an atomic checkpoint (`state.json` is replaced only after the files it
 points to are complete), and GRPO also checkpoints every `checkpoint_every` steps, so a run that is
@@ -527,6 +528,8 @@ class AgentTrainingPipeline:
 
 def check_environment(env: Any, settings: PipelineSettings) -> None:
     """Refuse, before any training, what this environment cannot do with these settings."""
+    if not hasattr(env, "expert"):  # no environment (a pipeline built to check its settings)
+        return
     is_builtin = hasattr(env, "world_dir")
     if settings.backend == "ray" and not is_builtin:
         raise ConfigError("backend ray runs the built-in world only; use backend local")
