@@ -188,7 +188,7 @@ class AgentTrainingPipeline:
             raise ConfigError(
                 f"{self.run.dir} holds a run with another configuration; use another --out or --fresh"
             )
-        if state.get("environment", self.env.describe()) != self.env.describe():
+        if "environment" in state and state["environment"] != self.env.describe():
             raise ConfigError(f"{self.run.dir} holds a run in another environment "
                               f"({state['environment']}); use another --out or --fresh")  # fmt: skip
 
