@@ -6,7 +6,8 @@ reward). The efficiency table is computed from the trajectories:
     avg_steps               assistant turns per episode
     tool_call_failure_rate  failed tool calls / tool calls
     unplanned_failure_rate  failed calls that are not their task's planted failure / tool calls
-    unnecessary_call_rate   calls beyond each task's minimal solution / tool calls
+    unnecessary_call_rate   calls beyond each task's minimal solution / tool calls (a no-tool
+                            task's minimal solution is empty: every call made on one counts)
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
 
 The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tooltune.config import AgentConfig, TaskTier
+from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
 from tooltune.prompt_format import tool_style_of
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 from tooltune.tasks.checkers import verify
@@ -194,12 +195,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
     lines = ["| Task Tier | Accuracy | n |", "|---|---|---|"]
-    names = {"simple": "Simple", "multi_tool_seq": "Multi-Tool Seq", "multi_tool_par": "Multi-Tool Par",
-             "complex": "Complex"}  # fmt: skip
-    for tier in TIERS:
-        lines.append(
-            f"| {names[tier]} | {pct(metrics['accuracy'][tier])} | {metrics['counts'][tier]} |"
-        )
+    for tier in TaskTier:
+        accuracy, count = metrics["accuracy"].get(tier.value), metrics["counts"].get(tier.value, 0)
+        lines.append(f"| {TIER_LABELS[tier]} | {pct(accuracy)} | {count} |")
     lines.append(f"| Overall | {pct(metrics['accuracy']['overall'])} | {metrics['n_tasks']} |")
     lines += ["", "| Metric | Value |", "|---|---|"]
     avg = metrics["avg_steps"]

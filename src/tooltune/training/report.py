@@ -12,15 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tooltune.config import AgentConfig, TaskTier
+from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
 
-TIER_NAMES = {
-    TaskTier.SIMPLE: "Simple",
-    TaskTier.MULTI_TOOL_SEQ: "Multi-Tool Seq",
-    TaskTier.MULTI_TOOL_PAR: "Multi-Tool Par",
-    TaskTier.COMPLEX: "Complex",
-}
 STAGE_NAMES = {"before": "Before Training", "after_sft": "After SFT", "after_grpo": "After GRPO"}
+# The seed's targets; it sets none for the no-tool tier.
 SEED_ACCURACY = {"simple": 0.96, "multi_tool_seq": 0.88, "multi_tool_par": 0.85, "complex": 0.74}
 KEYS = ("avg_steps", "tool_call_failure_rate", "unplanned_failure_rate", "unnecessary_call_rate",
         "parallel_call_rate")  # fmt: skip
@@ -33,7 +28,7 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
         if stage not in metrics:
             continue
         m = metrics[stage]
-        row = {"accuracy": {t.value: m["accuracy"][t.value] for t in TaskTier}}
+        row = {"accuracy": {t.value: m["accuracy"].get(t.value) for t in TaskTier}}
         row["accuracy"]["overall"] = m["accuracy"].get("overall")
         row.update({k: m[k] for k in KEYS if k in m})
         row["n_test_tasks"] = m.get("n_tasks", n_test)
@@ -46,12 +41,16 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
     return out
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
     stages = [s for s in STAGE_NAMES if s in summary]
     rows = [["Task Tier", *(STAGE_NAMES[s] for s in stages), "Seed target (after GRPO)"]]
     for tier in TaskTier:
-        rows.append([TIER_NAMES[tier], *(f"{summary[s]['accuracy'][tier.value]:.0%}" for s in stages),
-                     f"{SEED_ACCURACY[tier.value]:.0%}"])  # fmt: skip
+        rows.append([TIER_LABELS[tier], *(_pct(summary[s]["accuracy"].get(tier.value)) for s in stages),
+                     _pct(SEED_ACCURACY.get(tier.value))])  # fmt: skip
     if any("heldout_tools" in summary[s] for s in stages):
         rows.append(["Held-out tools (never trained on)",
                      *(f"{summary[s]['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in summary[s]
