@@ -25,7 +25,7 @@ pytest.importorskip("peft")
 ASSISTANT = "<|im_start|>assistant\n"
 TOOLS = [
     {"type": "function", "function": {
-        "name": "population", "description": "Population of a city. Census data.",
+        "name": "population", "description": "Population, e.g. of a city, i.e. people. Census data.",
         "parameters": {"type": "object", "properties": {
             "city": {"type": "string", "description": "City name"},
             "year": {"type": "integer", "enum": [2020, 2024]},
