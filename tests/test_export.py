@@ -88,7 +88,7 @@ def test_template_renders_every_prompt_of_an_episode_as_the_rollout_built_it(env
     for episode in episodes:
         text, messages = episode.metadata["text"], episode.to_messages()
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        assert len(turns) == len(episode.steps) >= 2
+        assert len(turns) == len(episode.steps) >= 1  # no-tool tasks answer in one turn
         for n, index in enumerate(turns):
             prompt = render(tokenizer, messages[:index], episode.tools)
             cut = [i for i in range(len(text)) if text.startswith(ASSISTANT, i)][n]

@@ -40,7 +40,8 @@ SYSTEM_INSTRUCTIONS = (
     "You are a helpful assistant that answers by using tools. "
     'To call a tool, write <tool_call>{"name": tool name, "arguments": JSON object}</tool_call>. '
     "Calls that do not depend on each other go in the same turn. Tool results come back in a "
-    "tool turn. When you know the answer, reply with it and make no call."
+    "tool turn. When you know the answer, reply with it and make no call. When no tool can "
+    "help, say so and make no call."
 )
 
 

@@ -113,7 +113,7 @@ def _weights(
 ) -> dict[TaskTier, float]:
     weights = {TaskTier(k): float(v) for k, v in (tier_weights or DEFAULT_TIER_WEIGHTS).items()}
     if tiers is not None:
-        allowed = {TaskTier(t) for t in tiers}
+        allowed = dict.fromkeys(TaskTier(t) for t in tiers)  # in the caller's order, not a set's
         weights = {t: (weights.get(t, 0.0) or 1.0) for t in allowed}
     weights = {t: w for t, w in weights.items() if w > 0}
     if not weights:
