@@ -213,6 +213,10 @@ def test_prompt_rendering_and_parse_prompt():
     system = build_system_prompt(tools)
     assert '"name": "a"' in system and "<tools>" in system
     assert "a(q: string) - A tool" in build_system_prompt(tools, style="compact")
+    described = {**tools[0]["function"], "description": 'Add, e.g. "1+2", i.e. sums. Returns x.'}
+    assert '- Add, e.g. "1+2", i.e. sums\n' in build_system_prompt(
+        [{"type": "function", "function": described}], style="compact"
+    )  # "e.g." and "i.e." end no sentence
     b = {"type": "function", "function": {**tools[0]["function"], "name": "b"}}
     assert build_system_prompt([*tools, b], style="names") == "<tools>\na, b\n</tools>"  # no prose
     with pytest.raises(ValueError, match="tool style"):

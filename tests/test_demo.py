@@ -16,7 +16,7 @@ import torch
 from tooltune.cli import main
 from tooltune.config import ConfigError
 
-TIERS = ("simple", "multi_tool_seq", "multi_tool_par", "complex")
+TIERS = ("simple", "multi_tool_seq", "multi_tool_par", "complex", "no_tool")
 # The suite's 300 s limit catches hangs; a whole pipeline run takes 10-25 s on a quiet 2-core
 # machine and took 211 s on a loaded one, so these get more room.
 RUNS_THE_PIPELINE = pytest.mark.timeout(900)
@@ -65,6 +65,7 @@ def _check_run(run: Path) -> dict:
             assert 0.0 <= row[key] <= 1.0
     report = (run / "report.md").read_text()
     assert "| Simple |" in report and "After GRPO" in report and "Tool Call Failures" in report
+    assert "| No tool needed |" in report
     rm = metrics["reward_model"]  # trained on training tasks' episodes, judged on held-out tasks
     assert rm["n_trajectories"] > 0 and rm["n_train_tasks"] > 0 and rm["n_held_out_tasks"] > 0
     for key in ("held_out_accuracy", "held_out_auc"):
@@ -115,7 +116,7 @@ def test_the_pipeline_trains_a_hugging_face_model(tmp_path, tiny_qwen2):
     assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "run"
     metrics = _check_run(run)
-    assert metrics["before"]["n_test_tasks"] == 4
+    assert metrics["before"]["n_test_tasks"] == len(TIERS)
     config = json.loads((run / "config.json").read_text())
     assert (
         config["pipeline"]["model"] == str(model) and config["pipeline"]["tool_style"] == "compact"

@@ -64,6 +64,7 @@ def test_metrics_by_hand():
         "multi_tool_seq": None,
         "multi_tool_par": 0.5,
         "complex": None,
+        "no_tool": None,
         "overall": 2 / 3,
     }
     assert m["avg_steps"] == pytest.approx((3 + 2 + 4) / 3)
@@ -77,6 +78,20 @@ def test_metrics_by_hand():
     assert "| Multi-Tool Par | 50.0% | 2 |" in table and "| Tool Call Failures | 14.3% |" in table
     with pytest.raises(ValueError):
         compute_metrics(tasks, [t1])
+
+
+def test_every_call_on_a_no_tool_task_is_unnecessary():
+    no_tool = _task(TaskTier.NO_TOOL, 0)  # nothing to call: the minimal solution is empty
+    simple = _task(TaskTier.SIMPLE, 1)
+    answer = AgentStep(AgentAction("respond", "1"))
+    called = AgentTrajectory("q", TaskTier.NO_TOOL, [_step(["x", "x"]), answer], "1")
+    abstained = AgentTrajectory("q", TaskTier.NO_TOOL, [answer], "1", success=True)
+    direct = AgentTrajectory("q", TaskTier.SIMPLE, [_step(["x"]), answer], "1", success=True)
+    m = compute_metrics([no_tool, no_tool, simple], [called, abstained, direct])
+    assert (m["tool_calls"], m["unnecessary_call_rate"]) == (3, pytest.approx(2 / 3))
+    assert m["accuracy"]["no_tool"] == 0.5 and m["counts"]["no_tool"] == 2
+    assert compute_metrics([no_tool], [called])["unnecessary_call_rate"] == 1.0
+    assert "| No tool needed | 50.0% | 2 |" in format_metrics(m)
 
 
 def test_planted_failures_are_told_apart():

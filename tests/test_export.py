@@ -25,7 +25,7 @@ pytest.importorskip("peft")
 ASSISTANT = "<|im_start|>assistant\n"
 TOOLS = [
     {"type": "function", "function": {
-        "name": "population", "description": "Population of a city. Census data.",
+        "name": "population", "description": "Population, e.g. of a city, i.e. people. Census data.",
         "parameters": {"type": "object", "properties": {
             "city": {"type": "string", "description": "City name"},
             "year": {"type": "integer", "enum": [2020, 2024]},
@@ -88,7 +88,7 @@ def test_template_renders_every_prompt_of_an_episode_as_the_rollout_built_it(env
     for episode in episodes:
         text, messages = episode.metadata["text"], episode.to_messages()
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        assert len(turns) == len(episode.steps) >= 2
+        assert len(turns) == len(episode.steps) >= 1  # no-tool tasks answer in one turn
         for n, index in enumerate(turns):
             prompt = render(tokenizer, messages[:index], episode.tools)
             cut = [i for i in range(len(text)) if text.startswith(ASSISTANT, i)][n]

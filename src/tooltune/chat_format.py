@@ -40,7 +40,8 @@ SYSTEM_INSTRUCTIONS = (
     "You are a helpful assistant that answers by using tools. "
     'To call a tool, write <tool_call>{"name": tool name, "arguments": JSON object}</tool_call>. '
     "Calls that do not depend on each other go in the same turn. Tool results come back in a "
-    "tool turn. When you know the answer, reply with it and make no call."
+    "tool turn. When you know the answer, reply with it and make no call. When no tool can "
+    "help, say so and make no call."
 )
 
 
@@ -87,8 +88,14 @@ def _compact_signature(entry: dict[str, Any]) -> str:
         )
         kind = "|".join(kind) if isinstance(kind, list) else kind
         params.append(f"{name}{'' if name in required else '?'}: {kind}")
-    summary = fn.get("description", "").split(". ")[0].rstrip(".")  # first sentence only
-    return f"{fn['name']}({', '.join(params)}) - {summary}"
+    return f"{fn['name']}({', '.join(params)}) - {first_sentence(fn.get('description', ''))}"
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first full stop; "e.g." and "i.e." end no sentence, so a tool's
+    example ("Evaluate an arithmetic expression exactly, e.g. "2**100", ...") stays whole.
+    (The exported chat template cuts the same way.)"""
+    return re.split(r"(?<!e\.g)(?<!i\.e)\. ", text)[0].rstrip(".")
 
 
 def render_turn(role: str, content: str) -> str:

@@ -73,7 +73,8 @@ _TEMPLATE = r"""{#- tooltune chat template: tool style __STYLE__ (see tooltune.c
 {{- (', ' if not loop.first else '') ~ pname ~ ('' if pname in required else '?') ~ ': ' ~ kind -}}
 {%- endfor -%}
 {%- set description = fn['description'] if 'description' in fn else '' -%}
-{{- ') - ' ~ description.split('. ')[0].rstrip('.') -}}
+{%- set description = description.replace('e.g. ', 'e.g.\x1f').replace('i.e. ', 'i.e.\x1f') -%}
+{{- ') - ' ~ description.split('. ')[0].rstrip('.').replace('\x1f', ' ') -}}
 {%- endif -%}
 {%- endfor -%}
 {%- endif -%}

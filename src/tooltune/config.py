@@ -27,6 +27,25 @@ class TaskTier(StrEnum):
     MULTI_TOOL_SEQ = "multi_tool_seq"  # the result of one call feeds the next
     MULTI_TOOL_PAR = "multi_tool_par"  # independent calls in one turn
     COMPLEX = "complex"  # planning, several tools, recovery from errors
+    NO_TOOL = "no_tool"  # no offered tool can help: make no call, say so or answer directly
+
+
+TIER_LABELS = {
+    TaskTier.SIMPLE: "Simple",
+    TaskTier.MULTI_TOOL_SEQ: "Multi-Tool Seq",
+    TaskTier.MULTI_TOOL_PAR: "Multi-Tool Par",
+    TaskTier.COMPLEX: "Complex",
+    TaskTier.NO_TOOL: "No tool needed",
+}
+# The training mix: the seed's 30/30/20/20 over the tool tiers, scaled to leave a tenth for
+# tasks where the right move is to call nothing.
+DEFAULT_TIER_WEIGHTS = {
+    TaskTier.SIMPLE: 0.27,
+    TaskTier.MULTI_TOOL_SEQ: 0.27,
+    TaskTier.MULTI_TOOL_PAR: 0.18,
+    TaskTier.COMPLEX: 0.18,
+    TaskTier.NO_TOOL: 0.1,
+}
 
 
 def as_group(value: Any) -> TaskTier | str:
@@ -48,12 +67,7 @@ class ConfigError(ValueError):
 
 
 def _default_tier_weights() -> dict[TaskTier, float]:
-    return {
-        TaskTier.SIMPLE: 0.3,
-        TaskTier.MULTI_TOOL_SEQ: 0.3,
-        TaskTier.MULTI_TOOL_PAR: 0.2,
-        TaskTier.COMPLEX: 0.2,
-    }
+    return dict(DEFAULT_TIER_WEIGHTS)
 
 
 def _default_reward_weights() -> dict[str, float]:

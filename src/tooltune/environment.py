@@ -106,7 +106,7 @@ def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
 class BuiltinWorld:
     """The world, its services and per-episode tool registries; use as a context manager."""
 
-    groups = [t.value for t in TaskTier]  # reports keep the four tiers
+    groups = [t.value for t in TaskTier]  # reports group by tier
     name = "builtin"
 
     def __init__(

@@ -7,7 +7,8 @@ reward). The efficiency table is computed from the trajectories:
     tool_call_failure_rate  failed tool calls / tool calls
     unplanned_failure_rate  failed calls that are not their task's planted failure / tool calls
     unnecessary_call_rate   calls beyond each task's minimal solution / tool calls (of tasks
-                            whose minimal solution is known; None when no task's is)
+                            whose minimal solution is known; None when no task's is; a no-tool
+                            task's minimal solution is empty: every call made on one counts)
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
 
 The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tooltune.config import AgentConfig, TaskTier
+from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
 from tooltune.prompt_format import tool_style_of
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 from tooltune.tasks.checkers import verify
@@ -214,12 +215,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    builtin = set(metrics["counts"]) == set(TIERS)
+    builtin = set(metrics["counts"]) <= set(TIERS)
     lines = [f"| {'Task Tier' if builtin else 'Group'} | Accuracy | n |", "|---|---|---|"]
-    names = {"simple": "Simple", "multi_tool_seq": "Multi-Tool Seq", "multi_tool_par": "Multi-Tool Par",
-             "complex": "Complex"}  # fmt: skip
     for group in metrics["counts"]:
-        lines.append(f"| {names.get(group, group)} | {pct(metrics['accuracy'][group])} | "
+        lines.append(f"| {TIER_LABELS.get(group, group)} | {pct(metrics['accuracy'][group])} | "
                      f"{metrics['counts'][group]} |")  # fmt: skip
     lines.append(f"| Overall | {pct(metrics['accuracy']['overall'])} | {metrics['n_tasks']} |")
     lines += ["", "| Metric | Value |", "|---|---|"]

@@ -137,6 +137,7 @@ def test_parallel_calls_match_in_any_order_each_used_once():
 def test_irrelevance_means_no_call():
     q = _question([], "irrelevance")
     assert bfcl.check_question(q, []) == []
+    assert bfcl.question_tier(q) is TaskTier.NO_TOOL  # reported beside the built-in no-tool tier
     assert (
         "expected no function call"
         in bfcl.check_question(q, [{"name": "weather.get", "arguments": {}}])[0]

@@ -143,6 +143,8 @@ def _standard_schema(schema: dict) -> dict:
 
 
 def question_tier(question: BFCLQuestion) -> TaskTier:
+    if question.irrelevant:  # the right answer calls nothing, as in the built-in no-tool tier
+        return TaskTier.NO_TOOL
     return TaskTier.MULTI_TOOL_PAR if "parallel" in question.category else TaskTier.SIMPLE
 
 

@@ -12,6 +12,8 @@ Spec types (all plain JSON):
     {"type": "choice", "value": "A", "options": ["A", "B"]} names A and no other option
     {"type": "set", "items": ["A", "B"]}                    every item appears
     {"type": "all", "checks": [spec, ...]}
+    {"type": "refusal"}                                     says it cannot (see REFUSAL_MARKERS)
+    {"type": "no_call", "check": spec}                      no tool call at all, and spec holds
     {"type": "booking", "flight_id": "SV123", "passenger": "Dara Velmont"}
     {"type": "file", "path": "out/x.txt", "check": spec}   spec applied to the file's text
     {"type": "bfcl", "functions": [...], "ground_truth": [...], "category": "simple_python"}
@@ -26,6 +28,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+# How an answer says that it cannot help, after `normalize_text` ("can't" reads "can t").
+REFUSAL_MARKERS = ("cannot", "can not", "can t", "unable to", "not able to")
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w.])-?\.\d+")
 
 
@@ -83,6 +87,8 @@ def check_answer(spec: dict, text: str | None) -> bool:
         return all(contains_name(text, item) for item in spec["items"])
     if kind == "all":
         return all(check_answer(s, text) for s in spec["checks"])
+    if kind == "refusal":
+        return any(contains_name(text, marker) for marker in REFUSAL_MARKERS)
     raise ValueError(f"not an answer check: {kind!r}")
 
 
@@ -137,6 +143,8 @@ def check_spec(spec: dict, trajectory: Any, env: Any = None) -> bool:
         return env is not None and episode_id is not None and _file_ok(spec, env, episode_id)
     if kind == "bfcl":
         return _bfcl_ok(spec, trajectory)
+    if kind == "no_call":  # a call attempt counts, even one that did not parse
+        return not trajectory.tool_calls and check_spec(spec["check"], trajectory, env)
     if kind == "all":
         return all(check_spec(s, trajectory, env) for s in spec["checks"])
     return check_answer(spec, trajectory.final_answer)

@@ -470,7 +470,7 @@ def run_plan(plan: dict, today: date) -> Plan:
         else:
             yield from _plain_step(step, values)
     reduce = plan.get("reduce")
-    think = ""
+    think = plan.get("think", "")  # a plan without steps says why it makes no call
     if reduce:
         numbers = [to_number(values[v]) for v in reduce["vars"]]
         pick = max if reduce["kind"] == "argmax" else min

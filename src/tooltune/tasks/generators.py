@@ -1,4 +1,5 @@
-"""Task templates of the four tiers over the built-in world.
+"""Task templates of the four tool tiers over the built-in world (the no-tool tier's, which
+need no plan, are in tooltune.tasks.abstention).
 
 Every template draws entities from one split's pool, words the prompt in one of several ways,
 and returns a `Draft`: the prompt, the tool families offered, the verified answer and its check

@@ -4,7 +4,8 @@ Entities (places, companies, people, products, orders, files, images, routes) ar
 pools of 60/20/20 when the world is built; each split draws its entities from its own pool, so
 the test set asks about companies and cities the training set never mentions. Some templates are
 held out as well: they appear only in test, so test also measures transfer to new task shapes.
-`heldout_tools` tasks need `geo_lookup` / `corp_registry`, tools never offered in training.
+`heldout_tools` tasks need `geo_lookup` / `corp_registry`, tools never offered in training; that
+split has no no-tool tasks, and a mix of tiers drawn for it leaves that tier out.
 
 Every sample is reproducible: task `i` of `sample_tasks(split, n, seed)` is generated from its
 own random stream, so it does not depend on `n` or on the other tasks.
@@ -16,8 +17,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tooltune.config import TaskTier
+from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
 from tooltune.tasks import Task
+from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
 from tooltune.tasks.generators import (
     BUILTIN_FAMILIES,
@@ -37,12 +39,7 @@ POOL_OF_SPLIT = {
     "test": "test",
     "heldout_tools": "test",
 }
-DEFAULT_TIER_WEIGHTS = {
-    TaskTier.SIMPLE: 0.3,
-    TaskTier.MULTI_TOOL_SEQ: 0.3,
-    TaskTier.MULTI_TOOL_PAR: 0.2,
-    TaskTier.COMPLEX: 0.2,
-}
+ALL_TEMPLATES = [*TEMPLATES, *NO_TOOL_TEMPLATES]  # the tool tiers' and the no-tool tier's
 _MAX_TRIES = 50
 
 
@@ -69,11 +66,11 @@ def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     if split == "heldout_tools":
-        chosen = [t for t in TEMPLATES if t.heldout_tools]
+        chosen = [t for t in ALL_TEMPLATES if t.heldout_tools]
     elif split == "test":
-        chosen = [t for t in TEMPLATES if not t.heldout_tools]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools]
     else:
-        chosen = [t for t in TEMPLATES if not t.heldout_tools and not t.heldout]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.heldout]
     return [t for t in chosen if tier is None or t.tier == tier]
 
 
@@ -116,7 +113,7 @@ def _weights(
 ) -> dict[TaskTier, float]:
     weights = {TaskTier(k): float(v) for k, v in (tier_weights or DEFAULT_TIER_WEIGHTS).items()}
     if tiers is not None:
-        allowed = {TaskTier(t) for t in tiers}
+        allowed = dict.fromkeys(TaskTier(t) for t in tiers)  # in the caller's order, not a set's
         weights = {t: (weights.get(t, 0.0) or 1.0) for t in allowed}
     weights = {t: w for t, w in weights.items() if w > 0}
     if not weights:
@@ -133,13 +130,19 @@ def sample_tasks(
     world: World | str | Path | None = None,
     unique: bool = True,
 ) -> list[Task]:
-    """`n` tasks of `split`, tiers drawn by `tier_weights` (default 30/30/20/20), optionally only
-    `tiers`. With `unique`, prompts do not repeat within the sample (when the pool allows)."""
+    """`n` tasks of `split`, tiers drawn by `tier_weights` (default `DEFAULT_TIER_WEIGHTS`),
+    optionally only `tiers`. A weighted tier the split has no templates of is left out of the
+    mix; one asked for in `tiers` is an error. With `unique`, prompts do not repeat within the
+    sample (when the pool allows)."""
     if n < 0:
         raise ValueError("n must be >= 0")
     weights = _weights(tier_weights, tiers)
+    by_tier = {t: templates_for(split, t) for t in weights}  # checks the split name first
+    if tiers is None:
+        weights = {t: w for t, w in weights.items() if by_tier[t]}
     tier_list, tier_w = list(weights), list(weights.values())
-    by_tier = {t: templates_for(split, t) for t in tier_list}  # checks the split name first
+    if not tier_list:
+        raise ValueError(f"split {split!r} has no templates of the tiers weighted")
     w = get_world(world)
     tasks: list[Task] = []
     seen: set[str] = set()

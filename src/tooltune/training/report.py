@@ -12,15 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tooltune.config import AgentConfig, TaskTier
+from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
 
-TIER_NAMES = {
-    TaskTier.SIMPLE: "Simple",
-    TaskTier.MULTI_TOOL_SEQ: "Multi-Tool Seq",
-    TaskTier.MULTI_TOOL_PAR: "Multi-Tool Par",
-    TaskTier.COMPLEX: "Complex",
-}
 STAGE_NAMES = {"before": "Before Training", "after_sft": "After SFT", "after_grpo": "After GRPO"}
+# The seed's targets; it sets none for the no-tool tier.
 SEED_ACCURACY = {"simple": 0.96, "multi_tool_seq": 0.88, "multi_tool_par": 0.85, "complex": 0.74}
 KEYS = ("avg_steps", "tool_call_failure_rate", "unplanned_failure_rate", "unnecessary_call_rate",
         "parallel_call_rate")  # fmt: skip
@@ -58,13 +53,13 @@ def _pct(value: float | None) -> str:
 def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
     stages = [s for s in STAGE_NAMES if s in summary]
     groups = _groups(summary[stages[0]]["accuracy"]) if stages else []
-    builtin = set(groups) == set(SEED_ACCURACY)  # the seed's targets are for its four tiers
+    builtin = bool(groups) and set(groups) <= {t.value for t in TaskTier}
     rows = [["Task Tier" if builtin else "Group", *(STAGE_NAMES[s] for s in stages)]
             + (["Seed target (after GRPO)"] if builtin else [])]  # fmt: skip
     for group in groups:
-        name = TIER_NAMES[TaskTier(group)] if builtin else group
+        name = TIER_LABELS[TaskTier(group)] if builtin else group
         rows.append([name, *(_pct(summary[s]["accuracy"].get(group)) for s in stages)]
-                    + ([f"{SEED_ACCURACY[group]:.0%}"] if builtin else []))  # fmt: skip
+                    + ([_pct(SEED_ACCURACY.get(group))] if builtin else []))  # fmt: skip
     if not builtin and len(groups) > 1:
         rows.append(["Overall", *(_pct(summary[s]["accuracy"].get("overall")) for s in stages)])
     if any("heldout_tools" in summary[s] for s in stages):

@@ -1,0 +1,33 @@
+"""The run report: one accuracy row per tier, the no-tool tier's included."""
+
+from tooltune.config import AgentConfig
+from tooltune.training.pipeline import PipelineSettings
+from tooltune.training.report import accuracy_table, summarise, write_report
+
+TIER_ROWS = ["Simple", "Multi-Tool Seq", "Multi-Tool Par", "Complex", "No tool needed"]
+
+
+def _stage(no_tool):
+    accuracy = {"simple": 0.5, "multi_tool_seq": 0.25, "multi_tool_par": 0.0, "complex": 0.0,
+                "no_tool": no_tool, "overall": 0.3}  # fmt: skip
+    return {"accuracy": accuracy, "n_tasks": 20, "avg_steps": 2.0, "tool_call_failure_rate": 0.1,
+            "unplanned_failure_rate": 0.1, "unnecessary_call_rate": 0.2, "parallel_call_rate": 0.5}  # fmt: skip
+
+
+def test_the_report_has_a_no_tool_needed_row(tmp_path):
+    metrics = {"before": _stage(0.0), "after_sft": _stage(0.75), "after_grpo": _stage(1.0)}
+    summary = summarise(metrics, 20)
+    assert summary["after_sft"]["accuracy"]["no_tool"] == 0.75  # metrics.json has the tier
+    rows = accuracy_table(summary)
+    assert [r[0] for r in rows[1:]] == TIER_ROWS
+    assert rows[-1] == ["No tool needed", "0%", "75%", "100%", "-"]  # the seed sets no target
+    write_report(tmp_path, metrics, {}, PipelineSettings(), AgentConfig(), 20, 60.0)
+    assert "| No tool needed | 0% | 75% | 100% | - |" in (tmp_path / "report.md").read_text()
+    assert "<td>No tool needed</td>" in (tmp_path / "report.html").read_text()
+
+
+def test_a_tier_a_stage_did_not_evaluate_reads_as_a_dash():
+    before = _stage(0.0)
+    del before["accuracy"]["no_tool"]  # e.g. metrics written before the tier existed
+    rows = accuracy_table(summarise({"before": before}, 16))
+    assert rows[-1] == ["No tool needed", "-", "-"]
