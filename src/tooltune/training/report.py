@@ -52,8 +52,10 @@ def _pct(value: float | None) -> str:
 
 def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
     stages = [s for s in STAGE_NAMES if s in summary]
-    groups = _groups(summary[stages[0]]["accuracy"]) if stages else []
+    groups = list(dict.fromkeys(g for s in stages for g in _groups(summary[s]["accuracy"])))
     builtin = bool(groups) and set(groups) <= {t.value for t in TaskTier}
+    if builtin:  # every tier, a dash where a stage did not evaluate it (an older run's)
+        groups = [t.value for t in TaskTier]
     rows = [["Task Tier" if builtin else "Group", *(STAGE_NAMES[s] for s in stages)]
             + (["Seed target (after GRPO)"] if builtin else [])]  # fmt: skip
     for group in groups:
