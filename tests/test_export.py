@@ -96,7 +96,7 @@ def test_template_renders_every_prompt_of_an_episode_as_the_rollout_built_it(env
             checked += 1
         assert episode.steps[-1].action.type == "respond"
         assert render(tokenizer, messages, episode.tools, generation=False) == text + "\n"
-    assert checked >= 30
+    assert checked >= 25  # turns checked over 12 episodes (no-tool ones have one)
 
 
 def _expected(style, steps, prompt="Q?", instructions=None, max_chars=2000):

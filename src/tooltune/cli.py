@@ -58,44 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--world", type=Path, help="world directory (default: a cache per seed)")
     common.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
 
-    demo = sub.add_parser("demo", parents=[common], help="build the world, train, evaluate, report")
+    run = argparse.ArgumentParser(add_help=False)  # what a training run takes (demo, train)
+    run.add_argument("--model", help="smollm2-135m | builtin | a local HF model dir "
+                     "(default: the preset's, smollm2-135m)")  # fmt: skip
+    run.add_argument("--device", default="",
+                     help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    run.add_argument("--report-to", choices=["none", "tensorboard", "wandb"],
+                     help="also send the metrics to TensorBoard (RUN_DIR/tensorboard) or W&B "
+                          "(WANDB_MODE=offline works without network); default none")  # fmt: skip
+    run.add_argument("--fresh", action="store_true",
+                     help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
+
+    demo = sub.add_parser("demo", parents=[common, run],
+                          help="build the world, train, evaluate, report")  # fmt: skip
     demo.add_argument("--preset", help="default | builtin | smoke | a TOML file (default: default, "
                       "or builtin with --model builtin)")  # fmt: skip
-    demo.add_argument("--model", help="smollm2-135m | builtin | a local HF model dir "
-                      "(default: the preset's, smollm2-135m)")  # fmt: skip
-    demo.add_argument("--device", default="",
-                      help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
-    demo.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     demo.add_argument("--name", help="run name (default: from preset and time)")
     demo.add_argument("--backend", choices=["local", "ray"], default="local",
                       help="where GRPO rollouts and tools run (default: local)")  # fmt: skip
     demo.add_argument(
         "--ray-address", default="", help="an existing Ray cluster (default: start one)"
     )
-    demo.add_argument("--report-to", choices=["none", "tensorboard", "wandb"],
-                      help="also send the metrics to TensorBoard (RUN_DIR/tensorboard) or W&B "
-                           "(WANDB_MODE=offline works without network); default none")  # fmt: skip
-    demo.add_argument("--fresh", action="store_true",
-                      help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     demo.set_defaults(handler=_demo)
 
-    train = sub.add_parser("train", parents=[common], help="train on your own environment "
+    train = sub.add_parser("train", parents=[common, run], help="train on your own environment "
                            "(tools, tasks, rewards): SFT, GRPO, evaluation, report")  # fmt: skip
     train.add_argument("--env", required=True, metavar="SPEC",
                        help="path/to/env.py or package.module, optionally :attr (a tooltune.ToolEnv "
                             "or a function returning one; default names: env, make_env)")  # fmt: skip
     train.add_argument("--preset", help="default | smoke | a TOML file (default: default, "
                        "or builtin with --model builtin)")  # fmt: skip
-    train.add_argument("--model", help="smollm2-135m | builtin | a local HF model dir "
-                       "(default: the preset's, smollm2-135m)")  # fmt: skip
-    train.add_argument("--device", default="",
-                       help="Hugging Face models: cpu | cuda | cuda:N (default: cuda where present)")  # fmt: skip
-    train.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     train.add_argument("--name", help="run name (default: from environment, preset and model)")
-    train.add_argument("--report-to", choices=["none", "tensorboard", "wandb"],
-                       help="also send the metrics to TensorBoard or W&B; default none")  # fmt: skip
-    train.add_argument("--fresh", action="store_true",
-                       help="discard an earlier run in the run directory (by default it is resumed)")  # fmt: skip
     train.set_defaults(handler=_train)
 
     tools = sub.add_parser("tools", help="list or call the built-in tools")
