@@ -305,6 +305,34 @@ def test_bf16_base_trains_fp32_adapters(model_dir, marker_tokens):
     assert len(out.token_ids) >= 1
 
 
+def test_full_fine_tuning_in_bf16_trains_every_weight_through_fp32_masters(model_dir, tmp_path):
+    """Without LoRA the weights stay bf16 (bf16 products everywhere); training.optim.AdamW
+    steps fp32 copies, so the loss falls, and a saved model loads back as it was."""
+    from tooltune.training.optim import AdamW
+
+    policy = HFPolicy.from_pretrained(model_dir, dtype="bf16")
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    assert len(trainable) == len(list(policy.parameters()))
+    assert all(p.dtype == torch.bfloat16 for p in trainable)
+    ids = torch.tensor([policy.encode(prompt("Hi") + f"{TOOL_CALL_OPEN}{{}}</tool_call>{IM_END}")])
+    mask, scored = torch.ones_like(ids), torch.ones(1, ids.shape[1] - 1)
+    opt = AdamW(trainable, lr=1e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = -policy.token_logprobs(ids, mask, scored=scored).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.dtype == torch.bfloat16 for p in trainable)
+    policy.save(tmp_path / "full")
+    again = HFPolicy.from_pretrained(tmp_path / "full", dtype="bf16")
+    with torch.no_grad():
+        a, b = policy.token_logprobs(ids, mask), again.token_logprobs(ids, mask)
+    torch.testing.assert_close(a, b)
+
+
 def test_a_model_directory_without_a_tokenizer_names_the_fix(tmp_path, model_dir):
     import shutil
 

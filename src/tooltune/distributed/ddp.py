@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from tooltune.training.grpo import GRPOTrainer, grpo_loss
+from tooltune.training.optim import AdamW
 from tooltune.training.sft import (
     collate,
     own_and_weighted_nll,
@@ -225,7 +226,7 @@ def train_sft_distributed(
     records = to_token_records(records, getattr(policy, "encode", None))
     broadcast_parameters(policy.model, ctx)
     params = trainable_parameters(policy)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    optimizer = AdamW(params, lr=lr, weight_decay=config.weight_decay)
     steps = math.ceil(len(records) / batch_size) * epochs
     scheduler = make_scheduler(optimizer, steps, config.warmup_ratio)
     generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0)))

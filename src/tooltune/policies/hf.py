@@ -258,8 +258,9 @@ class HFPolicy(ModulePolicy):
         added = add_tooltune_tokens(tokenizer, model, marker_tokens)
         if lora is not None:
             model = apply_lora(model, lora, added)
-        policy = cls(_trainable_in_fp32(model).to(device), tokenizer, str(path.resolve()),
-                     direct_forward)  # fmt: skip
+        if lora is not None:  # full fine-tuning keeps the compute dtype (see training.optim)
+            model = _trainable_in_fp32(model)
+        policy = cls(model.to(device), tokenizer, str(path.resolve()), direct_forward)
         policy.prompt_format = prompt_format
         return policy
 
@@ -496,7 +497,8 @@ def scored_logprobs(
 
 def _trainable_in_fp32(model: Any) -> Any:
     """Trainable parameters (LoRA adapters, added token rows) in fp32 whatever the frozen
-    weights' dtype: bf16 weights would lose small AdamW updates to rounding."""
+    weights' dtype: bf16 weights would lose small AdamW updates to rounding. (Without LoRA
+    every weight trains in the compute dtype, and `training.optim.AdamW` keeps fp32 masters.)"""
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()

@@ -144,7 +144,11 @@ def hidden_states(
     if attention_mask is None:
         attention_mask = torch.ones((B, past + T), dtype=torch.long, device=ids.device)
     positions = token_positions(attention_mask, T)
-    causal = past == 0 and bool(attention_mask.all())  # no padding: plain causal attention
+    # No padding, or (all positions kept) padding only after each row's tokens: plain causal
+    # attention is exact for every real token, and lets attention skip the masked half
+    # (what padding positions compute is never used).
+    ends_in_padding = bool((attention_mask.cummin(dim=1).values == attention_mask).all())
+    causal = past == 0 and bool(attention_mask.all() or keep is None and ends_in_padding)
     x = decoder.embed_tokens(ids)
     mask = None if causal else additive_mask(padded_causal_mask(attention_mask, T), x.dtype)
     cos, sin = decoder.rotary_emb(x, positions)

@@ -426,6 +426,7 @@ class AgentTrainingPipeline:
     # -- stage: GRPO -----------------------------------------------------------------------------
     def _grpo(self, state: dict[str, Any]) -> None:
         from tooltune.training.grpo import GRPOTrainer
+        from tooltune.training.optim import AdamW
         from tooltune.training.rewards import rubric_from_config
         from tooltune.training.schedule import make_scheduler
 
@@ -436,7 +437,7 @@ class AgentTrainingPipeline:
             self._load_checkpoint("checkpoints/sft") if state["grpo_step"] else self.policy.clone()
         )
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, s.grpo_steps, cfg.warmup_ratio)
         start = state["grpo_step"]
         if start:
@@ -589,5 +590,8 @@ def describe_compute(policy: Any) -> str:
         why = "this CPU has no AVX-512 BF16 or AMX: bf16 would be slower"
     else:
         why = "as configured"
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    return f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), {trainable:,} trainable parameters in fp32"
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in trainable)
+    masters = " (fp32 master copies)" if any(p.dtype != torch.float32 for p in trainable) else " in fp32"
+    return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
+            f"{count:,} trainable parameters{masters}")  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tooltune.policies.module import accepts_keyword
+from tooltune.training.optim import AdamW
 from tooltune.training.schedule import make_scheduler
 
 
@@ -284,7 +285,7 @@ def train_sft(
     if epochs <= 0:
         return history
     params = trainable_parameters(policy)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    optimizer = AdamW(params, lr=lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(records) / batch_size)
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, config.warmup_ratio)
     device = policy_device(policy)

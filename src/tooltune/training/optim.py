@@ -1,0 +1,51 @@
+"""The optimizer every training loop uses: AdamW, with fp32 master weights for parameters that
+live in a lower precision.
+
+Full fine-tuning of a pretrained model on a CPU with fast bf16 keeps the model's weights in
+bf16, so every forward, backward and generation runs bf16 matrix products. AdamW's updates are
+often smaller than bf16's resolution (8 bits of mantissa: 1.0 + 1e-3 rounds back to 1.0), so
+stepping the bf16 weights directly would lose most of them. `AdamW` here steps fp32 copies of
+such parameters and rounds the result into the model after every step (the "master weights"
+of mixed-precision training). fp32 parameters (LoRA adapters) are stepped in place as usual.
+A resumed run rebuilds the masters from the saved (rounded) weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class AdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` that keeps fp32 master copies of non-fp32 parameters."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], **kwargs) -> None:
+        self.model_params = list(params)
+        self.masters = [
+            p if p.dtype == torch.float32 else p.detach().float().requires_grad_()
+            for p in self.model_params
+        ]
+        super().__init__(self.masters, **kwargs)
+
+    def _low_precision(self):
+        return ((p, m) for p, m in zip(self.model_params, self.masters, strict=True) if m is not p)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for param, master in self._low_precision():
+            master.grad = None if param.grad is None else param.grad.float()
+        loss = super().step(closure)
+        for param, master in self._low_precision():
+            param.copy_(master)  # rounds to the model's dtype
+            master.grad = None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for param, _ in self._low_precision():
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+
