@@ -452,6 +452,7 @@ def _sql_fix(step: dict, values: dict) -> Plan:
     values[step["as"]] = extract(step["extract"], first.value, values)
 
 
+ANSWER_THINK = "The results answer the question."
 BOOKING_ANSWER = ("Booked <<passenger>> on flight <<flight_id>> (<<airline>>, <<date>>, departing <<departure>>, "
                   "$<<price>>). Booking <<booking_id>> is confirmed.")  # fmt: skip
 
@@ -470,7 +471,11 @@ def run_plan(plan: dict, today: date) -> Plan:
         else:
             yield from _plain_step(step, values)
     reduce = plan.get("reduce")
-    think = plan.get("think", "")  # a plan without steps says why it makes no call
+    # A plan without steps says why it makes no call. After tool results the answer turn opens
+    # with a thought as every other turn does: the model then decides between calling again and
+    # answering in words, not with the turn's first token (a bare answer turn was outnumbered by
+    # thinking turns, and trained models went on calling after the result they needed).
+    think = plan.get("think", "") or (ANSWER_THINK if plan["steps"] else "")
     if reduce:
         numbers = [to_number(values[v]) for v in reduce["vars"]]
         pick = max if reduce["kind"] == "argmax" else min
