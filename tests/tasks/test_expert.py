@@ -103,3 +103,13 @@ def test_expert_gives_up_visibly_on_broken_results(env):
     history = [parse_results('<tool_response>{"name": "x", "error": "boom"}</tool_response>')]
     turn = next_turn(task.metadata["plan"], env.world.today, history)
     assert turn.answer is not None and "could not finish" in turn.answer
+
+
+def test_every_expert_turn_opens_with_a_thought(env):
+    """The answer turn too: a trained model then decides to stop in words, not with the turn's
+    first token (without it, models kept calling after the result they needed)."""
+    tasks = sample_tasks("train", 40, seed=3, world=env.world)
+    _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, batch_size=100)
+    answers = [t.steps[-1].action for t in trajectories if t.tool_calls]
+    assert answers and all(a.thinking and not a.tool_calls for a in answers)
+    assert all(s.action.thinking for t in trajectories for s in t.steps)
