@@ -48,4 +48,3 @@ class AdamW(torch.optim.AdamW):
                 param.grad = None
             elif param.grad is not None:
                 param.grad.zero_()
-
