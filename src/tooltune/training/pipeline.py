@@ -592,6 +592,8 @@ def describe_compute(policy: Any) -> str:
         why = "as configured"
     trainable = [p for p in policy.parameters() if p.requires_grad]
     count = sum(p.numel() for p in trainable)
-    masters = " (fp32 master copies)" if any(p.dtype != torch.float32 for p in trainable) else " in fp32"
+    masters = (
+        " (fp32 master copies)" if any(p.dtype != torch.float32 for p in trainable) else " in fp32"
+    )
     return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
             f"{count:,} trainable parameters{masters}")  # fmt: skip
