@@ -143,3 +143,22 @@ def test_bad_tool_calls_count_as_failures(env):
     result = evaluate(ScriptedPolicy([bad, "done"]), [task], env)
     assert result["tool_call_failure_rate"] == 1.0 and result["accuracy"]["overall"] == 0.0
     assert result["unplanned_failure_rate"] == 1.0
+
+
+def test_accuracy_on_seen_and_new_task_shapes():
+    """Tasks that say whether their template is test-only are counted apart; tasks that do not
+    (a user's) give no such split."""
+    tasks = [_task(TaskTier.SIMPLE, 1) for _ in range(3)]
+    for task, new in zip(tasks, [False, True, True], strict=True):
+        task.metadata["new_shape"] = new
+    answer = AgentStep(AgentAction("respond", "1"))
+    runs = [AgentTrajectory("q", TaskTier.SIMPLE, [answer], "1", success=ok)
+            for ok in (True, True, False)]  # fmt: skip
+    shapes = compute_metrics(tasks, runs)["by_shape"]
+    assert shapes == {
+        "seen": {"correct": 1, "n": 1, "accuracy": 1.0},
+        "new": {"correct": 1, "n": 2, "accuracy": 0.5},
+    }
+    for task in tasks:
+        del task.metadata["new_shape"]
+    assert "by_shape" not in compute_metrics(tasks, runs)

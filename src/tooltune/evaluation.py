@@ -10,6 +10,9 @@ reward). The efficiency table is computed from the trajectories:
                             whose minimal solution is known; None when no task's is; a no-tool
                             task's minimal solution is empty: every call made on one counts)
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
+    by_shape                accuracy on tasks of templates training also draws from ("seen")
+                            and of templates only the test split has ("new"), when the tasks
+                            say which (`metadata["new_shape"]`, the built-in world's do)
 
 The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
 old schema): the task's `metadata["planted_failures"]` lists those calls, and a failed call that
@@ -95,6 +98,7 @@ def compute_metrics(
     correct: Counter = Counter()
     counts: Counter = Counter()
     by_template: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_shape: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     steps = calls = failed = planted = extra = judged = (
         0  # judged: calls of tasks with a known minimum
     )
@@ -106,6 +110,10 @@ def compute_metrics(
         template = task.metadata.get("template", "")
         by_template[template][0] += bool(traj.success)
         by_template[template][1] += 1
+        if "new_shape" in task.metadata:
+            shape = "new" if task.metadata["new_shape"] else "seen"
+            by_shape[shape][0] += bool(traj.success)
+            by_shape[shape][1] += 1
         n_calls = len(traj.tool_calls)
         steps += len(traj.steps)
         calls += n_calls
@@ -136,6 +144,15 @@ def compute_metrics(
         "unnecessary_call_rate": extra / judged if judged else (0.0 if calls == judged else None),
         "parallel_call_rate": par_done / par_total if par_total else None,
         "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
+        **({"by_shape": _rates(by_shape, ("seen", "new"))} if by_shape else {}),
+    }
+
+
+def _rates(counts: dict[str, list[int]], order: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    return {
+        k: {"correct": counts[k][0], "n": counts[k][1], "accuracy": counts[k][0] / counts[k][1]}
+        for k in order
+        if counts[k][1]
     }
 
 

@@ -31,3 +31,16 @@ def test_a_tier_a_stage_did_not_evaluate_reads_as_a_dash():
     del before["accuracy"]["no_tool"]  # e.g. metrics written before the tier existed
     rows = accuracy_table(summarise({"before": before}, 16))
     assert rows[-1] == ["No tool needed", "-", "-"]
+
+
+def test_seen_and_new_task_shapes_get_a_row_each():
+    """Test-only templates are a fifth to a third of each tier's test tasks: the report says
+    how the model does on them apart from the shapes it trained on."""
+    after = _stage(0.5)
+    after["by_shape"] = {"seen": {"correct": 8, "n": 10, "accuracy": 0.8},
+                         "new": {"correct": 1, "n": 10, "accuracy": 0.1}}  # fmt: skip
+    rows = accuracy_table(summarise({"before": _stage(0.0), "after_sft": after}, 20))
+    assert rows[len(TIER_ROWS) + 1 :] == [
+        ["All tiers: task shapes seen in training", "-", "80%", "-"],
+        ["All tiers: new task shapes (templates only in test)", "-", "10%", "-"],
+    ]

@@ -100,6 +100,7 @@ def make_task(
         split=split,
         metadata={
             "template": template.id,
+            "new_shape": template.heldout,  # a template only the test split uses
             "plan": draft.plan,
             "parallel": draft.parallel,
             "planted_failures": draft.planted,

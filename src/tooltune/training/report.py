@@ -17,6 +17,8 @@ from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
 STAGE_NAMES = {"before": "Before Training", "after_sft": "After SFT", "after_grpo": "After GRPO"}
 # The seed's targets; it sets none for the no-tool tier.
 SEED_ACCURACY = {"simple": 0.96, "multi_tool_seq": 0.88, "multi_tool_par": 0.85, "complex": 0.74}
+SHAPE_LABELS = {"seen": "All tiers: task shapes seen in training",
+                "new": "All tiers: new task shapes (templates only in test)"}  # fmt: skip
 KEYS = ("avg_steps", "tool_call_failure_rate", "unplanned_failure_rate", "unnecessary_call_rate",
         "parallel_call_rate")  # fmt: skip
 
@@ -34,6 +36,8 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
         row["n_test_tasks"] = m.get("n_tasks", n_test)
         if "heldout_tools" in m:
             row["heldout_tools"] = m["heldout_tools"]
+        if "by_shape" in m:
+            row["by_shape"] = m["by_shape"]
         out[stage] = row
     if metrics.get("reward_model"):  # scalars only: the split's task ids stay in state.json
         lists = ("tasks", "train_loss", "val_loss")
@@ -64,6 +68,11 @@ def accuracy_table(summary: dict[str, Any]) -> list[list[str]]:
                     + ([_pct(SEED_ACCURACY.get(group))] if builtin else []))  # fmt: skip
     if not builtin and len(groups) > 1:
         rows.append(["Overall", *(_pct(summary[s]["accuracy"].get("overall")) for s in stages)])
+    for shape, label in SHAPE_LABELS.items():
+        if any(shape in summary[s].get("by_shape", {}) for s in stages):
+            cells = [summary[s].get("by_shape", {}).get(shape) for s in stages]
+            rows.append([label, *(_pct(c["accuracy"]) if c else "-" for c in cells)]
+                        + (["-"] if builtin else []))  # fmt: skip
     if any("heldout_tools" in summary[s] for s in stages):
         rows.append(["Held-out tools (never trained on)",
                      *(f"{summary[s]['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in summary[s]
