@@ -34,9 +34,11 @@ def test_fp32_parameters_step_as_torch_adamw_does():
     theirs = torch.nn.Parameter(ours.detach().clone())
     optimizer = AdamW([ours], lr=1e-2, weight_decay=0.01)
     assert optimizer.masters[0] is ours  # no copy
+    assert optimizer.param_groups[0]["fused"]  # torch's fused kernel on a CPU
     _steps(optimizer, ours, 5)
     _steps(torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.01), theirs, 5)
-    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, torch.linspace(-1, 1, 4))
+    torch.testing.assert_close(ours, theirs)  # the fused kernel may round differently
 
 
 def test_zero_grad_clears_the_model_parameters_gradients():
