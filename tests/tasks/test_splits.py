@@ -7,13 +7,13 @@ import pytest
 from tooltune.config import TaskTier
 from tooltune.tasks import Task, format_task, load_tasks, sample_tasks, save_tasks
 from tooltune.tasks.generators import (
-    FAMILIES,
     TEMPLATES,
     date_phrase,
     expand_slots,
     resolve_date_phrase,
 )
 from tooltune.tasks.splits import templates_for
+from tooltune.tools.catalogue import HELDOUT_TOOLS
 
 
 def _entity_names(world, pool):
@@ -74,7 +74,7 @@ def test_test_split_holds_out_entities_and_templates(world):
 
 def test_heldout_tools_split(world):
     tasks = sample_tasks("heldout_tools", 80, seed=0, world=world)
-    new_tools = set(FAMILIES["registry"])
+    new_tools = set(HELDOUT_TOOLS)
     assert all(new_tools & set(t.tools) for t in tasks)
     assert {t.tier for t in tasks} == set(TaskTier) - {TaskTier.NO_TOOL}  # every tool tier
     for split in ("train", "validation", "test"):

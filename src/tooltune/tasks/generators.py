@@ -25,25 +25,6 @@ from typing import Any
 from tooltune.config import TaskTier
 from tooltune.tasks.world import LETTER_LINK, World, atlas_route, slug
 
-FAMILIES: dict[str, list[str]] = {
-    "search": ["search", "open_document"],
-    "python": ["run_python"],
-    "math": ["calculate", "solve_equation", "simplify_expression", "differentiate", "integrate"],
-    "files": ["list_files", "read_file", "write_file", "append_file", "search_files"],
-    "database": ["sql_query", "list_tables", "describe_table"],
-    "flights": ["search_flights", "book_flight", "confirm_booking", "get_booking"],
-    "browser": ["browser_open", "browser_click", "browser_find", "browser_back"],
-    "images": [
-        "image_info",
-        "image_crop",
-        "image_histogram",
-        "image_dominant_colors",
-        "detect_shapes",
-    ],
-    "registry": ["geo_lookup", "corp_registry"],  # the held-out tools, never seen in training
-}
-BUILTIN_FAMILIES = [f for f in FAMILIES if f != "registry"]
-HELDOUT_TOOLS = FAMILIES["registry"]
 ATLAS_START = "/index.html"
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",

@@ -22,8 +22,6 @@ from tooltune.tasks import Task
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
 from tooltune.tasks.generators import (
-    BUILTIN_FAMILIES,
-    FAMILIES,
     TEMPLATES,
     Ctx,
     Draft,
@@ -31,6 +29,7 @@ from tooltune.tasks.generators import (
     minimal_calls,
 )
 from tooltune.tasks.world import World, ensure_world
+from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
 POOL_OF_SPLIT = {
