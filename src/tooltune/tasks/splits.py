@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
-from tooltune.tasks import Task
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
 from tooltune.tasks.generators import (
@@ -28,6 +27,7 @@ from tooltune.tasks.generators import (
     Template,
     minimal_calls,
 )
+from tooltune.tasks.task import Task
 from tooltune.tasks.world import World, ensure_world
 from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
