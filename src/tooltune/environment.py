@@ -28,7 +28,8 @@ from typing import Any
 from tooltune.config import AgentConfig, TaskTier
 from tooltune.registry import ToolDefinition, ToolRegistry, ToolRegistryError
 from tooltune.tasks.splits import default_world_dir
-from tooltune.tasks.world import World, ensure_world
+from tooltune.tasks.world import ensure_world
+from tooltune.tasks.world_data import World
 from tooltune.tools.catalogue import BUILTIN_TOOLS, HELDOUT_TOOLS, TOOL_FAMILY
 
 _EPISODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")

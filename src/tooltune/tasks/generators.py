@@ -23,7 +23,9 @@ from datetime import date, timedelta
 from typing import Any
 
 from tooltune.config import TaskTier
-from tooltune.tasks.world import LETTER_LINK, World, atlas_route, slug
+from tooltune.tasks.world_atlas import LETTER_LINK, atlas_route
+from tooltune.tasks.world_data import World
+from tooltune.tasks.world_names import slug
 
 ATLAS_START = "/index.html"
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]

@@ -28,7 +28,8 @@ from tooltune.tasks.generators import (
     minimal_calls,
 )
 from tooltune.tasks.task import Task
-from tooltune.tasks.world import World, ensure_world
+from tooltune.tasks.world import ensure_world
+from tooltune.tasks.world_data import World
 from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
