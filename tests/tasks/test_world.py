@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from tooltune.tasks.generators import FACTS, SEARCH_WORDS
+from tooltune.tasks.templates.facts import FACTS, SEARCH_WORDS
 from tooltune.tasks.world import build_world, ensure_world, load_world, world_is_built
 from tooltune.tasks.world_atlas import atlas_route, letter_link
 from tooltune.tasks.world_generation import WORLD_SIZES, generate_world

@@ -4,7 +4,7 @@
 |---|---|
 | `task` | `Task` (plain data, round-trips through JSON), saving, loading and printing tasks |
 | `splits` | the splits and `sample_tasks` over the built-in world |
-| `generators` | the task templates of the built-in world's tool tiers |
+| `templates` | the built-in world's task templates, one module per tool family |
 | `abstention` | the no-tool tier's templates |
 | `world` | the built-in world: its data, building it, writing its sources, loading it |
 | `checkers` | `verify`: a finished trajectory against a task's `check` spec |

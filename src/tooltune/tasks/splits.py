@@ -20,14 +20,10 @@ from typing import Any
 from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
-from tooltune.tasks.generators import (
-    TEMPLATES,
-    Ctx,
-    Draft,
-    Template,
-    minimal_calls,
-)
 from tooltune.tasks.task import Task
+from tooltune.tasks.templates.catalogue import TEMPLATES
+from tooltune.tasks.templates.draft import Ctx, Draft, Template
+from tooltune.tasks.templates.plan import minimal_calls
 from tooltune.tasks.world import ensure_world
 from tooltune.tasks.world_data import World
 from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES

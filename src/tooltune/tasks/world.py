@@ -4,7 +4,7 @@ orders, flights, files, images and web pages, written to every source the tools 
 Names come from a syllable generator, so no fact can be answered from a model's memory: the only
 way to know Zentrix's chief executive is to look it up. Every fact is consistent across sources
 (the quarterly sales files sum to the revenue in the database, the articles quote the same
-numbers as the tables), and `world.json` keeps the ground truth the task generators and checkers
+numbers as the tables), and `world.json` keeps the ground truth the task templates and checkers
 read. Building is deterministic: the same seed gives byte-identical text files and the same rows.
 
 This module gets a world into a directory and back: `build_world` draws one

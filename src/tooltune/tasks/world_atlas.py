@@ -24,7 +24,7 @@ def web_pages(places: list[dict], regions: list[str]) -> list[dict]:
     The front page links to one index page per initial letter (a page of a few dozen cities
     fits in a tool observation, where one list of every city would not), to the regions, and to
     the full list of cities. `world_files` renders exactly these pages, so link numbers the task
-    generators compute from here are the numbers the browser shows."""
+    templates compute from here are the numbers the browser shows."""
     back = [["Back to the atlas", "/index.html"]]
 
     def city_link(p: dict) -> list[str]:
