@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import threading
 import uuid
@@ -27,80 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import AgentConfig, TaskTier
-from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, ToolRegistryError, tool
-from tooltune.tasks.generators import FAMILIES
+from tooltune.registry import ToolDefinition, ToolRegistry, ToolRegistryError
 from tooltune.tasks.splits import default_world_dir
-from tooltune.tasks.world import World, ensure_world
+from tooltune.tasks.world import ensure_world
+from tooltune.tasks.world_data import World
+from tooltune.tools.catalogue import BUILTIN_TOOLS, HELDOUT_TOOLS, TOOL_FAMILY
 
 _EPISODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-TOOL_FAMILY = {name: family for family, names in FAMILIES.items() for name in names}
-BUILTIN_TOOLS = [
-    name for family, names in FAMILIES.items() if family != "registry" for name in names
-]
-GEO_ATTRIBUTES = {
-    "population": "population",
-    "area_km2": "area_km2",
-    "founded": "founded",
-    "region": "region",
-}
-
-
-def make_registry_tools(db_path: str | Path) -> list[ToolDefinition]:
-    """The held-out tools: `geo_lookup` and `corp_registry`, over the world's database.
-
-    They expose the same facts as `sql_query` and `search`, but with names, parameters and
-    descriptions no training task ever shows, to measure transfer to unseen tools."""
-    uri = f"file:{Path(db_path).resolve()}?mode=ro"
-
-    def fetch(query: str, params: tuple) -> sqlite3.Row | None:
-        con = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        con.row_factory = sqlite3.Row
-        try:
-            return con.execute(query, params).fetchone()
-        finally:
-            con.close()
-
-    @tool
-    def geo_lookup(place: str, attribute: str) -> dict:
-        """Gazetteer: one attribute of a city.
-
-        Args:
-            place: City name, e.g. "Varenholt".
-            attribute: One of population, area_km2, founded, region.
-        """
-        if attribute not in GEO_ATTRIBUTES:
-            raise ToolError(
-                f"unknown attribute {attribute!r}; use one of {', '.join(GEO_ATTRIBUTES)}"
-            )
-        row = fetch(
-            f"SELECT name, {GEO_ATTRIBUTES[attribute]} AS value FROM places WHERE lower(name) = lower(?)",
-            (place.strip(),),
-        )
-        if row is None:
-            raise ToolError(f"no city called {place!r} in the gazetteer")
-        return {"place": row["name"], "attribute": attribute, "value": row["value"]}
-
-    @tool
-    def corp_registry(company: str) -> dict:
-        """Company registry extract: leadership, seat, size and finances of a registered company.
-
-        Args:
-            company: Registered company name.
-        """
-        row = fetch("SELECT * FROM companies WHERE lower(name) = lower(?)", (company.strip(),))
-        if row is None:
-            raise ToolError(f"{company!r} is not in the company registry")
-        return {
-            "company": row["name"],
-            "chief_executive": row["ceo"],
-            "headquarters": row["hq_city"],
-            "industry": row["industry"],
-            "annual_revenue_musd": row["revenue_musd"],
-            "founded": row["founded"],
-            "employees": row["employees"],
-        }
-
-    return [geo_lookup, corp_registry]
 
 
 class BuiltinWorld:
@@ -200,6 +132,8 @@ class BuiltinWorld:
 
                 tools = make_database_tools(self.world.db_path)
             elif family == "registry":
+                from tooltune.tools.heldout import make_registry_tools
+
                 tools = make_registry_tools(self.world.db_path)
             else:
                 raise KeyError(family)
@@ -230,7 +164,7 @@ class BuiltinWorld:
         return self._shared_family(family)
 
     def tool_names(self, include_heldout: bool = False) -> list[str]:
-        return BUILTIN_TOOLS + (FAMILIES["registry"] if include_heldout else [])
+        return BUILTIN_TOOLS + (HELDOUT_TOOLS if include_heldout else [])
 
     def registry(
         self, episode_id: str | None = None, tools: list[str] | None = None

@@ -1,19 +1,12 @@
-import random
 from collections import Counter
-from datetime import timedelta
 
 import pytest
 
 from tooltune.config import TaskTier
 from tooltune.tasks import Task, format_task, load_tasks, sample_tasks, save_tasks
-from tooltune.tasks.generators import (
-    FAMILIES,
-    TEMPLATES,
-    date_phrase,
-    expand_slots,
-    resolve_date_phrase,
-)
 from tooltune.tasks.splits import templates_for
+from tooltune.tasks.templates.catalogue import TEMPLATES
+from tooltune.tools.catalogue import HELDOUT_TOOLS
 
 
 def _entity_names(world, pool):
@@ -74,7 +67,7 @@ def test_test_split_holds_out_entities_and_templates(world):
 
 def test_heldout_tools_split(world):
     tasks = sample_tasks("heldout_tools", 80, seed=0, world=world)
-    new_tools = set(FAMILIES["registry"])
+    new_tools = set(HELDOUT_TOOLS)
     assert all(new_tools & set(t.tools) for t in tasks)
     assert {t.tier for t in tasks} == set(TaskTier) - {TaskTier.NO_TOOL}  # every tool tier
     for split in ("train", "validation", "test"):
@@ -131,23 +124,6 @@ def test_planted_failures_are_marked_in_metadata(world):
     assert {"book", "moved_budget", "broken_sql", "budget_share"} <= marked
     simple = sample_tasks("train", 40, seed=6, world=world, tiers=["simple"])
     assert not any(t.metadata["planted_failures"] for t in simple)
-
-
-def test_date_phrases_resolve(world):
-    rng = random.Random(0)
-    for offset in range(1, 15):
-        target = world.today + timedelta(days=offset)
-        for _ in range(10):
-            phrase = date_phrase(rng, world.today, target)
-            assert resolve_date_phrase(phrase, world.today) == target, phrase
-
-
-def test_expand_slots():
-    values = {"a": 1234567, "b": 2.5, "l": 3, "xs": [1.5, 2]}
-    assert expand_slots("<<a>> and <<a:num>>", values) == "1,234,567 and 1234567"
-    assert expand_slots({"link": "<<l:raw>>"}, values) == {"link": 3}
-    assert expand_slots("<<xs:sum>>", values) == "1.5 + 2"
-    assert expand_slots("<<missing>>", values) == "<<missing>>"
 
 
 def test_unknown_split():

@@ -4,17 +4,10 @@ import sqlite3
 
 import pytest
 
-from tooltune.tasks.generators import FACTS, SEARCH_WORDS
-from tooltune.tasks.world import (
-    WORLD_SIZES,
-    atlas_route,
-    build_world,
-    ensure_world,
-    generate_world,
-    letter_link,
-    load_world,
-    world_is_built,
-)
+from tooltune.tasks.templates.facts import FACTS, SEARCH_WORDS
+from tooltune.tasks.world import build_world, ensure_world, load_world, world_is_built
+from tooltune.tasks.world_atlas import atlas_route, letter_link
+from tooltune.tasks.world_generation import WORLD_SIZES, generate_world
 from tooltune.tools.browser import html_to_text
 from tooltune.tools.images import detect_shapes
 from tooltune.tools.search import SearchIndex
@@ -160,7 +153,7 @@ def test_cached_worlds_rebuild_when_stale(tmp_path):
     world = ensure_world(root, seed=2, size="small")
     assert world_is_built(root, seed=2, size="small") and not world_is_built(root, size="default")
     data = json.loads(world.json_path.read_text())
-    data["generator"] = "older-generator"  # as if another version of world.py had built it
+    data["generator"] = "older-generator"  # as if other world code had built it
     world.json_path.write_text(json.dumps(data))
     assert not world_is_built(root)
     again = ensure_world(root, seed=2, size="small")

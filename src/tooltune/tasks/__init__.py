@@ -1,117 +1,25 @@
 """Tasks: what an episode asks for, which tools it offers, and how success is verified.
 
-A `Task` is plain data (it round-trips through JSON) so task sets can be sampled once, saved and
-shared between training, evaluation and the CLI. The `check` spec is what `verify` applies to a
-finished trajectory; it never looks at rewards.
+| module | holds |
+|---|---|
+| `task` | `Task` (plain data, round-trips through JSON), saving, loading and printing tasks |
+| `splits` | the splits and `sample_tasks` over the built-in world |
+| `templates` | the built-in world's task templates, one module per tool family |
+| `abstention` | the no-tool tier's templates |
+| `world` | the built-in world: its data, building it, writing its sources, loading it |
+| `checkers` | `verify`: a finished trajectory against a task's `check` spec |
+| `expert` | the scripted expert that solves the built-in tasks through the real tools |
+| `augment` | renaming a demonstration's entities afresh |
+| `sources` | a user's tasks from JSONL, dicts or a Hugging Face `Dataset` |
+| `bfcl` | the Berkeley Function Calling Leaderboard's questions and checker |
+
+This package re-exports the names most callers need; its modules import each other, never it.
 """
 
-from __future__ import annotations
-
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from tooltune.config import TaskTier, as_group
-
-
-@dataclass
-class Task:
-    """One task: of the built-in world, of BFCL, or of a user's `ToolEnv`.
-
-    `tier` is the task's group: a `TaskTier` for the built-in world, any name for user tasks
-    (`group` reads it as text)."""
-
-    id: str
-    prompt: str
-    tier: TaskTier | str
-    tools: list[str]
-    answer: Any  # expected answer, for people and checkers
-    check: dict  # serialisable checker spec (see tooltune.tasks.checkers)
-    minimal_calls: list[dict] | None  # [{"name":..., "arguments":...}] shortest; None: unknown
-    split: str = "train"
-    metadata: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.tier = as_group(self.tier)
-
-    @property
-    def group(self) -> str:
-        return str(self.tier)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["tier"] = str(self.tier)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Task:
-        known = {
-            "id",
-            "prompt",
-            "tier",
-            "tools",
-            "answer",
-            "check",
-            "minimal_calls",
-            "split",
-            "metadata",
-        }
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown task fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> Task:
-        return cls.from_dict(json.loads(text))
-
-
-def save_tasks(path: Any, tasks: list[Task]) -> None:
-    """Write tasks as JSON lines."""
-    from pathlib import Path
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with Path(path).open("w", encoding="utf-8") as f:
-        for task in tasks:
-            f.write(task.to_json() + "\n")
-
-
-def load_tasks(path: Any) -> list[Task]:
-    """Read tasks written by `save_tasks`; a bad line names its number."""
-    from pathlib import Path
-
-    out = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(Task.from_json(line))
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise ValueError(f"{path}:{number}: not a task: {exc}") from None
-    return out
-
-
-def format_task(task: Task) -> str:
-    """A task as a person reads it: prompt, tier, tools, expected answer and shortest solution."""
-    lines = [
-        f"[{task.id}] tier={task.tier} split={task.split}",
-        f"prompt: {task.prompt}",
-        f"tools: {', '.join(task.tools)}",
-        f"answer: {json.dumps(task.answer, ensure_ascii=False)}",
-        f"check: {json.dumps(task.check, ensure_ascii=False)[:300]}",
-        "minimal calls:",
-    ]
-    calls = task.minimal_calls or []
-    lines += [f"  {json.dumps(c, ensure_ascii=False)}" for c in calls] or ["  (none)"]
-    return "\n".join(lines)
-
-
-# Imported after Task exists: these modules import it from here.
-from tooltune.tasks.checkers import verify  # noqa: E402
-from tooltune.tasks.splits import SPLITS, sample_tasks  # noqa: E402
+from tooltune.config import TaskTier
+from tooltune.tasks.checkers import verify
+from tooltune.tasks.splits import SPLITS, sample_tasks
+from tooltune.tasks.task import Task, format_task, load_tasks, save_tasks
 
 __all__ = [
     "SPLITS",

@@ -14,7 +14,7 @@ kinds of question:
 
 Their minimal solution is empty, so every call made on them counts as unnecessary. BFCL's
 `irrelevance` category measures the same skill. The tier is registered in
-`tooltune.tasks.splits`; entities come from the split's pool as in `tooltune.tasks.generators`.
+`tooltune.tasks.splits`; entities come from the split's pool as in `tooltune.tasks.templates`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,10 @@ from __future__ import annotations
 from datetime import date
 
 from tooltune.config import TaskTier
-from tooltune.tasks.generators import (
-    MONTHS,
-    Ctx,
-    Draft,
-    Template,
-    fact_check,
-    fmt_value,
-    long_date,
-    money,
-    text_check,
-)
+from tooltune.tasks.templates.draft import Ctx, Draft, Template, text_check
+from tooltune.tasks.templates.facts import fact_check
+from tooltune.tasks.templates.plan import fmt_value
+from tooltune.tasks.templates.wording import MONTHS, long_date, money
 
 REFUSE_THINK = "No offered tool can help with this, so I make no call."
 ANSWER_THINK = "The question itself holds the answer, so I make no call."

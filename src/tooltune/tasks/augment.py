@@ -17,7 +17,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from tooltune.tasks.world import _CODAS, _ONSETS, _VOWELS, World
+from tooltune.tasks.world_data import World
+from tooltune.tasks.world_names import CODAS, ONSETS, VOWELS
 from tooltune.types import AgentTrajectory
 
 _MAX_SHARED = 3  # words in more than this many names are vocabulary ("Labs", "Kettle"), not names
@@ -41,12 +42,12 @@ def name_words(world: World) -> frozenset[str]:
 
 
 def _fresh_word(first: str, rng: random.Random, taken: set[str]) -> str:
-    onsets = [o for o in _ONSETS if o[0] == first] or [first]
+    onsets = [o for o in ONSETS if o[0] == first] or [first]
     for _ in range(200):
         n = rng.choice([2, 2, 3])
-        parts = [rng.choice(onsets) + rng.choice(_VOWELS)]
-        parts += [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n - 1)]
-        word = "".join(parts) + rng.choice(_CODAS)
+        parts = [rng.choice(onsets) + rng.choice(VOWELS)]
+        parts += [rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(n - 1)]
+        word = "".join(parts) + rng.choice(CODAS)
         if len(word) >= 4 and word not in taken:
             return word
     raise RuntimeError("could not find a fresh name")
@@ -104,7 +105,7 @@ def copy_drills(n: int, rng: random.Random) -> list[tuple[str, str]]:
 
     def name() -> str:
         return " ".join(
-            _fresh_word(rng.choice(_ONSETS)[0], rng, set()).capitalize()
+            _fresh_word(rng.choice(ONSETS)[0], rng, set()).capitalize()
             for _ in range(rng.choice([1, 2, 2, 3]))
         )
 

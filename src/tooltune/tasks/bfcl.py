@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import TaskTier
+from tooltune.tasks.task import Task
 
 _STRIP = re.compile(r"[ ,./\-_*^]")
 _TYPE_NAMES = {
@@ -151,8 +152,6 @@ def question_tier(question: BFCLQuestion) -> TaskTier:
 def load_tasks(path: str | Path, answers_path: str | Path | None = None) -> list:
     """BFCL questions as `Task`s: the check spec is the BFCL ground truth, the tools are the
     question's functions (kept as docs in metadata, since they have no implementation)."""
-    from tooltune.tasks import Task
-
     tasks = []
     for q in load_questions(path, answers_path):
         user = "\n".join(m.get("content", "") for m in q.messages if m.get("role") == "user")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import io
 import json
 import re
@@ -32,7 +33,8 @@ from tooltune.chat_format import (
     render_action,
 )
 from tooltune.tasks.checkers import normalize_text
-from tooltune.tasks.generators import closest_column, expand_slots, fmt_value, long_date
+from tooltune.tasks.templates.plan import expand_slots, fmt_value
+from tooltune.tasks.templates.wording import MONTHS, long_date
 from tooltune.types import AgentAction, ToolCall
 
 NUMERIC_FIELDS = {"Revenue", "Age", "Net worth", "Population", "Area", "Founded", "Employees",
@@ -408,6 +410,16 @@ def _read_or_find(step: dict, values: dict) -> Plan:
     values[step["as"]] = extract(step["extract"], first.value, values)
 
 
+def closest_column(wrong: str, columns: list[str]) -> str | None:
+    """The column a wrong name most likely meant: one containing it (or contained in it),
+    else the closest spelling."""
+    for col in columns:
+        if wrong.lower() in col.lower() or col.lower() in wrong.lower():
+            return col
+    close = difflib.get_close_matches(wrong, columns, n=1, cutoff=0.3)
+    return close[0] if close else None
+
+
 def _sql_fix(step: dict, values: dict) -> Plan:
     query = step["query"]
     (first,) = _checked(
@@ -552,8 +564,6 @@ class ExpertPolicy:
             return self.today
         match = re.search(r"Today is \w+, (\d+) (\w+) (\d{4})", task.prompt)
         if match:
-            from tooltune.tasks.generators import MONTHS
-
             return date(int(match.group(3)), MONTHS.index(match.group(2)) + 1, int(match.group(1)))
         return date.today()
 

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tooltune.tasks import Task
 from tooltune.tasks.checkers import validate_spec
+from tooltune.tasks.task import Task
 
 COLUMNS = ("id", "prompt", "answer", "check", "tools", "group", "tier", "split", "minimal_calls",
            "metadata")  # fmt: skip

@@ -18,19 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
-from tooltune.tasks import Task
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
-from tooltune.tasks.generators import (
-    BUILTIN_FAMILIES,
-    FAMILIES,
-    TEMPLATES,
-    Ctx,
-    Draft,
-    Template,
-    minimal_calls,
-)
-from tooltune.tasks.world import World, ensure_world
+from tooltune.tasks.task import Task
+from tooltune.tasks.templates.catalogue import TEMPLATES
+from tooltune.tasks.templates.draft import Ctx, Draft, Template
+from tooltune.tasks.templates.plan import minimal_calls
+from tooltune.tasks.world import ensure_world
+from tooltune.tasks.world_data import World
+from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
 POOL_OF_SPLIT = {

@@ -11,6 +11,9 @@
 | `browser` | a text browser over pages served on 127.0.0.1 |
 | `images` | Pillow image tools and the shape detector |
 | `mcp_bridge` | tools of an MCP server, and a registry served over MCP |
+| `heldout` | `geo_lookup`, `corp_registry`: the held-out family, never offered in training |
+
+`catalogue` says which tool belongs to which family and which family is held out.
 
 Each module has a `make_*_tools(resource, ...)` factory; `tooltune.environment.Environment`
 wires them to the built-in world, one registry per episode.
