@@ -8,6 +8,7 @@ from tooltune import (
     AgentConfig,
     AgentTrajectory,
     Completion,
+    Policy,
     ScriptedPolicy,
     TaskTier,
     ToolRegistry,
@@ -103,7 +104,7 @@ def test_num_samples_groups_and_verifier_and_reward():
     assert len({t.metadata["episode_id"] for t in out}) == 6
 
 
-class CharPolicy:
+class CharPolicy(Policy):
     """A token policy over characters, to check the token record without a real model."""
 
     specials = ["<|im_end|>", "<|im_start|>"]

@@ -96,10 +96,7 @@ class _Backend:
 class BuiltinPolicy(ModulePolicy):
     """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
 
-    # generate() takes per-prompt budgets and continues the rows of its last call cheaply, so
-    # a collector may generate turns in pieces and let finished episodes start their next turn
-    # while others are still writing (see TrajectoryCollector).
-    continues_turns = True
+    continues_turns = True  # generate() keeps the rows it finishes (see `Policy`)
 
     def __init__(self, model: Transformer, tokenizer: BPETokenizer) -> None:
         if tokenizer.vocab_size > model.config.vocab_size:

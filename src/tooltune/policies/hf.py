@@ -317,8 +317,7 @@ class HFPolicy(ModulePolicy):
     # -- generation and scoring -------------------------------------------------------------
     @property
     def continues_turns(self) -> bool:
-        """Whether generate() continues the rows of its last call (the direct forward does):
-        the collector then generates turns in pieces (see TrajectoryCollector)."""
+        """The direct forward keeps the rows generate() finishes (see `Policy`)."""
         return self.direct_forward
 
     def generate(

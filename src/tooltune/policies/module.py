@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
+from tooltune.rollout import Policy
+
 if TYPE_CHECKING:
     from tooltune.prompt_format import PromptFormat
 
@@ -23,7 +25,7 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-class ModulePolicy:
+class ModulePolicy(Policy):
     """Delegates `parameters`/`train`/`eval`/`to` to `self.model` (returning the policy)."""
 
     model: torch.nn.Module
@@ -69,7 +71,7 @@ class ModulePolicy:
             self._turn_cache, self._turn_cache_version = finished, version
 
     def release_turns(self) -> None:
-        """Drop the kept rows (the collector calls this when its episodes are over)."""
+        """Drop the kept rows (see `Policy.release_turns`)."""
         self._turn_cache, self._turn_cache_version = {}, None
 
 
