@@ -37,9 +37,7 @@ from tooltune.chat_format import END_OF_TEXT, IM_END, IM_START, PAD, SPECIAL_TOK
 from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
 from tooltune.prompt_format import PromptFormat, save_prompt_format
-from tooltune.rollout import Completion, SamplingParams
 
 SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
 SETTINGS_FILE = "tooltune_hf.json"
@@ -149,18 +147,9 @@ class _Backend:
 class _DirectBackend:
     """Decoding through ``llama_forward`` into a preallocated cache (Llama-family models)."""
 
-    def __init__(
-        self,
-        model: Any,
-        previous: dict | None = None,
-        finished: dict | None = None,
-        share_beginnings: bool = True,
-    ):
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.plain = llama_forward.decodes_plainly(model)
-        self.previous = previous or {}  # rows the last call finished (see HFPolicy.generate)
-        self.finished = finished  # rows this call finishes, kept for the next one
-        self.share_beginnings = share_beginnings  # fresh prompts' common beginning run once
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
@@ -174,20 +163,13 @@ class _DirectBackend:
     def select_cache(self, cache, rows: torch.Tensor):
         return cache.select_rows(rows)
 
-    def prefill(self, ids, mask, cache) -> torch.Tensor:
-        prompts, cached = continued_rows(self.previous, ids, mask)
-        fresh = [row for row in range(len(prompts)) if row not in cached]
-        n = common_beginning([prompts[row] for row in fresh]) if self.share_beginnings else 0
-        if n:
-            shared = llama_forward.run_prefix(self.model, list(prompts[fresh[0]][:n]))
-            cached.update(dict.fromkeys(fresh, shared))
+    def prefill(self, ids, mask, cache, cached: dict) -> torch.Tensor:
         if not cached:
             return self.forward_last(ids, mask, cache)
         return llama_forward.prefill(self.model, ids, mask, cache, cached)
 
-    def capture(self, cache, row: int, ids: list[int]) -> None:
-        if self.finished is not None and ids:
-            self.finished[tuple(ids)] = cache.export_row(row, ids)
+    def run_beginning(self, ids: list[int]):
+        return llama_forward.run_prefix(self.model, ids)
 
 
 class HFPolicy(ModulePolicy):
@@ -320,51 +302,8 @@ class HFPolicy(ModulePolicy):
         """The direct forward keeps the rows generate() finishes (see `Policy`)."""
         return self.direct_forward
 
-    def generate(
-        self,
-        prompts: list[str],
-        sampling: SamplingParams,
-        prompt_token_ids: list[list[int]] | None = None,
-        use_cache: bool = True,
-        share_prefill: bool = True,
-        reuse_turns: bool = True,
-        max_new_tokens: list[int] | None = None,
-        generated_before: list[list[int]] | None = None,
-    ) -> list[Completion]:
-        """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``),
-        continuing the rows of the last call (``reuse_turns``) on the direct forward, where
-        ``share_prefill`` also runs the beginning that distinct prompts share once."""
-        if prompt_token_ids is None:
-            prompt_token_ids = [self.encode(p) for p in prompts]
-        elif len(prompt_token_ids) != len(prompts):
-            raise ValueError("prompt_token_ids must have one entry per prompt")
-        was_training = self.model.training
-        self.model.eval()
-        reuse = reuse_turns and self.direct_forward
-        previous, finished, version = self._take_turn_cache(reuse)
-        try:
-            if self.direct_forward:
-                backend: Any = _DirectBackend(self.model, previous, finished, share_prefill)
-            else:
-                backend = _Backend(self.model)
-            completions = generate_tokens(
-                backend,
-                prompt_token_ids,
-                sampling,
-                eos_ids=self._stop_ids,
-                pad_id=self.pad_token_id,
-                decode=self.decode,
-                max_seq_len=self.max_seq_len,
-                device=self.device,
-                use_cache=use_cache,
-                share_prefill=share_prefill,
-                max_new_tokens=max_new_tokens,
-                generated_before=generated_before,
-            )
-            self._keep_turn_cache(finished, version)
-            return completions
-        finally:
-            self.model.train(was_training)
+    def _backend(self) -> Any:
+        return _DirectBackend(self.model) if self.direct_forward else _Backend(self.model)
 
     def token_logprobs(
         self,
