@@ -17,15 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from tooltune.chat_format import IM_START
+from tooltune.policies import kv_cache
+from tooltune.policies.kv_cache import CachedPrefix, KVCache
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.tokenizer import BPETokenizer
-from tooltune.policies.transformer import (
-    CachedPrefix,
-    KVCache,
-    Transformer,
-    TransformerConfig,
-    config_for_size,
-)
+from tooltune.policies.transformer import Transformer, TransformerConfig, config_for_size
 from tooltune.prompt_format import PromptFormat, save_prompt_format
 
 FORMAT = "tooltune-builtin"
@@ -53,7 +49,7 @@ class _Backend:
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
     def prefill(self, ids, mask, cache: KVCache, cached: dict[int, CachedPrefix]):
-        return self.model.prefill(ids, mask, cache, cached)
+        return kv_cache.prefill(self.model, ids, mask, cache, cached)
 
     def run_beginning(self, ids: list[int]) -> CachedPrefix:
         part = self.model.new_cache(1, len(ids))

@@ -274,7 +274,7 @@ def generate_tokens(
     budgets = [min(w, max_seq_len - len(p)) for w, p in zip(wanted, prompt_ids, strict=True)]
     results: list[Completion | None] = [None] * len(prompt_ids)
     # longest prompts first: left-padded rows of similar length sit together, so a backend
-    # can skip the padding columns a run of rows shares (see transformer.attention_groups)
+    # can skip the padding columns a run of rows shares (see kv_cache.attention_groups)
     rows = sorted((i for i, b in enumerate(budgets) if b > 0), key=lambda i: -len(prompt_ids[i]))
     for i, b in enumerate(budgets):
         if b <= 0:  # no room left in the context (or nothing asked for)
