@@ -15,12 +15,8 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from tooltune.policies.transformer import Transformer, TransformerConfig
 
 
 @dataclass
@@ -49,7 +45,8 @@ class KVCache:
     a NaN there would still spread).
     """
 
-    def __init__(self, config: TransformerConfig, batch: int, capacity: int, device, dtype):
+    def __init__(self, config, batch: int, capacity: int, device, dtype):
+        """``config``: the model's ``TransformerConfig``."""
         hd = config.d_model // config.n_heads
         shape = (config.n_layers, batch, config.n_kv_heads, capacity, hd)
         self.k = self.empty(shape, device, dtype)
@@ -224,14 +221,14 @@ def attention_groups(first_real: list[int], width: int) -> list[tuple[int, int, 
 
 @torch.no_grad()
 def prefill(
-    model: Transformer,
+    model,
     ids: torch.Tensor,
     attention_mask: torch.Tensor,
     cache: KVCache,
     cached: dict[int, CachedPrefix] | None = None,
 ):
-    """Fill an empty cache with left-padded prompts [B, W]; logits [B, vocab] of each
-    row's last token. Rows of equal length run together without padding (plain causal
+    """Fill an empty cache of the built-in ``model`` (a ``Transformer``) with left-padded
+    prompts [B, W]; logits [B, vocab] of each row's last token. Rows of equal length run together without padding (plain causal
     attention, no mask), and their keys/values land right-aligned in the cache, exactly
     where a padded pass would put them, so decoding continues as after ``forward``.
     ``cached`` maps a row to a ``CachedPrefix`` of its prompt: that row runs only the rest
@@ -292,7 +289,7 @@ def prefill(
     return logits
 
 
-def _window(model: Transformer, new_tokens: int) -> int:
+def _window(model, new_tokens: int) -> int:
     """How many tokens a row with ``new_tokens`` new ones runs after its cached prefix:
     rounded up to a power of two, so that rows with similar counts run in one batch (the
     extra tokens are the tail of the prefix, run again: the same keys/values). With the
@@ -302,7 +299,7 @@ def _window(model: Transformer, new_tokens: int) -> int:
     return 1 << (new_tokens - 1).bit_length()
 
 
-def _continue_prefixes(model: Transformer, new_ids, new_mask, prefixes: list[CachedPrefix], used):
+def _continue_prefixes(model, new_ids, new_mask, prefixes: list[CachedPrefix], used):
     """Run the last w tokens [G, w] of each row's prompt (``new_mask``: left padding where
     a prompt is shorter) after the first ``used[g]`` positions of its cached prefix (the
     rest of the prompt). The prefixes are placed right-aligned (left-padded) in a fresh
