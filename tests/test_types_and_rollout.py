@@ -18,6 +18,7 @@ from tooltune import (
     write_trajectories,
 )
 from tooltune.chat_format import IM_END, parse_prompt
+from tooltune.messages import trajectory_from_messages, trajectory_to_messages
 
 
 @tool
@@ -228,7 +229,7 @@ def test_json_round_trip_is_lossless(tmp_path):
 
 def test_openai_messages_round_trip(tmp_path):
     t = _sample_trajectory()
-    messages = t.to_messages(system_prompt="sys")
+    messages = trajectory_to_messages(t, system_prompt="sys")
     assert [m["role"] for m in messages] == [
         "system",
         "user",
@@ -243,7 +244,7 @@ def test_openai_messages_round_trip(tmp_path):
         "b": 23,
     }
     assert messages[3]["tool_call_id"] == call["id"] and messages[2]["reasoning_content"] == "plan"
-    back = AgentTrajectory.from_messages(messages, TaskTier.SIMPLE, t.tools)
+    back = trajectory_from_messages(messages, TaskTier.SIMPLE, t.tools)
     assert [s.action for s in back.steps] == [replace(s.action, raw=None) for s in t.steps]
     assert [[(r.call_id, r.success, r.result) for r in s.tool_responses] for s in back.steps] == [
         [(r.call_id, r.success, r.result) for r in s.tool_responses] for s in t.steps

@@ -36,6 +36,7 @@ from tooltune.chat_format import (
     render_turn,
 )
 from tooltune.config import AgentConfig, TaskTier, as_group
+from tooltune.messages import trajectory_from_messages, trajectory_to_record
 from tooltune.registry import ToolRegistry
 from tooltune.types import AgentStep, AgentTrajectory, TokenRecord
 
@@ -460,7 +461,8 @@ def write_trajectories(
     with path.open("a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
             f.write(
-                json.dumps(t.to_record() if messages else t.to_dict(), ensure_ascii=False) + "\n"
+                json.dumps(trajectory_to_record(t) if messages else t.to_dict(), ensure_ascii=False)
+                + "\n"
             )
             count += 1
         f.flush()
@@ -478,7 +480,7 @@ def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
             try:
                 row = json.loads(line)
                 if "messages" in row:
-                    t = AgentTrajectory.from_messages(
+                    t = trajectory_from_messages(
                         row["messages"], row.get("task_tier", "simple"), row.get("tools")
                     )
                     t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
