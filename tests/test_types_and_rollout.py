@@ -183,6 +183,21 @@ class PiecewiseCharPolicy(CharPolicy):
         return out
 
 
+def test_the_collector_releases_what_a_token_policy_kept():
+    """`release_turns` (a `Policy` member, a no-op by default) runs once the episodes end."""
+
+    class Keeping(CharPolicy):
+        released = 0
+
+        def release_turns(self):
+            self.released += 1
+
+    policy = Keeping({"q": [CALL, "391"]})
+    TrajectoryCollector(policy, ToolRegistry([multiply])).collect(["q", "q"])
+    assert policy.released == 1
+    assert not CharPolicy.continues_turns  # the Policy defaults: one call per turn
+
+
 def test_episodes_start_their_next_turn_while_others_still_write():
     long_answer = "x" * 150
     policy = PiecewiseCharPolicy({"long": [long_answer], "short": [CALL, "391"]})

@@ -460,10 +460,8 @@ def write_trajectories(
     count = 0
     with path.open("a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
-            f.write(
-                json.dumps(trajectory_to_record(t) if messages else t.to_dict(), ensure_ascii=False)
-                + "\n"
-            )
+            row = trajectory_to_record(t) if messages else t.to_dict()
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
         f.flush()
         os.fsync(f.fileno())

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from tooltune.chat_format import IM_START
 from tooltune.policies import kv_cache
-from tooltune.policies.kv_cache import CachedPrefix, KVCache
 from tooltune.policies.module import ModulePolicy, frozen_copy
 from tooltune.policies.tokenizer import BPETokenizer
 from tooltune.policies.transformer import Transformer, TransformerConfig, config_for_size
@@ -42,21 +41,21 @@ class _Backend:
     def __init__(self, model: Transformer) -> None:
         self.model = model
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int) -> kv_cache.KVCache:
         return self.model.new_cache(batch, capacity)
 
     def forward_last(self, ids, mask, cache):
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
-    def prefill(self, ids, mask, cache: KVCache, cached: dict[int, CachedPrefix]):
+    def prefill(self, ids, mask, cache: kv_cache.KVCache, cached: dict[int, kv_cache.CachedPrefix]):
         return kv_cache.prefill(self.model, ids, mask, cache, cached)
 
-    def run_beginning(self, ids: list[int]) -> CachedPrefix:
+    def run_beginning(self, ids: list[int]) -> kv_cache.CachedPrefix:
         part = self.model.new_cache(1, len(ids))
         self.model(torch.tensor([ids], device=part.k.device), cache=part, logits_to_keep=1)
         return part.export_row(0, ids)
 
-    def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+    def select_cache(self, cache: kv_cache.KVCache, rows: torch.Tensor) -> kv_cache.KVCache:
         return cache.select_rows(rows)
 
 
