@@ -15,6 +15,7 @@ from tooltune.chat_format import (
 )
 from tooltune.chat_template import chat_template
 from tooltune.config import AgentConfig, TaskTier
+from tooltune.messages import trajectory_to_messages
 from tooltune.prompt_format import PromptFormat
 from tooltune.rollout import opening_text
 from tooltune.types import AgentAction, AgentStep, AgentTrajectory, ToolCall, ToolResponse
@@ -86,7 +87,7 @@ def test_template_renders_every_prompt_of_an_episode_as_the_rollout_built_it(env
     assert any("more characters cut" in e.metadata["text"] for e in episodes)
     checked = 0
     for episode in episodes:
-        text, messages = episode.metadata["text"], episode.to_messages()
+        text, messages = episode.metadata["text"], trajectory_to_messages(episode)
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         assert len(turns) == len(episode.steps) >= 1  # no-tool tasks answer in one turn
         for n, index in enumerate(turns):
@@ -163,12 +164,13 @@ def test_template_edge_cases_match_tooltune(style):
     tokenizer = plain_tokenizer(style, max_chars=50)
     assert render(tokenizer, messages, TOOLS) == _expected(style, steps, max_chars=50)
 
-    # the OpenAI form (string arguments and contents, as to_messages writes) renders the same
+    # the OpenAI form (string arguments and contents, as trajectory_to_messages writes) renders
+    # the same
     tokenizer = plain_tokenizer(style)
     ascii_steps = [AgentStep(AgentAction("tool_call", "", more), None, more_responses)]
-    ascii_messages = AgentTrajectory(
-        prompt="Q?", task_tier=TaskTier.SIMPLE, steps=ascii_steps
-    ).to_messages()
+    ascii_messages = trajectory_to_messages(
+        AgentTrajectory(prompt="Q?", task_tier=TaskTier.SIMPLE, steps=ascii_steps)
+    )
     assert render(tokenizer, ascii_messages, TOOLS) == _expected(style, ascii_steps)
 
     # a system message replaces the instructions

@@ -8,6 +8,7 @@ from tooltune import (
     AgentConfig,
     AgentTrajectory,
     Completion,
+    Policy,
     ScriptedPolicy,
     TaskTier,
     ToolRegistry,
@@ -17,6 +18,7 @@ from tooltune import (
     write_trajectories,
 )
 from tooltune.chat_format import IM_END, parse_prompt
+from tooltune.messages import trajectory_from_messages, trajectory_to_messages
 
 
 @tool
@@ -103,7 +105,7 @@ def test_num_samples_groups_and_verifier_and_reward():
     assert len({t.metadata["episode_id"] for t in out}) == 6
 
 
-class CharPolicy:
+class CharPolicy(Policy):
     """A token policy over characters, to check the token record without a real model."""
 
     specials = ["<|im_end|>", "<|im_start|>"]
@@ -181,6 +183,21 @@ class PiecewiseCharPolicy(CharPolicy):
         return out
 
 
+def test_the_collector_releases_what_a_token_policy_kept():
+    """`release_turns` (a `Policy` member, a no-op by default) runs once the episodes end."""
+
+    class Keeping(CharPolicy):
+        released = 0
+
+        def release_turns(self):
+            self.released += 1
+
+    policy = Keeping({"q": [CALL, "391"]})
+    TrajectoryCollector(policy, ToolRegistry([multiply])).collect(["q", "q"])
+    assert policy.released == 1
+    assert not CharPolicy.continues_turns  # the Policy defaults: one call per turn
+
+
 def test_episodes_start_their_next_turn_while_others_still_write():
     long_answer = "x" * 150
     policy = PiecewiseCharPolicy({"long": [long_answer], "short": [CALL, "391"]})
@@ -227,7 +244,7 @@ def test_json_round_trip_is_lossless(tmp_path):
 
 def test_openai_messages_round_trip(tmp_path):
     t = _sample_trajectory()
-    messages = t.to_messages(system_prompt="sys")
+    messages = trajectory_to_messages(t, system_prompt="sys")
     assert [m["role"] for m in messages] == [
         "system",
         "user",
@@ -242,7 +259,7 @@ def test_openai_messages_round_trip(tmp_path):
         "b": 23,
     }
     assert messages[3]["tool_call_id"] == call["id"] and messages[2]["reasoning_content"] == "plan"
-    back = AgentTrajectory.from_messages(messages, TaskTier.SIMPLE, t.tools)
+    back = trajectory_from_messages(messages, TaskTier.SIMPLE, t.tools)
     assert [s.action for s in back.steps] == [replace(s.action, raw=None) for s in t.steps]
     assert [[(r.call_id, r.success, r.result) for r in s.tool_responses] for s in back.steps] == [
         [(r.call_id, r.success, r.result) for r in s.tool_responses] for s in t.steps

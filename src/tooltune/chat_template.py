@@ -19,7 +19,7 @@ How messages map onto tooltune's turns:
   OpenAI form) is inserted as it is.
 - ``tool``: consecutive tool messages form one tool turn, one ``<tool_response>`` block each
   (``format_observation``). ``content`` is the tool's result: a JSON value, or a string that reads
-  as one (an object, an array, a number, true/false/null: what ``AgentTrajectory.to_messages``
+  as one (an object, an array, a number, true/false/null: what ``messages.trajectory_to_messages``
   writes), is the result itself; other text is a string result; ``Error: ...`` is a failed call.
   The name comes from ``name`` or, without one, from the assistant's call at the same position.
 """
@@ -29,8 +29,8 @@ from __future__ import annotations
 import json
 
 from tooltune.chat_format import SYSTEM_INSTRUCTIONS, TOOL_STYLES
+from tooltune.messages import ERROR_PREFIX
 from tooltune.prompt_format import PromptFormat
-from tooltune.types import ERROR_PREFIX
 
 # Placeholders __STYLE__, __MAX_CHARS__, __INSTRUCTIONS__ and __ERROR__ are filled by
 # `chat_template`; the markers are chat_format's (a test renders against it, so they cannot drift).

@@ -36,6 +36,7 @@ from tooltune.chat_format import (
     render_turn,
 )
 from tooltune.config import AgentConfig, TaskTier, as_group
+from tooltune.messages import trajectory_from_messages, trajectory_to_record
 from tooltune.registry import ToolRegistry
 from tooltune.types import AgentStep, AgentTrajectory, TokenRecord
 
@@ -63,8 +64,12 @@ class Completion:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Text in, text out. Token policies also have `encode`/`decode` and accept the exact
-    prompt ids in `prompt_token_ids`."""
+    """Text in, text out: `generate` is all a policy must have (a scripted one, an expert).
+
+    A token policy also has `encode`/`decode`, accepts the exact prompt ids in
+    `prompt_token_ids`, and has `continues_turns` and `release_turns`, which the collector
+    reads to batch turns continuously. Subclassing `Policy` gives their defaults: one generate
+    call per turn, nothing kept between calls."""
 
     def generate(
         self,
@@ -72,6 +77,18 @@ class Policy(Protocol):
         sampling: SamplingParams,
         prompt_token_ids: list[list[int]] | None = None,
     ) -> list[Completion]: ...
+
+    # True promises that `generate` also takes `max_new_tokens` and `generated_before`, one
+    # entry per prompt (this call's token budget, and the tokens of the same turn that earlier
+    # calls wrote, which end the prompt), and continues the rows its last call finished without
+    # running them again. The collector then writes turns in pieces of DECODE_CHUNK tokens, and
+    # an episode whose turn ended starts its next turn while the others are still writing.
+    continues_turns: bool = False
+
+    def release_turns(self) -> None:
+        """Drop what `generate` kept to continue turns. The collector calls it when its
+        episodes are over: a 135M model's keys and values are GBs at batch 32, and training
+        needs that memory."""
 
 
 class TaskLike(Protocol):
@@ -84,7 +101,7 @@ class TaskLike(Protocol):
 ToolSource = ToolRegistry | Callable[[str, list[str] | None], ToolRegistry]
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(Policy):
     """Replays fixed assistant turns: `script[user prompt]` is the list of turns for that
     episode, and the turn index is read from the prompt itself, so batches work."""
 
@@ -212,11 +229,8 @@ class TrajectoryCollector:
         finally:
             for e in episodes:
                 e.registry.close()
-            # keys/values kept to continue turns are of no use once the episodes are over (a
-            # 135M model's are GBs at batch 32): give them back before training runs
-            release = getattr(self.policy, "release_turns", None)
-            if release is not None:
-                release()
+            if self.token_mode:
+                self.policy.release_turns()
         return [e.trajectory for e in episodes]
 
     def _start(
@@ -258,7 +272,7 @@ class TrajectoryCollector:
         sampling = self.sampling
         if sampling.seed is not None and call:  # every call draws fresh samples
             sampling = dataclasses.replace(sampling, seed=call_seed(sampling.seed, call))
-        if not (self.token_mode and getattr(self.policy, "continues_turns", False)):
+        if not (self.token_mode and self.policy.continues_turns):
             prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
             completions = self.policy.generate([e.text for e in active], sampling, prompt_ids)
             return list(zip(active, completions, strict=True))
@@ -446,9 +460,8 @@ def write_trajectories(
     count = 0
     with path.open("a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
-            f.write(
-                json.dumps(t.to_record() if messages else t.to_dict(), ensure_ascii=False) + "\n"
-            )
+            row = trajectory_to_record(t) if messages else t.to_dict()
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
         f.flush()
         os.fsync(f.fileno())
@@ -465,7 +478,7 @@ def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
             try:
                 row = json.loads(line)
                 if "messages" in row:
-                    t = AgentTrajectory.from_messages(
+                    t = trajectory_from_messages(
                         row["messages"], row.get("task_tier", "simple"), row.get("tools")
                     )
                     t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))

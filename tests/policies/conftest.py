@@ -54,7 +54,7 @@ def stale_cache_memory():
     start on stale numbers: any position attention reads without writing it first shows."""
     import gc
 
-    from tooltune.policies.transformer import CACHE_MEMORY
+    from tooltune.policies.kv_cache import CACHE_MEMORY
 
     def poison(new_cache) -> None:
         CACHE_MEMORY.free.clear()

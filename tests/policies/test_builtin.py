@@ -326,7 +326,7 @@ def test_a_checkpoint_from_another_model_version_fails_clearly(texts, tmp_path):
 
 
 def test_attention_groups_skip_padding_only_where_it_pays():
-    from tooltune.policies.transformer import GROUP_CALL_COST, attention_groups
+    from tooltune.policies.kv_cache import GROUP_CALL_COST, attention_groups
 
     # rows sorted longest first: two long rows, then three short ones (first real columns)
     assert attention_groups([0, 10, 600, 600, 610], 700) == [(0, 2, 0), (2, 5, 592)]
@@ -337,6 +337,7 @@ def test_attention_groups_skip_padding_only_where_it_pays():
 
 
 def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch, same_greedy):
+    import tooltune.policies.kv_cache as kv_cache
     import tooltune.policies.transformer as transformer
 
     long = chat_prompt("Tell me everything about the capital of France, please. " * 6)
@@ -348,7 +349,7 @@ def test_grouped_attention_decodes_exactly_as_one_call(tiny_policy, monkeypatch,
     )
     grouped = tiny_policy.generate(prompts, GREEDY)
     assert any(len(p) > 1 for p in plans)  # the long and the short rows were split
-    monkeypatch.setattr(transformer, "GROUP_CALL_COST", 10**9)
+    monkeypatch.setattr(kv_cache, "GROUP_CALL_COST", 10**9)
     plans.clear()
     single = tiny_policy.generate(prompts, GREEDY)
     assert all(len(p) == 1 for p in plans)
@@ -369,7 +370,7 @@ def test_a_dropped_cache_gives_its_memory_to_the_next(tiny_policy):
 def test_the_cache_memory_pool_holds_a_bounded_amount():
     import gc
 
-    from tooltune.policies.transformer import CacheMemory
+    from tooltune.policies.kv_cache import CacheMemory
 
     class Owner:
         pass

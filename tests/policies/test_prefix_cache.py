@@ -4,6 +4,7 @@ generation give the same numbers as processing every row on its own."""
 import pytest
 import torch
 
+from tooltune.policies import kv_cache
 from tooltune.policies.transformer import Transformer, TransformerConfig
 from tooltune.rollout import SamplingParams
 
@@ -160,7 +161,6 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch, sa
     its new tokens, with the same tokens and log-probs as prefilling the whole conversation,
     whether the rows finished early (stop string) or at the token budget."""
     policy = tiny_policy
-    model = policy.model
     first = ["Paris is the capital", "The quick brown fox jumps", "What is 2 + 2?"]
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6, stop=[])
     turn = SamplingParams(temperature=0.0, max_new_tokens=6,
@@ -176,13 +176,13 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch, sa
         return out1, policy.generate([""] * len(nxt), turn, prompt_token_ids=nxt, reuse_turns=reuse)
 
     runs: list[int] = []
-    prefill = model.prefill
+    prefill = kv_cache.prefill
 
-    def spy(ids, mask, cache, cached=None):
+    def spy(model, ids, mask, cache, cached=None):
         runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
-        return prefill(ids, mask, cache, cached)
+        return prefill(model, ids, mask, cache, cached)
 
-    monkeypatch.setattr(model, "prefill", spy)
+    monkeypatch.setattr(kv_cache, "prefill", spy)
     out1, reused = two_turns(True)
     assert {c.finish_reason for c in out1} == {"stop", "length"}  # both ways of finishing
     ran_with_reuse = runs[1]
@@ -194,11 +194,9 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch, sa
 
     # A weight update in between: nothing kept is used.
     policy = policy.clone()
-    model = policy.model
-    monkeypatch.setattr(model, "prefill", spy)
     policy.generate(first, turn)
     with torch.no_grad():
-        model.norm.weight.mul_(1.01)
+        policy.model.norm.weight.mul_(1.01)
     runs.clear()
     ids = [policy.encode(p) for p in first]
     policy.generate(first[:1], turn, prompt_token_ids=[ids[0] + policy.encode(" more")])
@@ -249,19 +247,19 @@ def test_builtin_turns_written_in_pieces_match_whole_turns(
 def test_builtin_prompts_with_a_common_beginning_run_it_once(tiny_policy, monkeypatch, same_greedy):
     """A batch whose prompts share a long beginning (an evaluation's system prompt) runs it
     once; every row gets the tokens and log-probs it gets alone."""
-    policy, model = tiny_policy, tiny_policy.model
+    policy = tiny_policy
     system = "<|im_start|>system\nThe quick brown fox jumps over the lazy dog.<|im_end|>\n"
     prompts = [system + q for q in ("Paris is the capital", "What is 2 + 2?", "The answer")]
     common = len(policy.encode(system)) - 2  # BPE may merge across the boundary
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6, stop=[])
     runs: list[dict] = []
-    prefill = model.prefill
+    prefill = kv_cache.prefill
 
-    def spy(ids, mask, cache, cached=None):
+    def spy(model, ids, mask, cache, cached=None):
         runs.append(dict(cached or {}))
-        return prefill(ids, mask, cache, cached)
+        return prefill(model, ids, mask, cache, cached)
 
-    monkeypatch.setattr(model, "prefill", spy)
+    monkeypatch.setattr(kv_cache, "prefill", spy)
     together = policy.generate(prompts, greedy, reuse_turns=False)
     shared = list(runs[0].values())
     assert len(shared) == 3 and shared[0] is shared[1] is shared[2]  # one run for all rows
@@ -341,8 +339,8 @@ def test_prefill_after_cached_prefixes_equals_a_full_prefill(copy_head):
         ids, mask = left_pad(prompts, 0, torch.device("cpu"))
         width = ids.shape[1]
         reused, full = model.new_cache(5, width), model.new_cache(5, width)
-        logits_reused = model.prefill(ids, mask, reused, cached)
-        logits_full = model.prefill(ids, mask, full)
+        logits_reused = kv_cache.prefill(model, ids, mask, reused, cached)
+        logits_full = kv_cache.prefill(model, ids, mask, full)
     torch.testing.assert_close(logits_reused, logits_full, rtol=1e-4, atol=1e-4)
     for row, p in enumerate(prompts):
         real = slice(width - len(p), width)

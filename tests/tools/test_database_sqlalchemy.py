@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("sqlalchemy")
 
 from tooltune.registry import ToolError, ToolRegistry  # noqa: E402
-from tooltune.tools.database import _cell, check_read_only_sql, make_database_tools  # noqa: E402
+from tooltune.tools.database import _cell, make_database_tools  # noqa: E402
+from tooltune.tools.sql_guard import check_read_only_sql  # noqa: E402
 from tooltune.types import ToolCall  # noqa: E402
 
 

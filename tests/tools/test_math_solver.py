@@ -8,13 +8,8 @@ import pytest
 import sympy as sp
 
 from tooltune.registry import ToolRegistry
-from tooltune.tools.math_solver import (
-    MathError,
-    WorkerPool,
-    make_math_tools,
-    parse_equation,
-    parse_math,
-)
+from tooltune.tools.math_parser import MathError, parse_equation, parse_math
+from tooltune.tools.math_solver import WorkerPool, make_math_tools
 from tooltune.types import ToolCall
 
 x, y = sp.symbols("x y")

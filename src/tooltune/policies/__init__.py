@@ -23,8 +23,12 @@ __all__ = [
 
 def __getattr__(name: str):
     # The Hugging Face side imports transformers lazily: it is an optional extra and slow to load.
-    if name in ("HFPolicy", "LoraSettings", "load_smollm2"):
+    if name in ("HFPolicy", "LoraSettings"):
         from tooltune.policies import hf
 
         return getattr(hf, name)
+    if name == "load_smollm2":
+        from tooltune.policies.smollm2 import load_smollm2
+
+        return load_smollm2
     raise AttributeError(f"module 'tooltune.policies' has no attribute {name!r}")

@@ -17,18 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from tooltune.chat_format import IM_START
+from tooltune.policies import kv_cache
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
 from tooltune.policies.tokenizer import BPETokenizer
-from tooltune.policies.transformer import (
-    CachedPrefix,
-    KVCache,
-    Transformer,
-    TransformerConfig,
-    config_for_size,
-)
+from tooltune.policies.transformer import Transformer, TransformerConfig, config_for_size
 from tooltune.prompt_format import PromptFormat, save_prompt_format
-from tooltune.rollout import Completion, SamplingParams
 
 FORMAT = "tooltune-builtin"
 
@@ -43,63 +36,33 @@ def sequence_logprobs(
 
 
 class _Backend:
-    """Adapts the transformer to the shared decode loop. ``previous`` holds the rows the last
-    ``generate`` call finished; a prompt that continues one of them (the next turn of the same
-    episode) runs only its new tokens. Rows finished now are kept in ``finished``. With
-    ``share``, fresh prompts that begin alike run that beginning once."""
+    """Runs the transformer for the shared decode loop (``sampling.DecodeBackend``)."""
 
-    def __init__(
-        self,
-        model: Transformer,
-        previous: dict[tuple[int, ...], CachedPrefix] | None = None,
-        finished: dict[tuple[int, ...], CachedPrefix] | None = None,
-        share: bool = True,
-    ) -> None:
+    def __init__(self, model: Transformer) -> None:
         self.model = model
-        self.previous = previous or {}
-        self.finished = finished
-        self.share = share
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int) -> kv_cache.KVCache:
         return self.model.new_cache(batch, capacity)
 
     def forward_last(self, ids, mask, cache):
         return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=1)[:, -1]
 
-    def prefill(self, ids, mask, cache: KVCache) -> torch.Tensor:
-        prompts, cached = continued_rows(self.previous, ids, mask)
-        fresh = [row for row in range(len(prompts)) if row not in cached]
-        shared = self.shared_prefix([prompts[row] for row in fresh])
-        if shared is not None:
-            cached.update({row: shared for row in fresh})
-        return self.model.prefill(ids, mask, cache, cached)
+    def prefill(self, ids, mask, cache: kv_cache.KVCache, cached: dict[int, kv_cache.CachedPrefix]):
+        return kv_cache.prefill(self.model, ids, mask, cache, cached)
 
-    def shared_prefix(self, prompts: list[tuple[int, ...]]) -> CachedPrefix | None:
-        """The prompts' common beginning (a system prompt), run once, when it is long enough
-        to be worth it (`common_beginning`)."""
-        n = common_beginning(prompts) if self.share else 0
-        if not n:
-            return None
-        first = prompts[0]
-        part = self.model.new_cache(1, n)
-        self.model(torch.tensor([first[:n]], device=part.k.device), cache=part, logits_to_keep=1)
-        return part.export_row(0, list(first[:n]))
+    def run_beginning(self, ids: list[int]) -> kv_cache.CachedPrefix:
+        part = self.model.new_cache(1, len(ids))
+        self.model(torch.tensor([ids], device=part.k.device), cache=part, logits_to_keep=1)
+        return part.export_row(0, ids)
 
-    def capture(self, cache: KVCache, row: int, ids: list[int]) -> None:
-        if self.finished is not None and ids:
-            self.finished[tuple(ids)] = cache.export_row(row, ids)
-
-    def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+    def select_cache(self, cache: kv_cache.KVCache, rows: torch.Tensor) -> kv_cache.KVCache:
         return cache.select_rows(rows)
 
 
 class BuiltinPolicy(ModulePolicy):
     """Tokenizer + transformer. ``model`` is the ``nn.Module`` (train/eval/parameters)."""
 
-    # generate() takes per-prompt budgets and continues the rows of its last call cheaply, so
-    # a collector may generate turns in pieces and let finished episodes start their next turn
-    # while others are still writing (see TrajectoryCollector).
-    continues_turns = True
+    continues_turns = True  # generate() keeps the rows it finishes (see `Policy`)
 
     def __init__(self, model: Transformer, tokenizer: BPETokenizer) -> None:
         if tokenizer.vocab_size > model.config.vocab_size:
@@ -147,8 +110,15 @@ class BuiltinPolicy(ModulePolicy):
     def device(self) -> torch.device:
         return self.model.embed.weight.device
 
+    @property
+    def _stop_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id, self.tokenizer.endoftext_id]
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer.encode_batch(texts)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -160,54 +130,8 @@ class BuiltinPolicy(ModulePolicy):
         return frozen
 
     # -- generation and scoring -------------------------------------------------------------
-    def generate(
-        self,
-        prompts: list[str],
-        sampling: SamplingParams,
-        prompt_token_ids: list[list[int]] | None = None,
-        use_cache: bool = True,
-        share_prefill: bool = True,
-        reuse_turns: bool = True,
-        max_new_tokens: list[int] | None = None,
-        generated_before: list[list[int]] | None = None,
-    ) -> list[Completion]:
-        """Complete every prompt in one batch. ``prompt_token_ids`` (when given) are used
-        as-is instead of encoding ``prompts``. ``use_cache=False`` recomputes the whole
-        sequence at every step (only useful to measure what the KV cache saves);
-        ``share_prefill=False`` prefills every row whole, instead of repeated prompts once
-        and the beginning distinct prompts share once.
-
-        With ``reuse_turns``, the keys/values of the rows this call finishes are kept until
-        the next call, and a prompt there that continues one of them (an episode's next turn:
-        its conversation so far, a tool result, a new assistant header) runs only its new
-        tokens instead of the whole conversation. The numbers are those of a full prefill up
-        to float rounding; a weight update in between discards what was kept."""
-        if prompt_token_ids is None:
-            prompt_token_ids = self.tokenizer.encode_batch(list(prompts))
-        elif len(prompt_token_ids) != len(prompts):
-            raise ValueError("prompt_token_ids must have one entry per prompt")
-        was_training = self.model.training
-        self.model.eval()
-        previous, finished, version = self._take_turn_cache(reuse_turns)
-        try:
-            completions = generate_tokens(
-                _Backend(self.model, previous, finished, share_prefill),
-                prompt_token_ids,
-                sampling,
-                eos_ids=[self.tokenizer.eos_token_id, self.tokenizer.endoftext_id],
-                pad_id=self.pad_token_id,
-                decode=self.decode,
-                max_seq_len=self.max_seq_len,
-                device=self.device,
-                use_cache=use_cache,
-                share_prefill=share_prefill,
-                max_new_tokens=max_new_tokens,
-                generated_before=generated_before,
-            )
-            self._keep_turn_cache(finished, version)
-            return completions
-        finally:
-            self.model.train(was_training)
+    def _backend(self) -> _Backend:
+        return _Backend(self.model)
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T-1] log-prob of token t+1 given tokens <= t, with gradients. Padding may be on

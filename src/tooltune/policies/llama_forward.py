@@ -22,15 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tooltune.policies.kv_cache import CACHE_MEMORY, CachedPrefix, select_cache_rows
 from tooltune.policies.sampling import common_beginning
-from tooltune.policies.transformer import (
-    CACHE_MEMORY,
-    CachedPrefix,
-    additive_mask,
-    padded_causal_mask,
-    select_cache_rows,
-    token_positions,
-)
+from tooltune.policies.transformer import additive_mask, padded_causal_mask, token_positions
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 KV = list[tuple[torch.Tensor, torch.Tensor]]

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
+from tooltune.policies.sampling import DecodeBackend, generate_tokens
+from tooltune.rollout import Completion, Policy, SamplingParams
+
 if TYPE_CHECKING:
     from tooltune.prompt_format import PromptFormat
 
@@ -23,10 +26,15 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-class ModulePolicy:
-    """Delegates `parameters`/`train`/`eval`/`to` to `self.model` (returning the policy)."""
+class ModulePolicy(Policy):
+    """Delegates `parameters`/`train`/`eval`/`to` to `self.model` (returning the policy), and
+    generates through the shared decode loop (`tooltune.policies.sampling`). A subclass gives
+    its tokens (`encode`, `decode`, `pad_token_id`, `_stop_ids`: the ids that end a turn),
+    `max_seq_len`, `device` and the `_backend` that runs its model."""
 
     model: torch.nn.Module
+    pad_token_id: int
+    _stop_ids: list[int]
     # How the model is prompted (tool style, generation settings): set by whoever trains it,
     # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
     prompt_format: PromptFormat | None = None
@@ -45,31 +53,84 @@ class ModulePolicy:
         self.model.to(device)
         return self
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def _backend(self) -> DecodeBackend:
+        raise NotImplementedError
+
+    # -- generation -----------------------------------------------------------------------
     # The rows the last generate() call finished, kept so that the next call can continue them
     # (an episode's next turn runs only its new tokens); valid only for the weights they were
     # computed with.
     _turn_cache: dict = {}
     _turn_cache_version: tuple | None = None
 
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        prompt_token_ids: list[list[int]] | None = None,
+        use_cache: bool = True,
+        share_prefill: bool = True,
+        reuse_turns: bool = True,
+        max_new_tokens: list[int] | None = None,
+        generated_before: list[list[int]] | None = None,
+    ) -> list[Completion]:
+        """Complete every prompt in one batch (semantics: ``tooltune.policies.sampling``).
+        ``prompt_token_ids`` (when given) are used as-is instead of encoding ``prompts``.
+        ``use_cache=False`` recomputes the whole sequence at every step (only useful to measure
+        what the KV cache saves); ``share_prefill=False`` prefills every row whole, instead of
+        repeated prompts once and the beginning distinct prompts share once.
+        ``max_new_tokens``, ``generated_before``: see `Policy.continues_turns`.
+
+        With ``reuse_turns`` (on a policy that ``continues_turns``), the keys/values of the rows
+        this call finishes are kept until the next call, and a prompt there that continues one
+        of them (an episode's next turn: its conversation so far, a tool result, a new assistant
+        header) runs only its new tokens instead of the whole conversation. The numbers are
+        those of a full prefill up to float rounding; a weight update in between discards what
+        was kept."""
+        if prompt_token_ids is None:
+            prompt_token_ids = self.encode_batch(list(prompts))
+        elif len(prompt_token_ids) != len(prompts):
+            raise ValueError("prompt_token_ids must have one entry per prompt")
+        reuse = reuse_turns and self.continues_turns
+        version = self._weights_version()
+        valid = reuse and self._turn_cache_version == version
+        previous = self._turn_cache if valid else {}
+        self.release_turns()  # the old rows go before the new batch runs
+        finished: dict | None = {} if reuse else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            completions = generate_tokens(
+                self._backend(),
+                prompt_token_ids,
+                sampling,
+                eos_ids=self._stop_ids,
+                pad_id=self.pad_token_id,
+                decode=self.decode,
+                max_seq_len=self.max_seq_len,
+                device=self.device,
+                use_cache=use_cache,
+                share_prefill=share_prefill,
+                max_new_tokens=max_new_tokens,
+                generated_before=generated_before,
+                previous=previous,
+                finished=finished,
+            )
+        finally:
+            self.model.train(was_training)
+        if finished:
+            self._turn_cache, self._turn_cache_version = finished, version
+        return completions
+
     def _weights_version(self) -> tuple:
         """Changes whenever a parameter is updated in place (optimiser step, load) or replaced."""
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
-    def _take_turn_cache(self, reuse: bool) -> tuple[dict, dict | None, tuple]:
-        """(the last call's rows if still valid, a dict for this call's rows or None, the
-        weights' version). The old rows are released here, before the new batch runs."""
-        version = self._weights_version()
-        valid = reuse and self._turn_cache_version == version
-        previous = self._turn_cache if valid else {}
-        self._turn_cache, self._turn_cache_version = {}, None
-        return previous, ({} if reuse else None), version
-
-    def _keep_turn_cache(self, finished: dict | None, version: tuple) -> None:
-        if finished:
-            self._turn_cache, self._turn_cache_version = finished, version
-
     def release_turns(self) -> None:
-        """Drop the kept rows (the collector calls this when its episodes are over)."""
+        """Drop the kept rows (see `Policy.release_turns`)."""
         self._turn_cache, self._turn_cache_version = {}, None
 
 

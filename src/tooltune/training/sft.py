@@ -366,7 +366,7 @@ def load_chat_jsonl(path: str | Path) -> list[Any]:
     tool-calling SFT sets. Blank lines are skipped; a malformed line raises a ValueError naming
     its line number, so a bad file fails loudly instead of training on half of it.
     """
-    from tooltune.types import AgentTrajectory
+    from tooltune.messages import trajectory_from_messages
 
     out = []
     with open(path, encoding="utf-8") as f:
@@ -383,7 +383,7 @@ def load_chat_jsonl(path: str | Path) -> list[Any]:
             if not isinstance(tools, list):
                 raise ValueError(f"{path}:{lineno}: 'tools' must be a list")
             try:
-                traj = AgentTrajectory.from_messages(
+                traj = trajectory_from_messages(
                     row["messages"], task_tier=row.get("task_tier") or "simple", tools=tools
                 )
             except (KeyError, TypeError, ValueError) as exc:
