@@ -251,7 +251,7 @@ def test_pipeline_falls_back_to_rejection_sampling(tmp_path, tiny_qwen2, monkeyp
     from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
 
     model_dir = tiny_qwen2(tmp_path / "qwen", [r["prompt"] for r in _rows()] * 3)
-    config = AgentConfig(max_turns=2, max_new_tokens=8, num_samples=2, sft_epochs=1,
+    config = AgentConfig(max_turns=2, max_new_tokens=8, num_generations=2, sft_epochs=1,
                          sft_batch_size=2, max_trajectory_len=1024)  # fmt: skip
     settings = PipelineSettings(model=str(model_dir), tool_style="compact", sft_tasks=4,
                                 val_tasks=0, eval_tasks_per_tier=1, grpo_steps=0,

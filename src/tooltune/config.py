@@ -3,6 +3,9 @@
 Configs load from TOML or YAML and from `--set key=value` overrides. Anything that cannot be
 right (an unknown key, a string where a number belongs, a negative learning rate, tier weights that
 cannot be normalised) is refused with a `ConfigError` that names the key, before any work starts.
+
+The GRPO options carry the names TRL's `GRPOConfig` gives them; their former names (the seed's and
+tooltune's own, see `ALIASES`) are still accepted wherever a config is built or read.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import functools
 import json
 import math
 import tomllib
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -80,12 +85,56 @@ def _default_reward_weights() -> dict[str, float]:
     }
 
 
+# Former names of options, accepted wherever a config is built or read: the seed's and
+# tooltune's own names on the left, TRL's (`GRPOConfig`) on the right.
+ALIASES = {
+    "num_samples": "num_generations",
+    "kl_coef": "beta",
+    "clip_eps": "epsilon",
+    "loss_aggregation": "loss_type",
+    "ppo_epochs": "num_iterations",
+}
+# `loss_type` values: TRL's names, and tooltune's former ones (accepted too).
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+LOSS_TYPE_ALIASES = {"seq_mean": "grpo", "token_mean": "dapo", "constant": "dr_grpo"}
+# Keys of the seed's config that nothing reads: accepted with a warning, then dropped.
+RETIRED = {
+    "d_model": "the model is pipeline.model (and pipeline.model_size for the built-in one)",
+    "num_epochs": "GRPO runs pipeline.grpo_steps steps; SFT runs sft_epochs epochs",
+}
+
+
+def _accept_former_names(cls: type) -> type:
+    """Let the dataclass's constructor take `ALIASES` and `RETIRED` keys too."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **canonical_keys(kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accept_former_names
 @dataclass
 class AgentConfig:
-    """Configuration for agent training. The first groups are the seed's, with its defaults."""
+    """Configuration for agent training. The first groups are the seed's, with its defaults.
+
+    GRPO options under TRL's names (former names still accepted, see `ALIASES`):
+      num_generations (was num_samples)   episodes per task: the size of a GRPO group
+      beta            (was kl_coef)       weight of the KL penalty towards the reference policy
+      epsilon         (was clip_eps)      PPO clip range: ratios outside [1 - eps, 1 + eps] clip
+      loss_type       (was loss_aggregation)  how token losses are averaged: "grpo" over each
+                      sequence, then over sequences (was seq_mean); "dapo" over every token of
+                      the update (was token_mean); "dr_grpo" the sum / (sequences x
+                      max_new_tokens) (was constant)
+      num_iterations  (was ppo_epochs)    updates on each batch of episodes
+    The seed's `d_model` and `num_epochs` are read by nothing; old files that set them get a
+    warning (see `RETIRED`).
+    """
 
     # Model configuration
-    d_model: int = 4096
     max_trajectory_len: int = 8192
 
     # Tool configuration
@@ -95,12 +144,11 @@ class AgentConfig:
 
     # Training configuration
     learning_rate: float = 1e-5
-    batch_size: int = 16
-    num_epochs: int = 3
+    batch_size: int = 16  # GRPO: tasks per step
 
     # GRPO configuration
-    num_samples: int = 8  # samples per prompt for GRPO
-    kl_coef: float = 0.1  # KL penalty coefficient
+    num_generations: int = 8  # episodes per task (the seed's num_samples)
+    beta: float = 0.1  # KL penalty coefficient (the seed's kl_coef)
     reward_baseline: str = "mean"  # mean, min, or learned
 
     # Trajectory collection
@@ -116,9 +164,9 @@ class AgentConfig:
     max_new_tokens: int = 256  # per assistant turn
     max_observation_chars: int = 2000  # tool output shown to the model is cut to this
 
-    clip_eps: float = 0.2  # PPO ratio clipping
-    ppo_epochs: int = 1  # inner epochs over one GRPO batch
-    loss_aggregation: str = "seq_mean"  # seq_mean (GRPO), token_mean (DAPO), constant (Dr. GRPO)
+    epsilon: float = 0.2  # PPO ratio clipping
+    num_iterations: int = 1  # updates on one batch of episodes
+    loss_type: str = "grpo"  # grpo | dapo | dr_grpo (see the class docstring)
     scale_rewards: bool = True  # divide group advantages by their std
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.1
@@ -146,21 +194,20 @@ class AgentConfig:
     def validate(self) -> None:
         """Refuse impossible values; each message names the key."""
         positive_ints = [
-            "d_model", "max_trajectory_len", "max_tools", "max_tool_calls_per_turn",
-            "batch_size", "num_samples", "max_turns", "max_new_tokens", "max_observation_chars",
-            "ppo_epochs", "grad_accum_steps", "sft_batch_size",
+            "max_trajectory_len", "max_tools", "max_tool_calls_per_turn", "batch_size",
+            "num_generations", "max_turns", "max_new_tokens", "max_observation_chars",
+            "num_iterations", "grad_accum_steps", "sft_batch_size",
         ]  # fmt: skip
         for key in positive_ints:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)!r}")
-        for key in ["num_epochs", "sft_epochs"]:
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.sft_epochs < 0:
+            raise ConfigError(f"sft_epochs must be >= 0, got {self.sft_epochs!r}")
         for key in ["learning_rate", "sft_learning_rate", "tool_call_timeout", "max_grad_norm"]:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
-        for key in ["kl_coef", "temperature", "weight_decay", "clip_eps", "sft_context_weight"]:
+        for key in ["beta", "temperature", "weight_decay", "epsilon", "sft_context_weight"]:
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be >= 0 and finite, got {value!r}")
@@ -169,9 +216,8 @@ class AgentConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         _check_choice("reward_baseline", self.reward_baseline, ("mean", "min", "learned"))
-        _check_choice(
-            "loss_aggregation", self.loss_aggregation, ("seq_mean", "token_mean", "constant")
-        )
+        self.loss_type = LOSS_TYPE_ALIASES.get(self.loss_type, self.loss_type)
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         self.task_tier_weights = _normalise_tier_weights(self.task_tier_weights)
         for name, weight in self.reward_weights.items():
             if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
@@ -188,6 +234,7 @@ class AgentConfig:
         """Build from plain data (TOML/YAML/JSON), checking keys and types."""
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a table of key = value, got {type(data).__name__}")
+        data = canonical_keys(data)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known:
@@ -195,7 +242,22 @@ class AgentConfig:
         return cls(**data)
 
     def replace(self, **changes: Any) -> AgentConfig:
-        return AgentConfig.from_dict({**self.to_dict(), **changes})
+        return AgentConfig.from_dict({**self.to_dict(), **canonical_keys(changes)})
+
+
+def canonical_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with former names (`ALIASES`) renamed and retired keys (`RETIRED`) dropped, with a
+    warning each. A key set under both its names is refused: which one was meant is unknown."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in RETIRED:
+            warnings.warn(f"config key {key!r} is ignored: {RETIRED[key]}", stacklevel=3)
+            continue
+        name = ALIASES.get(key, key)
+        if name in out:
+            raise ConfigError(f"{name!r} is set twice (once as {key!r}, its former name); set one")
+        out[name] = value
+    return out
 
 
 @functools.cache
@@ -260,7 +322,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _suggest(key: str, known: set[str]) -> str:
     import difflib
 
-    close = difflib.get_close_matches(key, sorted(known), n=1)
+    close = difflib.get_close_matches(key, sorted(known | set(ALIASES)), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -308,11 +370,13 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> AgentConfig:
     """Defaults <- `base` (e.g. a preset) <- file at `path` <- `key=value` overrides."""
-    data: dict[str, Any] = dict(base or {})
+    # each layer's keys under their current names, so a later layer's former name still wins
+    data = canonical_keys(base or {})
     if path is not None:
-        data.update(read_config_file(path))
+        data.update(canonical_keys(read_config_file(path)))
     for text in overrides or []:
         keys, value = parse_override(text)
+        keys[0] = ALIASES.get(keys[0], keys[0])
         target = data
         for part in keys[:-1]:
             if part not in target:

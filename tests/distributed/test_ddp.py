@@ -35,8 +35,8 @@ CLIP = 0.05  # small enough that clipping is active: a local-norm clip would giv
 CASES = {
     "sft": None,
     "sft_context": dict(context_weight=0.25),
-    "grpo_seq_mean": dict(loss_aggregation="seq_mean", grad_accum_steps=1),
-    "grpo_token_mean": dict(loss_aggregation="token_mean", grad_accum_steps=2),
+    "grpo_loss_grpo": dict(loss_type="grpo", grad_accum_steps=1),
+    "grpo_loss_dapo": dict(loss_type="dapo", grad_accum_steps=2),
 }
 
 
@@ -108,7 +108,7 @@ def make_groups(policy: TinyPolicy, group_size: int = 3) -> list[list[AgentTraje
 
 def grpo_config(**overrides) -> AgentConfig:
     return AgentConfig(
-        temperature=1.0, kl_coef=0.1, clip_eps=0.2, max_grad_norm=CLIP, ppo_epochs=1,
+        temperature=1.0, beta=0.1, epsilon=0.2, max_grad_norm=CLIP, num_iterations=1,
         reward_baseline="mean", scale_rewards=True, **overrides,
     )  # fmt: skip
 
@@ -169,7 +169,7 @@ def test_single_process_context_is_the_plain_step():
     assert ctx.all_reduce_sum([1.5, 2.0]) == [1.5, 2.0]
     assert shard(list(range(5)), DistContext(rank=1, world_size=2)) == [1, 3]
     assert shard(list(range(5)), ctx) == list(range(5))
-    for name in ("sft", "grpo_token_mean"):
+    for name in ("sft", "grpo_loss_dapo"):
         torch.testing.assert_close(run_case(name, ctx), reference(name), rtol=0, atol=1e-6)
 
 

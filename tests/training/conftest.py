@@ -97,10 +97,10 @@ def make_traj():
 def make_config():
     def make(**overrides) -> AgentConfig:
         base = dict(
-            kl_coef=0.0,
-            clip_eps=0.2,
-            ppo_epochs=1,
-            loss_aggregation="seq_mean",
+            beta=0.0,
+            epsilon=0.2,
+            num_iterations=1,
+            loss_type="grpo",
             scale_rewards=True,
             reward_baseline="mean",
             max_grad_norm=1.0,

@@ -35,7 +35,7 @@ def test_grpo_step_on_builtin_policy(builtin, make_traj, make_config):
     ]
     before = completion_logprob(builtin, prompt, good), completion_logprob(builtin, prompt, bad)
     opt = torch.optim.Adam(builtin.model.parameters(), lr=3e-3)
-    trainer = GRPOTrainer(builtin, builtin.clone(), opt, make_config(kl_coef=0.05))
+    trainer = GRPOTrainer(builtin, builtin.clone(), opt, make_config(beta=0.05))
     metrics = trainer.train_step([group])
     assert metrics["logprob_drift"] < 1e-4  # recorded log-probs match the trainer's
     assert metrics["kl_div"] == pytest.approx(0.0, abs=1e-6)

@@ -64,7 +64,7 @@ def test_update_raises_rewarded_and_lowers_unrewarded(policy, make_traj, make_co
 
 def test_repeated_updates_move_probability_mass(policy, make_traj, make_config):
     opt = torch.optim.Adam(policy.model.parameters(), lr=0.05)
-    trainer = GRPOTrainer(policy, policy.clone(), opt, make_config(kl_coef=0.01))
+    trainer = GRPOTrainer(policy, policy.clone(), opt, make_config(beta=0.01))
     for _ in range(15):
         trainer.train_step(toy_groups(policy, make_traj))
     assert math.exp(completion_logprob(policy, GOOD)) > 0.5
@@ -96,7 +96,7 @@ def test_masked_tokens_get_no_gradient(policy, make_traj, make_config):
         make_traj(policy, PROMPT + [BAD, 9, 10, 11, GOOD, END], mask, 0.0),
     ]
     trainer = GRPOTrainer(spy, policy.clone(), torch.optim.SGD(policy.model.parameters(), lr=0.0),
-                          make_config(kl_coef=0.1))  # fmt: skip
+                          make_config(beta=0.1))  # fmt: skip
     trainer.train_step([group])
     grad = spy.seen[0].grad
     target_mask = torch.tensor(mask[1:]).bool()
@@ -114,7 +114,7 @@ def test_changing_tool_output_tokens_does_not_change_loss(policy, make_traj, mak
             make_traj(p, PROMPT + [BAD, *tool_tokens, 11, GOOD, END], mask, 0.0),
         ]
         trainer = GRPOTrainer(p, p.clone(), torch.optim.SGD(p.model.parameters(), lr=0.0),
-                              make_config(kl_coef=0.1))  # fmt: skip
+                              make_config(beta=0.1))  # fmt: skip
         return trainer.train_step([group])["loss"]
 
     # tokens 9, 10 are only ever predicted or used to predict masked tokens
@@ -136,7 +136,7 @@ def test_a_trailing_tool_result_leaves_the_update_and_changes_nothing(
             for tok, r in [(GOOD, 1.0), (BAD, 0.0)]
         ]
         trainer = GRPOTrainer(spy, p.clone(), torch.optim.SGD(p.model.parameters(), lr=0.5),
-                              make_config(kl_coef=0.1))  # fmt: skip
+                              make_config(beta=0.1))  # fmt: skip
         loss = trainer.train_step([group])["loss"]
         return p.params(), loss, spy.seen[0].shape[1]
 
@@ -192,7 +192,7 @@ def test_zero_variance_groups_are_skipped(policy, make_traj, make_config):
 
 def test_kl_zero_at_reference_then_positive(policy, make_traj, make_config):
     trainer = GRPOTrainer(policy, policy.clone(), torch.optim.Adam(policy.model.parameters(), lr=0.1),
-                          make_config(kl_coef=0.1))  # fmt: skip
+                          make_config(beta=0.1))  # fmt: skip
     first = trainer.train_step(toy_groups(policy, make_traj))
     assert first["kl_div"] == pytest.approx(0.0, abs=1e-7)
     second = trainer.train_step(toy_groups(policy, make_traj))
@@ -203,23 +203,23 @@ def test_reference_is_frozen(policy, make_traj, make_config):
     ref = policy.clone()
     before = ref.params()
     trainer = GRPOTrainer(policy, ref, torch.optim.Adam(policy.model.parameters(), lr=0.1),
-                          make_config(kl_coef=0.5))  # fmt: skip
+                          make_config(beta=0.5))  # fmt: skip
     trainer.train_step(toy_groups(policy, make_traj))
     trainer.train_step(toy_groups(policy, make_traj))
     assert torch.equal(ref.params(), before)
     assert not any(p.requires_grad for p in ref.model.parameters())
 
 
-def test_aggregation_modes_by_hand():
+def test_loss_types_by_hand():
     # two sequences: 2 and 1 supervised tokens; ratio 1, reference == policy
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     adv = torch.tensor([2.0, 1.0])
     args = (logp, logp.clone(), logp.clone(), adv, mask, 0.2, 0.1)
     # per-token losses: seq0 = [-2, -2], seq1 = [-1]
-    assert grpo_loss(*args, "seq_mean").loss.item() == pytest.approx((-2.0 + -1.0) / 2)
-    assert grpo_loss(*args, "token_mean").loss.item() == pytest.approx(-5.0 / 3)
-    assert grpo_loss(*args, "constant", constant=4).loss.item() == pytest.approx(-5.0 / 8)
+    assert grpo_loss(*args, "grpo").loss.item() == pytest.approx((-2.0 + -1.0) / 2)
+    assert grpo_loss(*args, "dapo").loss.item() == pytest.approx(-5.0 / 3)
+    assert grpo_loss(*args, "dr_grpo", constant=4).loss.item() == pytest.approx(-5.0 / 8)
     with pytest.raises(ValueError):
         grpo_loss(*args, "sum")
 
@@ -229,7 +229,7 @@ def test_clipped_objective_by_hand():
     logp = torch.full((2, 1), math.log(1.5))
     mask = torch.ones(2, 1)
     adv = torch.tensor([1.0, -1.0])
-    terms = grpo_loss(logp, old, None, adv, mask, 0.2, 0.0, "token_mean")
+    terms = grpo_loss(logp, old, None, adv, mask, 0.2, 0.0, "dapo")
     # A=+1: min(1.5, 1.2) = 1.2 -> loss -1.2 (clipped); A=-1: min(-1.5, -1.2) = -1.5 -> 1.5
     assert terms.loss.item() == pytest.approx((-1.2 + 1.5) / 2)
     assert terms.clipped == 1.0
@@ -238,15 +238,15 @@ def test_clipped_objective_by_hand():
 def test_k3_kl_by_hand():
     logp = torch.tensor([[math.log(0.5)]])
     ref = torch.tensor([[math.log(0.25)]])
-    terms = grpo_loss(logp, logp, ref, torch.zeros(1), torch.ones(1, 1), 0.2, 2.0, "seq_mean")
+    terms = grpo_loss(logp, logp, ref, torch.zeros(1), torch.ones(1, 1), 0.2, 2.0, "grpo")
     d = math.log(0.25) - math.log(0.5)
     k3 = math.exp(d) - d - 1
     assert terms.kl_sum == pytest.approx(k3)
     assert terms.loss.item() == pytest.approx(2.0 * k3)
 
 
-@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean", "constant"])
-def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_config, aggregation):
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_config, loss_type):
     def run(accum):
         p = toy_policy_cls(seed=3)
         groups = []
@@ -263,7 +263,7 @@ def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_co
                     for tok, r in [(GOOD, 1.0), (BAD, 0.0), (GOOD, 0.5)]
                 ]
             )
-        cfg = make_config(grad_accum_steps=accum, loss_aggregation=aggregation, kl_coef=0.1)
+        cfg = make_config(grad_accum_steps=accum, loss_type=loss_type, beta=0.1)
         trainer = GRPOTrainer(p, p.clone(), torch.optim.SGD(p.model.parameters(), lr=0.5), cfg)
         m = trainer.train_step(groups)
         return p.params(), m["loss"]
@@ -274,9 +274,9 @@ def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_co
     assert torch.allclose(params1, params3, atol=1e-6)
 
 
-def test_ppo_epochs_and_minibatches_take_more_steps(policy, make_traj, make_config):
+def test_iterations_and_minibatches_take_more_steps(policy, make_traj, make_config):
     trainer = GRPOTrainer(policy, None, torch.optim.SGD(policy.model.parameters(), lr=0.1),
-                          make_config(ppo_epochs=3), minibatch_size=4)  # fmt: skip
+                          make_config(num_iterations=3), minibatch_size=4)  # fmt: skip
     metrics = trainer.train_step(toy_groups(policy, make_traj, n_groups=2))
     assert metrics["optimizer_steps"] == 6
     # after the first step the ratio moves away from 1 on later inner steps

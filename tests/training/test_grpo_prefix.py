@@ -115,22 +115,22 @@ def assert_same_update(policy, vocab, make_config, **cfg):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-9
 
 
-@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean", "constant"])
-def test_builtin_shared_prompt_gives_the_same_update(builtin_policy, make_config, aggregation):
-    assert_same_update(builtin_policy, 300, make_config, loss_aggregation=aggregation, kl_coef=0.1)
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_builtin_shared_prompt_gives_the_same_update(builtin_policy, make_config, loss_type):
+    assert_same_update(builtin_policy, 300, make_config, loss_type=loss_type, beta=0.1)
 
 
 def test_builtin_recompute_and_micro_batches(builtin_policy, make_config):
     assert_same_update(
-        builtin_policy, 300, make_config, loss_aggregation="token_mean", kl_coef=0.05,
-        grad_accum_steps=2, old_logprobs="recompute", ppo_epochs=2,
+        builtin_policy, 300, make_config, loss_type="dapo", beta=0.05,
+        grad_accum_steps=2, old_logprobs="recompute", num_iterations=2,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean", "constant"])
-def test_hf_shared_prompt_gives_the_same_update(hf_policy, make_config, aggregation):
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_hf_shared_prompt_gives_the_same_update(hf_policy, make_config, loss_type):
     hf_policy.model.eval()
-    assert_same_update(hf_policy, 250, make_config, loss_aggregation=aggregation, kl_coef=0.1)
+    assert_same_update(hf_policy, 250, make_config, loss_type=loss_type, beta=0.1)
 
 
 def test_plan_groups_rows_by_prompt():

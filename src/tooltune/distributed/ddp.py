@@ -1,7 +1,7 @@
 """Data-parallel SFT and GRPO updates under torch.distributed (launch with `torchrun`).
 
 Every rank holds a full policy copy and a shard of the global batch. Losses are normalised by
-GLOBAL counts (supervised tokens for SFT; sequences or tokens for GRPO, as the aggregation asks),
+GLOBAL counts (supervised tokens for SFT; sequences or tokens for GRPO, as its loss_type asks),
 so summing the ranks' gradients gives exactly the gradient of the full batch on one process,
 whatever the shard sizes. Gradients are summed with one flat all-reduce before clipping, so the
 clipping norm is the global one, and every rank then takes the same optimiser step.
@@ -306,7 +306,7 @@ class DistributedGRPO:
         tr.policy.model.eval()  # as GRPOTrainer: no dropout noise in the ratio
         sums = [0.0, 0.0, 0.0]  # loss, policy loss, k3 sum (local)
         grad_norms = []
-        epochs = max(1, int(cfg.ppo_epochs))
+        epochs = max(1, int(cfg.num_iterations))
         for _ in range(epochs):
             tr.optimizer.zero_grad(set_to_none=True)
             if full is not None:
@@ -318,8 +318,8 @@ class DistributedGRPO:
                     logp = tr._logprobs(tr.policy, tr._policy_kwargs, batch)
                     terms = grpo_loss(
                         logp, batch.old_logprobs, None if ref_logp is None else ref_logp[idx],
-                        adv[idx], batch.loss_mask, cfg.clip_eps, cfg.kl_coef,
-                        cfg.loss_aggregation, num_seqs=int(n_seqs), num_tokens=n_tokens,
+                        adv[idx], batch.loss_mask, cfg.epsilon, cfg.beta,
+                        cfg.loss_type, num_seqs=int(n_seqs), num_tokens=n_tokens,
                         constant=tr.loss_constant,
                     )  # fmt: skip
                     terms.loss.backward()

@@ -1,6 +1,6 @@
 """Group Relative Policy Optimization over recorded agent trajectories.
 
-Each task is rolled out `num_samples` times; a sample's advantage is its reward relative to its
+Each task is rolled out `num_generations` times; a sample's advantage is its reward relative to its
 group (mean, min or a learned baseline), optionally divided by the group's reward std. The policy
 is updated with the token-level PPO-clipped objective, using the sampling log-probs recorded at
 rollout time as the old policy, plus a k3 KL penalty towards a frozen reference policy. Only the
@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from tooltune.config import LOSS_TYPES
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.sft import TokenBatch, collate, policy_device, trainable_parameters
 
-AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 BASELINES = ("mean", "min", "learned")
 
 # A learned baseline maps one group of trajectories to one baseline value per trajectory.
@@ -75,9 +75,9 @@ def grpo_loss(
     ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip_eps: float,
-    kl_coef: float,
-    aggregation: str,
+    epsilon: float,
+    beta: float,
+    loss_type: str,
     *,
     num_seqs: int | None = None,
     num_tokens: float | None = None,
@@ -85,24 +85,22 @@ def grpo_loss(
 ) -> LossTerms:
     """Token-level clipped GRPO loss for `[B, T]` log-probs and `[B]` advantages.
 
-    Per token: `-min(r*A, clip(r, 1-eps, 1+eps)*A) + kl_coef * k3`, with `r = exp(logp - old)`
+    Per token: `-min(r*A, clip(r, 1-eps, 1+eps)*A) + beta * k3`, with `r = exp(logp - old)`
     and `k3 = exp(ref - logp) - (ref - logp) - 1` (non-negative, unbiased for KL(pi || ref)).
 
-    Aggregation over mask==1 tokens:
-      * "seq_mean":   mean over each sequence's tokens, then mean over sequences (GRPO);
-      * "token_mean": sum over all tokens / number of tokens in the batch (DAPO);
-      * "constant":   sum over all tokens / (num_seqs * constant) (Dr. GRPO).
+    `loss_type`, how mask==1 tokens are averaged (TRL's names):
+      * "grpo":    mean over each sequence's tokens, then mean over sequences;
+      * "dapo":    sum over all tokens / number of tokens in the batch;
+      * "dr_grpo": sum over all tokens / (num_seqs * constant).
     `num_seqs` / `num_tokens` are the sizes of the whole optimisation batch; passing them when
     this call sees only a micro-batch makes the micro-batch losses add up to the full-batch loss.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(
-            f"unknown loss_aggregation {aggregation!r}; expected one of {AGGREGATIONS}"
-        )
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(1)
     ratio = torch.exp(logp - old_logp)
-    clipped_ratio = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clipped_ratio = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon)
     pg = -torch.minimum(ratio * adv, clipped_ratio * adv)
     if ref_logp is not None:
         delta = ref_logp - logp
@@ -111,12 +109,12 @@ def grpo_loss(
         kl = torch.zeros_like(logp)
 
     num_seqs = logp.shape[0] if num_seqs is None else num_seqs
-    if aggregation == "seq_mean":
+    if loss_type == "grpo":
         lengths = mask.sum(dim=1).clamp(min=1.0)
 
         def reduce(x: torch.Tensor) -> torch.Tensor:
             return ((x * mask).sum(dim=1) / lengths).sum() / num_seqs
-    elif aggregation == "token_mean":
+    elif loss_type == "dapo":
         denom = mask.sum().item() if num_tokens is None else num_tokens
 
         def reduce(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +127,7 @@ def grpo_loss(
     policy_loss = reduce(pg)
     kl_loss = reduce(kl)
     with torch.no_grad():
-        is_clipped = ((ratio < 1.0 - clip_eps) & (adv < 0)) | ((ratio > 1.0 + clip_eps) & (adv > 0))
+        is_clipped = ((ratio < 1.0 - epsilon) & (adv < 0)) | ((ratio > 1.0 + epsilon) & (adv > 0))
         stats = (
             (kl * mask).sum().item(),
             (is_clipped.to(mask.dtype) * mask).sum().item(),
@@ -137,7 +135,7 @@ def grpo_loss(
             ((logp - old_logp).abs() * mask).sum().item(),
             mask.sum().item(),
         )
-    return LossTerms(policy_loss + kl_coef * kl_loss, policy_loss, kl_loss, *stats)
+    return LossTerms(policy_loss + beta * kl_loss, policy_loss, kl_loss, *stats)
 
 
 def accepts_temperature(policy: Any) -> bool:
@@ -249,10 +247,10 @@ class GRPOTrainer:
 
     `train_step` does the whole update, `optimizer.step()` included. `baseline_fn` is required when
     `config.reward_baseline == "learned"` (see `reward_model.learned_baseline`). `minibatch_size`
-    splits each inner epoch into several optimizer steps (None: one step over the whole batch);
+    splits each iteration into several optimizer steps (None: one step over the whole batch);
     `config.grad_accum_steps` splits every optimizer step into that many micro-batches for memory,
     with normalisers taken over the whole step so the result is the same as one big batch.
-    `loss_constant` is the Dr. GRPO divisor per sequence (default `config.max_new_tokens`).
+    `loss_constant` is the "dr_grpo" divisor per sequence (default `config.max_new_tokens`).
 
     Old log-probs (`old_logprobs`): "recorded" uses the sampling log-probs stored in each
     `TokenRecord`; "recompute" scores the batch with the current policy before the update.
@@ -286,14 +284,14 @@ class GRPOTrainer:
         old_logprobs: str = "auto",
         share_prefix: bool = True,
     ):
-        if config.loss_aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown loss_aggregation {config.loss_aggregation!r}")
+        if config.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {config.loss_type!r}")
         if config.reward_baseline not in BASELINES:
             raise ValueError(f"unknown reward_baseline {config.reward_baseline!r}")
         if config.reward_baseline == "learned" and baseline_fn is None:
             raise ValueError('reward_baseline="learned" needs a baseline_fn (a reward model)')
-        if ref_policy is None and config.kl_coef > 0:
-            raise ValueError("kl_coef > 0 needs a reference policy")
+        if ref_policy is None and config.beta > 0:
+            raise ValueError("beta > 0 (the KL penalty) needs a reference policy")
         if old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {old_logprobs!r}")
         self.policy = policy
@@ -421,7 +419,7 @@ class GRPOTrainer:
         # the recorded log-probs were sampled without dropout. Gradients flow in eval mode.
         was_training = self.policy.model.training
         self.policy.model.eval()
-        for _epoch in range(max(1, int(cfg.ppo_epochs))):
+        for _iteration in range(max(1, int(cfg.num_iterations))):
             order = torch.randperm(n).tolist() if mb_size < n else list(range(n))
             for start in range(0, n, mb_size):
                 mb_index = order[start : start + mb_size]
@@ -438,9 +436,9 @@ class GRPOTrainer:
                         None if ref_logp is None else ref_logp[idx],
                         adv[idx],
                         batch.loss_mask,
-                        cfg.clip_eps,
-                        cfg.kl_coef,
-                        cfg.loss_aggregation,
+                        cfg.epsilon,
+                        cfg.beta,
+                        cfg.loss_type,
                         num_seqs=len(mb_index),
                         num_tokens=mb_tokens,
                         constant=self.loss_constant,

@@ -236,25 +236,25 @@ class AgentTrainingPipeline:
         return demos
 
     def _own_successes(self) -> list[Any]:
-        """Rejection sampling: `num_samples` episodes of the new model on each training task
+        """Rejection sampling: `num_generations` episodes of the new model on each training task
         (up to `sft_tasks`) at the configured temperature; the verified ones are the SFT data."""
         from tooltune.env_data import collect_successes
 
         cfg = self.config
         tasks = self._tasks("train", self.settings.sft_tasks, cfg.seed)
-        tasks = list({t.id: t for t in tasks}.values())  # each task once, sampled num_samples times
+        tasks = list({t.id: t for t in tasks}.values())  # each once, num_generations times
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)  # fmt: skip
         self.policy.eval()
         kept, total = collect_successes(self.policy, self.env, tasks, cfg, self.settings.tool_style,
-                                        num_samples=cfg.num_samples, sampling=sampling,
+                                        num_samples=cfg.num_generations, sampling=sampling,
                                         bar=self._bar(len(tasks), "own episodes"))  # fmt: skip
         self.log(f"[data] rejection sampling: {len(kept)} of {total} episodes verified")
         if not kept:
             raise ConfigError(
                 "the model solved none of the training tasks on its own, so there is nothing "
                 "to fine-tune on: give the environment demonstrations= or expert=, or raise "
-                "num_samples / temperature"
+                "num_generations / temperature"
             )
         return kept
 
@@ -482,10 +482,10 @@ class AgentTrainingPipeline:
             sampling.seed = cfg.seed * 1_000_003 + step
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             self.policy.eval()
-            trajectories = collector.collect(tasks, num_samples=cfg.num_samples)
+            trajectories = collector.collect(tasks, num_samples=cfg.num_generations)
             groups = [
-                trajectories[i : i + cfg.num_samples]
-                for i in range(0, len(trajectories), cfg.num_samples)
+                trajectories[i : i + cfg.num_generations]
+                for i in range(0, len(trajectories), cfg.num_generations)
             ]
             self.policy.train()
             metrics = trainer.train_step(groups)

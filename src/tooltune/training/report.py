@@ -169,7 +169,7 @@ def write_report(
                 if getattr(settings, "before_tasks_per_tier", 0) else "") + "), greedy decoding,"
              f" real tools; {sft_source or f'{settings.sft_tasks} expert demonstrations'};"
              f" {settings.grpo_steps} GRPO steps of"
-             f" {config.batch_size} tasks x {config.num_samples} samples ({config.reward_baseline} baseline);"
+             f" {config.batch_size} tasks x {config.num_generations} samples ({config.reward_baseline} baseline);"
              f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
     md = [f"# {title}", "", facts, "", "## Tool use accuracy", "", _markdown(acc), "",
           "## Efficiency", "", _markdown(eff), ""]  # fmt: skip
