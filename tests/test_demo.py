@@ -101,7 +101,7 @@ def test_smoke_demo_writes_a_complete_run(tmp_path, capsys, distinct_grpo_reward
 def test_the_pipeline_trains_a_hugging_face_model(tmp_path, tiny_qwen2):
     """The pipeline's Hugging Face branch end to end on a tiny local Qwen2 (LoRA adapters):
     every stage runs, the run directory is complete, and the saved policy loads back."""
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     corpus = ["The quick brown fox jumps over the lazy dog.", '{"name": "x"}'] * 20
     model = tiny_qwen2(tmp_path / "qwen2", corpus, vocab_size=300, max_positions=4096)

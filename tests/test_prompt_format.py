@@ -153,7 +153,7 @@ def test_a_model_saved_without_a_format_is_prompted_as_before_with_a_warning(
 def test_a_corrupt_format_is_a_clear_error_naming_the_file(
     trained, policy_dir, capsys, text, fragment, tmp_path
 ):
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     (policy_dir / FILENAME).write_text(text)
     code, err, _ = _eval(capsys, trained[0], policy_dir, tmp_path)
@@ -189,7 +189,7 @@ def test_ray_workers_prompt_in_the_style_of_the_policy_they_are_given(trained):
     from tooltune.distributed.ray_backend import PolicySnapshot, RolloutWorker
     from tooltune.registry import ToolRegistry
     from tooltune.rollout import SamplingParams
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     policy = load_policy(trained[1] / "checkpoints" / "latest" / "policy")
     snapshot = PolicySnapshot.from_policy(policy)
@@ -203,7 +203,7 @@ def test_ray_workers_prompt_in_the_style_of_the_policy_they_are_given(trained):
 
 
 def test_the_format_round_trips_and_policies_carry_it(trained, tmp_path):
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     fmt = PromptFormat.from_training(AgentConfig(max_turns=3), "compact", marker_tokens=True)
     assert PromptFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt

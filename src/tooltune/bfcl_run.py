@@ -151,7 +151,7 @@ def load_model(spec: str, questions: list[BFCLQuestion], device: str = "", seed:
             f"--model must be builtin, smollm2-135m, a saved model directory or a tooltune demo "
             f"run directory; {spec!r} is none of these"
         )
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     policy = load_policy(path, device=device or None)
     builtin = type(policy).__name__ == "BuiltinPolicy"

@@ -323,7 +323,7 @@ def _load_policy(name: str, env, config: AgentConfig):
         if expert is None:
             raise UsageError("this environment has no expert; pass --policy DIR")
         return expert
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     return load_policy(_policy_dir(name))
 

@@ -109,7 +109,7 @@ def export(
                         "trained on")  # fmt: skip
 
     from tooltune.policies.hf import is_peft
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     policy = load_policy(directory, dtype="fp32", device="cpu")  # merged in fp32, then cast
     merged = is_peft(policy.model)

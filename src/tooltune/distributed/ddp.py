@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`torchrun ... -m tooltune.distributed.ddp sft --policy DIR --data JSONL --out DIR`."""
     from tooltune.config import load_config
     from tooltune.rollout import read_trajectories
-    from tooltune.training.pipeline import load_policy
+    from tooltune.training.run_dir import load_policy
 
     parser = argparse.ArgumentParser(prog="python -m tooltune.distributed.ddp")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -239,7 +239,7 @@ class PolicySnapshot:
         return cls(files)
 
     def __call__(self) -> Any:
-        from tooltune.training.pipeline import load_policy
+        from tooltune.training.run_dir import load_policy
 
         directory = Path(tempfile.mkdtemp(prefix="tooltune-snapshot-"))
         try:

@@ -35,7 +35,7 @@ from tooltune.rollout import (
     write_trajectories,
 )
 from tooltune.training import reward_stage
-from tooltune.training.run_dir import RunDirectory, write_atomic
+from tooltune.training.run_dir import RunDirectory, load_policy, write_atomic
 from tooltune.training.tracking import check_report_to, make_tracker
 
 STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
@@ -555,28 +555,6 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def load_policy(directory: str | Path, dtype: str = "auto", device: str | None = None) -> Any:
-    """A saved policy directory: the built-in format or a Hugging Face model (its frozen
-    weights in ``dtype``, see `tooltune.policies.hf.resolve_dtype`, on ``device``). Its
-    ``prompt_format`` is the directory's `tooltune.prompt_format.PromptFormat`, None when
-    it has none (saved before formats were recorded, or a model tooltune did not train)."""
-    directory = Path(directory)
-    meta_path = directory / "config.json"
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{meta_path} is corrupt: {exc}") from None
-        if meta.get("format") == "tooltune-builtin":
-            from tooltune.policies import BuiltinPolicy
-
-            return BuiltinPolicy.load(directory)
-    from tooltune.policies import HFPolicy
-    from tooltune.policies.hf import default_device
-
-    return HFPolicy.from_pretrained(directory, dtype=dtype, device=device or default_device())
 
 
 def describe_compute(policy: Any) -> str:

@@ -1,5 +1,6 @@
 """A run directory: `state.json`, checkpoints, `metrics.jsonl`, each written so that a run
-killed at any moment resumes from its last complete piece."""
+killed at any moment resumes from its last complete piece; and `load_policy`, which reads back
+a checkpoint's policy (or any saved policy directory)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,25 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def load_policy(directory: str | Path, dtype: str = "auto", device: str | None = None) -> Any:
+    """A saved policy directory: the built-in format or a Hugging Face model (its frozen
+    weights in ``dtype``, see `tooltune.policies.hf.resolve_dtype`, on ``device``). Its
+    ``prompt_format`` is the directory's `tooltune.prompt_format.PromptFormat`, None when
+    it has none (saved before formats were recorded, or a model tooltune did not train)."""
+    directory = Path(directory)
+    meta_path = directory / "config.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{meta_path} is corrupt: {exc}") from None
+        if meta.get("format") == "tooltune-builtin":
+            from tooltune.policies import BuiltinPolicy
+
+            return BuiltinPolicy.load(directory)
+    from tooltune.policies import HFPolicy
+    from tooltune.policies.hf import default_device
+
+    return HFPolicy.from_pretrained(directory, dtype=dtype, device=device or default_device())
