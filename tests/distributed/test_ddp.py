@@ -37,6 +37,7 @@ CASES = {
     "sft_context": dict(context_weight=0.25),
     "grpo_loss_grpo": dict(loss_type="grpo", grad_accum_steps=1),
     "grpo_loss_dapo": dict(loss_type="dapo", grad_accum_steps=2),
+    "grpo_empty_share": dict(loss_type="dr_grpo", num_iterations=2),  # rank 1: no signal at all
 }
 
 
@@ -79,9 +80,11 @@ def make_records(n: int = 7) -> list[TokenRecord]:
     return out
 
 
-def make_groups(policy: TinyPolicy, group_size: int = 3) -> list[list[AgentTrajectory]]:
-    """5 groups (one with equal rewards, skipped); old log-probs = current ones + noise, so
-    ratios differ from 1 and some get clipped."""
+def make_groups(policy: TinyPolicy, name: str, group_size: int = 3) -> list[list[AgentTrajectory]]:
+    """5 groups (group 3 with equal rewards, skipped; for "grpo_empty_share" group 1 too, so
+    rank 1 of 2 keeps nothing); old log-probs = current ones + noise, so ratios differ from 1
+    and some get clipped."""
+    flat = (1, 3) if name == "grpo_empty_share" else (3,)
     g = torch.Generator().manual_seed(2)
     records = make_records(5 * group_size)
     groups = []
@@ -96,7 +99,7 @@ def make_groups(policy: TinyPolicy, group_size: int = 3) -> list[list[AgentTraje
             rec.logprobs = [0.0] + [
                 (v + e) if m else 0.0 for v, e, m in zip(lp, noise, rec.mask[1:], strict=True)
             ]
-            reward = 1.0 if k == 3 else float(torch.rand((), generator=g))
+            reward = 1.0 if k in flat else float(torch.rand((), generator=g))
             group.append(
                 AgentTrajectory(
                     prompt=f"t{k}", task_tier=TaskTier.SIMPLE, total_reward=reward, tokens=rec
@@ -107,10 +110,9 @@ def make_groups(policy: TinyPolicy, group_size: int = 3) -> list[list[AgentTraje
 
 
 def grpo_config(**overrides) -> AgentConfig:
-    return AgentConfig(
-        temperature=1.0, beta=0.1, epsilon=0.2, max_grad_norm=CLIP, num_iterations=1,
-        reward_baseline="mean", scale_rewards=True, **overrides,
-    )  # fmt: skip
+    base = dict(temperature=1.0, beta=0.1, epsilon=0.2, max_grad_norm=CLIP, num_iterations=1,
+                reward_baseline="mean", scale_rewards=True)  # fmt: skip
+    return AgentConfig(**{**base, **overrides})
 
 
 def run_case(name: str, ctx: DistContext) -> torch.Tensor:
@@ -122,7 +124,7 @@ def run_case(name: str, ctx: DistContext) -> torch.Tensor:
         records = shard(make_records(), ctx)
         sft_step(policy, records, optimizer, ctx, max_grad_norm=CLIP, context_weight=weight)
     else:
-        groups = make_groups(policy)
+        groups = make_groups(policy, name)
         trainer = GRPOTrainer(policy, policy.clone(), optimizer, grpo_config(**CASES[name]))
         DistributedGRPO(trainer, ctx).train_step(shard(groups, ctx))
     return policy.flat()
@@ -142,7 +144,7 @@ def reference(name: str) -> torch.Tensor:
         torch.nn.utils.clip_grad_norm_(policy.model.parameters(), CLIP)
         optimizer.step()
     else:
-        groups = make_groups(policy)
+        groups = make_groups(policy, name)
         trainer = GRPOTrainer(policy, policy.clone(), optimizer, grpo_config(**CASES[name]))
         trainer.train_step(groups)
     return policy.flat()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tooltune.training.grpo import GRPOTrainer, grpo_loss
+from tooltune.training.grpo import GRPOTrainer
 from tooltune.training.optim import AdamW
 from tooltune.training.sft import (
     collate,
@@ -69,6 +69,10 @@ class DistContext:
         if self.distributed:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
+
+    def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Sum the gradients of `params` over ranks (see the function of this name)."""
+        all_reduce_gradients(params, self)
 
     def log(self, message: str, log: Callable[[str], None] = print) -> None:
         """Log on rank 0 only."""
@@ -258,90 +262,21 @@ def train_sft_distributed(
 class DistributedGRPO:
     """Data-parallel `GRPOTrainer.train_step`: each rank passes its own groups (for example
     `shard(groups, ctx)`, or the groups its own rollouts produced) and all ranks take the
-    update of the union of those groups. Uses the trainer's policy, reference, optimiser,
-    scheduler and config; one optimiser step per PPO epoch (the trainer's `minibatch_size`
-    must be None)."""
+    update of the union of those groups (`train_step(groups, collective=ctx)`). Starts every
+    rank from rank 0's weights; one optimiser step per iteration (the trainer's
+    `minibatch_size` must be None)."""
 
     def __init__(self, trainer: GRPOTrainer, ctx: DistContext) -> None:
         if trainer.minibatch_size:
-            raise ValueError("DistributedGRPO takes one step per epoch: use minibatch_size=None")
+            raise ValueError(
+                "DistributedGRPO takes one step per iteration: use minibatch_size=None"
+            )
         self.trainer = trainer
         self.ctx = ctx
         broadcast_parameters(trainer.policy.model, ctx)
 
     def train_step(self, local_groups: Sequence[Sequence[Any]]) -> dict[str, float]:
-        tr, cfg, ctx = self.trainer, self.trainer.config, self.ctx
-        kept, advantages, rewards, skipped = tr.compute_advantages(local_groups)
-        device = policy_device(tr.policy)
-        full = None
-        if kept:
-            full = collate(kept, tr.policy.pad_token_id, tr.max_len, drop_unscored_tail=True)
-            full = full.to(device)
-        local_tokens = full.loss_mask.sum().item() if full is not None else 0.0
-        n_seqs, n_tokens, reward_sum, n_rewards, n_skipped, n_groups = ctx.all_reduce_sum(
-            [len(kept), local_tokens, sum(rewards), len(rewards), skipped, len(local_groups)]
-        )
-        metrics = {
-            "mean_reward": reward_sum / n_rewards if n_rewards else 0.0,
-            "skipped_groups": n_skipped,
-            "num_groups": n_groups,
-            "num_trajectories": n_seqs,
-            "num_tokens": n_tokens,
-        }
-        if n_seqs == 0:
-            metrics.update(
-                loss=0.0, policy_loss=0.0, kl_div=0.0, grad_norm=0.0, optimizer_steps=0.0
-            )
-            return metrics
-
-        ref_logp = adv = None
-        if full is not None:
-            if tr.old_logprobs == "recompute":
-                full.old_logprobs = tr._score(tr.policy, tr._policy_kwargs, full)
-            if tr.ref_policy is not None:
-                ref_logp = tr._score(tr.ref_policy, tr._ref_kwargs, full)
-            adv = torch.tensor(advantages, dtype=torch.float32, device=device)
-        accum = max(1, int(getattr(cfg, "grad_accum_steps", 1)))
-        was_training = tr.policy.model.training
-        tr.policy.model.eval()  # as GRPOTrainer: no dropout noise in the ratio
-        sums = [0.0, 0.0, 0.0]  # loss, policy loss, k3 sum (local)
-        grad_norms = []
-        epochs = max(1, int(cfg.num_iterations))
-        for _ in range(epochs):
-            tr.optimizer.zero_grad(set_to_none=True)
-            if full is not None:
-                n = full.input_ids.shape[0]
-                micro = max(1, math.ceil(n / accum))
-                for start in range(0, n, micro):
-                    idx = list(range(start, min(start + micro, n)))
-                    batch = full.select(idx)
-                    logp = tr._logprobs(tr.policy, tr._policy_kwargs, batch)
-                    terms = grpo_loss(
-                        logp, batch.old_logprobs, None if ref_logp is None else ref_logp[idx],
-                        adv[idx], batch.loss_mask, cfg.epsilon, cfg.beta,
-                        cfg.loss_type, num_seqs=int(n_seqs), num_tokens=n_tokens,
-                        constant=tr.loss_constant,
-                    )  # fmt: skip
-                    terms.loss.backward()
-                    sums[0] += terms.loss.item()
-                    sums[1] += terms.policy_loss.item()
-                    sums[2] += terms.kl_sum
-            all_reduce_gradients(tr.params, ctx)
-            grad_norms.append(_clip(tr.params, cfg.max_grad_norm))
-            tr.optimizer.step()
-            if tr.scheduler is not None:
-                tr.scheduler.step()
-        tr.policy.model.train(was_training)
-        loss, policy_loss, kl_sum = ctx.all_reduce_sum(sums)
-        metrics.update(
-            loss=loss / epochs,
-            policy_loss=policy_loss / epochs,
-            kl_div=kl_sum / (n_tokens * epochs) if n_tokens else 0.0,
-            grad_norm=sum(grad_norms) / len(grad_norms),
-            optimizer_steps=float(epochs),
-            lr=tr.optimizer.param_groups[0]["lr"],
-        )
-        return metrics
+        return self.trainer.train_step(local_groups, collective=self.ctx)
 
 
 # --------------------------------------------------------------------------------------------

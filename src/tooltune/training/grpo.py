@@ -4,7 +4,8 @@ Each task is rolled out `num_generations` times; a sample's advantage is its rew
 group (mean, min or a learned baseline), optionally divided by the group's reward std. The policy
 is updated with the token-level PPO-clipped objective, using the sampling log-probs recorded at
 rollout time as the old policy, plus a k3 KL penalty towards a frozen reference policy. Only the
-model's own tokens (mask == 1) enter the loss; prompts and tool outputs are context.
+model's own tokens (mask == 1) enter the loss; prompts and tool outputs are context. The loop
+around it (rollouts, steps, checkpoints) is `tooltune.training.grpo_loop`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,6 +25,14 @@ BASELINES = ("mean", "min", "learned")
 
 # A learned baseline maps one group of trajectories to one baseline value per trajectory.
 BaselineFn = Callable[[Sequence[Any]], Sequence[float]]
+
+
+class Collective(Protocol):
+    """The processes of a data-parallel update (`tooltune.distributed.ddp.DistContext`)."""
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]: ...
+
+    def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None: ...
 
 
 def group_advantages(
@@ -245,7 +254,9 @@ def shared_prefix_logprobs(
 class GRPOTrainer:
     """GRPO updates for a token policy (`token_logprobs`, `.model`, `pad_token_id`).
 
-    `train_step` does the whole update, `optimizer.step()` included. `baseline_fn` is required when
+    `train_step` does the whole update, `optimizer.step()` included, `config.num_iterations`
+    times; given a `collective` it is one process's part of a data-parallel update (see
+    `tooltune.distributed.ddp`). `baseline_fn` is required when
     `config.reward_baseline == "learned"` (see `reward_model.learned_baseline`). `minibatch_size`
     splits each iteration into several optimizer steps (None: one step over the whole batch);
     `config.grad_accum_steps` splits every optimizer step into that many micro-batches for memory,
@@ -379,17 +390,39 @@ class GRPOTrainer:
             policy.model.train(was_training)
         return torch.cat(parts)
 
-    def train_step(self, groups: Sequence[Sequence[Any]]) -> dict[str, float]:
-        """One GRPO update on `groups` (one inner list of sampled trajectories per task)."""
+    def _minibatches(self, n: int) -> list[list[int]]:
+        """Row indices of one iteration's optimizer steps: the whole batch in one step, or
+        shuffled minibatches of `minibatch_size`."""
+        size = min(self.minibatch_size, n) if self.minibatch_size else n
+        if size >= n:  # n == 0 too: a process with an empty share still joins the step
+            return [list(range(n))]
+        order = torch.randperm(n).tolist()
+        return [order[start : start + size] for start in range(0, n, size)]
+
+    def train_step(
+        self, groups: Sequence[Sequence[Any]], collective: Collective | None = None
+    ) -> dict[str, float]:
+        """One GRPO update on `groups` (one inner list of sampled trajectories per task).
+
+        With a `collective` (a `tooltune.distributed.ddp.DistContext`), `groups` are this
+        process's share: every process calls `train_step` and all take the update of the union
+        of the shares, whose losses are normalised by global counts and whose gradients are
+        summed before clipping. Metrics are the global ones."""
         cfg = self.config
+        if collective is not None and self.minibatch_size:
+            raise ValueError("a data-parallel update takes one step per iteration: no minibatches")
+        total = collective.all_reduce_sum if collective is not None else list
         trajectories, advantages, rewards, skipped = self.compute_advantages(groups)
+        n_seqs, reward_sum, n_rewards, n_skipped, n_groups = total(
+            [len(trajectories), sum(rewards), len(rewards), skipped, len(groups)]
+        )
         metrics: dict[str, float] = {
-            "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0,
-            "skipped_groups": float(skipped),
-            "num_groups": float(len(groups)),
-            "num_trajectories": float(len(trajectories)),
+            "mean_reward": reward_sum / n_rewards if n_rewards else 0.0,
+            "skipped_groups": float(n_skipped),
+            "num_groups": float(n_groups),
+            "num_trajectories": float(n_seqs),
         }
-        if not trajectories:
+        if not n_seqs:
             metrics.update(
                 loss=0.0, policy_loss=0.0, kl_div=0.0, mean_advantage=0.0, clip_fraction=0.0,
                 grad_norm=0.0, ratio_mean=1.0, logprob_drift=0.0, num_tokens=0.0,
@@ -397,19 +430,18 @@ class GRPOTrainer:
             )  # fmt: skip
             return metrics
 
-        device = policy_device(self.policy)
-        full = collate(
-            trajectories, self.policy.pad_token_id, self.max_len, drop_unscored_tail=True
-        ).to(device)
-        if self.old_logprobs == "recompute":
-            full.old_logprobs = self._score(self.policy, self._policy_kwargs, full)
-        adv = torch.tensor(advantages, dtype=torch.float32, device=device)
-        ref_logp = None
-        if self.ref_policy is not None:
-            ref_logp = self._score(self.ref_policy, self._ref_kwargs, full)
+        full, ref_logp, adv = None, None, None
+        if trajectories:  # (a process's share may be empty)
+            device = policy_device(self.policy)
+            full = collate(
+                trajectories, self.policy.pad_token_id, self.max_len, drop_unscored_tail=True
+            ).to(device)
+            if self.old_logprobs == "recompute":
+                full.old_logprobs = self._score(self.policy, self._policy_kwargs, full)
+            adv = torch.tensor(advantages, dtype=torch.float32, device=device)
+            if self.ref_policy is not None:
+                ref_logp = self._score(self.ref_policy, self._ref_kwargs, full)
 
-        n = len(trajectories)
-        mb_size = n if not self.minibatch_size else min(self.minibatch_size, n)
         accum = max(1, int(getattr(cfg, "grad_accum_steps", 1)))
         clip_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
         sums = dict(loss=0.0, policy_loss=0.0, kl=0.0, clipped=0.0, ratio=0.0, tokens=0.0, gn=0.0)
@@ -420,10 +452,9 @@ class GRPOTrainer:
         was_training = self.policy.model.training
         self.policy.model.eval()
         for _iteration in range(max(1, int(cfg.num_iterations))):
-            order = torch.randperm(n).tolist() if mb_size < n else list(range(n))
-            for start in range(0, n, mb_size):
-                mb_index = order[start : start + mb_size]
-                mb_tokens = full.loss_mask[mb_index].sum().item()
+            for mb_index in self._minibatches(len(trajectories)):
+                local_tokens = full.loss_mask[mb_index].sum().item() if mb_index else 0.0
+                mb_seqs, mb_tokens = total([len(mb_index), local_tokens])
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = max(1, math.ceil(len(mb_index) / accum))
                 for m in range(0, len(mb_index), micro):
@@ -439,7 +470,7 @@ class GRPOTrainer:
                         cfg.epsilon,
                         cfg.beta,
                         cfg.loss_type,
-                        num_seqs=len(mb_index),
+                        num_seqs=int(mb_seqs),
                         num_tokens=mb_tokens,
                         constant=self.loss_constant,
                     )
@@ -453,6 +484,8 @@ class GRPOTrainer:
                     if steps == 0:  # before any update: how far old log-probs are from ours
                         drift += terms.drift_sum
                         drift_tokens += terms.tokens
+                if collective is not None:
+                    collective.all_reduce_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
                 self.optimizer.step()
                 if self.scheduler is not None:
@@ -461,17 +494,22 @@ class GRPOTrainer:
                 steps += 1
         self.policy.model.train(was_training)
 
-        tokens = max(sums["tokens"], 1.0)
+        local_tokens = full.loss_mask.sum().item() if full is not None else 0.0
+        loss, policy_loss, kl, clipped, ratio, tokens, drift, drift_tokens, adv_sum, n_tokens = total(
+            [sums["loss"], sums["policy_loss"], sums["kl"], sums["clipped"], sums["ratio"],
+             sums["tokens"], drift, drift_tokens, sum(advantages), local_tokens]
+        )  # fmt: skip
+        tokens = max(tokens, 1.0)
         metrics.update(
-            loss=sums["loss"] / steps,
-            policy_loss=sums["policy_loss"] / steps,
-            kl_div=sums["kl"] / tokens,
-            mean_advantage=sum(advantages) / len(advantages),
-            clip_fraction=sums["clipped"] / tokens,
-            ratio_mean=sums["ratio"] / tokens,
+            loss=loss / steps,
+            policy_loss=policy_loss / steps,
+            kl_div=kl / tokens,
+            mean_advantage=adv_sum / n_seqs,
+            clip_fraction=clipped / tokens,
+            ratio_mean=ratio / tokens,
             logprob_drift=drift / max(drift_tokens, 1.0),
-            grad_norm=sums["gn"] / steps,
-            num_tokens=full.loss_mask.sum().item(),
+            grad_norm=sums["gn"] / steps,  # the global norm: every process clips the same sum
+            num_tokens=n_tokens,
             optimizer_steps=float(steps),
             lr=self.optimizer.param_groups[0]["lr"],
         )
