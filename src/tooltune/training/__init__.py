@@ -1,6 +1,8 @@
-"""Training algorithms: rewards, supervised fine-tuning, GRPO and a learned reward model."""
+"""Training algorithms: rewards, supervised fine-tuning, GRPO (the update and its loop) and a
+learned reward model."""
 
 from tooltune.training.grpo import GRPOTrainer, group_advantages, grpo_loss
+from tooltune.training.grpo_loop import GRPOStep, Rollout, collector_rollout, train_grpo
 from tooltune.training.reward_model import (
     AgentRewardModel,
     RewardModelConfig,
@@ -33,12 +35,15 @@ from tooltune.training.sft import (
 
 __all__ = [
     "AgentRewardModel",
+    "GRPOStep",
     "GRPOTrainer",
     "RewardModelConfig",
     "RewardResult",
+    "Rollout",
     "Rubric",
     "SFTHistory",
     "collate",
+    "collector_rollout",
     "count_unnecessary_calls",
     "efficiency_reward",
     "evaluate_loss",
@@ -54,6 +59,7 @@ __all__ = [
     "rubric_from_config",
     "to_token_records",
     "tool_success_reward",
+    "train_grpo",
     "train_reward_model",
     "train_sft",
     "unnecessary_calls_reward",

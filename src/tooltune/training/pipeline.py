@@ -423,101 +423,100 @@ class AgentTrainingPipeline:
                 self.history["success_rate"].append(acc["overall"])
         self.run.checkpoint("sft", self.policy)
 
-    # -- stage: GRPO -----------------------------------------------------------------------------
+    # -- stage: GRPO (the loop: `grpo_loop.train_grpo`) ------------------------------------------
     def _grpo(self, state: dict[str, Any]) -> None:
-        from tooltune.training.grpo import GRPOTrainer
-        from tooltune.training.optim import AdamW
-        from tooltune.training.rewards import rubric_from_config
-        from tooltune.training.schedule import make_scheduler
+        from tooltune.training.grpo_loop import GRPOStep, collector_rollout, train_grpo
 
         cfg, s = self.config, self.settings
         if s.grpo_steps == 0:
             return
-        reference = (
-            self._load_checkpoint("checkpoints/sft") if state["grpo_step"] else self.policy.clone()
-        )
+        trainer = self._grpo_trainer(state)
+        collector = self._grpo_collector()
+        play = collector_rollout(collector)
+
+        def rollout(tasks: list[Any], num_generations: int, seed: int) -> list[Any]:
+            if s.backend == "ray":  # the workers play the weights the last update left
+                collector.push_policy(self.policy)
+            return play(tasks, num_generations, seed)
+
+        bar = self._bar(s.grpo_steps, "GRPO", initial=state["grpo_step"])
+
+        def on_step(done: GRPOStep) -> None:
+            self.history["loss"].append(done.metrics["loss"])
+            self.history["reward"].append(done.metrics["mean_reward"])
+            self.history["success_rate"].append(done.metrics["success_rate"])
+            errors = getattr(self.env, "reward_errors", None) or {}
+            self.run.log_metrics({"stage": "grpo", "step": done.step, **done.metrics,
+                                  **{f"reward_errors.{k}": v for k, v in errors.items()}})  # fmt: skip
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{done.metrics['mean_reward']:.2f}",
+                                success=f"{done.metrics['success_rate']:.0%}")  # fmt: skip
+
+        def checkpoint(steps_done: int) -> None:
+            if steps_done == s.grpo_steps:
+                return  # the stage's own checkpoint follows
+            state["grpo_step"], state["history"] = steps_done, self.history
+            extra = {"optimizer": trainer.optimizer.state_dict(),
+                     "scheduler": trainer.scheduler.state_dict()}  # fmt: skip
+            state["checkpoint"] = self.run.checkpoint("latest", self.policy, extra)
+            self.run.save_state(state)
+
+        try:
+            train_grpo(trainer, self._grpo_tasks, rollout, s.grpo_steps, start=state["grpo_step"],
+                       seed=cfg.seed, on_step=on_step, checkpoint=checkpoint,
+                       checkpoint_every=s.checkpoint_every)  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
+            if s.backend == "ray":
+                collector.shutdown()
+        state["grpo_step"] = s.grpo_steps
+
+    def _grpo_tasks(self, step: int) -> list[Any]:
+        cfg = self.config
+        return self._tasks("train", cfg.batch_size, seed=cfg.seed * 100_003 + 7919 * (step + 1))
+
+    def _grpo_trainer(self, state: dict[str, Any]) -> Any:
+        """The trainer, with the optimizer and schedule of the checkpoint a run resumes from."""
+        from tooltune.training.grpo import GRPOTrainer
+        from tooltune.training.optim import AdamW
+        from tooltune.training.schedule import make_scheduler
+
+        cfg, s = self.config, self.settings
+        resumed = state["grpo_step"] > 0
+        reference = self._load_checkpoint("checkpoints/sft") if resumed else self.policy.clone()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, s.grpo_steps, cfg.warmup_ratio)
-        start = state["grpo_step"]
-        if start:
-            trainer_state = torch.load(
+        if resumed:
+            saved = torch.load(
                 self.run.dir / state["checkpoint"] / "trainer.pt", weights_only=False
             )
-            optimizer.load_state_dict(trainer_state["optimizer"])
-            scheduler.load_state_dict(trainer_state["scheduler"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
         baseline = reward_stage.baseline_fn(self) if cfg.reward_baseline == "learned" else None
-        trainer = GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
-                              max_len=s.max_seq_len, baseline_fn=baseline)  # fmt: skip
+        return GRPOTrainer(self.policy, reference, optimizer, cfg, scheduler=scheduler,
+                           max_len=s.max_seq_len, baseline_fn=baseline)  # fmt: skip
+
+    def _grpo_collector(self) -> Any:
+        """Plays the GRPO episodes: in this process, or in Ray actors (`backend = "ray"`)."""
+        from tooltune.training.rewards import rubric_from_config, verified_success
+
+        cfg, s = self.config, self.settings
         fmt = self.policy.prompt_format  # a resumed run's is the checkpoint's
         sampling = SamplingParams(temperature=fmt.temperature, top_p=fmt.top_p,
                                   max_new_tokens=fmt.max_new_tokens)  # fmt: skip
-        if s.backend == "ray":  # rollouts and tools in Ray actors; weights pushed after each update
+        if s.backend == "ray":
             from tooltune.distributed.ray_backend import make_ray_backend
-            from tooltune.training.rewards import verified_success
 
             rubric = rubric_from_config(cfg, outcome=verified_success)
-            collector = make_ray_backend(
+            return make_ray_backend(
                 self.policy, cfg, num_workers=s.ray_workers, address=s.ray_address or None,
                 world_dir=self.env.world_dir, sampling=sampling, reward_fn=rubric.apply,
             )  # fmt: skip
-        else:
-            rubric = self.env.rubric(cfg)
-            collector = TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
-                                            tool_style=fmt.tool_style, reward_fn=rubric.apply)  # fmt: skip
-        try:
-            self._grpo_steps(state, collector, trainer, optimizer, scheduler, sampling)
-        finally:
-            if s.backend == "ray":
-                collector.shutdown()
-
-    def _grpo_steps(self, state, collector, trainer, optimizer, scheduler, sampling) -> None:
-        cfg, s = self.config, self.settings
-        start = state["grpo_step"]
-        bar = self._bar(s.grpo_steps, "GRPO", initial=start)
-        for step in range(start, s.grpo_steps):
-            tasks = self._tasks(
-                "train", cfg.batch_size, seed=cfg.seed * 100_003 + 7919 * (step + 1)
-            )
-            sampling.seed = cfg.seed * 1_000_003 + step
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
-            self.policy.eval()
-            trajectories = collector.collect(tasks, num_samples=cfg.num_generations)
-            groups = [
-                trajectories[i : i + cfg.num_generations]
-                for i in range(0, len(trajectories), cfg.num_generations)
-            ]
-            self.policy.train()
-            metrics = trainer.train_step(groups)
-            if s.backend == "ray":
-                collector.push_policy(self.policy)
-            success = sum(t.success for t in trajectories) / len(trajectories)
-            self.history["loss"].append(metrics["loss"])
-            self.history["reward"].append(metrics["mean_reward"])
-            self.history["success_rate"].append(success)
-            components: dict[str, list[float]] = {}
-            for t in trajectories:  # every reward term reported on its own
-                for name, value in t.reward_components.items():
-                    components.setdefault(f"reward.{name}", []).append(value)
-            means = {k: sum(v) / len(v) for k, v in components.items()}
-            errors = getattr(self.env, "reward_errors", None)
-            if errors:
-                means.update({f"reward_errors.{k}": v for k, v in errors.items()})
-            self.run.log_metrics(
-                {"stage": "grpo", "step": step, "success_rate": success, **metrics, **means}
-            )
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['mean_reward']:.2f}", success=f"{success:.0%}")
-            if (step + 1) % s.checkpoint_every == 0 and step + 1 < s.grpo_steps:
-                state["grpo_step"] = step + 1
-                state["history"] = self.history
-                extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-                state["checkpoint"] = self.run.checkpoint("latest", self.policy, extra)
-                self.run.save_state(state)
-        if bar is not None:
-            bar.close()
-        state["grpo_step"] = s.grpo_steps
+        return TrajectoryCollector(self.policy, self.env.registry, cfg, sampling=sampling,
+                                   tool_style=fmt.tool_style, reward_fn=self.env.rubric(cfg).apply)  # fmt: skip
 
     def _bar(self, total: int, desc: str, initial: int = 0) -> Any:
         if not self.progress:
