@@ -1,5 +1,5 @@
-"""Ray rollouts: same seeded trajectories as in-process collection, tools run in the actors,
-weights pushed to every worker."""
+"""Ray rollouts: each worker plays its share as one batch, with the same seeded trajectories as
+in-process collection; tools run in the actors; weights pushed to every worker."""
 
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ from tooltune.config import AgentConfig  # noqa: E402
 from tooltune.distributed.ray_backend import (  # noqa: E402
     PolicySnapshot,
     RayRolloutBackend,
-    TurnSeededPolicy,
     collect_local,
-    episode_seed,
-    plan_episodes,
+    plan_batches,
     split_evenly,
 )
 from tooltune.policies import BuiltinPolicy  # noqa: E402
@@ -88,15 +86,18 @@ def sampling(seed: int | None = 123) -> SamplingParams:
     return SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=10, seed=seed)
 
 
-def local_reference(policy, config, tasks, num_samples, seed):
-    """The plain local collector, one episode at a time, with the episode's seed."""
-    out = []
-    for t, task in enumerate(tasks):
-        for s in range(num_samples):
-            view = TurnSeededPolicy(policy, episode_seed(seed, t, s))
-            collector = TrajectoryCollector(view, make_tools(), config, sampling=sampling(seed))
-            out += collector.collect([task])
-    return out
+class BatchSizes:
+    """A policy that records how many prompts each generate call gets."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.sizes = policy, []
+
+    def generate(self, prompts, sampling, prompt_token_ids=None, **kwargs):
+        self.sizes.append(len(prompts))
+        return self.policy.generate(prompts, sampling, prompt_token_ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
 
 
 def summary(trajectories):
@@ -104,30 +105,43 @@ def summary(trajectories):
 
 
 def test_plan_and_split_are_deterministic():
-    episodes = plan_episodes(TASKS, 2, seed=5)
-    assert [(e.task_index, e.sample_index) for e in episodes] == [
-        (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1),
+    batches = plan_batches(TASKS, 2, seed=5, parts=2)
+    assert [[(e.task_index, e.sample_index) for e in b.episodes] for b in batches] == [
+        [(0, 0), (0, 1), (1, 0)], [(1, 1), (2, 0), (2, 1)],
     ]  # fmt: skip
-    assert len({e.seed for e in episodes}) == 6
-    assert plan_episodes(TASKS, 2, seed=5)[3].seed == episodes[3].seed
-    assert all(e.seed is None for e in plan_episodes(TASKS, 2, seed=None))
+    assert batches[0].seed == 5 and batches[1].seed not in (
+        None,
+        5,
+    )  # the first share's is the seed
+    assert plan_batches(TASKS, 2, seed=5, parts=2) == batches
+    assert all(b.seed is None for b in plan_batches(TASKS, 2, seed=None, parts=2))
     chunks = split_evenly(list(range(7)), 3)
     assert [len(c) for c in chunks] == [2, 3, 2] and sum(chunks, []) == list(range(7))
     assert split_evenly([1], 4) == [[1]]
     with pytest.raises(ValueError):
-        plan_episodes(TASKS, 0, seed=1)
+        plan_batches(TASKS, 0, seed=1, parts=1)
 
 
-def test_seeded_collection_does_not_depend_on_batching(policy, config):
-    """The same episode gives the same tokens alone or among others."""
-    both = collect_local(policy, make_tools(), config, TASKS, 2, sampling=sampling())
-    alone = collect_local(policy, make_tools(), config, TASKS[:1], 2, sampling=sampling())
-    assert summary(both[:2]) == summary(alone)
-    assert summary(both) == summary(local_reference(policy, config, TASKS, 2, 123))
-    # Seeds depend on the sample: the two samples of a task are different draws.
-    assert any(both[i].tokens.ids != both[i + 1].tokens.ids for i in (0, 2, 4))
-    other = collect_local(policy, make_tools(), config, TASKS, 2, sampling=sampling(7))
-    assert summary(other) != summary(both)
+def test_a_share_is_one_batch_and_seeded_collection_is_reproducible(policy, config):
+    """One worker's share plays as one batch, as the in-process collector plays it, and gives
+    what that collector gives with the same seed; two shares give the same results every time."""
+    counted = BatchSizes(policy)
+    one = collect_local(counted, make_tools(), config, TASKS, 2, sampling=sampling())
+    assert counted.sizes[0] == 6  # all six episodes in the first generate call
+    collector = TrajectoryCollector(policy, make_tools(), config, sampling=sampling())
+    assert summary(one) == summary(collector.collect(TASKS, num_samples=2))
+
+    two = collect_local(policy, make_tools(), config, TASKS, 2, num_workers=2, sampling=sampling())
+    again = collect_local(
+        policy, make_tools(), config, TASKS, 2, num_workers=2, sampling=sampling()
+    )
+    assert summary(two) == summary(again)
+    assert [t.metadata["task_index"] for t in two] == [0, 0, 1, 1, 2, 2]
+    assert any(two[i].tokens.ids != two[i + 1].tokens.ids for i in (0, 2, 4))  # fresh draws
+    other = collect_local(
+        policy, make_tools(), config, TASKS, 2, num_workers=2, sampling=sampling(7)
+    )
+    assert summary(other) != summary(two)
 
 
 def test_ray_matches_local_collector_and_follows_weights(ray_session, policy, config):
@@ -136,7 +150,10 @@ def test_ray_matches_local_collector_and_follows_weights(ray_session, policy, co
     )
     try:
         remote = backend.collect(TASKS, num_samples=2)
-        assert summary(remote) == summary(local_reference(policy, config, TASKS, 2, 123))
+        local = collect_local(
+            policy, make_tools(), config, TASKS, 2, num_workers=2, sampling=sampling()
+        )
+        assert summary(remote) == summary(local)
         assert [t.metadata["task_index"] for t in remote] == [0, 0, 1, 1, 2, 2]
         assert all(t.tokens.mask.count(1) > 0 for t in remote)
 
@@ -147,7 +164,11 @@ def test_ray_matches_local_collector_and_follows_weights(ray_session, policy, co
                 p.add_(0.05 * torch.randn_like(p))
         assert backend.set_weights(updated.model.state_dict()) == 1
         after = backend.collect(TASKS, num_samples=2)
-        assert summary(after) == summary(local_reference(updated, config, TASKS, 2, 123))
+        assert summary(after) == summary(
+            collect_local(
+                updated, make_tools(), config, TASKS, 2, num_workers=2, sampling=sampling()
+            )
+        )
         assert summary(after) != summary(remote)
     finally:
         backend.shutdown()

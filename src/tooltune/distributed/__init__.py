@@ -7,7 +7,6 @@ from tooltune.distributed.ray_backend import (
     PolicySnapshot,
     RayRolloutBackend,
     collect_local,
-    episode_seed,
     make_ray_backend,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "PolicySnapshot",
     "RayRolloutBackend",
     "collect_local",
-    "episode_seed",
     "make_ray_backend",
 ]

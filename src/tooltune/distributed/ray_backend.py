@@ -6,15 +6,14 @@ calls (Python sandboxes, HTTP services, SQLite) run next to the model that made 
 cross the driver. `collect(tasks, num_samples)` means exactly what `TrajectoryCollector.collect`
 means: `num_samples` episodes per task, grouped task by task, in task order.
 
-Reproducibility. `TrajectoryCollector` seeds ONE generator per `generate` call, so a sampled
-token depends on which other episodes share the batch. That cannot survive spreading episodes
-over workers, so when the sampling seed is set every episode gets its own seed,
-`episode_seed(seed, task_index, sample_index)`, and each of its turns samples with
-`turn_seed(episode_seed, turn)`. Results are then the same for any number of workers and any
-assignment, and identical to the in-process `collect_local` with the same seed. The price is
-that a seeded episode generates alone (batch 1) inside its worker; with `seed=None` each
-worker batches all its episodes in one collector, as the local collector does. Making the
-decode loop take one generator per row would give both (see docs/scaling.md).
+Batches and seeds. A collect call's episodes are split into one contiguous share per worker
+(`plan_batches`), and each worker plays its share as ONE batch in one `TrajectoryCollector`,
+as the in-process collector plays all of them. That collector seeds one generator per
+`generate` call, so a sampled token depends on the batch it was sampled in; each share is
+therefore seeded by its position, `batch_seed(seed, first_episode)`, and results are the same
+for a given seed and number of workers, whichever worker runs which share. The first share's
+seed is `seed` itself, so one worker samples exactly what the in-process collector samples,
+and `collect_local(..., num_workers=n)` gives, in this process, what n workers give.
 
 Rewards and verification run inside the actors, where the episode's tool state lives:
 `verifier="tools"` uses the tool source's own `verify(task, trajectory)` (an `Environment`),
@@ -56,7 +55,7 @@ def _ray():
 
 
 # --------------------------------------------------------------------------------------------
-# Seeds that depend on the episode, not on the batch or the worker
+# Shares of a collect call, and their seeds
 # --------------------------------------------------------------------------------------------
 
 
@@ -67,71 +66,53 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
-def episode_seed(base_seed: int, task_index: int, sample_index: int) -> int:
-    """Seed of sample `sample_index` of the `task_index`-th task of one `collect` call."""
-    return derive_seed("episode", base_seed, task_index, sample_index)
-
-
-def turn_seed(seed: int, turn: int) -> int:
-    return derive_seed("turn", seed, turn)
-
-
-class TurnSeededPolicy:
-    """One episode's view of a policy: its n-th `generate` call samples with
-    `turn_seed(seed, n)`. Every other attribute (`encode`, `eos_token_id`...) is the wrapped
-    policy's, so the collector still treats it as a token policy."""
-
-    continues_turns = False  # one generate call per turn: its seed is the turn's
-
-    def __init__(self, policy: Any, seed: int) -> None:
-        self.policy = policy
-        self.seed = seed
-        self.turn = 0
-
-    def generate(
-        self,
-        prompts: list[str],
-        sampling: SamplingParams,
-        prompt_token_ids: list[list[int]] | None = None,
-    ) -> list:
-        if len(prompts) != 1:
-            raise ValueError("a TurnSeededPolicy serves exactly one episode (batch of 1)")
-        seeded = dataclasses.replace(sampling, seed=turn_seed(self.seed, self.turn))
-        self.turn += 1
-        return self.policy.generate(prompts, seeded, prompt_token_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "policy":  # not set yet (e.g. during unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.policy, name)
+def batch_seed(base_seed: int, first_episode: int) -> int:
+    """Seed of the share of a collect call that starts at episode `first_episode`: `base_seed`
+    for the first share (what the in-process collector would use), derived for the others."""
+    return base_seed if first_episode == 0 else derive_seed("batch", base_seed, first_episode)
 
 
 @dataclass
 class Episode:
-    """One planned episode: which task, which sample, and its sampling seed (None: unseeded)."""
+    """One planned episode: which task, and which of its samples."""
 
     task_index: int
     sample_index: int
     task: Any
+
+
+@dataclass
+class EpisodeBatch:
+    """One worker's share of a collect call, played as one batch sampled with `seed`
+    (None: unseeded)."""
+
+    episodes: list[Episode]
     seed: int | None
 
 
-def plan_episodes(tasks: Sequence[Any], num_samples: int, seed: int | None) -> list[Episode]:
+def plan_episodes(tasks: Sequence[Any], num_samples: int) -> list[Episode]:
     """Episodes in the collector's order: task by task, `num_samples` each."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    return [
-        Episode(t, s, task, None if seed is None else episode_seed(seed, t, s))
-        for t, task in enumerate(tasks)
-        for s in range(num_samples)
-    ]
+    return [Episode(t, s, task) for t, task in enumerate(tasks) for s in range(num_samples)]
 
 
-def run_episodes(
+def plan_batches(
+    tasks: Sequence[Any], num_samples: int, seed: int | None, parts: int
+) -> list[EpisodeBatch]:
+    """The episodes of `tasks` in at most `parts` contiguous shares, each with its seed."""
+    batches, first = [], 0
+    for chunk in split_evenly(plan_episodes(tasks, num_samples), parts):
+        batches.append(EpisodeBatch(chunk, None if seed is None else batch_seed(seed, first)))
+        first += len(chunk)
+    return batches
+
+
+def run_batch(
     policy: Any,
     tools: ToolSource,
     config: AgentConfig,
-    episodes: Sequence[Episode],
+    batch: EpisodeBatch,
     *,
     sampling: SamplingParams,
     tool_style: str = "json",
@@ -139,35 +120,18 @@ def run_episodes(
     reward_fn: RewardFn | None = None,
     tier: TaskTier = TaskTier.SIMPLE,
 ) -> list[AgentTrajectory]:
-    """Roll out `episodes` in this process (what each Ray worker runs).
-
-    Unseeded episodes share one batched collector; seeded ones run one at a time with their
-    own turn seeds, so their results do not depend on what else is in the batch."""
-    if not episodes:
+    """Play `batch` in this process (what each Ray worker runs): all its episodes together in
+    one collector, sampled with the batch's seed."""
+    if not batch.episodes:
         return []
-
-    def collector(policy_view: Any) -> TrajectoryCollector:
-        return TrajectoryCollector(
-            policy_view, tools, config, sampling=sampling, tool_style=tool_style,
-            verifier=verifier, reward_fn=reward_fn,
-        )  # fmt: skip
-
-    if all(e.seed is None for e in episodes):
-        trajectories = collector(policy).collect([e.task for e in episodes], 1, tier=tier)
-    else:
-        trajectories = []
-        for e in episodes:
-            if e.seed is None:
-                trajectories += collector(policy).collect([e.task], 1, tier=tier)
-            else:
-                trajectories += collector(TurnSeededPolicy(policy, e.seed)).collect(
-                    [e.task], 1, tier=tier
-                )
-    for e, t in zip(episodes, trajectories, strict=True):
+    collector = TrajectoryCollector(
+        policy, tools, config, sampling=dataclasses.replace(sampling, seed=batch.seed),
+        tool_style=tool_style, verifier=verifier, reward_fn=reward_fn,
+    )  # fmt: skip
+    trajectories = collector.collect([e.task for e in batch.episodes], 1, tier=tier)
+    for e, t in zip(batch.episodes, trajectories, strict=True):
         t.metadata["task_index"] = e.task_index
         t.metadata["sample_index"] = e.sample_index
-        if e.seed is not None:
-            t.metadata["episode_seed"] = e.seed
     return trajectories
 
 
@@ -178,19 +142,23 @@ def collect_local(
     tasks: Iterable[Any],
     num_samples: int = 1,
     *,
+    num_workers: int = 1,
     sampling: SamplingParams | None = None,
     tool_style: str = "json",
     verifier: Verifier | None = None,
     reward_fn: RewardFn | None = None,
     tier: TaskTier = TaskTier.SIMPLE,
 ) -> list[AgentTrajectory]:
-    """In-process equivalent of `RayRolloutBackend.collect` (same seeds, same results)."""
+    """In this process, what `RayRolloutBackend.collect` gives with `num_workers` workers
+    (same shares, same seeds, same results)."""
     sampling = sampling or _default_sampling(config)
-    episodes = plan_episodes(list(tasks), num_samples, sampling.seed)
-    return run_episodes(
-        policy, tools, config, episodes, sampling=sampling, tool_style=tool_style,
-        verifier=verifier, reward_fn=reward_fn, tier=tier,
-    )  # fmt: skip
+    out = []
+    for batch in plan_batches(list(tasks), num_samples, sampling.seed, num_workers):
+        out += run_batch(
+            policy, tools, config, batch, sampling=sampling, tool_style=tool_style,
+            verifier=verifier, reward_fn=reward_fn, tier=tier,
+        )  # fmt: skip
+    return out
 
 
 def _default_sampling(config: AgentConfig) -> SamplingParams:
@@ -273,7 +241,7 @@ class EnvironmentTools:
 
 
 class RolloutWorker:
-    """Body of one Ray actor: a policy copy, a tool source, and `run_episodes`. With
+    """Body of one Ray actor: a policy copy, a tool source, and `run_batch`. With
     ``tool_style=None`` it prompts in the style the policy was trained with (its saved
     prompt format), as every consumer of a saved model does."""
 
@@ -317,9 +285,9 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def run(self, episodes: list[Episode], tier: TaskTier) -> list[AgentTrajectory]:
-        return run_episodes(
-            self.policy, self.tools, self.config, episodes, sampling=self.sampling,
+    def run(self, batch: EpisodeBatch, tier: TaskTier) -> list[AgentTrajectory]:
+        return run_batch(
+            self.policy, self.tools, self.config, batch, sampling=self.sampling,
             tool_style=self.tool_style, verifier=self.verifier, reward_fn=self.reward_fn,
             tier=tier,
         )  # fmt: skip
@@ -402,16 +370,12 @@ class RayRolloutBackend:
         num_samples: int = 1,
         tier: TaskTier = TaskTier.SIMPLE,
     ) -> list[AgentTrajectory]:
-        """`num_samples` episodes per task, grouped task by task in task order, seeded from
-        `self.sampling.seed` (set it per step, as the pipeline does, for fresh samples)."""
+        """`num_samples` episodes per task, grouped task by task in task order; each worker
+        plays its share as one batch, seeded from `self.sampling.seed` (set it per step, as
+        the GRPO loop does, for fresh samples)."""
         ray = _ray()
-        episodes = plan_episodes(list(tasks), num_samples, self.sampling.seed)
-        if not episodes:
-            return []
-        chunks = split_evenly(episodes, self.num_workers)
-        futures = [
-            w.run.remote(chunk, tier) for w, chunk in zip(self.workers, chunks, strict=False)
-        ]
+        batches = plan_batches(list(tasks), num_samples, self.sampling.seed, self.num_workers)
+        futures = [w.run.remote(b, tier) for w, b in zip(self.workers, batches, strict=False)]
         return [t for part in ray.get(futures) for t in part]
 
     def set_weights(self, state_dict: dict[str, Any]) -> int:
