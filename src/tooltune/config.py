@@ -5,7 +5,8 @@ right (an unknown key, a string where a number belongs, a negative learning rate
 cannot be normalised) is refused with a `ConfigError` that names the key, before any work starts.
 
 The GRPO options carry the names TRL's `GRPOConfig` gives them; their former names (the seed's and
-tooltune's own, see `ALIASES`) are still accepted wherever a config is built or read.
+tooltune's own, see `ALIASES`) are still accepted wherever a config is made: `AgentConfig(...)`,
+config files and `--set`. Attributes have the new names only.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _default_reward_weights() -> dict[str, float]:
     }
 
 
-# Former names of options, accepted wherever a config is built or read: the seed's and
-# tooltune's own names on the left, TRL's (`GRPOConfig`) on the right.
+# Former names of options, accepted wherever a config is made (constructor, files, --set): the
+# seed's and tooltune's own names on the left, TRL's (`GRPOConfig`) on the right.
 ALIASES = {
     "num_samples": "num_generations",
     "kl_coef": "beta",
