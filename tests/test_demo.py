@@ -230,7 +230,7 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
     assert not settings.copy_head and config.sft_context_weight == 0
     assert settings.eval_tasks_per_tier >= 50 and settings.before_tasks_per_tier >= 25
-    assert 0 < settings.lora_layers < 30  # adapters on the top layers: a cheaper backward
+    assert 0 < settings.train_layers < 30  # adapters on the top layers: a cheaper backward
     config, settings = resolve("--model", "builtin")  # the from-scratch model's own preset
     assert settings.model == "builtin" and settings.copy_head and settings.copy_drill_steps > 0
     assert config.sft_context_weight > 0 and settings.tool_style == "names"
@@ -239,5 +239,5 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert config.sft_context_weight == 0.05  # an explicit choice still wins
     _, settings = resolve("--set", "pipeline.lora_dropout=0")  # an int where a float is due
     assert settings.lora_dropout == 0.0
-    with pytest.raises(ConfigError, match="lora_layers"):
-        resolve("--set", "pipeline.lora_layers=-1")
+    with pytest.raises(ConfigError, match="train_layers"):
+        resolve("--set", "pipeline.train_layers=-1")

@@ -388,3 +388,33 @@ def test_top_layers_put_adapters_on_the_last_layers_only(model_dir):
     top.token_logprobs(ids, torch.ones_like(ids)).sum().backward()
     grads = [p.grad for p in top.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
+
+
+def test_training_the_top_layers_leaves_the_rest_and_the_embeddings_as_they_were(model_dir):
+    from tooltune.policies.hf import train_top_layers
+    from tooltune.training.optim import AdamW
+
+    policy = HFPolicy.from_pretrained(model_dir)
+    layers = policy.model.get_decoder().layers
+    train_top_layers(policy.model, 1)
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    ids = torch.tensor([policy.encode(prompt("What is the capital of France?") + "Paris")])
+    mask = torch.ones_like(ids)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = AdamW(params, lr=1e-2)
+    losses = []
+    for _ in range(3):
+        loss = -policy.token_logprobs(ids, mask).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    top = {f"model.layers.{len(layers) - 1}."}
+    for name, param in policy.model.named_parameters():
+        changed = not torch.equal(param, before[name])
+        assert changed == (any(name.startswith(t) for t in top) or name == "model.norm.weight"), (
+            name
+        )
+    with pytest.raises(ValueError, match="top 0"):
+        train_top_layers(policy.model, 0)

@@ -43,6 +43,8 @@ def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def make_settings(table: dict[str, Any]) -> PipelineSettings:
+    if "lora_layers" in table:  # its former name, from when only LoRA could train top layers
+        table.setdefault("train_layers", table.pop("lora_layers"))
     known = {f.name: f.type for f in fields(PipelineSettings)}
     for key, value in table.items():
         if key not in known:

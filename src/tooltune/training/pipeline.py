@@ -52,7 +52,7 @@ class PipelineSettings:
     max_seq_len: int = 1024
     tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
     lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
-    lora_layers: int = 0  # adapters on the last N decoder layers only (0: all); see LoraSettings
+    train_layers: int = 0  # only the last N decoder layers train (LoRA or all weights); 0: all
     lora_dropout: float = 0.05
     dtype: str = "auto"  # Hugging Face models' frozen weights: auto (bf16 where fast) | bf16 | fp32
     device: str = ""  # Hugging Face models: cpu | cuda | cuda:N; empty: cuda where present
@@ -84,7 +84,7 @@ class PipelineSettings:
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("pipeline.lora_dropout must be in [0, 1)")
         for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps",
-                    "lora_layers", "before_tasks_per_tier", "heldout_tools_tasks"):  # fmt: skip
+                    "train_layers", "before_tasks_per_tier", "heldout_tools_tasks"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"pipeline.{key} must be >= 0")
         if self.reward_model_tasks == 1 or self.reward_model_tasks < 0:
@@ -276,12 +276,22 @@ class AgentTrainingPipeline:
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
 
         path = load_smollm2() if s.model == "smollm2-135m" else s.model
-        lora = LoraSettings(top_layers=s.lora_layers, dropout=s.lora_dropout)
+        lora = LoraSettings(top_layers=s.train_layers, dropout=s.lora_dropout)
         policy = HFPolicy.from_pretrained(path, lora=lora if s.lora else None,
                                           dtype=s.dtype, device=self._device(),
                                           marker_tokens=s.marker_tokens)  # fmt: skip
+        self._restrict_training(policy)
         self.log(f"[model] {path}: {describe_compute(policy)}")
         return policy
+
+    def _restrict_training(self, policy: Any) -> None:
+        """Full fine-tuning of the top `train_layers` layers only (LoRA places its adapters
+        there itself); a checkpoint loads with every weight trainable, so it runs after loads too."""
+        s = self.settings
+        if s.model != "builtin" and not s.lora and s.train_layers:
+            from tooltune.policies.hf import train_top_layers
+
+            train_top_layers(policy.model, s.train_layers, keep_embeddings=s.marker_tokens)
 
     def _device(self) -> str:
         from tooltune.policies.hf import default_device
@@ -313,6 +323,7 @@ class AgentTrainingPipeline:
                 f"{directory / 'policy'} was prompted with {policy.prompt_format.describe()}, "
                 f"but this run prompts with {expected.describe()}; rerun with --fresh"
             )
+        self._restrict_training(policy)
         return policy
 
     # -- stage: evaluation -----------------------------------------------------------------------
