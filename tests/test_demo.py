@@ -221,7 +221,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
 
 def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_preset():
     from tooltune.cli import build_parser
-    from tooltune.training.demo import resolve_demo
+    from tooltune.training.demo import make_settings, resolve_demo
 
     def resolve(*argv: str):
         return resolve_demo(build_parser().parse_args(["demo", *argv]))
@@ -230,7 +230,7 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
     assert not settings.copy_head and config.sft_context_weight == 0
     assert settings.eval_tasks_per_tier >= 50 and settings.before_tasks_per_tier >= 25
-    assert 0 < settings.train_layers < 30  # adapters on the top layers: a cheaper backward
+    assert 0 <= settings.train_layers < 30
     config, settings = resolve("--model", "builtin")  # the from-scratch model's own preset
     assert settings.model == "builtin" and settings.copy_head and settings.copy_drill_steps > 0
     assert config.sft_context_weight > 0 and settings.tool_style == "names"
@@ -241,3 +241,7 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert settings.lora_dropout == 0.0
     with pytest.raises(ConfigError, match="train_layers"):
         resolve("--set", "pipeline.train_layers=-1")
+    _, settings = resolve("--set", "pipeline.lora_layers=6")  # the former name
+    assert settings.train_layers == 6
+    with pytest.raises(ConfigError, match="former name"):
+        make_settings({"lora_layers": 6, "train_layers": 6})

@@ -42,9 +42,15 @@ def load_preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(data.get("config", {})), dict(data.get("pipeline", {}))
 
 
+FORMER_NAMES = {"lora_layers": "train_layers"}  # from when only LoRA could train the top layers
+
+
 def make_settings(table: dict[str, Any]) -> PipelineSettings:
-    if "lora_layers" in table:  # its former name, from when only LoRA could train top layers
-        table.setdefault("train_layers", table.pop("lora_layers"))
+    for old, new in FORMER_NAMES.items():
+        if old in table:
+            if new in table:
+                raise ConfigError(f"pipeline.{old} is the former name of {new}: set one")
+            table[new] = table.pop(old)
     known = {f.name: f.type for f in fields(PipelineSettings)}
     for key, value in table.items():
         if key not in known:
@@ -93,7 +99,8 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
     for override in args.overrides:
         if override.startswith("pipeline."):
             path, value = parse_override(override)
-            pipeline_table[".".join(path[1:])] = value
+            key = ".".join(path[1:])
+            pipeline_table[FORMER_NAMES.get(key, key)] = value  # a later layer wins either way
     if getattr(args, "device", ""):
         pipeline_table["device"] = args.device
     if getattr(args, "report_to", None):
