@@ -353,6 +353,7 @@ class AgentTrainingPipeline:
         acc = metrics["accuracy"]
         self.log(f"[{stage}] accuracy " + ", ".join(f"{g} {_pct(acc[g])}" for g in groups)
                  + (f", held-out tools {metrics['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in metrics else "")
+                 + "".join(f", {k} task shapes {_pct(v['accuracy'])}" for k, v in metrics.get("by_shape", {}).items())
                  + f"; failures {metrics['tool_call_failure_rate']:.0%}, "
                  f"unnecessary {metrics['unnecessary_call_rate']:.0%}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
         return metrics
