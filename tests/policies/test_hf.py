@@ -418,3 +418,17 @@ def test_training_the_top_layers_leaves_the_rest_and_the_embeddings_as_they_were
         )
     with pytest.raises(ValueError, match="top 0"):
         train_top_layers(policy.model, 0)
+
+
+def test_more_trained_layers_than_the_model_has_is_a_config_error(model_dir):
+    from types import SimpleNamespace
+
+    from tooltune.config import ConfigError
+    from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
+
+    policy = HFPolicy.from_pretrained(model_dir)  # 2 layers
+    run = SimpleNamespace(
+        settings=PipelineSettings(model=str(model_dir), lora=False, train_layers=5)
+    )
+    with pytest.raises(ConfigError, match="pipeline.train_layers: cannot train the top 5 of 2"):
+        AgentTrainingPipeline._restrict_training(run, policy)

@@ -291,7 +291,10 @@ class AgentTrainingPipeline:
         if s.model != "builtin" and not s.lora and s.train_layers:
             from tooltune.policies.hf import train_top_layers
 
-            train_top_layers(policy.model, s.train_layers, keep_embeddings=s.marker_tokens)
+            try:
+                train_top_layers(policy.model, s.train_layers, keep_embeddings=s.marker_tokens)
+            except ValueError as exc:
+                raise ConfigError(f"pipeline.train_layers: {exc}") from exc
 
     def _device(self) -> str:
         from tooltune.policies.hf import default_device
