@@ -159,6 +159,9 @@ class AgentConfig:
 
     # Task distribution
     task_tier_weights: dict[TaskTier, float] = field(default_factory=_default_tier_weights)
+    # Share of the built-in world's simple and parallel tasks made from random function schemas
+    # (tasks/schema_tasks.py, checked by BFCL's rules); 0 keeps the default mix unchanged.
+    schema_task_share: float = 0.0
 
     # --- beyond the seed: what a correct trainer needs -------------------------------------
     seed: int = 0
@@ -212,6 +215,10 @@ class AgentConfig:
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be >= 0 and finite, got {value!r}")
+        if not 0 <= self.schema_task_share <= 1:
+            raise ConfigError(
+                f"schema_task_share must be in [0, 1], got {self.schema_task_share!r}"
+            )
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not 0 <= self.warmup_ratio < 1:

@@ -27,6 +27,7 @@ from typing import Any
 
 from tooltune.config import AgentConfig, TaskTier
 from tooltune.registry import ToolDefinition, ToolRegistry, ToolRegistryError
+from tooltune.tasks.schema_tasks import schema_tools
 from tooltune.tasks.splits import default_world_dir
 from tooltune.tasks.world import ensure_world
 from tooltune.tasks.world_data import World
@@ -170,23 +171,25 @@ class BuiltinWorld:
         self, episode_id: str | None = None, tools: list[str] | None = None
     ) -> ToolRegistry:
         """A fresh registry for one episode: every built-in tool, or only the named ones (which
-        may include the held-out tools `geo_lookup` and `corp_registry`)."""
+        may include the held-out tools `geo_lookup` and `corp_registry`, and the generated
+        functions of schema tasks, `tasks.schema_gen`)."""
         if self.closed:
             raise RuntimeError("the environment is closed")
         episode_id = episode_id or uuid.uuid4().hex[:12]
         names = list(BUILTIN_TOOLS if tools is None else tools)
-        unknown = [n for n in names if n not in TOOL_FAMILY]
+        generated = schema_tools([n for n in names if n not in TOOL_FAMILY], self.seed)
+        unknown = [n for n in names if n not in TOOL_FAMILY and n not in generated]
         if unknown:
             known = ", ".join(self.tool_names(include_heldout=True))
             raise ToolRegistryError(f"unknown tools: {', '.join(unknown)} (known: {known})")
-        by_name: dict[str, ToolDefinition] = {}
-        for family in dict.fromkeys(TOOL_FAMILY[n] for n in names):
+        by_name: dict[str, ToolDefinition] = dict(generated)
+        for family in dict.fromkeys(TOOL_FAMILY[n] for n in names if n in TOOL_FAMILY):
             for definition in self._episode_family(family, episode_id):
                 by_name[definition.name] = definition
         registry = ToolRegistry(config=self.config)
         for name in dict.fromkeys(names):
             registry.register(by_name[name])
-        if {"files", "images"} & {TOOL_FAMILY[n] for n in names}:
+        if {"files", "images"} & {TOOL_FAMILY.get(n) for n in names}:
             overlay = self.overlay_dir(episode_id)
             registry.on_close(lambda: _remove_if_empty(overlay))
         return registry

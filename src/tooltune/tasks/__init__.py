@@ -6,6 +6,7 @@
 | `splits` | the splits and `sample_tasks` over the built-in world |
 | `templates` | the built-in world's task templates, one module per tool family |
 | `abstention` | the no-tool tier's templates |
+| `schema_gen`, `schema_tasks` | opt-in tasks on random function schemas, checked by BFCL's rules |
 | `world` | the built-in world: its data, building it, writing its sources, loading it |
 | `checkers` | `verify`: a finished trajectory against a task's `check` spec |
 | `expert` | the scripted expert that solves the built-in tasks through the real tools |

@@ -20,6 +20,7 @@ from typing import Any
 from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
+from tooltune.tasks.schema_tasks import SCHEMA_SPLITS, SCHEMA_TIERS, make_schema_task
 from tooltune.tasks.task import Task
 from tooltune.tasks.templates.catalogue import TEMPLATES
 from tooltune.tasks.templates.draft import Ctx, Draft, Template
@@ -126,13 +127,19 @@ def sample_tasks(
     tiers: list[Any] | None = None,
     world: World | str | Path | None = None,
     unique: bool = True,
+    schema_share: float | None = None,
 ) -> list[Task]:
     """`n` tasks of `split`, tiers drawn by `tier_weights` (default `DEFAULT_TIER_WEIGHTS`),
     optionally only `tiers`. A weighted tier the split has no templates of is left out of the
     mix; one asked for in `tiers` is an error. With `unique`, prompts do not repeat within the
-    sample (when the pool allows)."""
+    sample (when the pool allows).
+
+    `schema_share` of the simple and parallel tasks are schema tasks (`schema_tasks`: random
+    function schemas, checked by BFCL's rules); None reads `schema_task_share` from the config
+    of the environment given as `world`, else 0. At 0 the sample is what it always was."""
     if n < 0:
         raise ValueError("n must be >= 0")
+    share = _schema_share(schema_share, world)
     weights = _weights(tier_weights, tiers)
     by_tier = {t: templates_for(split, t) for t in weights}  # checks the split name first
     if tiers is None:
@@ -149,7 +156,10 @@ def sample_tasks(
         if not by_tier[tier]:
             raise ValueError(f"split {split!r} has no templates of tier {tier.value}")
         task = None
-        for _attempt in range(_MAX_TRIES):
+        schema = share > 0 and tier in SCHEMA_TIERS and split in SCHEMA_SPLITS
+        if schema and rng.random() < share:  # drawn only when asked for: samples stay the same
+            task = _schema_task(tier, w, split, rng, f"{split}-{seed}-{i:05d}", seen, unique)
+        for _attempt in range(0 if task else _MAX_TRIES):
             template = rng.choice(by_tier[tier])
             try:
                 candidate = make_task(template, w, split, rng, f"{split}-{seed}-{i:05d}")
@@ -166,3 +176,21 @@ def sample_tasks(
         remember(task)
         tasks.append(task)
     return tasks
+
+
+def _schema_share(share: float | None, world: Any) -> float:
+    if share is None:
+        share = getattr(getattr(world, "config", None), "schema_task_share", 0.0)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"schema_share must be in [0, 1], got {share!r}")
+    return float(share)
+
+
+def _schema_task(tier: TaskTier, world: World, split: str, rng: random.Random, task_id: str,
+                 seen: set[str], unique: bool) -> Task:  # fmt: skip
+    task = make_schema_task(tier, split, rng, task_id, world.seed)
+    for _attempt in range(_MAX_TRIES):
+        if not (unique and task.prompt in seen):
+            break
+        task = make_schema_task(tier, split, rng, task_id, world.seed)
+    return task

@@ -12,6 +12,7 @@
 | `images` | Pillow image tools and the shape detector |
 | `mcp_bridge` | tools of an MCP server, and a registry served over MCP |
 | `heldout` | `geo_lookup`, `corp_registry`: the held-out family, never offered in training |
+| `schema_functions` | a generated function doc as a tool (schema tasks): checks arguments, returns an id |
 
 `catalogue` says which tool belongs to which family and which family is held out.
 

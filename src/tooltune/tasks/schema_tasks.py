@@ -1,0 +1,255 @@
+"""Schema tasks: call functions a model reads about for the first time, checked by BFCL's rules.
+
+A task offers 1-5 functions from the split's pool (`tooltune.tasks.schema_gen`) and asks, in
+words, for one call (tier `simple`, template `schema_simple`) or several in one turn (tier
+`multi_tool_par`, template `schema_parallel`: the same function with different arguments, or
+different functions). The question states every value the call needs, so the right call is
+determined: the required arguments and some optional ones, in the words of the parameters'
+descriptions. The ground truth is BFCL's possible-answer form (`{function: {param: [allowed]}}`,
+"" marking a parameter that may be left out) and the check is the same AST checker
+(`tooltune.tasks.bfcl`), on the first turn that calls, plus a final answer that reports the
+confirmation id each call returned (`tooltune.tools.schema_functions`).
+
+The kind is opt-in: `splits.sample_tasks(..., schema_share=x)` (or the config key
+`schema_task_share`) turns that share of the simple and parallel tasks into schema tasks; at 0,
+the default, sampling is exactly what it was without them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tooltune.config import TaskTier
+from tooltune.registry import ToolDefinition
+from tooltune.tasks.schema_gen import Param, SchemaFunction, draw_value, find_functions, pool_of
+from tooltune.tasks.task import Task
+from tooltune.tasks.templates.plan import op, plan, step, x_key
+from tooltune.tools.schema_functions import call_id, make_schema_tool
+
+SCHEMA_TIERS = (TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR)
+SCHEMA_SPLITS = ("train", "validation", "test")  # not heldout_tools: that split is the registry's
+SCHEMA_TEMPLATES = {TaskTier.SIMPLE: "schema_simple", TaskTier.MULTI_TOOL_PAR: "schema_parallel"}
+OPENERS = ["Please {vp}.", "Could you {vp}?", "I need you to {vp}.", "Can you {vp}?",
+           "{Vp}.", "I'd like to {vp}.", "Help me {vp}, please."]  # fmt: skip
+PAIRS = ["First, {a}. Then also {b}.", "Please {a}, and {b}.", "Two things: {a}; and {b}.",
+         "Could you {a}? Also {b}."]  # fmt: skip
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _say(value: Any, param: Param, listed: bool) -> str:
+    """A value as the question writes it (arrays in brackets when clauses are comma-joined)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return _number(value)
+    if isinstance(value, list):
+        items = [_say(v, param, listed) for v in value]
+        text = ", ".join(items[:-1]) + f" and {items[-1]}"
+        return text if listed else f"({text})"
+    if isinstance(value, dict):
+        parts = [f"{f.phrase} {_say(value[f.name], f, True)}" for f in param.fields
+                 if f.name in value]  # fmt: skip
+        return "(" + ", ".join(parts) + ")"
+    text = str(value)
+    return f'"{text}"' if " " in text else text
+
+
+def _clause(param: Param, value: Any, style: int, r: random.Random) -> str:
+    if style == 1:  # "- name: value" lists
+        return f"{param.phrase}: {_say(value, param, True)}"
+    if isinstance(value, bool):
+        on = "on" if value else "off"
+        return r.choice([f"{param.phrase} turned {on}", f"the {param.phrase} set to {on}"])
+    said = _say(value, param, False)
+    if style == 2:
+        return f"the {param.phrase} is {said}"
+    return r.choice([f"the {param.phrase} {said}", f"{param.phrase} {said}",
+                     f"{said} as the {param.phrase}", f"the {param.phrase} set to {said}"])  # fmt: skip
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _draw_object(r: random.Random, param: Param) -> tuple[dict, dict]:
+    """(value, possible answer) of an object: required fields always, optional ones often."""
+    value, allowed = {}, {}
+    for f in param.fields:
+        if f.required or r.random() < 0.5:
+            value[f.name] = draw_value(r, f.concept)
+            allowed[f.name] = [value[f.name]]
+        else:
+            allowed[f.name] = [""]
+    return value, allowed
+
+
+def draw_call(r: random.Random, function: SchemaFunction) -> tuple[dict, dict, str]:
+    """(arguments, possible answer, request in words) for one call of `function`."""
+    arguments: dict[str, Any] = {}
+    truth: dict[str, list] = {}
+    stated: list[tuple[Param, Any]] = []
+    for param in function.params:
+        if not param.required and r.random() < 0.5:  # left unsaid: may be left out
+            truth[param.name] = [param.default, ""] if param.has_default else [""]
+            continue
+        if param.fields:
+            value, allowed = _draw_object(r, param)
+            truth[param.name] = [allowed]
+        else:
+            value = draw_value(r, param.concept)
+            truth[param.name] = [value]
+            if not param.required and param.has_default and value == param.default:
+                truth[param.name].append("")
+        arguments[param.name] = value
+        stated.append((param, value))
+    r.shuffle(stated)
+    style = r.choice([0, 0, 1, 2])
+    article = "the" if function.noun.endswith("s") or r.random() < 0.5 else "a"
+    request = f"{function.verb} {article} {function.noun}"
+    if stated:
+        clauses = [_clause(p, v, style, r) for p, v in stated]
+        if style == 1:
+            request += " (" + "; ".join(clauses) + ")"
+        elif style == 2:
+            request += " where " + _join(clauses)
+        else:
+            request += " with " + _join(clauses)
+    return arguments, truth, request
+
+
+def _sentence(request: str, r: random.Random) -> str:
+    opener = r.choice(OPENERS)
+    return opener.replace("{vp}", request).replace("{Vp}", request[:1].upper() + request[1:])
+
+
+def _candidates(r: random.Random, pool: list[SchemaFunction], targets: list[SchemaFunction],
+                total: int) -> list[SchemaFunction]:  # fmt: skip
+    """The targets and distractors up to `total`: other functions on the same noun (confusable)
+    or any; never another variant of a target's (verb, noun), which would leave the right call
+    undetermined."""
+    pairs = {t.pair for t in targets}
+    nouns = {t.noun for t in targets}
+    others = [f for f in pool if f.pair not in pairs]
+    near = [f for f in others if f.noun in nouns]
+    chosen = list(targets)
+    while len(chosen) < total:
+        source = near if near and r.random() < 0.5 else others
+        pick = r.choice(source)
+        if pick.pair not in {c.pair for c in chosen}:
+            chosen.append(pick)
+    r.shuffle(chosen)
+    return chosen
+
+
+def _distinct_calls(r: random.Random, function: SchemaFunction, n: int) -> list[tuple]:
+    """`n` calls of one function whose confirmation ids differ (LookupError when it cannot)."""
+    calls, ids = [], set()
+    for _ in range(20 * n):
+        drawn = draw_call(r, function)
+        key = call_id(function.doc, drawn[0])
+        if key not in ids:
+            ids.add(key)
+            calls.append(drawn)
+            if len(calls) == n:
+                return calls
+    raise LookupError(f"{function.name} has too few distinct calls")
+
+
+def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: str,
+                     world_seed: int = 0) -> Task:  # fmt: skip
+    """One schema task of `tier` (simple or multi_tool_par) from `split`'s functions."""
+    pool = pool_of(split, world_seed)
+    if not pool:
+        raise ValueError(f"split {split!r} has no schema tasks")
+    if tier is TaskTier.SIMPLE:
+        targets = [rng.choice(pool)]
+        calls = [(targets[0], draw_call(rng, targets[0]))]
+        total = rng.choices([1, 2, 3, 4, 5], [0.15, 0.25, 0.25, 0.2, 0.15])[0]
+    elif tier is TaskTier.MULTI_TOOL_PAR:
+        n = rng.choice([2, 2, 3])
+        if rng.random() < 0.5:  # one function, several argument sets
+            function = rng.choice([f for f in pool if len(f.params) > 1] or pool)
+            targets = [function]
+            calls = [(function, c) for c in _distinct_calls(rng, function, n)]
+        else:
+            targets = []
+            while len(targets) < n:
+                pick = rng.choice(pool)
+                if pick.pair not in {t.pair for t in targets}:
+                    targets.append(pick)
+            calls = [(f, draw_call(rng, f)) for f in targets]
+        total = max(len(targets), rng.choice([1, 2, 3, 4, 5]))
+    else:
+        raise ValueError(f"no schema tasks of tier {tier}")
+    offered = _candidates(rng, pool, targets, total)
+    requests = [c[2] for _, c in calls]
+    if len(requests) == 1:
+        prompt = _sentence(requests[0], rng)
+    elif len(requests) == 2:
+        prompt = rng.choice(PAIRS).format(a=requests[0], b=requests[1])
+        prompt = prompt[:1].upper() + prompt[1:]
+    else:
+        prompt = "Please do these: " + "; ".join(requests) + "."
+    return _task(tier, split, task_id, world_seed, prompt, offered, calls)
+
+
+def _category(tier: TaskTier, offered: list[SchemaFunction]) -> str:
+    """BFCL's category for the checker: `multiple` when there are functions to choose from."""
+    parallel = "parallel" if tier is TaskTier.MULTI_TOOL_PAR else ""
+    multiple = "multiple" if len(offered) > 1 else ""
+    return "_".join(w for w in (parallel, multiple) if w) or "simple"
+
+
+def _task(tier: TaskTier, split: str, task_id: str, world_seed: int, prompt: str,
+          offered: list[SchemaFunction], calls: list[tuple]) -> Task:  # fmt: skip
+    ids = [call_id(f.doc, c[0]) for f, c in calls]
+    ground_truth = [{f.name: c[1]} for f, c in calls]
+    ops = [op({"name": f.name, "arguments": dict(c[0])}, x_key("id"), f"id{i}")
+           for i, (f, c) in enumerate(calls)]  # fmt: skip
+    names = ", ".join(dict.fromkeys(f.name for f, _ in calls))
+    think = f"{names} does this; the question gives the arguments."
+    if len(calls) > 1:
+        think = f"{len(calls)} independent calls in one turn: {names}."
+    if len(calls) == 1:
+        answer = f"Done: {calls[0][0].name} returned id <<id0>>."
+    else:
+        answer = "Done: " + "; ".join(f"{f.name} returned id <<id{i}>>"
+                                      for i, (f, _) in enumerate(calls)) + "."  # fmt: skip
+    category = _category(tier, offered)
+    check = {"type": "all", "checks": [
+        {"type": "bfcl", "functions": [f.doc for f in offered], "ground_truth": ground_truth,
+         "category": category},
+        {"type": "set", "items": ids},
+    ]}  # fmt: skip
+    return Task(
+        id=task_id,
+        prompt=prompt,
+        tier=tier,
+        tools=[f.name for f in offered],
+        answer=ids,
+        check=check,
+        minimal_calls=[{"name": f.name, "arguments": c[0]} for f, c in calls],
+        split=split,
+        metadata={
+            "template": SCHEMA_TEMPLATES[tier],
+            "new_shape": False,
+            "plan": plan(answer, step(think, *ops)),
+            "parallel": len(calls) if tier is TaskTier.MULTI_TOOL_PAR else 0,
+            "planted_failures": [],
+            "world_seed": world_seed,
+            "bfcl_category": category,
+        },
+    )
+
+
+def schema_tools(names: list[str], world_seed: int = 0) -> dict[str, ToolDefinition]:
+    """The generated functions among `names` as tools an episode can call (others left out)."""
+    if not names:
+        return {}
+    return {n: make_schema_tool(f.doc) for n, f in find_functions(names, world_seed).items()}

@@ -1,0 +1,187 @@
+"""Schema tasks: random function schemas, split apart, checked by BFCL's AST rules, playable by
+the expert through the real loop, and absent unless asked for."""
+
+import json
+import random
+
+import pytest
+
+from tooltune.config import AgentConfig, ConfigError, TaskTier
+from tooltune.environment import Environment
+from tooltune.evaluation import run_evaluation
+from tooltune.rollout import ScriptedPolicy
+from tooltune.tasks import sample_tasks
+from tooltune.tasks.bfcl import BFCLQuestion, check_question
+from tooltune.tasks.expert import ExpertPolicy
+from tooltune.tasks.schema_gen import function_pool, pool_of
+from tooltune.tasks.schema_tasks import make_schema_task
+from tooltune.tasks.task import Task
+from tooltune.tools.catalogue import TOOL_FAMILY
+from tooltune.tools.schema_functions import call_id
+from tooltune.types import ToolCall
+
+TIERS = ["simple", "multi_tool_par"]
+
+
+def _schema_sample(split, n, seed=0, world=None):
+    return sample_tasks(split, n, seed=seed, world=world, tiers=TIERS, schema_share=1.0)
+
+
+def _question(task):
+    spec = task.check["checks"][0]
+    return BFCLQuestion("q", [], spec["functions"], spec["ground_truth"], spec["category"])
+
+
+def test_pools_are_deterministic_and_keep_the_splits_apart():
+    assert [f.doc for f in function_pool(0)] == [f.doc for f in function_pool.__wrapped__(0)]
+    assert [f.name for f in function_pool(0)] != [f.name for f in function_pool(1)]
+    names = {s: {f.name for f in pool_of(s)} for s in ("train", "validation", "test")}
+    pairs = {s: {f.pair for f in pool_of(s)} for s in ("train", "validation", "test")}
+    assert all(len(names[s]) > 250 for s in names)
+    assert not (names["train"] & names["test"]) and not (pairs["train"] & pairs["test"])
+    assert not (pairs["train"] & pairs["validation"]) and not (pairs["validation"] & pairs["test"])
+    assert not set(TOOL_FAMILY) & {f.name for f in function_pool(0)}
+    assert pool_of("heldout_tools") == []
+
+
+def test_schemas_vary_in_names_types_and_optional_arguments():
+    docs = [f.doc for f in function_pool(0)]
+    kinds, enums, nested, defaults, optional = set(), 0, 0, 0, 0
+    for doc in docs:
+        params = doc["parameters"]
+        for name, prop in params["properties"].items():
+            kinds.add(prop["type"])
+            enums += "enum" in prop
+            nested += "properties" in prop
+            defaults += "default" in prop
+            optional += name not in params["required"]
+    assert kinds == {"string", "integer", "number", "boolean", "array", "object"}
+    assert min(enums, nested, defaults, optional) > 50
+    assert any("." in d["name"] for d in docs) and any(d["name"] != d["name"].lower() for d in docs)
+
+
+def test_default_sampling_is_unchanged(world):
+    for split in ("train", "test"):
+        plain = sample_tasks(split, 80, seed=4, world=world)
+        zero = sample_tasks(split, 80, seed=4, world=world, schema_share=0.0)
+        assert [t.to_json() for t in plain] == [t.to_json() for t in zero]
+        assert not any(t.metadata["template"].startswith("schema_") for t in plain)
+
+
+def test_share_mixes_schema_tasks_into_simple_and_parallel(world):
+    tasks = sample_tasks("train", 200, seed=0, world=world, schema_share=0.5)
+    schema = [t for t in tasks if t.metadata["template"].startswith("schema_")]
+    assert 20 < len(schema) < 100
+    assert {t.tier for t in schema} == {TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR}
+    assert sample_tasks("heldout_tools", 30, world=world, schema_share=1.0)  # none there, no error
+    with pytest.raises(ValueError, match="schema_share"):
+        sample_tasks("train", 1, world=world, schema_share=1.5)
+
+
+def test_tasks_are_deterministic_and_test_functions_never_train(world):
+    a, b = _schema_sample("test", 60, world=world), _schema_sample("test", 60, world=world)
+    assert [t.to_json() for t in a] == [t.to_json() for t in b]
+    assert Task.from_json(a[0].to_json()) == a[0]
+    train_names = {f.name for f in pool_of("train")}
+    offered = {name for t in a for name in t.tools}
+    assert offered and not offered & train_names
+    assert len({t.prompt for t in a}) == len(a)
+    categories = {t.metadata["bfcl_category"] for t in _schema_sample("train", 200, world=world)}
+    assert categories == {"simple", "multiple", "parallel", "parallel_multiple"}
+
+
+def test_ground_truth_passes_the_ast_checker_and_perturbations_fail():
+    rng = random.Random(0)
+    for i in range(200):
+        tier = TaskTier.SIMPLE if i % 2 else TaskTier.MULTI_TOOL_PAR
+        task = make_schema_task(tier, "train", rng, f"t{i}")
+        question, calls = _question(task), [dict(c) for c in task.minimal_calls]
+        assert check_question(question, calls) == [], task.prompt
+        first = calls[0]
+        wrong_name = [{**first, "name": next(n for n in task.tools + ["nope"]
+                                              if n != first["name"])}, *calls[1:]]  # fmt: skip
+        assert check_question(question, wrong_name)
+        assert check_question(question, calls[:-1] + calls[-1:] * 2)  # one call too many
+        name, value = next(iter(first["arguments"].items()))
+        changed = {**first["arguments"], name: _perturb(value)}
+        assert check_question(question, [{**first, "arguments": changed}, *calls[1:]]), name
+
+
+def _perturb(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 7
+    if isinstance(value, list):
+        return value[::-1] if len(set(map(json.dumps, value))) > 1 else value + value
+    if isinstance(value, dict):
+        return {k: _perturb(v) for k, v in value.items()}
+    return value + "x"
+
+
+def test_expert_solves_every_schema_task_through_the_real_loop(env):
+    for split in ("train", "test"):
+        tasks = _schema_sample(split, 150, seed=2, world=env.world)
+        metrics, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, batch_size=50)
+        assert metrics["accuracy"]["overall"] == 1.0
+        assert metrics["unnecessary_call_rate"] == 0.0
+        for task, traj in zip(tasks, trajectories, strict=True):
+            assert traj.success, (task.prompt, traj.final_answer)
+            assert all(r.success for r in traj.tool_responses)
+            if task.tier is TaskTier.MULTI_TOOL_PAR:
+                assert len(traj.steps[0].action.tool_calls) == task.metadata["parallel"] > 1
+
+
+def test_functions_validate_arguments_and_answer_deterministically(env):
+    task = next(t for t in _schema_sample("train", 40, world=env.world) if t.tier == "simple")
+    call = task.minimal_calls[0]
+    registry = env.registry("schema-ep", task.tools)
+    assert registry.names == task.tools
+    ok = registry.execute(ToolCall("c", call["name"], call["arguments"]))
+    assert ok.success and ok.result["id"] == task.answer[0]
+    bad = registry.execute(ToolCall("c", call["name"], {**call["arguments"], "zzz": 1}))
+    assert not bad.success
+    doc = next(f.doc for f in function_pool(0) if f.name == call["name"])
+    first = doc["parameters"]["required"][0]
+    wrong_type = {**call["arguments"], first: {"not": "right"}}
+    assert not registry.execute(ToolCall("c", call["name"], wrong_type)).success
+    registry.close()
+
+
+def test_call_ids_agree_with_what_the_checker_accepts():
+    doc = {"name": "get_thing", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "n": {"type": "number"},
+        "unit": {"type": "string", "enum": ["a", "b"], "default": "a"}}}}  # fmt: skip
+    base = call_id(doc, {"city": "New York", "n": 2.0})
+    assert base.startswith("GT-")
+    assert call_id(doc, {"city": "new york", "n": 2, "unit": "a"}) == base
+    assert call_id(doc, {"city": "Boston", "n": 2}) != base
+    assert call_id(doc, {"city": "New York", "n": 2, "unit": "b"}) != base
+
+
+def test_success_needs_the_right_calls_and_the_reported_id(env):
+    task = next(t for t in _schema_sample("train", 40, world=env.world) if t.tier == "simple")
+    call = json.dumps({"name": task.minimal_calls[0]["name"],
+                       "arguments": task.minimal_calls[0]["arguments"]})  # fmt: skip
+    scripts = {
+        "right": [f"<tool_call>{call}</tool_call>", f"Done: id {task.answer[0]}."],
+        "no id": [f"<tool_call>{call}</tool_call>", "Done."],
+        "no call": [f"Done: id {task.answer[0]}."],
+    }
+    outcome = {}
+    for name, turns in scripts.items():
+        _, (traj,) = run_evaluation(ScriptedPolicy({task.prompt: turns}), [task], env)
+        outcome[name] = traj.success
+    assert outcome == {"right": True, "no id": False, "no call": False}
+
+
+def test_config_turns_schema_tasks_on(world_dir):
+    with pytest.raises(ConfigError, match="schema_task_share"):
+        AgentConfig(schema_task_share=2.0)
+    config = AgentConfig(schema_task_share=1.0)
+    with Environment(world_dir, config=config) as env:
+        tasks = env.sample_tasks("train", 30, seed=0)
+        assert any(t.metadata["template"].startswith("schema_") for t in tasks)
+        per_tier = env.sample_tasks("test", 5, seed=0, per_group=True)
+        simple = [t for t in per_tier if t.tier == "simple"]
+        assert all(t.metadata["template"] == "schema_simple" for t in simple)
