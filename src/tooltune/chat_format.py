@@ -50,7 +50,9 @@ SYSTEM_INSTRUCTIONS = (
 # --------------------------------------------------------------------------------------------
 
 
-TOOL_STYLES = ("json", "compact", "names")
+# "native": the model's own chat template lists the tools and frames the turns
+# (tooltune.native_template), so tooltune's system prompt is not used
+TOOL_STYLES = ("json", "compact", "names", "native")
 
 
 def build_system_prompt(
@@ -72,6 +74,12 @@ def build_system_prompt(
         lines = [_compact_signature(t) for t in tools]
     elif style == "names":
         return "<tools>\n" + ", ".join(t.get("function", t)["name"] for t in tools) + "\n</tools>"
+    elif style == "native":
+        raise ValueError(
+            "the native tool style prompts through the model's own chat template "
+            "(tooltune.native_template), which lists the tools itself; tooltune's system prompt "
+            "takes json, compact or names"
+        )
     else:
         raise ValueError(f"unknown tool style {style!r}; use one of {', '.join(TOOL_STYLES)}")
     return f"{instructions}\n<tools>\n" + "\n".join(lines) + "\n</tools>"
@@ -185,7 +193,7 @@ def parse_action(
 
     calls: list[ToolCall] = []
     for body in _CALL.findall(rest):
-        calls.append(_parse_call(body, f"{id_prefix}_{len(calls)}", known_tools))
+        calls.append(parse_call(body, f"{id_prefix}_{len(calls)}", known_tools))
     rest = _CALL.sub("", rest)
     if TOOL_CALL_OPEN in rest:  # an unterminated call, e.g. generation ran out of tokens
         rest, tail = rest.split(TOOL_CALL_OPEN, 1)
@@ -214,7 +222,9 @@ def _without_markers(text: str) -> str:
     return text
 
 
-def _parse_call(body: str, call_id: str, known_tools: Collection[str] | None) -> ToolCall:
+def parse_call(body: str, call_id: str, known_tools: Collection[str] | None) -> ToolCall:
+    """The JSON body of one call (``{"name": ..., "arguments"|"parameters": {...}}``) as a
+    `ToolCall`; a problem becomes its `parse_error` (``raw`` is the body in call tags)."""
     raw = f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
     def error(message: str, name: str = "") -> ToolCall:

@@ -149,6 +149,11 @@ def chat_template(fmt: PromptFormat) -> str:
     """The Jinja template that renders chat messages as a model of format `fmt` was trained."""
     if fmt.chat != "tooltune":  # pragma: no cover - the only chat format so far
         raise ValueError(f"no template for the {fmt.chat!r} chat format")
+    if fmt.tool_style == "native":
+        raise ValueError(
+            "a model prompted through its own chat template (tool style native) keeps that "
+            "template: export the tokenizer's chat_template as it is"
+        )
     if fmt.tool_style not in TOOL_STYLES:  # pragma: no cover - PromptFormat checks it
         raise ValueError(f"unknown tool style {fmt.tool_style!r}")
     filled = {

@@ -41,7 +41,7 @@ def trajectory_to_messages(
                     "role": "tool",
                     "tool_call_id": response.call_id,
                     "name": response.name,
-                    "content": _response_content(response),
+                    "content": response_content(response),
                 }
             )
     return messages
@@ -143,7 +143,9 @@ def _call_from_openai(data: dict[str, Any], index: int) -> ToolCall:
     return ToolCall(id=call_id, name=name, arguments=arguments)
 
 
-def _response_content(response: ToolResponse) -> str:
+def response_content(response: ToolResponse) -> str:
+    """A tool message's content: the result as text (JSON unless it is a string), or
+    ``Error: ...`` for a failed call."""
     if not response.success:
         return ERROR_PREFIX + (response.error or "unknown error")
     if isinstance(response.result, str):

@@ -37,8 +37,15 @@ from tooltune.chat_format import (
 )
 from tooltune.config import AgentConfig, TaskTier, as_group
 from tooltune.messages import trajectory_from_messages, trajectory_to_record
+from tooltune.native_template import (
+    CLIP_KEY,
+    NATIVE,
+    NativeTemplate,
+    TemplateError,
+    template_of,
+)
 from tooltune.registry import ToolRegistry
-from tooltune.types import AgentStep, AgentTrajectory, TokenRecord
+from tooltune.types import AgentAction, AgentStep, AgentTrajectory, TokenRecord
 
 
 @dataclass
@@ -187,7 +194,24 @@ class TrajectoryCollector:
         self.reward_fn = reward_fn
         self.stop_after_cutoffs = stop_after_cutoffs
         self.token_mode = callable(getattr(policy, "encode", None))
-        self._im_end_id = policy.encode(IM_END)[-1] if self.token_mode else None
+        self.native = self._native_template()
+        if self.native is not None:  # the model's turns end as its template ends them
+            self.sampling = dataclasses.replace(self.sampling, stop=[self.native.end_of_turn])
+        self._end = self.native.end_of_turn if self.native is not None else IM_END
+        self._im_end_id = policy.encode(self._end)[-1] if self.token_mode else None
+
+    def _native_template(self) -> NativeTemplate | None:
+        """The policy's own chat template for the native tool style. A text policy without a
+        tokenizer (a scripted expert) reads and writes tooltune's format instead: its episodes
+        are structured, and SFT renders them through the template afterwards. A template that
+        cannot be used (no tools, unknown call format, not prefix-stable) is refused here, at
+        start, with the reason."""
+        if self.tool_style != NATIVE:
+            return None
+        if not self.token_mode and getattr(self.policy, "tokenizer", None) is None:
+            self.tool_style = "json"
+            return None
+        return template_of(self.policy, self.config.max_observation_chars)
 
     # -- the seed's single-episode API ---------------------------------------------------------
     def collect_trajectory(
@@ -252,7 +276,11 @@ class TrajectoryCollector:
             tools=registry.openai_tools(),
             metadata={"episode_id": episode_id},
         )
-        text = opening_text(trajectory, self.tool_style)
+        if self.native is not None:
+            text = self.native.opening(trajectory)
+            trajectory.metadata[CLIP_KEY] = self.config.max_observation_chars  # for re-rendering
+        else:
+            text = opening_text(trajectory, self.tool_style)
         tokens = None
         if self.token_mode:
             tokens = TokenRecord()
@@ -315,17 +343,21 @@ class TrajectoryCollector:
                 episode.tokens.extend(ids, generated=True, logprobs=completion.logprobs)
                 closed = bool(ids) and ids[-1] == self._im_end_id
                 if not closed:  # cut off, or ended by another end token: close the turn for it
-                    episode.tokens.extend(self.policy.encode(IM_END), generated=False)
+                    episode.tokens.extend(self.policy.encode(self._end), generated=False)
                 # the text of the ids themselves, so text and tokens never disagree (an
                 # end-of-text token, say, is part of what the model wrote and will see again)
                 text = self.policy.decode(ids[:-1] if closed else ids)
-            action = parse_action(
-                text, known_tools=episode.registry.names, id_prefix=f"call_{turn}"
-            )
-            if text != render_action(action):
-                action.raw = text
+            known, prefix = episode.registry.names, f"call_{turn}"
+            if self.native is not None:
+                action = self.native.parse(text, known, prefix)
+                if text != self._native_text(episode.trajectory, action):
+                    action.raw = text
+            else:
+                action = parse_action(text, known_tools=known, id_prefix=prefix)
+                if text != render_action(action):
+                    action.raw = text
             actions.append(action)
-            episode.text += text + IM_END
+            episode.text += text + self._end
             episode.cutoffs = episode.cutoffs + 1 if completion.finish_reason == "length" else 0
 
         # every episode's calls start before any is waited for: the batch's calls run at once
@@ -346,12 +378,23 @@ class TrajectoryCollector:
                 continue
             # the tool turn follows even when the episode stops here (as after its last turn),
             # so the text and the token record are what `trajectory_segments` re-renders
-            follow = follow_text(observation)
+            if self.native is not None:
+                follow = self.native.follow(episode.trajectory, responses)
+            else:
+                follow = follow_text(observation)
             episode.text += follow
             if episode.tokens is not None:
                 episode.tokens.extend(self.policy.encode(follow), generated=False)
             if self.stop_after_cutoffs and episode.cutoffs >= self.stop_after_cutoffs:
                 self._stop(episode, "cut_off")
+
+    def _native_text(self, trajectory: AgentTrajectory, action: AgentAction) -> str | None:
+        """The template's rendering of `action`; None when it cannot render it (Llama 3.1's
+        template refuses two calls in one turn): the model's text is then kept as it is."""
+        try:
+            return self.native.assistant_text(trajectory, action)
+        except TemplateError:
+            return None
 
     def _stop(self, episode: _Episode, reason: str) -> None:
         episode.done = True
@@ -389,10 +432,19 @@ def follow_text(observation: str | None) -> str:
 
 
 def trajectory_segments(
-    trajectory: AgentTrajectory, tool_style: str = "json"
+    trajectory: AgentTrajectory, tool_style: str = "json", template: NativeTemplate | None = None
 ) -> list[tuple[str, bool]]:
     """(text, written_by_the_model) pieces whose concatenation is the episode's text as the
-    collector built it. The model's pieces are each turn's text plus the closing `<|im_end|>`."""
+    collector built it. The model's pieces are each turn's text plus the closing `<|im_end|>`
+    (the template's end of turn for the native style, which needs the model's `template`)."""
+    if tool_style == NATIVE:
+        if template is None:
+            raise TemplateError(
+                "tool style native renders through a Hugging Face model's chat template; pass "
+                "the model's template (native_template.template_of(policy)), or use tool_style "
+                "names, compact or json for a model without one (the built-in model)"
+            )
+        return template.segments(trajectory)
     pieces = [(opening_text(trajectory, tool_style), False)]
     for step in trajectory.steps:
         action = step.action
@@ -405,12 +457,18 @@ def trajectory_segments(
 
 
 def tokenize_trajectory(
-    trajectory: AgentTrajectory, encode: Callable[[str], list[int]], tool_style: str = "json"
+    trajectory: AgentTrajectory,
+    encode: Callable[[str], list[int]],
+    tool_style: str = "json",
+    template: NativeTemplate | None = None,
 ) -> TokenRecord:
     """Token record for a trajectory that was not sampled from a token policy (an expert's
-    demonstration, a JSONL of chat messages): mask 1 on the assistant's turns only."""
+    demonstration, a JSONL of chat messages): mask 1 on the assistant's turns only. For the
+    native style the template is, without `template`, that of the policy `encode` belongs to."""
+    if tool_style == NATIVE and template is None:
+        template = template_of(getattr(encode, "__self__", None))
     record = TokenRecord()
-    for text, generated in trajectory_segments(trajectory, tool_style):
+    for text, generated in trajectory_segments(trajectory, tool_style, template):
         record.extend(encode(text), generated=generated)
     return record
 
@@ -426,7 +484,8 @@ def check_token_record(trajectory: AgentTrajectory, policy: Any, tool_style: str
         raise ValueError("the trajectory has no token record")
     if not len(record.ids) == len(record.mask) == len(record.logprobs):
         raise ValueError("ids, mask and logprobs differ in length")
-    text = "".join(piece for piece, _ in trajectory_segments(trajectory, tool_style))
+    template = template_of(policy) if tool_style == NATIVE else None
+    text = "".join(piece for piece, _ in trajectory_segments(trajectory, tool_style, template))
     if policy.decode(record.ids) != text:
         raise ValueError("the recorded ids do not decode to the re-rendered trajectory")
     start = 0

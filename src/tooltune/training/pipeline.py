@@ -428,9 +428,12 @@ class AgentTrainingPipeline:
                             max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log,
                             progress=self.progress, tool_style=self.settings.tool_style,
                             augment=self._rename())  # fmt: skip
+        per = len(history.step_loss) // max(1, len(history.train_loss))  # the report plots steps
         for epoch, loss in enumerate(history.train_loss):
+            last = epoch + 1 == len(history.train_loss)
             row = {"stage": "sft", "epoch": epoch + 1, "train_loss": loss,
-                   "val_loss": history.val_loss[epoch], **_flat(history.epoch_metrics[epoch])}  # fmt: skip
+                   "val_loss": history.val_loss[epoch], **_flat(history.epoch_metrics[epoch]),
+                   "step_loss": history.step_loss[epoch * per : None if last else (epoch + 1) * per]}  # fmt: skip
             self.run.log_metrics(row)
             self.history["loss"].append(loss)
             acc = history.epoch_metrics[epoch].get("val_accuracy", {})
