@@ -43,7 +43,7 @@ def _check_run(run: Path) -> dict:
         "report.md",
         "report.html",
         "metrics.json",
-        "curves.png",
+        "accuracy.png",
         "state.json",
     ):
         assert (run / name).is_file(), name

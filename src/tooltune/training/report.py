@@ -1,7 +1,9 @@
-"""The run report: the reference design's two tables on held-out test tasks, plus curves.
+"""The run report: the reference design's two tables on held-out test tasks, plus pictures.
 
-`metrics.json` is the machine-readable form; `report.md` and `report.html` are for people; the
-PNG curves show loss, reward and success over training.
+`metrics.json` is the machine-readable form; `report.md` and `report.html` are for people. The
+pictures (`report_plots`: accuracy per tier and stage, SFT loss per step, GRPO reward per term
+and success rate per step) are PNG files beside report.md and data URIs inside report.html, so
+the page shows them opened from anywhere, with no network.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
+from tooltune.training.report_plots import (
+    Figure,
+    data_uri,
+    read_metrics,
+    sft_caption,
+    write_figures,
+)
 
 STAGE_NAMES = {"before": "Before Training", "after_sft": "After SFT", "after_grpo": "After GRPO"}
 # The seed's targets; it sets none for the no-tool tier.
@@ -112,28 +121,6 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def plot_curves(history: dict[str, list[float]], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [(k, v) for k, v in history.items() if v]
-    if not series:
-        return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2))
-    axes = [axes] if len(series) == 1 else list(axes)
-    for ax, (name, values) in zip(axes, series, strict=True):
-        ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
-        ax.set_title(name.replace("_", " "))
-        ax.set_xlabel("SFT epochs, then GRPO steps")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _reward_model_text(summary: dict[str, Any]) -> str:
     """The reward model stage in a sentence (empty when it did not run)."""
     if "reward_model" not in summary:
@@ -144,22 +131,54 @@ def _reward_model_text(summary: dict[str, Any]) -> str:
             "the task-completion logit is > 0; labels from the task verifiers.")  # fmt: skip
 
 
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;"
+    "color:#222;line-height:1.45}table{border-collapse:collapse;margin:1rem 0}"
+    "td,th{border:1px solid #ccc;padding:.3rem .7rem;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}"
+    "figure{margin:1rem 0 2rem}img{max-width:100%;height:auto;border:1px solid #eee}"
+    "figcaption{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .2rem}"
+)
+
+
+def _code_html(text: str) -> str:
+    """Markdown's `code` spans as <code>, the rest escaped."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _figure_html(figure: Figure) -> str:
+    caption = html.escape(figure.caption)
+    return (f"<figure><img src='{data_uri(figure.path)}' alt='{html.escape(figure.alt)}'>"
+            f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
+
+
 def write_report(
     run_dir: str | Path,
     metrics: dict[str, Any],
-    history: dict[str, list[float]],
+    history: dict[str, list[float]] | None,
     settings: Any,
     config: AgentConfig,
     n_test: int,
     elapsed_s: float,
     sft_source: str | None = None,
 ) -> Path:
-    """Write metrics.json, report.md, report.html and curves.png. `sft_source` says what SFT
-    learned from (default: the built-in world's expert demonstrations)."""
+    """Write metrics.json, report.md, report.html and the figures. The curves come from the run's
+    `metrics.jsonl`; `history` (the pipeline's one list of SFT epochs then GRPO steps) is not
+    read any more and stays in the signature for callers. `sft_source` says what SFT learned
+    from (default: the built-in world's expert demonstrations)."""
     run_dir = Path(run_dir)
     summary = summarise(metrics, n_test)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    curves = plot_curves(history, run_dir / "curves.png")
+    (run_dir / "curves.png").unlink(missing_ok=True)  # older reports' one mixed figure
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    stages = [s for s in STAGE_NAMES if s in summary]
+    builtin = bool(stages) and all(set(_groups(summary[s]["accuracy"])) <= set(SEED_ACCURACY)
+                                   | {"no_tool"} for s in stages)  # fmt: skip
+    drawn = write_figures(run_dir, summary, rows, SEED_ACCURACY if builtin else None)
+    figures = {f.kind: f for f in drawn}
+    training = [figures[k] for k in ("sft", "grpo") if k in figures]
+    sft_note = "" if "sft" in figures else sft_caption(rows)  # one epoch: a sentence
     acc, eff = accuracy_table(summary), efficiency_table(summary)
     title = f"tooltune run: {run_dir.name}"
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
@@ -171,32 +190,41 @@ def write_report(
              f" {settings.grpo_steps} GRPO steps of"
              f" {config.batch_size} tasks x {config.num_generations} samples ({config.reward_baseline} baseline);"
              f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
-    md = [f"# {title}", "", facts, "", "## Tool use accuracy", "", _markdown(acc), "",
-          "## Efficiency", "", _markdown(eff), ""]  # fmt: skip
     reward_model = _reward_model_text(summary)
+    sections = [("Tool use accuracy", acc, figures.get("accuracy")), ("Efficiency", eff, None)]
+    footer = ("Configuration: `config.json`; per-step log: `metrics.jsonl`; sample episodes: "
+              "`trajectories.jsonl`.")  # fmt: skip
+
+    md = [f"# {title}", "", facts, ""]
+    for heading, table, figure in sections:
+        md += [f"## {heading}", "", _markdown(table), ""]
+        if figure is not None:
+            md += [f"![{figure.alt}]({figure.path.name})", ""]
     if reward_model:
         md += ["## Reward model", "", reward_model, ""]
-    if curves:
-        md += ["## Training curves", "", f"![curves]({curves.name})", ""]
-    md += [
-        "Configuration: `config.json`; per-step log: `metrics.jsonl`; sample episodes: `trajectories.jsonl`."
-    ]
+    if training or sft_note:
+        md += ["## Training curves", "", *([sft_note, ""] if sft_note else [])]
+        md += [f"![{f.alt}]({f.path.name})\n\n*{f.caption}*\n" for f in training]
+    md.append(footer)
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-             "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .7rem;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")  # fmt: skip
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(facts)}</p>",
-            "<h2>Tool use accuracy</h2>", _html_table(acc), "<h2>Efficiency</h2>", _html_table(eff)]  # fmt: skip
+
+    page = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1><p>{_code_html(facts)}</p>"]  # fmt: skip
+    for heading, table, figure in sections:
+        page += [f"<h2>{heading}</h2>", _html_table(table)]
+        if figure is not None:
+            page.append(_figure_html(figure))
     if reward_model:
         page.append(f"<h2>Reward model</h2><p>{html.escape(reward_model)}</p>")
-    if curves:
-        page.append(
-            f"<h2>Training curves</h2><img src='{curves.name}' alt='loss, reward and success curves'>"
-        )
-    page.append(
-        f"<details><summary>Settings</summary><pre>{html.escape(json.dumps(asdict(settings), indent=2))}</pre></details>"
-    )
-    page.append("</body></html>")
+    if training or sft_note:
+        page.append("<h2>Training curves</h2>")
+        page += [f"<p>{html.escape(sft_note)}</p>"] if sft_note else []
+        page += [_figure_html(f) for f in training]
+    settings_json = html.escape(json.dumps(asdict(settings), indent=2))
+    page += [f"<p>{_code_html(footer)}</p>",
+             f"<details><summary>Settings</summary><pre>{settings_json}</pre></details>",
+             "</body></html>"]  # fmt: skip
     (run_dir / "report.html").write_text("\n".join(page))
     return run_dir / "report.md"
