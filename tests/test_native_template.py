@@ -284,6 +284,15 @@ def test_hf_policy_rollout_has_no_drift(tmp_path, tiny_qwen2):
         assert sum(episode.tokens.mask) > 0
         check_token_record(episode, policy, "native")
 
+    # the saved model carries both halves of its prompt: the format and the template
+    from tooltune.training.run_dir import load_policy
+
+    policy.prompt_format = PromptFormat(tool_style="native")
+    policy.save(tmp_path / "saved")
+    loaded = load_policy(tmp_path / "saved", dtype="fp32", device="cpu")
+    assert loaded.prompt_format.tool_style == "native"
+    assert template_of(loaded).family.name == "hermes"
+
 
 def test_clipped_tool_results_re_render_as_collected():
     """Tool results are cut to the config's max_observation_chars, and the episode remembers

@@ -1,8 +1,8 @@
 """Hugging Face causal language models as tooltune policies (needs the ``hf`` extra).
 
-Prompts stay tooltune's own ChatML text (``tooltune.chat_format``), never the model's chat
-template, so the same rollout and training code serves the built-in model and any local
-``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) stay text the
+Prompts are tooltune's own ChatML text (``tooltune.chat_format``) unless the model was trained on
+its own chat template (tool style ``native``, ``tooltune.native_template``), so the same rollout
+and training code serves the built-in model and any local ``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) stay text the
 model's tokenizer already reads (``<tool_call>`` is five SmolLM2 tokens it has embeddings for);
 only ChatML's turn markers and a pad token are added when a tokenizer lacks them, each new row
 initialised to the mean embedding of the tokens its text was (``marker_tokens=True`` adds every
