@@ -2,9 +2,10 @@
 
 Prompts are tooltune's own ChatML text (``tooltune.chat_format``) unless the model was trained on
 its own chat template (tool style ``native``, ``tooltune.native_template``), so the same rollout
-and training code serves the built-in model and any local ``AutoModelForCausalLM``. tooltune's markers (``<tool_call>``, ``<think>``...) stay text the
-model's tokenizer already reads (``<tool_call>`` is five SmolLM2 tokens it has embeddings for);
-only ChatML's turn markers and a pad token are added when a tokenizer lacks them, each new row
+and training code serves the built-in model and any local ``AutoModelForCausalLM``. tooltune's
+markers (``<tool_call>``, ``<think>``...) stay text the model's tokenizer already reads
+(``<tool_call>`` is five SmolLM2 tokens it has embeddings for); only ChatML's turn markers and a
+pad token are added when a tokenizer lacks them, each new row
 initialised to the mean embedding of the tokens its text was (``marker_tokens=True`` adds every
 marker as one special token, initialised the same way). With ``LoraSettings`` only low-rank
 adapters (and the embedding rows of added tokens) are trained. The default model, SmolLM2, comes
