@@ -185,3 +185,16 @@ def test_config_turns_schema_tasks_on(world_dir):
         per_tier = env.sample_tasks("test", 5, seed=0, per_group=True)
         simple = [t for t in per_tier if t.tier == "simple"]
         assert all(t.metadata["template"] == "schema_simple" for t in simple)
+
+
+def test_parallel_calls_must_come_in_one_turn(env):
+    tasks = _schema_sample("train", 40, world=env.world)
+    task = next(t for t in tasks if t.tier == "multi_tool_par")
+    calls = [f"<tool_call>{json.dumps(c)}</tool_call>" for c in task.minimal_calls]
+    answer = "Done: " + ", ".join(task.answer)
+    scripts = {"one turn": ["\n".join(calls), answer], "turn by turn": [*calls, answer]}
+    outcome = {}
+    for name, turns in scripts.items():
+        _, (traj,) = run_evaluation(ScriptedPolicy({task.prompt: turns}), [task], env)
+        outcome[name] = traj.success
+    assert outcome == {"one turn": True, "turn by turn": False}

@@ -32,6 +32,8 @@ SCHEMA_SPLITS = ("train", "validation", "test")  # not heldout_tools: that split
 SCHEMA_TEMPLATES = {TaskTier.SIMPLE: "schema_simple", TaskTier.MULTI_TOOL_PAR: "schema_parallel"}
 OPENERS = ["Please {vp}.", "Could you {vp}?", "I need you to {vp}.", "Can you {vp}?",
            "{Vp}.", "I'd like to {vp}.", "Help me {vp}, please."]  # fmt: skip
+PLURAL = {"readings", "coordinates", "dimensions", "tags", "notifications", "record numbers",
+          "flexible terms"}  # fmt: skip
 PAIRS = ["First, {a}. Then also {b}.", "Please {a}, and {b}.", "Two things: {a}; and {b}.",
          "Could you {a}? Also {b}."]  # fmt: skip
 
@@ -63,12 +65,15 @@ def _say(value: Any, param: Param, listed: bool) -> str:
 def _clause(param: Param, value: Any, style: int, r: random.Random) -> str:
     if style == 1:  # "- name: value" lists
         return f"{param.phrase}: {_say(value, param, True)}"
+    verb = "are" if param.phrase in PLURAL else "is"
     if isinstance(value, bool):
         on = "on" if value else "off"
+        if style == 2:
+            return f"the {param.phrase} {verb} {on}"
         return r.choice([f"{param.phrase} turned {on}", f"the {param.phrase} set to {on}"])
     said = _say(value, param, False)
     if style == 2:
-        return f"the {param.phrase} is {said}"
+        return f"the {param.phrase} {verb} {said}"
     return r.choice([f"the {param.phrase} {said}", f"{param.phrase} {said}",
                      f"{said} as the {param.phrase}", f"the {param.phrase} set to {said}"])  # fmt: skip
 
@@ -111,6 +116,7 @@ def draw_call(r: random.Random, function: SchemaFunction) -> tuple[dict, dict, s
     r.shuffle(stated)
     style = r.choice([0, 0, 1, 2])
     article = "the" if function.noun.endswith("s") or r.random() < 0.5 else "a"
+    article = "an" if article == "a" and function.noun[0] in "aeiou" else article
     request = f"{function.verb} {article} {function.noun}"
     if stated:
         clauses = [_clause(p, v, style, r) for p, v in stated]
@@ -138,9 +144,10 @@ def _candidates(r: random.Random, pool: list[SchemaFunction], targets: list[Sche
     others = [f for f in pool if f.pair not in pairs]
     near = [f for f in others if f.noun in nouns]
     chosen = list(targets)
-    while len(chosen) < total:
-        source = near if near and r.random() < 0.5 else others
-        pick = r.choice(source)
+    for _ in range(50 * total):
+        if len(chosen) >= total or not others:
+            break
+        pick = r.choice(near if near and r.random() < 0.5 else others)
         if pick.pair not in {c.pair for c in chosen}:
             chosen.append(pick)
     r.shuffle(chosen)
@@ -179,10 +186,14 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
             calls = [(function, c) for c in _distinct_calls(rng, function, n)]
         else:
             targets = []
-            while len(targets) < n:
+            for _ in range(50 * n):
+                if len(targets) == n:
+                    break
                 pick = rng.choice(pool)
                 if pick.pair not in {t.pair for t in targets}:
                     targets.append(pick)
+            if len(targets) < 2:
+                raise LookupError(f"split {split!r} has too few functions for parallel calls")
             calls = [(f, draw_call(rng, f)) for f in targets]
         total = max(len(targets), rng.choice([1, 2, 3, 4, 5]))
     else:
