@@ -27,6 +27,7 @@ Calls are parsed per template family, detected from the template's text: ``herme
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -292,6 +293,13 @@ class NativeTemplate:
         encode = self._encode
         pieces = [i for text, _ in self.segments(probe) for i in encode(text)]
         self.token_stable = pieces == encode(built)
+        if not self.token_stable:
+            warnings.warn(
+                "the chat template's pieces tokenise differently from its whole rendering: "
+                "training uses the pieces' ids exactly, but a server that re-tokenises the "
+                "rendered conversation will give the model slightly different ids",
+                stacklevel=3,
+            )
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
