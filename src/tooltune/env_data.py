@@ -8,6 +8,7 @@ the real tools' results).
 
 from __future__ import annotations
 
+import copy
 import sys
 import uuid
 from collections.abc import Callable
@@ -86,8 +87,9 @@ def collect_successes(
     return kept, total
 
 
-def load_demonstrations(env: Any, path: Path) -> list[AgentTrajectory]:
-    """The file's chats as episodes of the environment's training tasks (found by prompt).
+def load_demonstrations(env: Any, source: Path | list[AgentTrajectory]) -> list[AgentTrajectory]:
+    """The chats of a JSONL file (or already read, `sft.load_chat_rows`) as episodes of the
+    environment's training tasks (found by prompt).
 
     A call to a tool the environment lacks is refused with the file and line. Tool results
     missing from the file are filled in by running the calls (one fresh episode per chat);
@@ -97,8 +99,12 @@ def load_demonstrations(env: Any, path: Path) -> list[AgentTrajectory]:
     by_prompt = {t.prompt: t for t in env.all_tasks}
     known = set(env.tool_names())
     out, unverified, test = [], 0, 0
-    for demo in load_chat_jsonl(path):
-        where = demo.metadata.get("source", str(path))
+    if isinstance(source, Path):
+        path, chats = str(source), load_chat_jsonl(source)
+    else:  # copies: the tool results filled in below stay out of the environment's rows
+        path, chats = "demonstrations", copy.deepcopy(source)
+    for demo in chats:
+        where = demo.metadata.get("source", path)
         for call in demo.tool_calls:
             if call.name not in known:
                 raise ValueError(f"{where}: calls {call.name!r}, a tool the environment lacks")

@@ -29,6 +29,7 @@ from tooltune.training.sft import (
     collate,
     evaluate_loss,
     load_chat_jsonl,
+    load_chat_rows,
     to_token_records,
     train_sft,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "grpo_loss",
     "learned_baseline",
     "load_chat_jsonl",
+    "load_chat_rows",
     "make_scheduler",
     "outcome_reward",
     "reward_model_term",

@@ -551,7 +551,8 @@ def check_environment(env: Any, settings: PipelineSettings) -> None:
     is_builtin = hasattr(env, "world_dir")
     if settings.backend == "ray" and not is_builtin:
         raise ConfigError("backend ray runs the built-in world only; use backend local")
-    given = getattr(env, "demonstrations_path", None) is not None or env.expert() is not None
+    given = (getattr(env, "demonstrations_path", None) is not None or env.expert() is not None
+             or getattr(env, "demonstration_rows", None) is not None)  # fmt: skip
     if settings.model == "builtin" and not given:
         raise ConfigError(
             "the built-in model is trained from scratch and cannot find successes on its own: "

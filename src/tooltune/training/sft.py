@@ -366,9 +366,7 @@ def load_chat_jsonl(path: str | Path) -> list[Any]:
     tool-calling SFT sets. Blank lines are skipped; a malformed line raises a ValueError naming
     its line number, so a bad file fails loudly instead of training on half of it.
     """
-    from tooltune.messages import trajectory_from_messages
-
-    out = []
+    rows: list[tuple[str, str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -377,19 +375,50 @@ def load_chat_jsonl(path: str | Path) -> list[Any]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-                raise ValueError(f"{path}:{lineno}: expected an object with a 'messages' list")
-            tools = row.get("tools") or []
-            if not isinstance(tools, list):
-                raise ValueError(f"{path}:{lineno}: 'tools' must be a list")
-            try:
-                traj = trajectory_from_messages(
-                    row["messages"], task_tier=row.get("task_tier") or "simple", tools=tools
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{lineno}: cannot convert messages ({exc})") from exc
-            if row.get("task_id") is not None:
-                traj.task_id = str(row["task_id"])
-            traj.metadata.setdefault("source", f"{Path(path).name}:{lineno}")
-            out.append(traj)
+            rows.append((f"{path}:{lineno}", f"{Path(path).name}:{lineno}", row))
+    return _chats(rows)
+
+
+def load_chat_rows(rows: Any, name: str = "dataset") -> list[Any]:
+    """Chats given as objects, not a file: a `datasets.Dataset` (e.g. from
+    `load_dataset("json", ...)` or the Hub), or any iterable of dicts, each with `messages` and
+    optionally `tools`, `task_id`, `task_tier`, as in `load_chat_jsonl`. A `None` is read as an
+    absent key: `datasets` gives every row every key any row has. A bad row names its index."""
+    if isinstance(rows, dict) or callable(getattr(rows, "keys", None)):
+        raise ValueError(f"{name}: a mapping of splits (a DatasetDict?), not rows of chats: "
+                         "pass one split, e.g. dataset['train']")  # fmt: skip
+    return _chats([(f"{name} row {i}", f"{name}:{i}", row) for i, row in enumerate(rows)])
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _chats(rows: list[tuple[str, str, Any]]) -> list[Any]:
+    """(where, source, row) to trajectories: `where` starts a row's errors, `source` goes into
+    its metadata."""
+    from tooltune.messages import trajectory_from_messages
+
+    out = []
+    for where, source, row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise ValueError(f"{where}: expected an object with a 'messages' list")
+        tools = row.get("tools") or []
+        if not isinstance(tools, list):
+            raise ValueError(f"{where}: 'tools' must be a list")
+        try:
+            traj = trajectory_from_messages(
+                _without_none(row["messages"]), task_tier=row.get("task_tier") or "simple",
+                tools=_without_none(tools),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{where}: cannot convert messages ({exc})") from exc
+        if row.get("task_id") is not None:
+            traj.task_id = str(row["task_id"])
+        traj.metadata.setdefault("source", source)
+        out.append(traj)
     return out
