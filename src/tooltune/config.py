@@ -175,6 +175,11 @@ class AgentConfig:
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.1
     grad_accum_steps: int = 1
+    # At most this many tokens (rows x their padded width) in one forward/backward pass, in SFT
+    # and GRPO alike; a step splits into more micro-batches than `grad_accum_steps` where
+    # needed. Activation memory grows with tokens, not rows (a GRPO micro-batch of 16 episodes
+    # holds 8x the tokens of an SFT one of 2). 0: no cap. The update is the same either way.
+    micro_batch_tokens: int = 0
     weight_decay: float = 0.0
 
     sft_epochs: int = 3
@@ -205,6 +210,8 @@ class AgentConfig:
         for key in positive_ints:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)!r}")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"micro_batch_tokens must be >= 0, got {self.micro_batch_tokens!r}")
         if self.sft_epochs < 0:
             raise ConfigError(f"sft_epochs must be >= 0, got {self.sft_epochs!r}")
         for key in ["learning_rate", "sft_learning_rate", "tool_call_timeout", "max_grad_norm"]:

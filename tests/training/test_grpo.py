@@ -247,7 +247,7 @@ def test_k3_kl_by_hand():
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
 def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_config, loss_type):
-    def run(accum):
+    def run(accum, token_cap=0):
         p = toy_policy_cls(seed=3)
         groups = []
         for g, extra in enumerate([[], [8, 9]]):  # sequences of different lengths
@@ -263,15 +263,19 @@ def test_micro_batching_gives_the_same_update(toy_policy_cls, make_traj, make_co
                     for tok, r in [(GOOD, 1.0), (BAD, 0.0), (GOOD, 0.5)]
                 ]
             )
-        cfg = make_config(grad_accum_steps=accum, loss_type=loss_type, beta=0.1)
+        cfg = make_config(
+            grad_accum_steps=accum, micro_batch_tokens=token_cap, loss_type=loss_type, beta=0.1
+        )
         trainer = GRPOTrainer(p, p.clone(), torch.optim.SGD(p.model.parameters(), lr=0.5), cfg)
         m = trainer.train_step(groups)
         return p.params(), m["loss"]
 
     params1, loss1 = run(1)
-    params3, loss3 = run(3)
-    assert loss1 == pytest.approx(loss3, abs=1e-6)
-    assert torch.allclose(params1, params3, atol=1e-6)
+    # 3 micro-batches; then a cap of 16 tokens: the three 5-token rows (trimmed from the
+    # batch's width of 7), two 7-token rows, the last alone
+    for params, loss in (run(3), run(1, token_cap=16)):
+        assert loss1 == pytest.approx(loss, abs=1e-6)
+        assert torch.allclose(params1, params, atol=1e-6)
 
 
 def test_iterations_and_minibatches_take_more_steps(policy, make_traj, make_config):

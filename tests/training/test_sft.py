@@ -9,6 +9,7 @@ from tooltune.training.sft import (
     collate,
     evaluate_loss,
     load_chat_jsonl,
+    micro_batches,
     to_token_records,
     train_sft,
 )
@@ -124,6 +125,23 @@ def test_gradient_accumulation_matches_large_batch(toy_policy_cls, make_config):
     )
     assert len(hist.step_loss) == 1
     assert torch.allclose(a.params(), b.params(), atol=1e-6)
+    c = toy_policy_cls(seed=1)  # a token cap splits the batch further: the same update
+    train_sft(
+        c, recs, sft_config(make_config, sft_epochs=1, sft_batch_size=8, micro_batch_tokens=12)
+    )
+    assert torch.allclose(a.params(), c.params(), atol=1e-6)
+
+
+def test_micro_batches_follow_steps_and_token_cap():
+    lengths = [3, 3, 5, 5, 9, 2]
+    assert micro_batches(lengths, 1) == [[0, 1, 2, 3, 4, 5]]
+    assert micro_batches(lengths, 2) == [[0, 1, 2], [3, 4, 5]]
+    # at most 10 padded tokens: 3+3 fit, 5+5 fit, 9 alone (over by itself), 2 alone after it
+    assert micro_batches(lengths, 1, max_tokens=10) == [[0, 1], [2, 3], [4], [5]]
+    assert micro_batches(lengths, 2, max_tokens=10) == [[0, 1], [2], [3], [4], [5]]
+    runs = micro_batches(lengths, 1, max_tokens=12)
+    assert sorted(i for run in runs for i in run) == list(range(6))
+    assert all(len(r) * max(lengths[i] for i in r) <= 12 or len(r) == 1 for r in runs)
 
 
 def test_schedule_warmup_then_cosine(policy, make_config):

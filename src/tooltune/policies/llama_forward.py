@@ -293,9 +293,10 @@ def prefill(
 def decodes_plainly(model: Any) -> bool:
     """Whether `decode_step` may run the model: every module a step runs is a plain one
     (`nn.Linear`, an RMSNorm, SiLU; a peft LoRA layer is not) with no forward hooks (they would
-    not run), the model is in eval mode (no dropout), the weights are fp32 (the RMSNorm's own
-    rounding in other dtypes differs from `F.rms_norm`'s), and the rotary angles depend on the
-    position only (not on the longest one seen, as dynamic and long-rope scalings do)."""
+    not run), the model is in eval mode (no dropout), the weights share one dtype (fp32, or
+    bf16/fp16 as frozen or fully fine-tuned weights compute: `_norm` rounds as the module does),
+    and the rotary angles depend on the position only (not on the longest one seen, as dynamic
+    and long-rope scalings do)."""
     base, decoder = _unwrap(model)
     if base is not model or model.training or not supports(model):
         return False
@@ -304,7 +305,12 @@ def decodes_plainly(model: Any) -> bool:
     rope_type = getattr(decoder.rotary_emb, "rope_type", None)
     if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
         return False
-    if decoder.embed_tokens.weight.dtype != torch.float32 or type(base.lm_head) is not nn.Linear:
+    if type(base.lm_head) is not nn.Linear:
+        return False
+    dtype = decoder.embed_tokens.weight.dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if any(p.dtype != dtype for p in model.parameters()):
         return False
     norms = [decoder.norm]
     for layer in decoder.layers:
@@ -322,7 +328,11 @@ def decodes_plainly(model: Any) -> bool:
 
 
 def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+    # as the Llama/Qwen2 RMSNorm module: normalise in fp32, round, then scale
+    y = F.rms_norm(x.float(), module.weight.shape, None, module.variance_epsilon)
+    return module.weight * y.to(x.dtype)
 
 
 def _rope_tables(decoder: Any, cache: StaticKVCache) -> tuple[torch.Tensor, torch.Tensor]:

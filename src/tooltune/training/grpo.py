@@ -19,7 +19,13 @@ import torch
 
 from tooltune.config import LOSS_TYPES
 from tooltune.policies.module import accepts_keyword
-from tooltune.training.sft import TokenBatch, collate, policy_device, trainable_parameters
+from tooltune.training.sft import (
+    TokenBatch,
+    collate,
+    micro_batches,
+    policy_device,
+    trainable_parameters,
+)
 
 BASELINES = ("mean", "min", "learned")
 
@@ -259,8 +265,8 @@ class GRPOTrainer:
     `tooltune.distributed.ddp`). `baseline_fn` is required when
     `config.reward_baseline == "learned"` (see `reward_model.learned_baseline`). `minibatch_size`
     splits each iteration into several optimizer steps (None: one step over the whole batch);
-    `config.grad_accum_steps` splits every optimizer step into that many micro-batches for memory,
-    with normalisers taken over the whole step so the result is the same as one big batch.
+    `config.grad_accum_steps` splits every optimizer step into that many micro-batches for memory
+    (more where one would hold over `config.micro_batch_tokens` tokens), with normalisers taken over the whole step so the result is the same as one big batch.
     `loss_constant` is the "dr_grpo" divisor per sequence (default `config.max_new_tokens`).
 
     Old log-probs (`old_logprobs`): "recorded" uses the sampling log-probs stored in each
@@ -380,15 +386,22 @@ class GRPOTrainer:
         was_training = policy.model.training
         policy.model.eval()
         try:
-            n = full.input_ids.shape[0]
-            step = max(1, math.ceil(n / max(1, int(getattr(self.config, "grad_accum_steps", 1)))))
-            parts = [
-                self._logprobs(policy, kwargs, full.select(list(range(s, min(s + step, n)))))
-                for s in range(0, n, step)
-            ]
+            width = full.loss_mask.shape[1]
+            parts = []
+            for run in self._micro_batches(full, list(range(full.input_ids.shape[0]))):
+                logp = self._logprobs(policy, kwargs, full.select(run).trimmed())
+                parts.append(torch.nn.functional.pad(logp, (0, width - logp.shape[1])))
         finally:
             policy.model.train(was_training)
         return torch.cat(parts)
+
+    def _micro_batches(self, full: TokenBatch, rows: list[int]) -> list[list[int]]:
+        """`rows` of `full` in forward/backward passes: `grad_accum_steps` of them, more where
+        one would hold over `micro_batch_tokens` tokens (see `sft.micro_batches`)."""
+        lengths = full.attention_mask[rows].sum(dim=1).tolist()
+        accum = max(1, int(getattr(self.config, "grad_accum_steps", 1)))
+        cap = int(getattr(self.config, "micro_batch_tokens", 0))
+        return [[rows[i] for i in run] for run in micro_batches(lengths, accum, cap)]
 
     def _minibatches(self, n: int) -> list[list[int]]:
         """Row indices of one iteration's optimizer steps: the whole batch in one step, or
@@ -442,7 +455,6 @@ class GRPOTrainer:
             if self.ref_policy is not None:
                 ref_logp = self._score(self.ref_policy, self._ref_kwargs, full)
 
-        accum = max(1, int(getattr(cfg, "grad_accum_steps", 1)))
         clip_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
         sums = dict(loss=0.0, policy_loss=0.0, kl=0.0, clipped=0.0, ratio=0.0, tokens=0.0, gn=0.0)
         drift, drift_tokens = 0.0, 0.0
@@ -456,15 +468,13 @@ class GRPOTrainer:
                 local_tokens = full.loss_mask[mb_index].sum().item() if mb_index else 0.0
                 mb_seqs, mb_tokens = total([len(mb_index), local_tokens])
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = max(1, math.ceil(len(mb_index) / accum))
-                for m in range(0, len(mb_index), micro):
-                    idx = mb_index[m : m + micro]
-                    batch = full.select(idx)
+                for idx in self._micro_batches(full, mb_index) if mb_index else []:
+                    batch = full.select(idx).trimmed()
                     logp = self._logprobs(self.policy, self._policy_kwargs, batch)
                     terms = grpo_loss(
                         logp,
                         batch.old_logprobs,
-                        None if ref_logp is None else ref_logp[idx],
+                        None if ref_logp is None else ref_logp[idx][:, : logp.shape[1]],
                         adv[idx],
                         batch.loss_mask,
                         cfg.epsilon,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -176,7 +177,9 @@ class AgentTrainingPipeline:
             state["history"] = self.history
             state["checkpoint"] = self.run.checkpoint("latest", self.policy)
             self.run.save_state(state)
-            self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s")
+            peak = peak_memory_gb()
+            memory = f" (peak memory so far {peak:.1f} GB)" if peak else ""
+            self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s{memory}")
         if self.run.tracker is not None:
             self.run.tracker.close()
         return state["metrics"]
@@ -593,3 +596,13 @@ def describe_compute(policy: Any) -> str:
     )
     return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
             f"{count:,} trainable parameters{masters}")  # fmt: skip
+
+
+def peak_memory_gb() -> float | None:
+    """The process's peak resident memory so far, in GB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20

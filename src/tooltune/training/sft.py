@@ -44,6 +44,40 @@ class TokenBatch:
     def select(self, index: torch.Tensor | list[int]) -> TokenBatch:
         return TokenBatch(*(t[index] for t in self.astuple()))
 
+    def trimmed(self) -> TokenBatch:
+        """The batch cut to its longest row: a micro-batch of short rows drops the padding
+        that the whole batch's longest row put there (rows are right-padded)."""
+        width = max(2, int(self.attention_mask.sum(dim=1).max()))
+        if width >= self.input_ids.shape[1]:
+            return self
+        return TokenBatch(
+            self.input_ids[:, :width],
+            self.attention_mask[:, :width],
+            self.loss_mask[:, : width - 1],
+            self.old_logprobs[:, : width - 1],
+        )
+
+
+def micro_batches(lengths: Sequence[int], parts: int, max_tokens: int = 0) -> list[list[int]]:
+    """Positions ``0..n-1`` of rows of these lengths, in order, cut into ``parts`` runs of
+    near-equal row counts (`grad_accum_steps`), each cut further until its rows times its
+    longest row come to at most ``max_tokens`` (0: no cap; a row longer than the cap goes
+    alone). Activation memory follows those padded tokens, not the row count."""
+    n = len(lengths)
+    size = max(1, math.ceil(n / max(1, parts)))
+    out: list[list[int]] = []
+    for start in range(0, n, size):
+        run: list[int] = []
+        widest = 0
+        for i in range(start, min(start + size, n)):
+            if run and max_tokens and max(widest, lengths[i]) * (len(run) + 1) > max_tokens:
+                out.append(run)
+                run, widest = [], 0
+            run.append(i)
+            widest = max(widest, lengths[i])
+        out.append(run)
+    return out
+
 
 def record_of(item: Any) -> Any:
     """The `TokenRecord` of a trajectory (or the record itself); a clear error if it has none."""
@@ -246,7 +280,7 @@ def train_sft(
     Uses AdamW with `config.weight_decay`, warm-up + cosine decay (`config.warmup_ratio`) and
     gradient clipping (`config.max_grad_norm`); one optimizer step per batch of `batch_size`
     records. `config.grad_accum_steps` splits each batch into that many micro-batches to save
-    memory; the loss is normalised by the supervised-token count of the whole batch, so the
+    memory, and `config.micro_batch_tokens` further where one would hold more tokens; the loss is normalised by the supervised-token count of the whole batch, so the
     update is the same as without splitting (as in GRPO). After every epoch the validation
     loss is computed and `callback(epoch, policy)` runs; a dict it returns is stored in
     `history.epoch_metrics`.
@@ -261,6 +295,7 @@ def train_sft(
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
     batch_size = config.sft_batch_size if batch_size is None else batch_size
     accum = max(1, int(config.grad_accum_steps))
+    token_cap = int(getattr(config, "micro_batch_tokens", 0))
     context_weight = float(getattr(config, "sft_context_weight", 0.0))
     if max_len is None:
         max_len = getattr(policy, "max_seq_len", None)
@@ -304,10 +339,10 @@ def train_sft(
         order = torch.randperm(len(records), generator=generator).tolist()
         epoch_nll, epoch_tokens = 0.0, 0.0
         for batch_records in _length_bucketed(records, order, batch_size, generator):
-            micro = math.ceil(len(batch_records) / accum)
+            lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
             parts = [
-                collate(batch_records[m : m + micro], policy.pad_token_id, max_len).to(device)
-                for m in range(0, len(batch_records), micro)
+                collate([batch_records[i] for i in run], policy.pad_token_id, max_len).to(device)
+                for run in micro_batches(lengths, accum, token_cap)
             ]
             batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
             optimizer.zero_grad(set_to_none=True)
