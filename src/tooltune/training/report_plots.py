@@ -25,7 +25,7 @@ STAGE_LABELS = {"before": "Before Training", "after_sft": "After SFT", "after_gr
 STAGE_COLOURS = {"before": "#9e9e9e", "after_sft": "#4c78a8", "after_grpo": "#f58518"}
 DPI = 110
 CAPTIONS = {
-    "accuracy": "Test accuracy per tier and stage (the table above, as bars)",
+    "accuracy": "Test accuracy per tier and stage (the table above, as bars).",
     "sft": "SFT: loss on the model's own tokens per optimizer step",
     "grpo": "GRPO, per step: each reward term's mean over the step's samples, unweighted, and the "
     "weighted total that GRPO's advantages come from (left); the share of samples whose answer "
