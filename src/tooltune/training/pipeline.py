@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from tooltune.rollout import (
 )
 from tooltune.training import reward_stage
 from tooltune.training.run_dir import RunDirectory, load_policy, write_atomic
-from tooltune.training.tracking import check_report_to, make_tracker
+from tooltune.training.tracking import check_report_to, make_tracker, peak_memory_gb
 
 STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
 
@@ -596,13 +595,3 @@ def describe_compute(policy: Any) -> str:
     )
     return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
             f"{count:,} trainable parameters{masters}")  # fmt: skip
-
-
-def peak_memory_gb() -> float | None:
-    """The process's peak resident memory so far, in GB (None where the OS does not say)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20

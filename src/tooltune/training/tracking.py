@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,3 +146,13 @@ class WandbTracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def peak_memory_gb() -> float | None:
+    """The process's peak resident memory so far, in GB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
