@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tooltune.allocator import allocator_name
 from tooltune.config import AgentConfig, ConfigError, load_config, parse_override
 from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
 
@@ -146,7 +147,7 @@ def run_training(args: Any, command: str, make_env: Any, label: str = "") -> int
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     print(f"tooltune {command}: preset {preset_name(args)}, model {settings.model}, "
-          f"run directory {run_dir}")  # fmt: skip
+          f"run directory {run_dir}, {allocator_name()}")  # fmt: skip
     try:
         env = make_env(config)
     except (ValueError, OSError) as exc:  # a bad environment file or task file: one clear line
