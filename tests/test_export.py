@@ -2,6 +2,7 @@
 that plain transformers loads and that writes a parsable tool call."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -299,7 +300,8 @@ def test_export_refuses_what_it_cannot_export(trained_run, tmp_path, tiny_qwen2,
     untrained = RunDirectory(tmp_path / "untrained")
     untrained.checkpoint("latest", policy)
     untrained.save_state({"completed": ["data", "before"], "metrics": {}})
-    fails(tmp_path / "untrained", tmp_path / "o1", "finished no training stage")
+    fails(tmp_path / "untrained", tmp_path / "o1",
+          "finished no training stage.*rerun the tooltune demo or tooltune train command")  # fmt: skip
     # a run without a checkpoint
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     fails(tmp_path / "empty", tmp_path / "o2", "no finished checkpoint")
@@ -327,10 +329,90 @@ def test_export_refuses_what_it_cannot_export(trained_run, tmp_path, tiny_qwen2,
 def test_a_failed_export_leaves_no_output_directory(trained_run, tmp_path, monkeypatch):
     from tooltune import export as export_module
 
-    def broken(directory, fmt):
+    def broken(directory, fmt, native=None):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(export_module, "check_template", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export_module.export(trained_run[0], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# A model trained in the native tool style: its tokenizer's own template is exported
+# --------------------------------------------------------------------------------------------
+
+TEMPLATES = Path(__file__).parent / "chat_templates"
+LLAMA3 = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+          "<|eom_id|>", "<|python_tag|>"]  # fmt: skip
+END_OF_TURN = {"qwen2_5": "<|im_end|>", "llama3_1": "<|eot_id|>"}
+
+
+def _native_policy(directory, tiny_qwen2, family):
+    """A tiny Qwen2 with LoRA adapters whose tokenizer carries a real template family (Llama
+    3.1's markers added as special tokens), saved as trained in the native tool style."""
+    from tooltune.policies import HFPolicy, LoraSettings
+
+    base = tiny_qwen2(directory / "base", [_prompt()] * 3, vocab_size=400, max_positions=512)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    if family == "llama3_1":
+        tokenizer.add_special_tokens({"additional_special_tokens": LLAMA3})
+    tokenizer.chat_template = (TEMPLATES / f"{family}.jinja").read_text()
+    tokenizer.save_pretrained(base)
+    policy = HFPolicy.from_pretrained(base, lora=LoraSettings(r=4, dropout=0.0))
+    policy.prompt_format = PromptFormat.from_training(AgentConfig(), "native")
+    policy.save(directory / "policy")
+    return directory / "policy", policy
+
+
+@pytest.mark.parametrize("family", ["qwen2_5", "llama3_1"])
+def test_a_native_model_exports_with_its_own_chat_template(tmp_path, tiny_qwen2, family):
+    from tooltune import export as export_module
+    from tooltune.native_template import NativeTemplate
+
+    source, policy = _native_policy(tmp_path, tiny_qwen2, family)
+    result = export_module.export(source, tmp_path / "out")
+    assert "the tokenizer's own chat template (tool style native)" in result.summary()
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer.chat_template == (TEMPLATES / f"{family}.jinja").read_text()
+    trajectory = AgentTrajectory(prompt=QUESTION, task_tier=TaskTier.SIMPLE, tools=TOOLS[:1])
+    messages = [{"role": "user", "content": QUESTION}]
+    text = render(tokenizer, messages, TOOLS[:1])
+    assert text == NativeTemplate(policy.tokenizer).opening(trajectory)  # as tooltune prompted
+    assert '"name": "population"' in text
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
+    assert end in model.generation_config.eos_token_id  # generate() stops where a turn ends
+    assert json.loads((tmp_path / "out" / "prompt_format.json").read_text())["tool_style"] == (
+        "native"
+    )
+
+
+def test_a_native_model_whose_template_is_lost_or_broken_names_the_fix(tmp_path, tiny_qwen2):
+    from tooltune import export as export_module
+
+    source, _ = _native_policy(tmp_path, tiny_qwen2, "qwen2_5")
+    template = source / "chat_template.jinja"
+    assert template.is_file()
+    original = template.read_text()
+    template.unlink()
+    with pytest.raises(export_module.ExportError,
+                       match=r"trained in the native tool style.*no chat template; copy "
+                             r"chat_template\.jinja .* from .*base into"):  # fmt: skip
+        export_module.export(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.export-*"))
+
+    # a template edited so that it renders no tools (SmolLM2-style ChatML)
+    template.write_text(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+        "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\\n' }}{% endif %}{# <tool_call> #}"
+    )
+    with pytest.raises(export_module.ExportError,
+                       match="cannot prompt the model as it was trained.*does not render tools"
+                             ".*copy chat_template.jinja") as error:  # fmt: skip
+        export_module.export(source, tmp_path / "out")
+    assert "tool_style compact" not in str(error.value)  # training's fix, not export's
+    template.write_text(original)
+    export_module.export(source, tmp_path / "out")  # restored as the message says: it exports

@@ -2,9 +2,11 @@
 
 LoRA adapters are folded into the weights (peft's ``merge_and_unload``), so the directory loads
 with ``AutoModelForCausalLM.from_pretrained`` alone, without peft or tooltune. The tokenizer gets
-a chat template (`tooltune.chat_template`) that renders ``tools`` and ``tool_calls`` the way the
-model was trained, read from the policy's ``prompt_format.json``, which is copied beside it; the
-generation config stops at ``<|im_end|>``, where tooltune's rollout ends a turn.
+a chat template that renders ``tools`` and ``tool_calls`` the way the model was trained, as the
+policy's ``prompt_format.json`` (copied beside it) says: for tooltune's own tool styles one made
+for that style (`tooltune.chat_template`); for the ``native`` style the tokenizer's own template,
+which the model was trained through, kept as it is. The generation config stops where tooltune's
+rollout ends a turn (``<|im_end|>``, or the native template's end of turn).
 
 The directory is written aside and renamed into place, so a failed export leaves nothing behind.
 """
@@ -24,9 +26,14 @@ from typing import Any
 import torch
 
 from tooltune.chat_template import chat_template
+from tooltune.native_template import FIX, NATIVE, NativeTemplate, TemplateError
 from tooltune.prompt_format import FILENAME, PromptFormat
 
 TRAINING_STAGES = ("sft", "grpo")  # a run's checkpoint holds a trained model after one of these
+# how a run that stopped early gets on
+RESUME = (
+    "rerun the tooltune demo or tooltune train command that made it (it resumes where it stopped)"
+)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -45,31 +52,30 @@ class ExportResult:
 
     def summary(self) -> str:
         how = "LoRA merged into the weights" if self.merged_lora else "full weights"
-        return (
-            f"exported {self.source} to {self.out_dir} ({how}, {self.dtype}, chat template for "
-            f"tool style {self.prompt_format.tool_style})"
-        )
+        if self.prompt_format.tool_style == NATIVE:
+            template = "the tokenizer's own chat template (tool style native)"
+        else:
+            template = f"chat template for tool style {self.prompt_format.tool_style}"
+        return f"exported {self.source} to {self.out_dir} ({how}, {self.dtype}, {template})"
 
 
 def policy_dir(path: str | Path) -> Path:
-    """The saved policy to export: a `tooltune demo` run directory's latest checkpoint, or a
-    saved policy directory given directly."""
+    """The saved policy to export: a run directory's latest checkpoint (`tooltune demo` or
+    `tooltune train`), or a saved policy directory given directly."""
     path = Path(path)
     if not path.is_dir():
-        raise ExportError(f"{path} is not a directory (give a tooltune demo run directory or a "
-                          "saved policy directory)")  # fmt: skip
+        raise ExportError(f"{path} is not a directory (give a tooltune demo or train run "
+                          "directory or a saved policy directory)")  # fmt: skip
     if not ((path / "state.json").exists() or (path / "checkpoints").is_dir()):
         return path
     latest = path / "checkpoints" / "latest"
     if not (latest / "COMPLETE").exists() or not (latest / "policy").is_dir():
-        raise ExportError(f"{path} has no finished checkpoint yet; let `tooltune demo` run on "
-                          "(it resumes where it stopped) and export again")  # fmt: skip
+        raise ExportError(f"{path} has no finished checkpoint yet; {RESUME} and export again")
     completed = _completed_stages(path)
     if not any(stage in completed for stage in TRAINING_STAGES):
         done = ", ".join(completed) or "none"
         raise ExportError(f"{path} has finished no training stage (completed: {done}), so its "
-                          "model is untrained; let `tooltune demo` run on (it resumes) past SFT "
-                          "and export again")  # fmt: skip
+                          f"model is untrained; {RESUME} past SFT and export again")  # fmt: skip
     return latest / "policy"
 
 
@@ -79,7 +85,7 @@ def _completed_stages(run_dir: Path) -> list[str]:
         return [str(stage) for stage in state["completed"]]
     except (OSError, ValueError, KeyError, TypeError):
         raise ExportError(f"{run_dir / 'state.json'} is missing or unreadable; is {run_dir} a "
-                          "tooltune demo run directory?") from None  # fmt: skip
+                          "tooltune demo or train run directory?") from None  # fmt: skip
 
 
 def export(
@@ -116,10 +122,18 @@ def export(
     model = policy.model.merge_and_unload() if merged else policy.model
     target = _target_dtype(policy, dtype)
     model = model.to(target)
-    model.generation_config.eos_token_id = list(policy._stop_ids)
-    model.generation_config.pad_token_id = policy.pad_token_id
     tokenizer = policy.tokenizer
-    tokenizer.chat_template = chat_template(fmt)
+    stops = set(policy._stop_ids)
+    if fmt.tool_style == NATIVE:  # the template the model was trained through stays
+        native = _native_template(directory, policy)
+        end = policy.encode(native.end_of_turn)
+        if len(end) == 1:  # a turn ends where the model was trained to end it
+            stops.add(end[0])
+    else:
+        native = None
+        tokenizer.chat_template = chat_template(fmt)
+    model.generation_config.eos_token_id = sorted(stops)
+    model.generation_config.pad_token_id = policy.pad_token_id
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -127,7 +141,7 @@ def export(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         fmt.save(tmp)
-        check_template(tmp, fmt)
+        check_template(tmp, fmt, native)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
@@ -158,8 +172,28 @@ def _prompt_format(directory: Path, tool_style: str | None) -> PromptFormat:
         return dataclasses.replace(saved, tool_style=tool_style)
     if saved is None:
         raise ExportError(f"{directory} has no {FILENAME}, so how the model was prompted is "
-                          "unknown; say it with --tool-style json|compact|names")  # fmt: skip
+                          "unknown; say it with --tool-style json|compact|names|native")  # fmt: skip
     return saved
+
+
+def _native_template(directory: Path, policy: Any) -> NativeTemplate:
+    """The chat template a model of the native tool style was trained through, checked as
+    training checked it; an `ExportError` naming the fix when the saved tokenizer has lost it
+    or it no longer renders tools."""
+    base = policy.base_path or "the base model's directory"
+    restore = (f"copy chat_template.jinja (or the chat_template entry of tokenizer_config.json) "
+               f"from {base} into {directory} and export again")  # fmt: skip
+    if not getattr(policy.tokenizer, "chat_template", None):
+        raise ExportError(f"{directory} holds a model trained in the native tool style, through "
+                          "its tokenizer's chat template, but the saved tokenizer has no chat "
+                          f"template; {restore}")  # fmt: skip
+    try:
+        return NativeTemplate(policy.tokenizer)
+    except TemplateError as exc:  # its fix (another tool style) is for training, not here
+        why = str(exc).removesuffix("; " + FIX)
+        raise ExportError(f"{directory}'s chat template cannot prompt the model as it was "
+                          f"trained in the native tool style ({why}); if it was edited, "
+                          f"{restore}") from None  # fmt: skip
 
 
 def _target_dtype(policy: Any, dtype: str) -> torch.dtype:
@@ -178,9 +212,12 @@ def _target_dtype(policy: Any, dtype: str) -> torch.dtype:
     return DTYPES.get(names.get(str(saved).removeprefix("torch."), "fp32"), torch.float32)
 
 
-def check_template(directory: Path, fmt: PromptFormat) -> None:
+def check_template(
+    directory: Path, fmt: PromptFormat, native: NativeTemplate | None = None
+) -> None:
     """Load the written tokenizer as a user would and check its template renders a prompt
-    exactly as tooltune's rollout does (a template that drifted must not ship)."""
+    exactly as tooltune's rollout does (a template that drifted must not ship): the rollout of
+    `native`, the template the model was trained through, for the native tool style."""
     import transformers
 
     from tooltune.config import TaskTier
@@ -201,6 +238,11 @@ def check_template(directory: Path, fmt: PromptFormat) -> None:
     got = tokenizer.apply_chat_template(
         messages, tools=tools, add_generation_prompt=True, tokenize=False
     )
-    if got != opening_text(trajectory, fmt.tool_style):
+    if native is not None:
+        if got != native.opening(trajectory):
+            raise ExportError("the written tokenizer's chat template does not render the prompt "
+                              "the model was trained on; this is a bug in tooltune export, "
+                              "please report it")  # fmt: skip
+    elif got != opening_text(trajectory, fmt.tool_style):
         raise ExportError("the written chat template does not render tooltune's prompt; this is "
                           "a bug in tooltune.chat_template, please report it")  # fmt: skip
