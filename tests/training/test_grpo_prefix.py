@@ -8,8 +8,9 @@ import torch
 
 from tooltune.config import TaskTier
 from tooltune.policies.builtin import BuiltinPolicy
-from tooltune.training.grpo import GRPOTrainer, plan_shared_prefix
+from tooltune.training.grpo import GRPOTrainer
 from tooltune.training.sft import collate
+from tooltune.training.shared_prefix import plan_shared_prefix
 from tooltune.types import AgentTrajectory, TokenRecord
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. Paris is the capital of France."] * 20

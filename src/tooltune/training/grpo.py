@@ -26,6 +26,7 @@ from tooltune.training.sft import (
     policy_device,
     trainable_parameters,
 )
+from tooltune.training.shared_prefix import prefix_logprobs
 
 BASELINES = ("mean", "min", "learned")
 
@@ -161,102 +162,6 @@ def accepts_temperature(policy: Any) -> bool:
 OLD_LOGPROBS = ("auto", "recorded", "recompute")
 
 
-@dataclass
-class PrefixPlan:
-    """A batch split into distinct shared prefixes and per-row continuations.
-
-    Row b of the batch is `prefix_ids[prefix_index[b]]` (left-padded) followed by
-    `suffix_ids[b]` (right-padded); its continuation starts at token `starts[b]` of the row.
-    """
-
-    prefix_ids: torch.Tensor  # [P, S] long, left-padded
-    prefix_mask: torch.Tensor  # [P, S]
-    suffix_ids: torch.Tensor  # [B, T'] long, right-padded
-    suffix_mask: torch.Tensor  # [B, T']
-    prefix_index: torch.Tensor  # [B] long
-    starts: torch.Tensor  # [B] long
-
-
-def plan_shared_prefix(batch: TokenBatch) -> PrefixPlan | None:
-    """Find rows that share their context up to the first scored token (a GRPO group's prompt).
-
-    Row b's prefix is its tokens before `f_b - 1`, where `f_b` is its first target token
-    (`loss_mask` is 1): the token at `f_b - 1` starts the continuation, so every scored
-    log-prob comes from the continuation pass and the prefix needs no logits. Rows with the
-    same prefix share it. Returns None when nothing is shared or when running the prefixes
-    separately would compute more positions than the plain batch (padding included); rows too
-    short to split also send the whole batch down the plain path.
-    """
-    ids = batch.input_ids.cpu()
-    lengths = batch.attention_mask.sum(dim=1).cpu().tolist()
-    scored = batch.loss_mask.cpu() > 0
-    has_target = scored.any(dim=1).tolist()
-    first = scored.float().argmax(dim=1).tolist()  # loss index t refers to token t + 1
-    keys: dict[tuple[int, ...], int] = {}
-    index, starts = [], []
-    for b, n in enumerate(lengths):
-        n = int(n)
-        if n < 3 or not batch.attention_mask[b, :n].all():
-            return None  # right padding only, and room for a prefix and a 2-token continuation
-        s = first[b] if has_target[b] else n - 2  # f_b - 1 = (first + 1) - 1
-        if s < 1:
-            return None
-        key = tuple(ids[b, :s].tolist()) if has_target[b] else (-1 - b,)
-        index.append(keys.setdefault(key, len(keys)))
-        starts.append(s)
-    bsz, width = ids.shape
-    prefix_len = [0] * len(keys)
-    for b, g in enumerate(index):
-        prefix_len[g] = starts[b]
-    pwidth = max(prefix_len)
-    swidth = max(int(n) - s for n, s in zip(lengths, starts, strict=True))
-    if len(keys) == bsz or len(keys) * pwidth + bsz * swidth >= bsz * width:
-        return None
-    pad = 0  # any valid id: padded positions are masked out
-    prefix_ids = torch.full((len(keys), pwidth), pad, dtype=torch.long)
-    prefix_mask = torch.zeros((len(keys), pwidth), dtype=batch.attention_mask.dtype)
-    suffix_ids = torch.full((bsz, swidth), pad, dtype=torch.long)
-    suffix_mask = torch.zeros((bsz, swidth), dtype=batch.attention_mask.dtype)
-    for b, (g, s) in enumerate(zip(index, starts, strict=True)):
-        n = int(lengths[b])
-        prefix_ids[g, pwidth - s :] = ids[b, :s]
-        prefix_mask[g, pwidth - s :] = 1
-        suffix_ids[b, : n - s] = ids[b, s:n]
-        suffix_mask[b, : n - s] = 1
-    device = batch.input_ids.device
-    return PrefixPlan(
-        prefix_ids.to(device),
-        prefix_mask.to(device),
-        suffix_ids.to(device),
-        suffix_mask.to(device),
-        torch.tensor(index, dtype=torch.long, device=device),
-        torch.tensor(starts, dtype=torch.long, device=device),
-    )
-
-
-def shared_prefix_logprobs(
-    policy: Any, plan: PrefixPlan, width: int, scored: torch.Tensor | None = None
-) -> torch.Tensor:
-    """[B, width - 1] log-probs laid out like `token_logprobs` of the original batch.
-
-    Scored positions (and everything after each row's prefix) hold the same values as the
-    plain pass; positions inside a shared prefix are never scored and hold 0. With `scored`
-    [B, width - 1] (the loss mask) a policy that can compute only those positions does.
-    """
-    steps = plan.suffix_ids.shape[1] - 1
-    cols = plan.starts[:, None] + torch.arange(steps, device=plan.starts.device)[None, :]
-    kwargs = {}
-    if scored is not None and accepts_keyword(policy.prefix_token_logprobs, "scored"):
-        kwargs["scored"] = torch.nn.functional.pad(scored, (0, steps)).gather(1, cols)
-    suffix = policy.prefix_token_logprobs(
-        plan.prefix_ids, plan.prefix_mask, plan.suffix_ids, plan.suffix_mask, plan.prefix_index,
-        **kwargs,
-    ).float()  # [B, T' - 1]  # fmt: skip
-    bsz = suffix.shape[0]
-    out = suffix.new_zeros(bsz, width - 1 + steps).scatter(1, cols, suffix)
-    return out[:, : width - 1]
-
-
 class GRPOTrainer:
     """GRPO updates for a token policy (`token_logprobs`, `.model`, `pad_token_id`).
 
@@ -371,11 +276,10 @@ class GRPOTrainer:
     def _logprobs(self, policy: Any, kwargs: dict, batch: TokenBatch) -> torch.Tensor:
         """[B, T-1] log-probs of `batch`; rows sharing a prompt run it once (`share_prefix`)
         when the policy has `prefix_token_logprobs` (scored positions are identical)."""
-        if self.share_prefix and not kwargs and hasattr(policy, "prefix_token_logprobs"):
-            plan = plan_shared_prefix(batch)
-            if plan is not None:
-                width = batch.input_ids.shape[1]
-                return shared_prefix_logprobs(policy, plan, width, batch.loss_mask)
+        if self.share_prefix and not kwargs:
+            shared = prefix_logprobs(policy, batch)
+            if shared is not None:
+                return shared
         if accepts_keyword(policy.token_logprobs, "scored"):
             kwargs = {**kwargs, "scored": batch.loss_mask}
         return policy.token_logprobs(batch.input_ids, batch.attention_mask, **kwargs).float()

@@ -20,6 +20,7 @@ import torch
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.optim import AdamW
 from tooltune.training.schedule import make_scheduler
+from tooltune.training.shared_prefix import common_prefix_length, prefix_logprobs
 
 
 @dataclass
@@ -58,11 +59,14 @@ class TokenBatch:
         )
 
 
-def micro_batches(lengths: Sequence[int], parts: int, max_tokens: int = 0) -> list[list[int]]:
+def micro_batches(
+    lengths: Sequence[int], parts: int, max_tokens: int = 0, shared: int = 0
+) -> list[list[int]]:
     """Positions ``0..n-1`` of rows of these lengths, in order, cut into ``parts`` runs of
     near-equal row counts (`grad_accum_steps`), each cut further until its rows times its
     longest row come to at most ``max_tokens`` (0: no cap; a row longer than the cap goes
-    alone). Activation memory follows those padded tokens, not the row count."""
+    alone). Activation memory follows those padded tokens, not the row count; the first
+    ``shared`` tokens, which every row has in common and which run once, count once."""
     n = len(lengths)
     size = max(1, math.ceil(n / max(1, parts)))
     out: list[list[int]] = []
@@ -70,7 +74,8 @@ def micro_batches(lengths: Sequence[int], parts: int, max_tokens: int = 0) -> li
         run: list[int] = []
         widest = 0
         for i in range(start, min(start + size, n)):
-            if run and max_tokens and max(widest, lengths[i]) * (len(run) + 1) > max_tokens:
+            width = max(widest, lengths[i]) - shared
+            if run and max_tokens and shared + width * (len(run) + 1) > max_tokens:
                 out.append(run)
                 run, widest = [], 0
             run.append(i)
@@ -211,18 +216,22 @@ def scored_token_logprobs(policy: Any, batch: TokenBatch) -> torch.Tensor:
     return policy.token_logprobs(batch.input_ids, batch.attention_mask)
 
 
-def masked_nll_sum(policy: Any, batch: TokenBatch) -> torch.Tensor:
-    """Sum over the batch of -log p(token) for mask==1 tokens (keeps the graph)."""
-    return -(scored_token_logprobs(policy, batch) * batch.loss_mask).sum()
+def masked_nll_sum(policy: Any, batch: TokenBatch, share_prefix: bool = True) -> torch.Tensor:
+    """Sum over the batch of -log p(token) for mask==1 tokens (keeps the graph). With
+    `share_prefix`, beginnings that rows share run once where the policy can (same values)."""
+    logp = prefix_logprobs(policy, batch) if share_prefix else None
+    if logp is None:
+        logp = scored_token_logprobs(policy, batch)
+    return -(logp * batch.loss_mask).sum()
 
 
 def own_and_weighted_nll(
-    policy: Any, batch: TokenBatch, context_weight: float
+    policy: Any, batch: TokenBatch, context_weight: float, share_prefix: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(NLL of the model's own tokens, that plus `context_weight` x the NLL of the context
     tokens): the first is what SFT reports, the second what it minimises."""
     if not context_weight:
-        own = masked_nll_sum(policy, batch)
+        own = masked_nll_sum(policy, batch, share_prefix)
         return own, own
     logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
     own = -(logp * batch.loss_mask).sum()
@@ -271,6 +280,7 @@ def train_sft(
     tool_style: str = "json",
     progress: bool = False,
     augment: Callable[[Any], Any] | None = None,
+    share_prefix: bool = True,
 ) -> SFTHistory:
     """Fine-tune `policy` on token records or trajectories, in place.
 
@@ -290,6 +300,10 @@ def train_sft(
 
     `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
     every training trajectory afresh each epoch, so no epoch repeats the same text.
+
+    With `share_prefix` (and no context weight) trajectories that offer the same tools are
+    batched together where there are enough of them, and the system prompt they share runs
+    once per micro-batch (`shared_prefix`): the loss is the same, the step cheaper.
     """
     epochs = config.sft_epochs if epochs is None else epochs
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
@@ -302,15 +316,19 @@ def train_sft(
     history = SFTHistory()
     encode = getattr(policy, "encode", None)
 
-    def epoch_records(items: Sequence[Any]) -> list[Any]:
+    share_prefix = share_prefix and not context_weight  # context targets cannot be shared
+
+    def epoch_records(items: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
         all_records = to_token_records(items, encode, tool_style)
-        kept = [r for r in all_records if _num_supervised(r, max_len) > 0]
+        keys = [_tools_key(item) if share_prefix else None for item in items]
+        kept = [(r, k) for r, k in zip(all_records, keys, strict=True)
+                if _num_supervised(r, max_len) > 0]  # fmt: skip
         history.dropped_empty = len(all_records) - len(kept)
         if not kept:
             raise ValueError("no training record has any supervised (mask == 1) token")
-        return kept
+        return [r for r, _ in kept], [k for _, k in kept]
 
-    records = epoch_records(train_records)
+    records, keys = epoch_records(train_records)
     val = [
         r
         for r in to_token_records(val_records or [], encode, tool_style)
@@ -335,20 +353,22 @@ def train_sft(
     policy.model.train()
     for epoch in range(epochs):
         if augment is not None:
-            records = epoch_records([augment(item) for item in train_records])
+            records, keys = epoch_records([augment(item) for item in train_records])
         order = torch.randperm(len(records), generator=generator).tolist()
         epoch_nll, epoch_tokens = 0.0, 0.0
-        for batch_records in _length_bucketed(records, order, batch_size, generator):
+        for batch_records in _batches(records, keys, order, batch_size, generator):
             lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
+            ids = [record_of(r).ids for r in batch_records]
+            shared = min(common_prefix_length(ids[0], row) for row in ids) if share_prefix else 0
             parts = [
                 collate([batch_records[i] for i in run], policy.pad_token_id, max_len).to(device)
-                for run in micro_batches(lengths, accum, token_cap)
+                for run in micro_batches(lengths, accum, token_cap, shared)
             ]
             batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
             optimizer.zero_grad(set_to_none=True)
             batch_nll = 0.0
             for part in parts:
-                nll, loss = own_and_weighted_nll(policy, part, context_weight)
+                nll, loss = own_and_weighted_nll(policy, part, context_weight, share_prefix)
                 (loss / batch_tokens).backward()
                 batch_nll += nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -378,20 +398,47 @@ def train_sft(
     return history
 
 
-def _length_bucketed(
-    records: Sequence[Any], order: list[int], batch_size: int, generator: torch.Generator
+def _tools_key(item: Any) -> str | None:
+    """What decides a conversation's system prompt: the tools it offers (None: unknown)."""
+    tools = getattr(item, "tools", None)
+    return json.dumps(tools, sort_keys=True) if tools else None
+
+
+def _batches(
+    records: Sequence[Any],
+    keys: Sequence[str | None],
+    order: list[int],
+    batch_size: int,
+    generator: torch.Generator,
 ) -> list[list[Any]]:
-    """Batches of similar length (less padding), in random order: shuffled records are cut into
-    chunks of 16 batches, sorted by length within a chunk, and the batches shuffled again."""
+    """One epoch's batches, in random order. Rows with the same key (the same tools, so the
+    same system prompt) fill whole batches together where there are enough of them, so that
+    the prompt runs once per batch; the rows left over form batches of their own."""
+    by_key: dict[str | None, list[int]] = {}
+    for i in order:
+        by_key.setdefault(keys[i], []).append(i)
+    batches: list[list[Any]] = []
+    rest: list[int] = []
+    for key, rows in by_key.items():
+        whole = 0 if key is None else len(rows) - len(rows) % batch_size
+        batches += _length_bucketed(records, rows[:whole], batch_size)
+        rest += rows[whole:]
+    batches += _length_bucketed(records, rest, batch_size)
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def _length_bucketed(records: Sequence[Any], rows: list[int], batch_size: int) -> list[list[Any]]:
+    """Batches of similar length (less padding): `rows` (in random order) are cut into chunks
+    of 16 batches and sorted by length within a chunk."""
     chunk = batch_size * 16
     batches: list[list[Any]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: len(record_of(records[i]).ids))
+    for start in range(0, len(rows), chunk):
+        part = sorted(rows[start : start + chunk], key=lambda i: len(record_of(records[i]).ids))
         batches += [
             [records[i] for i in part[s : s + batch_size]] for s in range(0, len(part), batch_size)
         ]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
+    return batches
 
 
 def load_chat_jsonl(path: str | Path) -> list[Any]:
