@@ -195,7 +195,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, distinct_gr
 
 
 def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():
-    """SmolLM2: compact tool listings, turns as long as the expert's, two rows a micro-batch."""
+    """SmolLM2: compact tool listings, turns as long as the expert's, capped micro-batches."""
     from tooltune.cli import build_parser
     from tooltune.training.demo import resolve_demo
 
@@ -206,7 +206,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
     assert config.max_trajectory_len == 2048 and settings.max_seq_len == 2048
     assert config.max_new_tokens >= 144  # the expert's longest turn: 58-132 SmolLM2 tokens
-    assert config.grad_accum_steps == config.sft_batch_size // 2
+    assert config.micro_batch_tokens == 4096  # activations, not rows, set the memory
     config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=4096",
                                "--set", "pipeline.tool_style=json")  # fmt: skip
     assert config.max_trajectory_len == 4096 and settings.tool_style == "json"

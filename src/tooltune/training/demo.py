@@ -91,11 +91,10 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
         config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 160)
         for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
             table[key] = max(int(table.get(key, 0)), 2048)
-        # Two rows per micro-batch: the LM head runs on scored positions only, so a row's
-        # memory is its activations (SmolLM2, 30 layers), not [tokens, 49k vocabulary] logits.
-        config_table.setdefault(
-            "grad_accum_steps", max(1, int(config_table.get("sft_batch_size", 16)) // 2)
-        )
+        # Memory follows the tokens of one forward and backward (the LM head runs on scored
+        # positions only): ~0.55 GB of SmolLM2's activations a 1,000. Cap them, so that rows
+        # which share a system prompt can still run together.
+        config_table.setdefault("micro_batch_tokens", 4096)
     config_overrides = [o for o in args.overrides if not o.startswith("pipeline.")]
     for override in args.overrides:
         if override.startswith("pipeline."):
