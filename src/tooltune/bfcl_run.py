@@ -2,8 +2,11 @@
 
 Each question is rendered in tooltune's chat format with its functions listed in the model's
 tool style, answered in one greedy assistant turn (batched), and its `<tool_call>`s parsed with
-the project's parser. The predictions are written in `tooltune bfcl check`'s format and scored
-by the same checker, which follows BFCL's AST rules (see `tooltune.tasks.bfcl`).
+the project's parser. A model of the ``native`` tool style is asked through its own chat
+template instead (the functions as the template's ``tools``), and its calls are read in that
+template's format (`tooltune.native_template`). The predictions are written in `tooltune bfcl
+check`'s format and scored by the same checker, which follows BFCL's AST rules (see
+`tooltune.tasks.bfcl`).
 
 A malformed call (not JSON, no name, arguments not an object, cut off) is kept in the
 prediction with its `parse_error`: it is a wrong answer in every category, including
@@ -21,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tooltune.native_template import NATIVE, NativeTemplate, template_of
 from tooltune.tasks.bfcl import BFCLQuestion, check_predictions, load_questions, to_openai_tool
 
 # `--category` name -> the name in BFCL's file names
@@ -177,34 +181,52 @@ def tool_style_for(policy: Any, default: str, explicit: str | None = None) -> st
 # --------------------------------------------------------------------------------------------
 
 
-def question_prompt(question: BFCLQuestion, tool_style: str = "json") -> str:
+def question_prompt(question: BFCLQuestion, tool_style: str = "json",
+                    template: NativeTemplate | None = None) -> str:  # fmt: skip
     """One question's prompt: the system turn with its functions (and the question's own system
-    message, if any, after them), its first turn's messages, the open assistant turn."""
+    message, if any, after them), its first turn's messages, the open assistant turn. For the
+    native tool style, `template` (the model's) renders the messages with the functions as its
+    tools (the question's system message, if any, first)."""
     from tooltune.chat_format import build_system_prompt, render_prompt
 
-    system = build_system_prompt([to_openai_tool(f) for f in question.functions], style=tool_style)
+    tools = [to_openai_tool(f) for f in question.functions]
     messages = [{"role": str(m.get("role", "user")), "content": str(m.get("content") or "")}
                 for m in question.messages]  # fmt: skip
     extra = [m["content"] for m in messages if m["role"] == "system"]
     turns = [m for m in messages if m["role"] != "system"]
+    if tool_style == NATIVE:
+        if template is None:
+            raise ValueError("tool style native prompts through the model's chat template: "
+                             "pass its template (native_template.template_of(policy))")  # fmt: skip
+        system = [{"role": "system", "content": "\n\n".join(extra)}] if extra else []
+        return template.render([*system, *turns], tools, generation=True)
+    system = build_system_prompt(tools, style=tool_style)
     return render_prompt([{"role": "system", "content": "\n\n".join([system, *extra])}, *turns])
 
 
 def predict(policy: Any, questions: list[BFCLQuestion], tool_style: str = "json",
             max_new_tokens: int = 256, batch_size: int = 8) -> list[dict]:  # fmt: skip
     """One greedy assistant turn per question; its calls, as parsed, are the prediction
-    (`{"id", "calls", "text", "finish_reason"}`; a malformed call keeps its `parse_error`)."""
+    (`{"id", "calls", "text", "finish_reason"}`; a malformed call keeps its `parse_error`).
+    The native tool style prompts through the policy's chat template, stops at its end of turn
+    and parses calls in its family's format."""
     from tooltune.chat_format import parse_action
     from tooltune.rollout import SamplingParams
 
     sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    template, parse = None, parse_action
+    if tool_style == NATIVE:
+        template = template_of(policy)
+        sampling.stop = [template.end_of_turn]
+        parse = template.parse
     out = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]
-        completions = policy.generate([question_prompt(q, tool_style) for q in batch], sampling)
+        prompts = [question_prompt(q, tool_style, template) for q in batch]
+        completions = policy.generate(prompts, sampling)
         for q, completion in zip(batch, completions, strict=True):
             calls = []
-            for call in parse_action(completion.text).tool_calls:
+            for call in parse(completion.text, None, "call").tool_calls:
                 row: dict[str, Any] = {"name": call.name, "arguments": call.arguments}
                 if call.parse_error:
                     row["parse_error"] = call.parse_error
