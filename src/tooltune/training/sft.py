@@ -280,7 +280,7 @@ def train_sft(
     tool_style: str = "json",
     progress: bool = False,
     augment: Callable[[Any], Any] | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool = False,
 ) -> SFTHistory:
     """Fine-tune `policy` on token records or trajectories, in place.
 
@@ -303,7 +303,10 @@ def train_sft(
 
     With `share_prefix` (and no context weight) trajectories that offer the same tools are
     batched together where there are enough of them, and the system prompt they share runs
-    once per micro-batch (`shared_prefix`): the loss is the same, the step cheaper.
+    once per micro-batch (`shared_prefix`): the loss is the same, ~30% fewer positions. Off by
+    default: on SmolLM2 on a 2-core CPU its steps took as long as plain ones (14 batches
+    interleaved, 57.9 s against 58.2 s), the continuations' masked attention and the grouped
+    batches' extra padding costing what the shared positions save.
     """
     epochs = config.sft_epochs if epochs is None else epochs
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
