@@ -190,19 +190,23 @@ def run_trl(
     between: Callable[[], None] | None = None,
     reward: Callable[[Any, Any], float] | None = None,
     tools: list[Callable] | None = None,
+    dtype: torch.dtype = torch.float32,
+    peft_config: Any = None,
+    overrides: dict | None = None,
 ) -> dict:
     """TRL's GRPO for `steps` steps; `between()` runs after each timed step (outside it).
 
     Without `tools`, generation is forced to `max_new_tokens` (`min_new_tokens`) and the reward
     is `completion_reward`. With `tools`, prompts are conversations, episodes end when the model
     stops (up to `TOOL_TURNS` assistant turns of at most `TOOL_TURN_TOKENS` each) and `reward`
-    scores (prompt, completion messages)."""
+    scores (prompt, completion messages). `dtype` is the weights' (bf16 also turns on TRL's
+    `bf16` autocast), `peft_config` TRL's LoRA, `overrides` further `GRPOConfig` fields."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     n = len(prompts)
     data = Dataset.from_dict({"prompt": prompts * (steps + 1)})
     score = reward or (lambda prompt, completion: completion_reward(completion))
@@ -239,14 +243,14 @@ def run_trl(
         learning_rate=LR, max_steps=steps, per_device_train_batch_size=n * args.group,
         gradient_accumulation_steps=1, num_generations=args.group, num_iterations=1,
         temperature=1.0, top_p=1.0, beta=BETA, epsilon=0.2, loss_type="dapo",
-        scale_rewards="group", shuffle_dataset=False, dataloader_num_workers=0, bf16=False,
-        max_grad_norm=1.0, **length,
+        scale_rewards="group", shuffle_dataset=False, dataloader_num_workers=0,
+        bf16=dtype == torch.bfloat16, max_grad_norm=1.0, **length, **(overrides or {}),
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=config,
                               train_dataset=data, processing_class=tokenizer,
-                              callbacks=[Timer()], tools=tools)  # fmt: skip
+                              callbacks=[Timer()], tools=tools, peft_config=peft_config)  # fmt: skip
         generate, tool_loop = trainer._generate_single_turn, trainer._tool_call_loop
 
         def counting_generate(*a, **k):  # once per step, plus once per round of tool results
@@ -351,16 +355,19 @@ def tooltune_setup(
     shared: bool = True,
     direct: bool = True,
     reward: Callable[[AgentTrajectory], float] | None = None,
+    load: dict | None = None,
+    tool_style: str = "json",
 ):
     """`shared=False` turns off both prompt-sharing optimisations (prefill once per group in
     generation, prompt once per group in the update); `direct=False` runs the model's own
     `transformers` forward instead of tooltune's direct Llama-family forward. With `turns` > 1
     (the tool case) episodes end when the model stops, each turn at most `TOOL_TURN_TOKENS`,
-    and `reward` scores each trajectory."""
+    and `reward` scores each trajectory. `load` goes to `HFPolicy.from_pretrained` (LoRA,
+    dtype), `tool_style` to the collector."""
     from tooltune.policies.hf import HFPolicy
     from tooltune.training.grpo import GRPOTrainer
 
-    policy = HFPolicy.from_pretrained(model_dir, direct_forward=direct)
+    policy = HFPolicy.from_pretrained(model_dir, direct_forward=direct, **(load or {}))
     if not shared:
         policy.generate = functools.partial(policy.generate, share_prefill=False)
     if turns == 1:
@@ -382,8 +389,8 @@ def tooltune_setup(
                               **({"stop": stop} if stop is not None else {}))  # fmt: skip
     score = reward or (lambda t: completion_reward(completion_text(t)))
     collector = TrajectoryCollector(policy, registry, config, sampling=sampling,
-                                    reward_fn=lambda t, task: score(t))  # fmt: skip
-    return policy, ref, optimizer, trainer, collector, sampling
+                                    tool_style=tool_style, reward_fn=lambda t, task: score(t))  # fmt: skip
+    return policy, ref, optimizer, trainer, collector, collector.sampling  # native: a copy
 
 
 def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, seed: int) -> dict:
@@ -396,8 +403,18 @@ def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, se
     generated = sum(sum(t.tokens.mask) for t in trajectories)
     total = sum(len(t.tokens.ids) for t in trajectories)
     calls = sum(len(t.tool_calls) for t in trajectories)
+    # (prompt tokens, tokens up to the last generated one, generated tokens) of each episode
+    shapes = [episode_shape(t.tokens.mask) for t in trajectories]
     return {"seconds": seconds, "generated_tokens": generated, "sequence_tokens": total,
-            "tool_calls": calls, "loss": metrics["loss"]}  # fmt: skip
+            "tool_calls": calls, "loss": metrics["loss"], "shapes": shapes}  # fmt: skip
+
+
+def episode_shape(mask: list[int]) -> tuple[int, int, int]:
+    """(prompt tokens, tokens up to the last generated one, generated tokens) of an episode."""
+    scored = [i for i, m in enumerate(mask) if m]
+    if not scored:
+        return len(mask), len(mask), 0
+    return scored[0], scored[-1] + 1, len(scored)
 
 
 class Tooltune:
@@ -436,8 +453,10 @@ class Tooltune:
 # --------------------------------------------------------------------------------------------
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(
+    n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -626,9 +645,8 @@ def fit_tool_model(directory: Path, users: list[str], registry: ToolRegistry) ->
 
 def bench_tools(args: argparse.Namespace, root: Path) -> dict:
     """Multi-turn tool use, equal work: a model fitted to call `add_numbers` and answer with
-    its result runs one GRPO step at a time in TRL (`tools=[add_numbers]`) and in tooltune.
-    The reward is the verified answer plus a little noise, so that no group has zero variance
-    and neither side skips the update of a group (tooltune would)."""
+    its result runs one GRPO step at a time in TRL (`tools=[add_numbers]`) and in tooltune
+    (`compare_tools`)."""
     directory = root / "tools-0.5M"
     registry = ToolRegistry([tool(add_numbers)])
     users = prompt_texts(args.prompts)
@@ -637,6 +655,22 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
     )
     fit = fit_tool_model(directory, users, registry)
     log(f"[tools] fitted in {fit['fit_seconds']:.1f}s, loss {fit['fit_loss']:.5f}")
+    return {**fit, **compare_tools(directory, users, registry, args)}
+
+
+def compare_tools(
+    directory: Path,
+    users: list[str],
+    registry: ToolRegistry,
+    args: argparse.Namespace,
+    trl_options: dict | None = None,
+    tooltune_options: dict | None = None,
+) -> dict:
+    """GRPO steps of TRL (`tools=[add_numbers]`) and tooltune on the model in `directory`,
+    interleaved. The reward is the verified answer plus a little noise, so that no group has
+    zero variance and neither side skips the update of a group (tooltune would).
+    `trl_options` go to `run_trl` (dtype, peft_config, overrides), `tooltune_options` to
+    `tooltune_setup` (load, tool_style)."""
     noise = random.Random(0)
     verified: dict[str, list[bool]] = {"trl": [], "tooltune": []}
 
@@ -651,12 +685,13 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
         return score("trl", prompt[-1]["content"], answer)
 
     side = Tooltune(directory, users, args, registry, turns=TOOL_TURNS,
-                    reward=lambda t: score("tooltune", t.prompt, t.final_answer or ""))  # fmt: skip
+                    reward=lambda t: score("tooltune", t.prompt, t.final_answer or ""),
+                    **(tooltune_options or {}))  # fmt: skip
     log(f"[tools] {args.prompts} prompts x {args.group} samples, up to {TOOL_TURNS} turns; "
         "TRL and tooltune steps interleaved ...")  # fmt: skip
     trl = run_trl(directory, [[{"role": "user", "content": u}] for u in users], args,
                   args.warmup + args.repeats, between=side.step, reward=trl_reward,
-                  tools=[add_numbers])  # fmt: skip
+                  tools=[add_numbers], **(trl_options or {}))  # fmt: skip
     tt = side.results
     profile, phases = side.profile()
     log(f"[tools] TRL step times {[round(t, 3) for t in trl['times']]}")
@@ -664,7 +699,6 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
     trl_s = statistics.median(trl["times"][args.warmup :])
     tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
     return {
-        **fit,
         "trl_s_per_step": trl_s,
         "tooltune_s_per_step": tt_s,
         "speedup_vs_trl": trl_s / tt_s,
@@ -677,6 +711,7 @@ def bench_tools(args: argparse.Namespace, root: Path) -> dict:
         "trl_step_times": trl["times"],
         "tooltune_step_times": [r["seconds"] for r in tt],
         "tooltune_profile_s": phases,
+        "tooltune_profile_step": profile,
     }
 
 
