@@ -15,6 +15,7 @@ import torch
 
 from tooltune.cli import main
 from tooltune.config import ConfigError
+from tooltune.training.demo import usable_cpus
 
 TIERS = ("simple", "multi_tool_seq", "multi_tool_par", "complex", "no_tool")
 # The suite's 300 s limit catches hangs; a whole pipeline run takes 10-25 s on a quiet 2-core
@@ -245,3 +246,12 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert settings.train_layers == 6
     with pytest.raises(ConfigError, match="former name"):
         make_settings({"lora_layers": 6, "train_layers": 6})
+
+
+def test_threads_follow_the_cores_the_process_may_use(monkeypatch):
+    """Two demos pinned to one core each must not start two threads each."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert usable_cpus() == 1
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert usable_cpus() == 4

@@ -113,6 +113,15 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
     return config, make_settings(pipeline_table)
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on: `os.cpu_count()` counts the machine's, so two jobs pinned
+    to one core each (`taskset -c 0`) would each start two threads on it."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def run_demo(args: Any) -> int:
     """Build the world, train, evaluate, and write the run directory with its report."""
     from tooltune.environment import BuiltinWorld
@@ -144,7 +153,7 @@ def run_training(args: Any, command: str, make_env: Any, label: str = "") -> int
         shutil.rmtree(run_dir, ignore_errors=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(usable_cpus())  # the cores this process may run on (taskset, cgroups)
     print(f"tooltune {command}: preset {preset_name(args)}, model {settings.model}, "
           f"run directory {run_dir}, {allocator_name()}")  # fmt: skip
     try:
