@@ -93,7 +93,10 @@ def category_files(data: Path, category: str) -> tuple[Path, Path | None]:
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
     name = CATEGORIES[category]
-    found = sorted(data.glob(f"BFCL_v*_{name}.json"), key=_version)
+    # the name exactly: a glob `BFCL_v*_multiple.json` also matches `BFCL_v4_live_multiple.json`
+    # and `BFCL_v4_parallel_multiple.json`
+    exact = re.compile(rf"BFCL_v\d+_{re.escape(name)}\.json")
+    found = sorted((p for p in data.glob("BFCL_v*.json") if exact.fullmatch(p.name)), key=_version)
     if not found:
         raise ValueError(f"no questions for category {category} in {data} (BFCL_v4_{name}.json)")
     questions = found[-1]
