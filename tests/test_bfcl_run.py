@@ -104,21 +104,6 @@ def test_irrelevance_is_correct_without_a_call(tmp_path):
     assert [e["valid"] for e in result.entries] == [True, False, False]
 
 
-def test_each_category_reads_its_own_file_not_a_longer_name(tmp_path):
-    """`multiple` must not read `live_multiple` or `parallel_multiple` (the bfcl-eval wheel
-    ships all of them side by side), and the newest version wins."""
-    (tmp_path / "possible_answer").mkdir()
-    names = ["live_parallel_multiple", "parallel_multiple", "live_multiple", "multiple",
-             "live_irrelevance", "irrelevance", "live_parallel", "parallel"]  # fmt: skip
-    for name in names:
-        for version in (3, 4):
-            for folder in (tmp_path, tmp_path / "possible_answer"):
-                (folder / f"BFCL_v{version}_{name}.json").write_text("")
-    for category in ("multiple", "parallel", "parallel_multiple", "irrelevance", "live_multiple"):
-        questions, _ = bfcl_run.category_files(tmp_path, category)
-        assert questions.name == f"BFCL_v4_{category}.json"
-
-
 def test_bad_data_says_what_is_wrong(tmp_path):
     data, _ = _folder_with(tmp_path, "live_simple", answers=False)
     with pytest.raises(ValueError, match="live_simple has no possible answers"):
