@@ -113,3 +113,19 @@ def test_every_expert_turn_opens_with_a_thought(env):
     answers = [t.steps[-1].action for t in trajectories if t.tool_calls]
     assert answers and all(a.thinking and not a.tool_calls for a in answers)
     assert all(s.action.thinking for t in trajectories for s in t.steps)
+
+
+def test_expert_compares_with_the_calculator(env):
+    """Which of two numbers is larger is the calculator's job: the expert lists value and name,
+    calls max/min, and answers with the name beside the result."""
+    tasks = sample_tasks("train", 120, seed=4, world=env.world, tiers=["multi_tool_par"])
+    tasks = [t for t in tasks if t.metadata["template"] in ("compare", "older")][:6]
+    assert tasks
+    _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env)
+    for task, traj in zip(tasks, trajectories, strict=True):
+        calc = [c for c in traj.tool_calls if c.name == "calculate"]
+        assert len(calc) == 1 and calc[0].arguments["expression"].startswith(("max(", "min("))
+        assert task.minimal_calls[-1]["name"] == "calculate"
+        last = traj.steps[-1].action.thinking
+        assert last.endswith(f": {task.answer}."), last
+        assert traj.success

@@ -33,7 +33,7 @@ from tooltune.chat_format import (
     render_action,
 )
 from tooltune.tasks.checkers import normalize_text
-from tooltune.tasks.templates.plan import expand_slots, fmt_value
+from tooltune.tasks.templates.plan import expand_slots, fmt_value, plain_number
 from tooltune.tasks.templates.wording import MONTHS, long_date
 from tooltune.types import AgentAction, ToolCall
 
@@ -488,16 +488,12 @@ def run_plan(plan: dict, today: date) -> Plan:
     # answering in words, not with the turn's first token (a bare answer turn was outnumbered by
     # thinking turns, and trained models went on calling after the result they needed).
     think = plan.get("think", "") or (ANSWER_THINK if plan["steps"] else "")
-    if reduce:
+    if reduce:  # name the entity whose looked-up value the calculator picked
         numbers = [to_number(values[v]) for v in reduce["vars"]]
-        pick = max if reduce["kind"] == "argmax" else min
-        best = reduce["names"][numbers.index(pick(numbers))]
-        values[reduce["as"]] = best
-        listed = ", ".join(
-            f"{n} {fmt_value(v)}" for n, v in zip(reduce["names"], numbers, strict=True)
-        )
-        side = "highest" if reduce["kind"] == "argmax" else "lowest"
-        think = f"{reduce.get('what', 'values').capitalize()}: {listed}. The {side} is {best}."
+        value = to_number(values[reduce["value"]])
+        index = min(range(len(numbers)), key=lambda i: abs(numbers[i] - value))
+        values[reduce["as"]] = reduce["names"][index]
+        think = f"The {reduce['side']} is {plain_number(value)}: {reduce['names'][index]}."
     yield Turn(think=think, answer=expand_slots(plan["answer"] or BOOKING_ANSWER, values))
 
 

@@ -252,15 +252,30 @@ def pick_one(
 ) -> Draft:
     """A question answered by one of `names`: the one whose `fact` (`values`, as the world says)
     is largest (`pick` "argmax") or smallest ("argmin"), read with one lookup per name, all in
-    one turn."""
+    one turn. The calculator compares (`max`/`min`): a small model misjudges which of two
+    numbers is larger far more often than it copies the name written beside a number, so the
+    expert lists each value before its name and answers with the name beside the result."""
     slots = [f"v{i}" for i in range(len(names))]
     ops = [lookup_op(source, fact, nm, slot) for nm, slot in zip(names, slots, strict=True)]
-    p = plan(f"<<{pick}>>", step(think, *ops))
-    p["reduce"] = {"kind": pick, "names": names, "vars": slots, "as": pick, "what": what}
-    best = names[values.index(max(values) if pick == "argmax" else min(values))]
+    side = "highest" if pick == "argmax" else "lowest"
+    listed = ", ".join(f"<<{s}:num>> {nm}" for s, nm in zip(slots, names, strict=True))
+    args = ", ".join(f"<<{s}:num>>" for s in slots)
+    expression = f"{'max' if pick == 'argmax' else 'min'}({args})"
+    p = plan(
+        f"<<{pick}>>",
+        step(think, *ops),
+        step(
+            f"{what.capitalize()}: {listed}. Find the {side}.",
+            op(call("calculate", expression=expression), x_numeric(), "best"),
+        ),
+    )
+    p["reduce"] = {"kind": "match", "names": names, "vars": slots, "value": "best", "as": pick,
+                   "side": side}  # fmt: skip
+    best_value = max(values) if pick == "argmax" else min(values)
+    best = names[values.index(best_value)]
     check = {"type": "choice", "value": best, "options": names}
-    truth = dict(zip(slots, values, strict=True))
-    return Draft(prompt, [source], best, check, p, truth, parallel=len(names))
+    truth = {**dict(zip(slots, values, strict=True)), "best": best_value}
+    return Draft(prompt, [source, "math"], best, check, p, truth, parallel=len(names))
 
 
 def t_compare(ctx: Ctx) -> Draft:
