@@ -30,6 +30,7 @@ from tooltune.tasks.world_data import World
 from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
+CONFIG_SCHEMA_SPLITS = ("train", "validation")  # where the config's schema_task_share applies
 POOL_OF_SPLIT = {
     "train": "train",
     "validation": "validation",
@@ -136,10 +137,11 @@ def sample_tasks(
 
     `schema_share` of the simple and parallel tasks are schema tasks (`schema_tasks`: random
     function schemas, checked by BFCL's rules); None reads `schema_task_share` from the config
-    of the environment given as `world`, else 0. At 0 the sample is what it always was."""
+    of the environment given as `world` for the training splits only (the test split stays the
+    same whatever a run trains on), else 0. At 0 the sample is what it always was."""
     if n < 0:
         raise ValueError("n must be >= 0")
-    share = _schema_share(schema_share, world)
+    share = _schema_share(schema_share, world if split in CONFIG_SCHEMA_SPLITS else None)
     weights = _weights(tier_weights, tiers)
     by_tier = {t: templates_for(split, t) for t in weights}  # checks the split name first
     if tiers is None:
