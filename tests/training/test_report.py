@@ -21,8 +21,11 @@ def test_the_report_has_a_no_tool_needed_row(tmp_path):
     rows = accuracy_table(summary)
     assert [r[0] for r in rows[1:]] == TIER_ROWS
     assert rows[-1] == ["No tool needed", "0%", "75%", "100%", "-"]  # the seed sets no target
-    write_report(tmp_path, metrics, {}, PipelineSettings(), AgentConfig(), 20, 60.0)
-    assert "| No tool needed | 0% | 75% | 100% | - |" in (tmp_path / "report.md").read_text()
+    write_report(tmp_path, metrics, {}, PipelineSettings(), AgentConfig(), 20, 60.0,
+                 sft_source="797 expert demonstrations")  # fmt: skip
+    report = (tmp_path / "report.md").read_text()
+    assert "| No tool needed | 0% | 75% | 100% | - |" in report
+    assert "per tier" in report and "797 expert demonstrations" in report  # what SFT really had
     assert "<td>No tool needed</td>" in (tmp_path / "report.html").read_text()
 
 

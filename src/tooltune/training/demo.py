@@ -166,10 +166,11 @@ def run_training(args: Any, command: str, make_env: Any, label: str = "") -> int
         pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
         metrics = pipeline.run_all()
         test_n = len(pipeline.test_tasks())
-        source = None if command == "demo" else pipeline.sft_source
     elapsed = time.perf_counter() - started
+    # the demonstrations SFT really had (the expert's failures are left out), not the tasks asked
     report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed,
-                          sft_source=source)  # fmt: skip
+                          sft_source=pipeline.sft_source or None,
+                          per="tier" if command == "demo" else "group")  # fmt: skip
     print(f"report: {report}")
     print(f"total time: {elapsed / 60:.1f} min")
     return 0

@@ -162,11 +162,13 @@ def write_report(
     n_test: int,
     elapsed_s: float,
     sft_source: str | None = None,
+    per: str = "tier",
 ) -> Path:
     """Write metrics.json, report.md, report.html and the figures. The curves come from the run's
     `metrics.jsonl`; `history` (the pipeline's one list of SFT epochs then GRPO steps) is not
     read any more and stays in the signature for callers. `sft_source` says what SFT learned
-    from (default: the built-in world's expert demonstrations)."""
+    from (default: the built-in world's expert demonstrations); `per` names what the test tasks
+    are counted per ("tier", or a user environment's "group")."""
     run_dir = Path(run_dir)
     summary = summarise(metrics, n_test)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -183,7 +185,7 @@ def write_report(
     title = f"tooltune run: {run_dir.name}"
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
              + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per "
-             + ("tier" if sft_source is None else "group")
+             + per
              + (f", the first {settings.before_tasks_per_tier} of each before training"
                 if getattr(settings, "before_tasks_per_tier", 0) else "") + "), greedy decoding,"
              f" real tools; {sft_source or f'{settings.sft_tasks} expert demonstrations'};"
