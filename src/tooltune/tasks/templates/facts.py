@@ -269,8 +269,7 @@ def pick_one(
             op(call("calculate", expression=expression), x_numeric(), "best"),
         ),
     )
-    p["reduce"] = {"kind": "match", "names": names, "vars": slots, "value": "best", "as": pick,
-                   "side": side}  # fmt: skip
+    p["reduce"] = {"names": names, "vars": slots, "value": "best", "as": pick, "side": side}
     best_value = max(values) if pick == "argmax" else min(values)
     best = names[values.index(best_value)]
     check = {"type": "choice", "value": best, "options": names}
