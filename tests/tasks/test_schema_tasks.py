@@ -20,7 +20,7 @@ from tooltune.tools.catalogue import TOOL_FAMILY
 from tooltune.tools.schema_functions import call_id
 from tooltune.types import ToolCall
 
-TIERS = ["simple", "multi_tool_par"]
+TIERS = ["simple", "multi_tool_par", "no_tool"]
 
 
 def _schema_sample(split, n, seed=0, world=None):
@@ -68,11 +68,11 @@ def test_default_sampling_is_unchanged(world):
         assert not any(t.metadata["template"].startswith("schema_") for t in plain)
 
 
-def test_share_mixes_schema_tasks_into_simple_and_parallel(world):
+def test_share_mixes_schema_tasks_into_simple_parallel_and_no_tool(world):
     tasks = sample_tasks("train", 200, seed=0, world=world, schema_share=0.5)
     schema = [t for t in tasks if t.metadata["template"].startswith("schema_")]
     assert 20 < len(schema) < 100
-    assert {t.tier for t in schema} == {TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR}
+    assert {t.tier for t in schema} == {TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR, TaskTier.NO_TOOL}
     assert sample_tasks("heldout_tools", 30, world=world, schema_share=1.0)  # none there, no error
     with pytest.raises(ValueError, match="schema_share"):
         sample_tasks("train", 1, world=world, schema_share=1.5)
@@ -87,7 +87,7 @@ def test_tasks_are_deterministic_and_test_functions_never_train(world):
     assert offered and not offered & train_names
     assert len({t.prompt for t in a}) == len(a)
     categories = {t.metadata["bfcl_category"] for t in _schema_sample("train", 200, world=world)}
-    assert categories == {"simple", "multiple", "parallel", "parallel_multiple"}
+    assert categories == {"simple", "multiple", "parallel", "parallel_multiple", "irrelevance"}
 
 
 def test_ground_truth_passes_the_ast_checker_and_perturbations_fail():
@@ -173,6 +173,28 @@ def test_success_needs_the_right_calls_and_the_reported_id(env):
         _, (traj,) = run_evaluation(ScriptedPolicy({task.prompt: turns}), [task], env)
         outcome[name] = traj.success
     assert outcome == {"right": True, "no id": False, "no call": False}
+
+
+def test_irrelevant_tasks_offer_nothing_that_helps_and_want_no_call(env):
+    tasks = [t for t in _schema_sample("train", 120, world=env.world) if t.tier == "no_tool"]
+    assert len(tasks) > 10
+    by_name = {f.name: f for f in pool_of("train")}
+    for task in tasks:
+        said = task.prompt.lower()
+        wanted = next(f for f in pool_of("train") if f"{f.verb} " in said and f.noun in said)
+        assert task.tools and all(by_name[n].noun != wanted.noun for n in task.tools), task.prompt
+        assert task.minimal_calls == [] and task.metadata["bfcl_category"] == "irrelevance"
+    task = tasks[0]
+    offered = by_name[task.tools[0]]
+    call = json.dumps({"name": offered.name, "arguments": {}})
+    scripts = {"refuses": ["I cannot do that with the tools I have."],
+               "answers anyway": ["Done."],
+               "calls": [f"<tool_call>{call}</tool_call>", "I cannot do that."]}  # fmt: skip
+    outcome = {}
+    for name, turns in scripts.items():
+        _, (traj,) = run_evaluation(ScriptedPolicy({task.prompt: turns}), [task], env)
+        outcome[name] = traj.success
+    assert outcome == {"refuses": True, "answers anyway": False, "calls": False}
 
 
 def test_config_turns_schema_tasks_on(world_dir):

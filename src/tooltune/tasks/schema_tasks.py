@@ -1,9 +1,12 @@
 """Schema tasks: call functions a model reads about for the first time, checked by BFCL's rules.
 
 A task offers 1-5 functions from the split's pool (`tooltune.tasks.schema_gen`) and asks, in
-words, for one call (tier `simple`, template `schema_simple`) or several in one turn (tier
+words, for one call (tier `simple`, template `schema_simple`), several in one turn (tier
 `multi_tool_par`, template `schema_parallel`: the same function with different arguments, or
-different functions). The question states every value the call needs, so the right call is
+different functions), or for something none of them does (tier `no_tool`, template
+`schema_irrelevant`: the right episode makes no call and says it cannot, as BFCL's
+`irrelevance` category asks; without these a model trained on the others learns to call
+whatever it is offered). The question states every value the call needs, so the right call is
 determined: the required arguments and some optional ones, in the words of the parameters'
 descriptions. The ground truth is BFCL's possible-answer form (`{function: {param: [allowed]}}`,
 "" marking a parameter that may be left out) and the check is the same AST checker
@@ -11,7 +14,8 @@ descriptions. The ground truth is BFCL's possible-answer form (`{function: {para
 confirmation id each call returned (`tooltune.tools.schema_functions`).
 
 The kind is opt-in: `splits.sample_tasks(..., schema_share=x)` (or the config key
-`schema_task_share`) turns that share of the simple and parallel tasks into schema tasks; at 0,
+`schema_task_share`) turns that share of the simple, parallel and no-tool tasks into schema
+tasks; at 0,
 the default, sampling is exactly what it was without them.
 """
 
@@ -27,9 +31,10 @@ from tooltune.tasks.task import Task
 from tooltune.tasks.templates.plan import op, plan, step, x_key
 from tooltune.tools.schema_functions import call_id, make_schema_tool
 
-SCHEMA_TIERS = (TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR)
+SCHEMA_TIERS = (TaskTier.SIMPLE, TaskTier.MULTI_TOOL_PAR, TaskTier.NO_TOOL)
 SCHEMA_SPLITS = ("train", "validation", "test")  # not heldout_tools: that split is the registry's
-SCHEMA_TEMPLATES = {TaskTier.SIMPLE: "schema_simple", TaskTier.MULTI_TOOL_PAR: "schema_parallel"}
+SCHEMA_TEMPLATES = {TaskTier.SIMPLE: "schema_simple", TaskTier.MULTI_TOOL_PAR: "schema_parallel",
+                    TaskTier.NO_TOOL: "schema_irrelevant"}  # fmt: skip
 OPENERS = ["Please {vp}.", "Could you {vp}?", "I need you to {vp}.", "Can you {vp}?",
            "{Vp}.", "I'd like to {vp}.", "Help me {vp}, please."]  # fmt: skip
 PLURAL = {"readings", "coordinates", "dimensions", "tags", "notifications", "record numbers",
@@ -170,10 +175,12 @@ def _distinct_calls(r: random.Random, function: SchemaFunction, n: int) -> list[
 
 def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: str,
                      world_seed: int = 0) -> Task:  # fmt: skip
-    """One schema task of `tier` (simple or multi_tool_par) from `split`'s functions."""
+    """One schema task of `tier` (simple, multi_tool_par or no_tool) from `split`'s functions."""
     pool = pool_of(split, world_seed)
     if not pool:
         raise ValueError(f"split {split!r} has no schema tasks")
+    if tier is TaskTier.NO_TOOL:
+        return _irrelevant_task(split, rng, task_id, world_seed, pool)
     if tier is TaskTier.SIMPLE:
         targets = [rng.choice(pool)]
         calls = [(targets[0], draw_call(rng, targets[0]))]
@@ -208,6 +215,39 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
     else:
         prompt = "Please do these: " + "; ".join(requests) + "."
     return _task(tier, split, task_id, world_seed, prompt, offered, calls)
+
+
+def _irrelevant_task(split: str, rng: random.Random, task_id: str, world_seed: int,
+                     pool: list[SchemaFunction]) -> Task:  # fmt: skip
+    """A request for a function that is not offered; the offered ones act on other nouns, so no
+    synonym among them (get/fetch/find) could do it either."""
+    wanted = rng.choice(pool)
+    _, _, request = draw_call(rng, wanted)
+    others = [f for f in pool if f.noun != wanted.noun]
+    offered = _candidates(rng, others, [], rng.choices([1, 2, 3, 4], [0.3, 0.3, 0.2, 0.2])[0])
+    prompt = _sentence(request, rng)
+    answer = (f"I cannot {wanted.verb} the {wanted.noun} with the tools I have: none of the "
+              "offered functions does that.")  # fmt: skip
+    think = "No offered function does this, so I make no call."
+    return Task(
+        id=task_id,
+        prompt=prompt,
+        tier=TaskTier.NO_TOOL,
+        tools=[f.name for f in offered],
+        answer=answer,
+        check={"type": "no_call", "check": {"type": "refusal"}},
+        minimal_calls=[],
+        split=split,
+        metadata={
+            "template": SCHEMA_TEMPLATES[TaskTier.NO_TOOL],
+            "new_shape": False,
+            "plan": {"steps": [], "think": think, "answer": answer},
+            "parallel": 0,
+            "planted_failures": [],
+            "world_seed": world_seed,
+            "bfcl_category": "irrelevance",
+        },
+    )
 
 
 def _category(tier: TaskTier, offered: list[SchemaFunction]) -> str:
