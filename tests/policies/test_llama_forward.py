@@ -132,7 +132,9 @@ def test_decode_step_equals_the_module_path(name, rows, stacked, dtype, monkeypa
     padding, projections stacked for small models) gives the logits and cache contents of
     `hidden_states` through the modules, in bf16 too (norms rounded as the modules round)."""
     model = MODELS[name]().to(dtype)
-    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: a stacked product may round apart
+    # fp32: the two paths run attention as different kernels (grouped query heads against
+    # `enable_gqa`), 7e-6 apart at most here; bf16: a stacked product may round apart
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert llama_forward.decodes_plainly(model)
     if not stacked:
         monkeypatch.setattr(llama_forward, "STACK_MAX_BYTES", 0)

@@ -416,10 +416,14 @@ def decode_step(
         qk = qk * cos + qk.roll(half, -1) * sin
         cache.k[i, :, :, past] = qk[:, heads:]
         cache.v[i, :, :, past] = qkv[:, heads + kv_heads :]
-        q = qk[:, :heads, None]  # [B, heads, 1, head_dim]
+        # One new token, so each key/value head's query heads can sit in the query-position
+        # axis: [B, kv_heads, heads / kv_heads, head_dim], the grouping `enable_gqa` means (head
+        # h reads key/value head h // group). Same result; in bf16 on CPU `enable_gqa` took
+        # 5.7 ms a call here against 0.8 (batch 32, 300 positions: benchmarks/smollm2_vs_trl.py).
+        q = qk[:, :heads].reshape(B, kv_heads, heads // kv_heads, -1)
         y = F.scaled_dot_product_attention(
             q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], attn_mask=mask,
-            scale=attn.scaling, enable_gqa=True,
+            scale=attn.scaling,
         )  # fmt: skip
         x = x + F.linear(y.reshape(B, -1), attn.o_proj.weight, attn.o_proj.bias)
         h = _norm(layer.post_attention_layernorm, x)
