@@ -159,8 +159,9 @@ class AgentConfig:
 
     # Task distribution
     task_tier_weights: dict[TaskTier, float] = field(default_factory=_default_tier_weights)
-    # Share of the built-in world's simple and parallel training tasks made from random function
-    # schemas (tasks/schema_tasks.py, checked by BFCL's rules); the test split never changes.
+    # Share of the built-in world's simple, parallel and no-tool training tasks made from random
+    # function schemas (tasks/schema_tasks.py, checked by BFCL's rules); the test split never
+    # changes.
     schema_task_share: float = 0.0
 
     # --- beyond the seed: what a correct trainer needs -------------------------------------

@@ -15,8 +15,7 @@ confirmation id each call returned (`tooltune.tools.schema_functions`).
 
 The kind is opt-in: `splits.sample_tasks(..., schema_share=x)` (or the config key
 `schema_task_share`) turns that share of the simple, parallel and no-tool tasks into schema
-tasks; at 0,
-the default, sampling is exactly what it was without them.
+tasks; at 0, the default, sampling is exactly what it was without them.
 """
 
 from __future__ import annotations

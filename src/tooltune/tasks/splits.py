@@ -135,8 +135,8 @@ def sample_tasks(
     mix; one asked for in `tiers` is an error. With `unique`, prompts do not repeat within the
     sample (when the pool allows).
 
-    `schema_share` of the simple and parallel tasks are schema tasks (`schema_tasks`: random
-    function schemas, checked by BFCL's rules); None reads `schema_task_share` from the config
+    `schema_share` of the simple, parallel and no-tool tasks are schema tasks (`schema_tasks`:
+    random function schemas, checked by BFCL's rules); None reads `schema_task_share` from the config
     of the environment given as `world` for the training splits only (the test split stays the
     same whatever a run trains on), else 0. At 0 the sample is what it always was."""
     if n < 0:
