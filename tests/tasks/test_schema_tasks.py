@@ -107,6 +107,24 @@ def test_ground_truth_passes_the_ast_checker_and_perturbations_fail():
         assert check_question(question, [{**first, "arguments": changed}, *calls[1:]]), name
 
 
+def test_parallel_requests_can_list_the_values_of_one_argument():
+    """BFCL's parallel questions state shared values once and list the one that varies."""
+    rng = random.Random(1)
+    tasks = [make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"t{i}") for i in range(200)]
+    listed = [t for t in tasks if "for each" in t.prompt or "one call per" in t.prompt]
+    assert len(listed) > 20 and {len(t.minimal_calls) for t in listed} == {2, 3, 4}
+    for task in listed:
+        assert len({c["name"] for c in task.minimal_calls}) == 1
+        args = [c["arguments"] for c in task.minimal_calls]
+        varied = {k for a in args for k in a if any(b.get(k) != a[k] for b in args)}
+        assert len(varied) == 1, task.prompt
+        assert all(_written(a[key]) in task.prompt for a in args for key in varied), task.prompt
+
+
+def _written(value):
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _perturb(value):
     if isinstance(value, bool):
         return not value

@@ -2,8 +2,9 @@
 
 A task offers 1-5 functions from the split's pool (`tooltune.tasks.schema_gen`) and asks, in
 words, for one call (tier `simple`, template `schema_simple`), several in one turn (tier
-`multi_tool_par`, template `schema_parallel`: the same function with different arguments, or
-different functions), or for something none of them does (tier `no_tool`, template
+`multi_tool_par`, template `schema_parallel`: 2-4 calls of the same function, often asked as
+one request that lists the values of the one argument that varies, as BFCL's parallel questions
+do; or 2-3 different functions), or for something none of them does (tier `no_tool`, template
 `schema_irrelevant`: the right episode makes no call and says it cannot, as BFCL's
 `irrelevance` category asks; without these a model trained on the others learns to call
 whatever it is offered). The question states every value the call needs, so the right call is
@@ -38,6 +39,10 @@ OPENERS = ["Please {vp}.", "Could you {vp}?", "I need you to {vp}.", "Can you {v
            "{Vp}.", "I'd like to {vp}.", "Help me {vp}, please."]  # fmt: skip
 PLURAL = {"readings", "coordinates", "dimensions", "tags", "notifications", "record numbers",
           "flexible terms"}  # fmt: skip
+VARIABLE_KINDS = ("string", "integer", "number", "enum")  # what a parallel request can list
+VARIED = ["{request}, once for each {phrase}: {values}",
+          "{request} for each of these values of the {phrase}: {values}",
+          "{request}, one call per {phrase} ({values})"]  # fmt: skip
 PAIRS = ["First, {a}. Then also {b}.", "Please {a}, and {b}.", "Two things: {a}; and {b}.",
          "Could you {a}? Also {b}."]  # fmt: skip
 
@@ -100,6 +105,13 @@ def _draw_object(r: random.Random, param: Param) -> tuple[dict, dict]:
 
 def draw_call(r: random.Random, function: SchemaFunction) -> tuple[dict, dict, str]:
     """(arguments, possible answer, request in words) for one call of `function`."""
+    arguments, truth, stated = _draw_arguments(r, function)
+    return arguments, truth, _request(r, function, stated)
+
+
+def _draw_arguments(r: random.Random, function: SchemaFunction
+                    ) -> tuple[dict, dict, list[tuple[Param, Any]]]:  # fmt: skip
+    """(arguments, possible answer, the (parameter, value) pairs the question states)."""
     arguments: dict[str, Any] = {}
     truth: dict[str, list] = {}
     stated: list[tuple[Param, Any]] = []
@@ -112,11 +124,22 @@ def draw_call(r: random.Random, function: SchemaFunction) -> tuple[dict, dict, s
             truth[param.name] = [allowed]
         else:
             value = draw_value(r, param.concept)
-            truth[param.name] = [value]
-            if not param.required and param.has_default and value == param.default:
-                truth[param.name].append("")
+            truth[param.name] = _allowed(param, value)
         arguments[param.name] = value
         stated.append((param, value))
+    return arguments, truth, stated
+
+
+def _allowed(param: Param, value: Any) -> list:
+    """The possible answers for a stated scalar: the value, or leaving out a default it equals."""
+    if not param.required and param.has_default and value == param.default:
+        return [value, ""]
+    return [value]
+
+
+def _request(r: random.Random, function: SchemaFunction, stated: list[tuple[Param, Any]]) -> str:
+    """The request in words: verb, noun and the stated values in one of three styles."""
+    stated = list(stated)
     r.shuffle(stated)
     style = r.choice([0, 0, 1, 2])
     article = "the" if function.noun.endswith("s") or r.random() < 0.5 else "a"
@@ -130,7 +153,43 @@ def draw_call(r: random.Random, function: SchemaFunction) -> tuple[dict, dict, s
             request += " where " + _join(clauses)
         else:
             request += " with " + _join(clauses)
-    return arguments, truth, request
+    return request
+
+
+def _varied_calls(r: random.Random, function: SchemaFunction, n: int
+                  ) -> tuple[list[tuple], str] | None:  # fmt: skip
+    """`n` calls of one function that share every stated value but one, and the request that
+    lists that one's values ("... once for each city: Lisbon, Osaka and Lima"), the way BFCL's
+    parallel questions ask; None when the function has no scalar to vary or too few values."""
+    arguments, truth, stated = _draw_arguments(r, function)
+    scalars = [p for p, _ in stated if p.concept.kind in VARIABLE_KINDS and p.phrase not in PLURAL]
+    if not scalars:
+        return None
+    param = r.choice(scalars)
+    values: list[Any] = []
+    for _ in range(20 * n):
+        value = draw_value(r, param.concept)
+        if value not in values:
+            values.append(value)
+        if len(values) == n:
+            break
+    calls = [({**arguments, param.name: v}, {**truth, param.name: _allowed(param, v)}, "")
+             for v in values]  # fmt: skip
+    if len(values) < n or len({call_id(function.doc, c[0]) for c in calls}) < n:
+        return None
+    request = _request(r, function, [(p, v) for p, v in stated if p is not param])
+    listed = _join([_say(v, param, True) for v in values])
+    return calls, r.choice(VARIED).format(request=request, phrase=param.phrase, values=listed)
+
+
+def _ask(requests: list[str], r: random.Random) -> str:
+    """The question for one or more separately worded requests."""
+    if len(requests) == 1:
+        return _sentence(requests[0], r)
+    if len(requests) == 2:
+        prompt = r.choice(PAIRS).format(a=requests[0], b=requests[1])
+        return prompt[:1].upper() + prompt[1:]
+    return "Please do these: " + "; ".join(requests) + "."
 
 
 def _sentence(request: str, r: random.Random) -> str:
@@ -180,6 +239,7 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
         raise ValueError(f"split {split!r} has no schema tasks")
     if tier is TaskTier.NO_TOOL:
         return _irrelevant_task(split, rng, task_id, world_seed, pool)
+    prompt = ""
     if tier is TaskTier.SIMPLE:
         targets = [rng.choice(pool)]
         calls = [(targets[0], draw_call(rng, targets[0]))]
@@ -189,7 +249,11 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
         if rng.random() < 0.5:  # one function, several argument sets
             function = rng.choice([f for f in pool if len(f.params) > 1] or pool)
             targets = [function]
-            calls = [(function, c) for c in _distinct_calls(rng, function, n)]
+            varied = _varied_calls(rng, function, rng.choice([2, 3, 3, 4]))
+            if varied and rng.random() < 0.6:
+                calls, prompt = [(function, c) for c in varied[0]], _sentence(varied[1], rng)
+            else:
+                calls = [(function, c) for c in _distinct_calls(rng, function, n)]
         else:
             targets = []
             for _ in range(50 * n):
@@ -205,14 +269,7 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
     else:
         raise ValueError(f"no schema tasks of tier {tier}")
     offered = _candidates(rng, pool, targets, total)
-    requests = [c[2] for _, c in calls]
-    if len(requests) == 1:
-        prompt = _sentence(requests[0], rng)
-    elif len(requests) == 2:
-        prompt = rng.choice(PAIRS).format(a=requests[0], b=requests[1])
-        prompt = prompt[:1].upper() + prompt[1:]
-    else:
-        prompt = "Please do these: " + "; ".join(requests) + "."
+    prompt = prompt or _ask([c[2] for _, c in calls], rng)
     return _task(tier, split, task_id, world_seed, prompt, offered, calls)
 
 
