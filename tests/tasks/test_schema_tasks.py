@@ -13,7 +13,7 @@ from tooltune.rollout import ScriptedPolicy
 from tooltune.tasks import sample_tasks
 from tooltune.tasks.bfcl import BFCLQuestion, check_question
 from tooltune.tasks.expert import ExpertPolicy
-from tooltune.tasks.schema_gen import function_pool, pool_of
+from tooltune.tasks.schema_gen import FORMULAS, function_pool, pool_of
 from tooltune.tasks.schema_tasks import make_schema_task
 from tooltune.tasks.task import Task
 from tooltune.tools.catalogue import TOOL_FAMILY
@@ -58,6 +58,18 @@ def test_schemas_vary_in_names_types_and_optional_arguments():
     assert kinds == {"string", "integer", "number", "boolean", "array", "object"}
     assert min(enums, nested, defaults, optional) > 50
     assert any("." in d["name"] for d in docs) and any(d["name"] != d["name"].lower() for d in docs)
+
+
+def test_formulas_take_the_numbers_a_question_gives():
+    """Formula functions (areas, velocities, interest) have their own numeric parameters."""
+    formulas = [f for f in function_pool(0) if f.noun in FORMULAS]
+    assert {f.noun for f in formulas} == set(FORMULAS)
+    assert {f.split for f in formulas} == {"train", "validation", "test"}
+    for function in formulas:
+        params = function.doc["parameters"]
+        assert len(params["required"]) == len(FORMULAS[function.noun]), function.doc
+        kinds = {params["properties"][p]["type"] for p in params["required"]}
+        assert kinds <= {"integer", "number", "array"}, function.doc
 
 
 def test_default_sampling_is_unchanged(world):

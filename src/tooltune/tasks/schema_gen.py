@@ -6,7 +6,10 @@ model learns to read a schema rather than memorise a tool. A function is a verb 
 (`get_flight_status`, `hotelRoom.book`, `finance.convert_exchange_rate`) with a description and
 1-5 parameters drawn from `CONCEPTS`: strings, integers, numbers, booleans, enums, arrays and
 objects with nested properties, required or optional (some with a default), their names in the
-function's naming style.
+function's naming style. Formula nouns (`triangle area`, `final velocity`, `compound interest`,
+...) take their own numeric parameters instead (`FORMULAS`): the questions of that kind ask a
+model to put the numbers it reads into the right arguments, and to call rather than work the
+answer out itself.
 
 `function_pool(seed)` is every function of a world seed, each with its split. A (verb, noun) pair
 belongs to one split (60/20/20), and all its variants with it, so no test function, nor a
@@ -34,7 +37,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "create": ("Create", "create"), "update": ("Update", "update"),
     "delete": ("Delete", "delete"), "cancel": ("Cancel", "cancel"), "book": ("Book", "book"),
     "schedule": ("Schedule", "schedule"), "send": ("Send", "send"),
-    "calculate": ("Calculate", "calculate"), "estimate": ("Estimate", "estimate"),
+    "calculate": ("Calculate", "calculate"), "compute": ("Compute", "compute"),
+    "estimate": ("Estimate", "estimate"),
     "convert": ("Convert", "convert"), "check": ("Check", "check"), "track": ("Track", "track"),
     "translate": ("Translate", "translate"), "rate": ("Rate", "rate"),
     "recommend": ("Recommend", "recommend"), "export": ("Export", "export"),
@@ -47,6 +51,7 @@ VERB_CLASSES: dict[str, list[str]] = {
     "message": ["send", "schedule", "translate", "summarize", "create"],
     "item": ["search", "find", "recommend", "rate", "list", "get"],
     "device": ["check", "update", "get", "schedule", "validate"],
+    "formula": ["calculate", "compute", "find", "estimate"],  # parameters from FORMULAS
 }
 # domain: [(noun phrase, its short word, verb class)]
 NOUNS: dict[str, list[tuple[str, str, str]]] = {
@@ -81,6 +86,17 @@ NOUNS: dict[str, list[tuple[str, str, str]]] = {
                ("rental lease", "lease", "record")],
     "social": [("event invitation", "event", "message"), ("team meeting", "meeting", "booking"),
                ("chat message", "chat", "message"), ("contact card", "contact", "record")],
+    "geometry": [("triangle area", "triangle", "formula"), ("circle area", "circle", "formula"),
+                 ("sphere volume", "sphere", "formula"), ("hypotenuse", "triangle", "formula"),
+                 ("rectangle perimeter", "rectangle", "formula")],
+    "physics": [("final velocity", "velocity", "formula"), ("kinetic energy", "energy", "formula"),
+                ("travel time", "trip", "formula"), ("net force", "force", "formula"),
+                ("density", "object", "formula")],
+    "math": [("factorial", "number", "formula"), ("prime factors", "number", "formula"),
+             ("quadratic roots", "equation", "formula"),
+             ("greatest common divisor", "numbers", "formula"),
+             ("compound interest", "investment", "formula"), ("average", "data", "formula"),
+             ("standard deviation", "data", "formula")],
 }  # fmt: skip
 SUFFIXES = ["", "", "details", "info", "v2", "by_id", "now", "summary"]
 
@@ -214,6 +230,79 @@ CONCEPTS: list[Concept] = [
 ]  # fmt: skip
 ID_CONCEPT = CONCEPTS[7]
 
+# Formulas (BFCL's questions are often of this kind): each noun's own numeric parameters, all
+# required, in the order a formula reads them.
+_BASE = _c(
+    "base base_length", "base", "Length of the base.", "integer", lambda r: r.randrange(2, 60)
+)
+_TALL = _c("height", "height", "Height, in the unit of the base.", "integer",
+           lambda r: r.randrange(2, 60))  # fmt: skip
+_RADIUS = _c(
+    "radius r", "radius", "Radius in metres.", "number", lambda r: round(r.uniform(0.5, 50), 1)
+)
+_SIDE_A = _c("side_a leg_a a", "first side", "Length of the first side.", "integer",
+             lambda r: r.randrange(1, 40))  # fmt: skip
+_SIDE_B = _c("side_b leg_b b", "second side", "Length of the second side.", "integer",
+             lambda r: r.randrange(1, 40))  # fmt: skip
+_LONG = _c("length", "length", "Length in metres.", "number", lambda r: round(r.uniform(1, 90), 1))
+_WIDE = _c("width", "width", "Width in metres.", "number", lambda r: round(r.uniform(1, 90), 1))
+_V0 = _c("initial_velocity initial_speed v0", "initial velocity", "Starting velocity in m/s.",
+         "number", lambda r: float(r.randrange(0, 40)))  # fmt: skip
+_ACCEL = _c("acceleration accel", "acceleration", "Acceleration in m/s^2.", "number",
+            lambda r: round(r.uniform(0.5, 15), 1))  # fmt: skip
+_SECONDS = _c("time seconds duration_s", "time in seconds", "Elapsed time in seconds.", "integer",
+              lambda r: r.randrange(1, 121))  # fmt: skip
+_MASS = _c("mass mass_kg", "mass in kilograms", "Mass in kilograms.", "number",
+           lambda r: round(r.uniform(0.1, 500), 1))  # fmt: skip
+_SPEED = _c("velocity speed", "velocity", "Velocity in m/s.", "number",
+            lambda r: round(r.uniform(1, 60), 1))  # fmt: skip
+_METRES = _c("distance distance_m", "distance in metres", "Distance in metres.", "integer",
+             lambda r: r.randrange(10, 5001))  # fmt: skip
+_VOLUME = _c("volume volume_m3", "volume in cubic metres", "Volume in cubic metres.", "number",
+             lambda r: round(r.uniform(0.01, 20), 2))  # fmt: skip
+_WHOLE = _c("number n value", "number", "A positive whole number.", "integer",
+            lambda r: r.randrange(2, 200))  # fmt: skip
+_COEF = [_c(f"{x} coef_{x} coefficient_{x}", f"coefficient {x}", f"Coefficient {x} of ax^2 + bx + c.",
+            "integer", lambda r: r.choice([v for v in range(-12, 13) if v]))
+         for x in "abc"]  # fmt: skip
+_FIRST = _c("num1 first_number x", "first number", "The first number.", "integer",
+            lambda r: r.randrange(2, 500))  # fmt: skip
+_SECOND = _c("num2 second_number y", "second number", "The second number.", "integer",
+             lambda r: r.randrange(2, 500))  # fmt: skip
+_PRINCIPAL = _c("principal initial_amount", "principal", "Amount invested at the start.",
+                "integer", lambda r: r.randrange(1000, 100001, 500))  # fmt: skip
+_ANNUAL = _c("annual_rate interest_rate", "annual interest rate", "Yearly rate as a decimal, e.g. 0.05.",
+             "number", lambda r: round(r.uniform(0.01, 0.12), 3))  # fmt: skip
+_YEARS = _c("years time_years", "number of years", "How many years.", "integer",
+            lambda r: r.randrange(1, 31))  # fmt: skip
+_PERIODS = _c(
+    "compounds_per_year periods",
+    "compounding periods per year",
+    "How often interest is added each year.",
+    "integer",
+    lambda r: r.choice([1, 4, 12]),
+)
+_NUMBERS = _c(
+    "numbers values data",
+    "numbers",
+    "The numbers to use.",
+    "array",
+    lambda r: [r.randrange(1, 100) for _ in range(r.randrange(3, 7))],
+    items="integer",
+)
+FORMULAS: dict[str, tuple[Concept, ...]] = {
+    "triangle area": (_BASE, _TALL), "circle area": (_RADIUS,), "sphere volume": (_RADIUS,),
+    "hypotenuse": (_SIDE_A, _SIDE_B), "rectangle perimeter": (_LONG, _WIDE),
+    "final velocity": (_V0, _ACCEL, _SECONDS), "kinetic energy": (_MASS, _SPEED),
+    "travel time": (_METRES, _SPEED), "net force": (_MASS, _ACCEL), "density": (_MASS, _VOLUME),
+    "factorial": (_WHOLE,), "prime factors": (_WHOLE,), "quadratic roots": tuple(_COEF),
+    "greatest common divisor": (_FIRST, _SECOND),
+    "compound interest": (_PRINCIPAL, _ANNUAL, _YEARS, _PERIODS),
+    "average": (_NUMBERS,), "standard deviation": (_NUMBERS,),
+}  # fmt: skip
+_DECIMALS = _c("decimals round_to precision", "decimal places", "Digits after the decimal point.",
+               "integer", lambda r: r.randrange(0, 5))  # fmt: skip
+
 
 @dataclass
 class Param:
@@ -326,10 +415,14 @@ def make_function(r: random.Random, verb: str, domain: str, noun: tuple[str, str
     concepts = r.sample(CONCEPTS, n)
     if _cls in ("record", "booking", "device") and ID_CONCEPT not in concepts and r.random() < 0.5:
         concepts = [ID_CONCEPT, *concepts[: n - 1]]  # most records are named by an id
+    required = [i == 0 or r.random() < 0.55 for i in range(len(concepts))]
+    if _cls == "formula":
+        concepts = [*FORMULAS[phrase], _DECIMALS][: len(FORMULAS[phrase]) + (r.random() < 0.3)]
+        required = [c is not _DECIMALS for c in concepts]
     params: list[Param] = []
     used: set[str] = set()
-    for i, concept in enumerate(concepts):
-        param = _make_param(r, concept, key, param_style, used, i == 0 or r.random() < 0.55)
+    for concept, needed in zip(concepts, required, strict=True):
+        param = _make_param(r, concept, key, param_style, used, needed)
         if param is not None:
             used.add(param.name)
             params.append(param)

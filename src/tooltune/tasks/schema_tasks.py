@@ -38,7 +38,7 @@ SCHEMA_TEMPLATES = {TaskTier.SIMPLE: "schema_simple", TaskTier.MULTI_TOOL_PAR: "
 OPENERS = ["Please {vp}.", "Could you {vp}?", "I need you to {vp}.", "Can you {vp}?",
            "{Vp}.", "I'd like to {vp}.", "Help me {vp}, please."]  # fmt: skip
 PLURAL = {"readings", "coordinates", "dimensions", "tags", "notifications", "record numbers",
-          "flexible terms"}  # fmt: skip
+          "flexible terms", "numbers", "decimal places"}  # fmt: skip
 VARIABLE_KINDS = ("string", "integer", "number", "enum")  # what a parallel request can list
 VARIED = ["{request}, once for each {phrase}: {values}",
           "{request} for each of these values of the {phrase}: {values}",
