@@ -230,66 +230,48 @@ CONCEPTS: list[Concept] = [
 ]  # fmt: skip
 ID_CONCEPT = CONCEPTS[7]
 
+
 # Formulas (BFCL's questions are often of this kind): each noun's own numeric parameters, all
 # required, in the order a formula reads them.
-_BASE = _c(
-    "base base_length", "base", "Length of the base.", "integer", lambda r: r.randrange(2, 60)
-)
-_TALL = _c("height", "height", "Height, in the unit of the base.", "integer",
-           lambda r: r.randrange(2, 60))  # fmt: skip
-_RADIUS = _c(
-    "radius r", "radius", "Radius in metres.", "number", lambda r: round(r.uniform(0.5, 50), 1)
-)
-_SIDE_A = _c("side_a leg_a a", "first side", "Length of the first side.", "integer",
-             lambda r: r.randrange(1, 40))  # fmt: skip
-_SIDE_B = _c("side_b leg_b b", "second side", "Length of the second side.", "integer",
-             lambda r: r.randrange(1, 40))  # fmt: skip
-_LONG = _c("length", "length", "Length in metres.", "number", lambda r: round(r.uniform(1, 90), 1))
-_WIDE = _c("width", "width", "Width in metres.", "number", lambda r: round(r.uniform(1, 90), 1))
+def _whole(names: str, phrase: str, description: str, low: int, high: int) -> Concept:
+    return _c(names, phrase, description, "integer", lambda r: r.randrange(low, high))
+
+
+def _real(names: str, phrase: str, description: str, low: float, high: float,
+          digits: int = 1) -> Concept:  # fmt: skip
+    return _c(names, phrase, description, "number", lambda r: round(r.uniform(low, high), digits))
+
+
+# fmt: off
+_BASE = _whole("base base_length", "base", "Length of the base.", 2, 60)
+_TALL = _whole("height", "height", "Height, in the unit of the base.", 2, 60)
+_RADIUS = _real("radius r", "radius", "Radius in metres.", 0.5, 50)
+_SIDE_A = _whole("side_a leg_a a", "first side", "Length of the first side.", 1, 40)
+_SIDE_B = _whole("side_b leg_b b", "second side", "Length of the second side.", 1, 40)
+_LONG = _real("length", "length", "Length in metres.", 1, 90)
+_WIDE = _real("width", "width", "Width in metres.", 1, 90)
 _V0 = _c("initial_velocity initial_speed v0", "initial velocity", "Starting velocity in m/s.",
-         "number", lambda r: float(r.randrange(0, 40)))  # fmt: skip
-_ACCEL = _c("acceleration accel", "acceleration", "Acceleration in m/s^2.", "number",
-            lambda r: round(r.uniform(0.5, 15), 1))  # fmt: skip
-_SECONDS = _c("time seconds duration_s", "time in seconds", "Elapsed time in seconds.", "integer",
-              lambda r: r.randrange(1, 121))  # fmt: skip
-_MASS = _c("mass mass_kg", "mass in kilograms", "Mass in kilograms.", "number",
-           lambda r: round(r.uniform(0.1, 500), 1))  # fmt: skip
-_SPEED = _c("velocity speed", "velocity", "Velocity in m/s.", "number",
-            lambda r: round(r.uniform(1, 60), 1))  # fmt: skip
-_METRES = _c("distance distance_m", "distance in metres", "Distance in metres.", "integer",
-             lambda r: r.randrange(10, 5001))  # fmt: skip
-_VOLUME = _c("volume volume_m3", "volume in cubic metres", "Volume in cubic metres.", "number",
-             lambda r: round(r.uniform(0.01, 20), 2))  # fmt: skip
-_WHOLE = _c("number n value", "number", "A positive whole number.", "integer",
-            lambda r: r.randrange(2, 200))  # fmt: skip
+         "number", lambda r: float(r.randrange(0, 40)))
+_ACCEL = _real("acceleration accel", "acceleration", "Acceleration in m/s^2.", 0.5, 15)
+_SECONDS = _whole("time seconds duration_s", "time in seconds", "Elapsed time in seconds.", 1, 121)
+_MASS = _real("mass mass_kg", "mass in kilograms", "Mass in kilograms.", 0.1, 500)
+_SPEED = _real("velocity speed", "velocity", "Velocity in m/s.", 1, 60)
+_METRES = _whole("distance distance_m", "distance in metres", "Distance in metres.", 10, 5001)
+_VOLUME = _real("volume volume_m3", "volume in cubic metres", "Volume in cubic metres.", 0.01, 20, 2)
+_WHOLE = _whole("number n value", "number", "A positive whole number.", 2, 200)
 _COEF = [_c(f"{x} coef_{x} coefficient_{x}", f"coefficient {x}", f"Coefficient {x} of ax^2 + bx + c.",
-            "integer", lambda r: r.choice([v for v in range(-12, 13) if v]))
-         for x in "abc"]  # fmt: skip
-_FIRST = _c("num1 first_number x", "first number", "The first number.", "integer",
-            lambda r: r.randrange(2, 500))  # fmt: skip
-_SECOND = _c("num2 second_number y", "second number", "The second number.", "integer",
-             lambda r: r.randrange(2, 500))  # fmt: skip
+            "integer", lambda r: r.choice([v for v in range(-12, 13) if v])) for x in "abc"]
+_FIRST = _whole("num1 first_number x", "first number", "The first number.", 2, 500)
+_SECOND = _whole("num2 second_number y", "second number", "The second number.", 2, 500)
 _PRINCIPAL = _c("principal initial_amount", "principal", "Amount invested at the start.",
-                "integer", lambda r: r.randrange(1000, 100001, 500))  # fmt: skip
-_ANNUAL = _c("annual_rate interest_rate", "annual interest rate", "Yearly rate as a decimal, e.g. 0.05.",
-             "number", lambda r: round(r.uniform(0.01, 0.12), 3))  # fmt: skip
-_YEARS = _c("years time_years", "number of years", "How many years.", "integer",
-            lambda r: r.randrange(1, 31))  # fmt: skip
-_PERIODS = _c(
-    "compounds_per_year periods",
-    "compounding periods per year",
-    "How often interest is added each year.",
-    "integer",
-    lambda r: r.choice([1, 4, 12]),
-)
-_NUMBERS = _c(
-    "numbers values data",
-    "numbers",
-    "The numbers to use.",
-    "array",
-    lambda r: [r.randrange(1, 100) for _ in range(r.randrange(3, 7))],
-    items="integer",
-)
+                "integer", lambda r: r.randrange(1000, 100001, 500))
+_ANNUAL = _real("annual_rate interest_rate", "annual interest rate",
+                "Yearly rate as a decimal, e.g. 0.05.", 0.01, 0.12, 3)
+_YEARS = _whole("years time_years", "number of years", "How many years.", 1, 31)
+_PERIODS = _c("compounds_per_year periods", "compounding periods per year",
+              "How often interest is added each year.", "integer", lambda r: r.choice([1, 4, 12]))
+_NUMBERS = _c("numbers values data", "numbers", "The numbers to use.", "array",
+              lambda r: [r.randrange(1, 100) for _ in range(r.randrange(3, 7))], items="integer")
 FORMULAS: dict[str, tuple[Concept, ...]] = {
     "triangle area": (_BASE, _TALL), "circle area": (_RADIUS,), "sphere volume": (_RADIUS,),
     "hypotenuse": (_SIDE_A, _SIDE_B), "rectangle perimeter": (_LONG, _WIDE),
@@ -299,9 +281,10 @@ FORMULAS: dict[str, tuple[Concept, ...]] = {
     "greatest common divisor": (_FIRST, _SECOND),
     "compound interest": (_PRINCIPAL, _ANNUAL, _YEARS, _PERIODS),
     "average": (_NUMBERS,), "standard deviation": (_NUMBERS,),
-}  # fmt: skip
-_DECIMALS = _c("decimals round_to precision", "decimal places", "Digits after the decimal point.",
-               "integer", lambda r: r.randrange(0, 5))  # fmt: skip
+}
+_DECIMALS = _whole("decimals round_to precision", "decimal places",
+                   "Digits after the decimal point.", 0, 5)
+# fmt: on
 
 
 @dataclass
