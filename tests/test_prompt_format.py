@@ -48,6 +48,18 @@ def trained(tmp_path_factory):
     return root / "world", root / "run"
 
 
+def test_a_run_without_grpo_steps_is_not_evaluated_twice(trained):
+    """(Reuses the run above, which has grpo_steps=0.) The model after zero GRPO steps is the
+    SFT model: its evaluation is reported, not run again."""
+    run = trained[1]
+    metrics = json.loads((run / "state.json").read_text())["metrics"]
+    assert metrics["after_grpo"] == metrics["after_sft"]
+    logged = [
+        json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged.count("after_sft") == 1 and "after_grpo" not in logged
+
+
 @pytest.fixture
 def policy_dir(trained, tmp_path):
     """A copy of the run's saved policy, free to damage."""

@@ -164,7 +164,9 @@ class AgentTrainingPipeline:
             if stage in state["completed"]:
                 continue
             started = time.perf_counter()
-            if stage in ("before", "after_sft", "after_grpo"):
+            if stage == "after_grpo" and not self.settings.grpo_steps:
+                state["metrics"][stage] = state["metrics"]["after_sft"]  # the same weights
+            elif stage in ("before", "after_sft", "after_grpo"):
                 state["metrics"][stage] = self._evaluate(stage)
             elif stage == "sft":
                 self._sft(demos)
