@@ -120,17 +120,22 @@ def test_ground_truth_passes_the_ast_checker_and_perturbations_fail():
 
 
 def test_parallel_requests_can_list_the_values_of_one_argument():
-    """BFCL's parallel questions state shared values once and list the one that varies."""
+    """BFCL's parallel questions state shared values once and list the one that varies; its
+    parallel_multiple ones do that for one function and also ask for another."""
     rng = random.Random(1)
-    tasks = [make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"t{i}") for i in range(200)]
+    tasks = [make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"t{i}") for i in range(300)]
     listed = [t for t in tasks if "for each" in t.prompt or "one call per" in t.prompt]
-    assert len(listed) > 20 and {len(t.minimal_calls) for t in listed} == {2, 3, 4}
+    mixed = [t for t in listed if len({c["name"] for c in t.minimal_calls}) == 2]
+    assert len(listed) > 20 and {len(t.minimal_calls) for t in listed} >= {2, 3, 4}
+    assert len(mixed) > 20 and {len(t.minimal_calls) for t in mixed} >= {3, 4}
     for task in listed:
-        assert len({c["name"] for c in task.minimal_calls}) == 1
-        args = [c["arguments"] for c in task.minimal_calls]
-        varied = {k for a in args for k in a if any(b.get(k) != a[k] for b in args)}
-        assert len(varied) == 1, task.prompt
-        assert all(_written(a[key]) in task.prompt for a in args for key in varied), task.prompt
+        names = {c["name"] for c in task.minimal_calls}
+        assert len(names) in (1, 2), task.prompt
+        for name in names:
+            args = [c["arguments"] for c in task.minimal_calls if c["name"] == name]
+            varied = {k for a in args for k in a if any(b.get(k) != a[k] for b in args)}
+            assert len(varied) == (len(args) > 1), task.prompt
+            assert all(_written(a[key]) in task.prompt for a in args for key in varied)
 
 
 def _written(value):

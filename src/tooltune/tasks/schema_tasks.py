@@ -4,7 +4,8 @@ A task offers 1-5 functions from the split's pool (`tooltune.tasks.schema_gen`) 
 words, for one call (tier `simple`, template `schema_simple`), several in one turn (tier
 `multi_tool_par`, template `schema_parallel`: 2-4 calls of the same function, often asked as
 one request that lists the values of the one argument that varies, as BFCL's parallel questions
-do; or 2-3 different functions), or for something none of them does (tier `no_tool`, template
+do; 2-3 different functions; or two functions, one of them called once per listed value, as
+many of BFCL's parallel_multiple questions ask), or for something none of them does (tier `no_tool`, template
 `schema_irrelevant`: the right episode makes no call and says it cannot, as BFCL's
 `irrelevance` category asks; without these a model trained on the others learns to call
 whatever it is offered). The question states every value the call needs, so the right call is
@@ -217,6 +218,32 @@ def _candidates(r: random.Random, pool: list[SchemaFunction], targets: list[Sche
     return chosen
 
 
+def _mixed_calls(r: random.Random, pool: list[SchemaFunction]
+                 ) -> tuple[list[SchemaFunction], list[tuple], str]:  # fmt: skip
+    """Two different functions in one request, the first called once per listed value and the
+    second once or per its own list ("Find X for Lisbon and Osaka. Also find Y with ..."), the
+    shape of many of BFCL's parallel_multiple questions."""
+    for _ in range(50):
+        first, second = r.sample(pool, 2)
+        if first.pair == second.pair:
+            continue
+        varied = _varied_calls(r, first, r.choice([2, 2, 3]))
+        if not varied:
+            continue
+        calls = [(first, c) for c in varied[0]]
+        requests = [varied[1]]
+        more = _varied_calls(r, second, 2) if r.random() < 0.3 else None
+        if more:
+            calls += [(second, c) for c in more[0]]
+            requests.append(more[1])
+        else:
+            drawn = draw_call(r, second)
+            calls.append((second, drawn))
+            requests.append(drawn[2])
+        return [first, second], calls, _ask(requests, r)
+    raise LookupError("no two functions of this pool make a listed request")
+
+
 def _distinct_calls(r: random.Random, function: SchemaFunction, n: int) -> list[tuple]:
     """`n` calls of one function whose confirmation ids differ (LookupError when it cannot)."""
     calls, ids = [], set()
@@ -246,7 +273,10 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
         total = rng.choices([1, 2, 3, 4, 5], [0.15, 0.25, 0.25, 0.2, 0.15])[0]
     elif tier is TaskTier.MULTI_TOOL_PAR:
         n = rng.choice([2, 2, 3])
-        if rng.random() < 0.5:  # one function, several argument sets
+        kind = rng.random()
+        if kind < 0.25:  # two functions, at least one called once per listed value
+            targets, calls, prompt = _mixed_calls(rng, pool)
+        elif kind < 0.6:  # one function, several argument sets
             function = rng.choice([f for f in pool if len(f.params) > 1] or pool)
             targets = [function]
             varied = _varied_calls(rng, function, rng.choice([2, 3, 3, 4]))
