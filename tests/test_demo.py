@@ -232,8 +232,10 @@ def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_pre
     assert not settings.copy_head and config.sft_context_weight == 0
     assert settings.eval_tasks_per_tier >= 50 and settings.before_tasks_per_tier >= 25
     assert 0 <= settings.train_layers < 30
+    assert 0 < config.schema_task_share < 1  # BFCL-style tasks beside the world's own
     config, settings = resolve("--model", "builtin")  # the from-scratch model's own preset
     assert settings.model == "builtin" and settings.copy_head and settings.copy_drill_steps > 0
+    assert config.schema_task_share == 0
     assert config.sft_context_weight > 0 and settings.tool_style == "names"
     config, _ = resolve("--model", "smollm2-135m", "--preset", "builtin",
                         "--set", "sft_context_weight=0.05")  # fmt: skip
