@@ -139,24 +139,55 @@ def test_decode_step_equals_the_module_path(name, rows, stacked, dtype, monkeypa
     if not stacked:
         monkeypatch.setattr(llama_forward, "STACK_MAX_BYTES", 0)
     ids, mask = padded_batch()
-    ids, mask = ids[rows], mask[rows]  # row 2 is left-padded
-    caches = [llama_forward.StaticKVCache(model, len(rows), 14) for _ in range(2)]
+    cache = assert_decoding_matches(model, ids[rows], mask[rows], tol)  # row 2 is left-padded
+    assert bool(cache.stacked) == stacked
+    with pytest.raises(ValueError, match="overflow"):
+        llama_forward.decode_step(model, ids[rows][:, -1:], mask[rows], cache)
+
+
+def assert_decoding_matches(model, ids, mask, tol):
+    """`decode_step` after an 8-token prefill gives the logits and cache of `hidden_states`."""
+    caches = [llama_forward.StaticKVCache(model, len(ids), ids.shape[1]) for _ in range(2)]
     with torch.no_grad():
         for cache in caches:
             llama_forward.hidden_states(model, ids[:, :8], mask[:, :8], cache)
-        for t in range(8, 14):
+        for t in range(8, ids.shape[1]):
             step = ids[:, t : t + 1]
             ours = llama_forward.decode_step(model, step, mask[:, : t + 1], caches[0])
             hidden = llama_forward.hidden_states(model, step, mask[:, : t + 1], caches[1])
             torch.testing.assert_close(
                 ours, llama_forward.logits(model, hidden)[:, -1], rtol=tol, atol=tol
             )
-        assert caches[0].length == caches[1].length == 14
-        assert bool(caches[0].stacked) == stacked
-        torch.testing.assert_close(caches[0].k, caches[1].k, rtol=tol, atol=tol)
-        torch.testing.assert_close(caches[0].v, caches[1].v, rtol=tol, atol=tol)
-        with pytest.raises(ValueError, match="overflow"):
-            llama_forward.decode_step(model, step, mask, caches[0])
+    assert caches[0].length == caches[1].length == ids.shape[1]
+    torch.testing.assert_close(caches[0].k, caches[1].k, rtol=tol, atol=tol)
+    torch.testing.assert_close(caches[0].v, caches[1].v, rtol=tol, atol=tol)
+    return caches[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_decode_step_runs_lora_adapters_as_peft_does(name, dtype):
+    """A LoRA model (adapters in fp32 over frozen weights of `dtype`) decodes plainly, with the
+    logits of peft's layers; merged, disabled or training adapters take the module path."""
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    model = peft.get_peft_model(MODELS[name]().to(dtype), config)
+    with torch.no_grad():  # LoRA's B starts at zero: give the adapters an effect
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.5)
+    model.eval()
+    assert llama_forward.decodes_plainly(model)
+    ids, mask = padded_batch()
+    cache = assert_decoding_matches(model, ids, mask, 1e-4 if dtype == torch.float32 else 2e-2)
+    assert all(len(p.adapters) == 1 for layer in cache.projections for p in layer.values())
+    assert not cache.stacked  # the frozen weights alone would miss the adapters
+    with model.disable_adapter():
+        assert not llama_forward.decodes_plainly(model)
+    model.train()
+    assert not llama_forward.decodes_plainly(model)  # dropout would be skipped
+    model.eval().merge_adapter()
+    assert not llama_forward.decodes_plainly(model)
 
 
 def test_generation_takes_the_plain_step(tmp_path, tiny_qwen2, monkeypatch):
@@ -246,7 +277,7 @@ def test_decode_step_only_for_plain_models(tmp_path, tiny_qwen2):
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     assert llama_forward.decodes_plainly(HFPolicy.from_pretrained(path).model)
     lora = HFPolicy.from_pretrained(path, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
-    assert lora.direct_forward and not llama_forward.decodes_plainly(lora.model)
+    assert lora.direct_forward and llama_forward.decodes_plainly(lora.eval().model)
     assert llama_forward.decodes_plainly(qwen2().to(torch.bfloat16))
     mixed = qwen2().to(torch.bfloat16)
     mixed.model.layers[1].mlp.down_proj.float()  # one dtype for every weight, or the modules
