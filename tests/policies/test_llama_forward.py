@@ -1,5 +1,6 @@
 """tooltune's direct Llama-family forward computes what the `transformers` forward computes."""
 
+import copy
 import math
 
 import pytest
@@ -146,21 +147,34 @@ def test_decode_step_equals_the_module_path(name, rows, stacked, dtype, monkeypa
 
 
 def assert_decoding_matches(model, ids, mask, tol):
-    """`decode_step` after an 8-token prefill gives the logits and cache of `hidden_states`."""
-    caches = [llama_forward.StaticKVCache(model, len(ids), ids.shape[1]) for _ in range(2)]
+    """`decode_step` after an 8-token prefill gives the logits and cache of `hidden_states`; in
+    bf16, where the two run attention differently (eager against the fused kernel) and round
+    apart by an ulp, it is as close to the fp32 computation of the same weights as they are."""
+    half = next(model.parameters()).dtype != torch.float32
+    exact = copy.deepcopy(model).float() if half else None
+    caches = [llama_forward.StaticKVCache(m, len(ids), ids.shape[1]) for m in (model, model, exact)
+              if m is not None]  # fmt: skip
+    errors = {"decode_step": 0.0, "modules": 0.0}
     with torch.no_grad():
-        for cache in caches:
-            llama_forward.hidden_states(model, ids[:, :8], mask[:, :8], cache)
+        for cache, m in zip(caches, (model, model, exact), strict=False):
+            llama_forward.hidden_states(m, ids[:, :8], mask[:, :8], cache)
         for t in range(8, ids.shape[1]):
             step = ids[:, t : t + 1]
             ours = llama_forward.decode_step(model, step, mask[:, : t + 1], caches[0])
             hidden = llama_forward.hidden_states(model, step, mask[:, : t + 1], caches[1])
-            torch.testing.assert_close(
-                ours, llama_forward.logits(model, hidden)[:, -1], rtol=tol, atol=tol
-            )
+            theirs = llama_forward.logits(model, hidden)[:, -1]
+            if not half:
+                torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
+                continue
+            hidden = llama_forward.hidden_states(exact, step, mask[:, : t + 1], caches[2])
+            truth = llama_forward.logits(exact, hidden)[:, -1]
+            errors["decode_step"] = max(errors["decode_step"], float((ours - truth).abs().max()))
+            errors["modules"] = max(errors["modules"], float((theirs - truth).abs().max()))
     assert caches[0].length == caches[1].length == ids.shape[1]
-    torch.testing.assert_close(caches[0].k, caches[1].k, rtol=tol, atol=tol)
-    torch.testing.assert_close(caches[0].v, caches[1].v, rtol=tol, atol=tol)
+    assert errors["decode_step"] <= 2 * errors["modules"] + 1e-3, errors
+    near = 0.125 if half else tol  # later layers' keys inherit the ulp the attention rounds
+    torch.testing.assert_close(caches[0].k, caches[1].k, rtol=near, atol=near)
+    torch.testing.assert_close(caches[0].v, caches[1].v, rtol=near, atol=near)
     return caches[0]
 
 

@@ -449,6 +449,20 @@ def _stacked_weights(model: Any, cache: StaticKVCache) -> list[Stacked] | None:
     return cache.stacked or None
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+            scale: float) -> torch.Tensor:  # fmt: skip
+    """One decoding step's attention. In bf16/fp16 as `transformers`' eager attention computes
+    it (scores of the half-precision product, softmax in fp32, probabilities rounded back):
+    on a 2-core CPU the fused kernel's few query rows made it 1.5-2.9x slower at 32 rows and
+    300-1,500 cached positions. fp32 keeps the fused kernel, as fast or faster there."""
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores + mask
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+
 @torch.inference_mode()  # no version counters or view tracking: ~9% of a 0.5M model's step
 def decode_step(
     model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, cache: StaticKVCache
@@ -498,12 +512,11 @@ def decode_step(
         # One new token, so each key/value head's query heads can sit in the query-position
         # axis: [B, kv_heads, heads / kv_heads, head_dim], the grouping `enable_gqa` means (head
         # h reads key/value head h // group). Same result; in bf16 on CPU `enable_gqa` took
-        # 5.7 ms a call here against 0.8 (batch 32, 300 positions: benchmarks/smollm2_vs_trl.py).
+        # 5.7 ms a call here against 0.8 (batch 32, 300 positions: benchmarks/smollm2_vs_trl.py),
+        # and the fused kernel longer than eager attention (`_attend`).
         q = qk[:, :heads].reshape(B, kv_heads, heads // kv_heads, -1)
-        y = F.scaled_dot_product_attention(
-            q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], attn_mask=mask,
-            scale=attn.scaling,
-        )  # fmt: skip
+        y = _attend(q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], mask,
+                    attn.scaling)  # fmt: skip
         x = x + _project(y.reshape(B, -1), proj["o_proj"])
         h = _norm(layer.post_attention_layernorm, x)
         if stacked is not None:
