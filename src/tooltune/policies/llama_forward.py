@@ -457,7 +457,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     300-1,500 cached positions. fp32 keeps the fused kernel, as fast or faster there."""
     if q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    # k @ q^T, not q @ k^T: keys sliced from the cache are not contiguous across rows, and
+    # the product with them transposed copied them first (1.33 against 0.37 ms, 32 rows of 300)
+    scores = torch.matmul(k, q.transpose(-1, -2)).transpose(-1, -2).float() * scale
     if mask is not None:
         scores = scores + mask
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
