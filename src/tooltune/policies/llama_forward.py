@@ -453,8 +453,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
             scale: float) -> torch.Tensor:  # fmt: skip
     """One decoding step's attention. In bf16/fp16 as `transformers`' eager attention computes
     it (scores of the half-precision product, softmax in fp32, probabilities rounded back):
-    on a 2-core CPU the fused kernel's few query rows made it 1.5-2.9x slower at 32 rows and
-    300-1,500 cached positions. fp32 keeps the fused kernel, as fast or faster there."""
+    for a few query rows the fused kernel is slower on a 2-core CPU (32 rows, 2 threads: 0.93
+    against 1.24 ms at 300 cached positions, 3.5 against 4.7 ms at 1,200). fp32 keeps the
+    fused kernel, as fast or faster there."""
     if q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     # k @ q^T, not q @ k^T: keys sliced from the cache are not contiguous across rows, and
@@ -477,8 +478,9 @@ def decode_step(
     without padding. On the small models a CPU trains, that per-call Python is most of a step:
     8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU (162 against
     184 tensor operations); stacked projections (`_stacked_weights`) take another 8-11% off.
-    LoRA adapters run as peft's layer runs them (`_project`: a GRPO step of SmolLM2 with
-    LoRA decodes through here rather than the modules, ~10% less time a token on a 2-core CPU).
+    LoRA adapters run as peft's layer runs them (`_project`; through the modules, a GRPO
+    step's generation of SmolLM2 with LoRA took 6.3 s in benchmarks/smollm2_vs_trl.py, 5.0
+    through here together with `_attend`'s eager attention, on a 2-core CPU).
     The logits, rotary tables and stacked weights it makes are inference tensors: read them
     anywhere, but change them in place only inside `torch.inference_mode` (the cache's keys
     and values are ordinary tensors it writes into)."""
