@@ -365,6 +365,49 @@ def test_lora_model_with_trainable_tokens(tmp_path, tiny_qwen2):
         theirs = policy.token_logprobs(ids, mask)
     scored = (mask[:, :-1] * mask[:, 1:]).bool()  # a padding query predicts nothing
     torch.testing.assert_close(ours[scored], theirs[scored], rtol=1e-5, atol=1e-5)
+    # Training: the adapters of layers that read one input run together; same gradients.
+    policy.train()
+    grads = []
+    for direct in (True, False):
+        policy.direct_forward = direct
+        policy.model.zero_grad(set_to_none=True)
+        policy.token_logprobs(ids, mask)[scored].sum().backward()
+        grads.append(
+            {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+        )
+    assert any("lora_A" in n for n in grads[0]) and grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=3e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "masked"])
+def test_short_half_precision_attention_is_the_eager_computation(causal):
+    """bf16 attention of short sequences (computed eagerly: `_attention`) gives what fp32
+    attention of the same inputs gives, to bf16's rounding, values and gradients alike;
+    queries of a key/value head read that head."""
+    torch.manual_seed(0)
+    B, H, heads, T, S, D = 2, 6, 2, 5, 9, 8
+    q, k, v = (torch.randn(B, n, t, D) for n, t in ((H, T), (heads, S), (heads, S)))
+    allowed = torch.ones(B, 1, T, S, dtype=torch.bool).tril(S - T)
+    allowed[0, :, :, :3] = False  # row 0: three padding keys on the left
+    mask = None if causal else torch.zeros(B, 1, T, S).masked_fill(~allowed, float("-inf"))
+    if causal:  # as many keys as queries
+        k, v = k[:, :, :T], v[:, :, :T]
+    outs, grads = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        m = None if mask is None else mask.to(dtype)
+        y = llama_forward._attention(*inputs, m, causal, D**-0.5, 0.0)
+        (y.float() * torch.linspace(-1, 1, D)).sum().backward()
+        outs.append(y.float())
+        grads.append([t.grad.float() for t in inputs])
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=D**-0.5, enable_gqa=True
+    )
+    torch.testing.assert_close(outs[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1], outs[0], rtol=0.05, atol=0.05)
+    for half, full in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(half, full, rtol=0.05, atol=0.05)
 
 
 def test_other_models_keep_the_transformers_path(tmp_path, tiny_qwen2):
