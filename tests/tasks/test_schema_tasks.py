@@ -1,6 +1,7 @@
 """Schema tasks: random function schemas, split apart, checked by BFCL's AST rules, playable by
 the expert through the real loop, and absent unless asked for."""
 
+import itertools
 import json
 import random
 
@@ -14,7 +15,7 @@ from tooltune.tasks import sample_tasks
 from tooltune.tasks.bfcl import BFCLQuestion, check_question
 from tooltune.tasks.expert import ExpertPolicy
 from tooltune.tasks.schema_gen import FORMULAS, function_pool, pool_of
-from tooltune.tasks.schema_tasks import make_schema_task
+from tooltune.tasks.schema_tasks import SAME_BUT, make_schema_task
 from tooltune.tasks.task import Task
 from tooltune.tools.catalogue import TOOL_FAMILY
 from tooltune.tools.schema_functions import call_id
@@ -136,6 +137,22 @@ def test_parallel_requests_can_list_the_values_of_one_argument():
             varied = {k for a in args for k in a if any(b.get(k) != a[k] for b in args)}
             assert len(varied) == (len(args) > 1), task.prompt
             assert all(_written(a[key]) in task.prompt for a in args for key in varied)
+
+
+def test_parallel_requests_can_ask_for_the_same_with_changes():
+    """ "... Then do the same with X instead": each later call is the one before with one or two
+    stated values changed, and the question writes the new ones."""
+    rng = random.Random(2)
+    tasks = [make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"t{i}") for i in range(300)]
+    changed = [t for t in tasks if any(s.split("{")[0] in t.prompt for s in SAME_BUT)]
+    assert len(changed) > 20 and {len(t.minimal_calls) for t in changed} >= {2, 3}
+    for task in changed:
+        args = [c["arguments"] for c in task.minimal_calls]
+        assert len({c["name"] for c in task.minimal_calls}) == 1, task.prompt
+        for before, after in itertools.pairwise(args):
+            new = {k for k in after if after[k] != before.get(k)}
+            assert 1 <= len(new) <= 2 and after.keys() == before.keys(), task.prompt
+            assert all(_written(after[k]) in task.prompt for k in new), task.prompt
 
 
 def _written(value):

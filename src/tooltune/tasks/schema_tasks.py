@@ -4,7 +4,8 @@ A task offers 1-5 functions from the split's pool (`tooltune.tasks.schema_gen`) 
 words, for one call (tier `simple`, template `schema_simple`), several in one turn (tier
 `multi_tool_par`, template `schema_parallel`: 2-4 calls of the same function, often asked as
 one request that lists the values of the one argument that varies, as BFCL's parallel questions
-do; 2-3 different functions; or two functions, one of them called once per listed value, as
+do, or as the first call and "the same with ... instead" for the others; 2-3 different
+functions; or two functions, one of them called once per listed value, as
 many of BFCL's parallel_multiple questions ask), or for something none of them does (tier `no_tool`, template
 `schema_irrelevant`: the right episode makes no call and says it cannot, as BFCL's
 `irrelevance` category asks; without these a model trained on the others learns to call
@@ -44,6 +45,11 @@ VARIABLE_KINDS = ("string", "integer", "number", "enum")  # what a parallel requ
 VARIED = ["{request}, once for each {phrase}: {values}",
           "{request} for each of these values of the {phrase}: {values}",
           "{request}, one call per {phrase} ({values})"]  # fmt: skip
+# A later call of the same function asked as a change of the first ("... with a sample size of
+# 50. And can you do the same but for a sample size of 150 instead?"), as many of BFCL's are
+SAME_BUT = ["Then do the same with {changes} instead.", "Do it again, but with {changes}.",
+            "And the same for {changes}.", "Can you do the same but with {changes} instead?",
+            "Repeat that with {changes}."]  # fmt: skip
 PAIRS = ["First, {a}. Then also {b}.", "Please {a}, and {b}.", "Two things: {a}; and {b}.",
          "Could you {a}? Also {b}."]  # fmt: skip
 
@@ -183,6 +189,34 @@ def _varied_calls(r: random.Random, function: SchemaFunction, n: int
     return calls, r.choice(VARIED).format(request=request, phrase=param.phrase, values=listed)
 
 
+def _changed_calls(r: random.Random, function: SchemaFunction, n: int
+                   ) -> tuple[list[tuple], str] | None:  # fmt: skip
+    """`n` calls of one function: the first asked in full, each later one as the one before
+    with one or two stated values changed ("Then do the same with the size 4000 and the city
+    Lima instead."), so a call repeats every value the change leaves alone. None when the
+    function has no scalar to change."""
+    arguments, truth, stated = _draw_arguments(r, function)
+    scalars = [p for p, _ in stated if p.concept.kind in VARIABLE_KINDS and p.phrase not in PLURAL]
+    if not scalars:
+        return None
+    calls = [(arguments, truth, "")]
+    sentences = [_sentence(_request(r, function, stated), r)]
+    for _ in range(20 * n):
+        if len(calls) == n:
+            break
+        changed = r.sample(scalars, min(len(scalars), r.choice([1, 1, 2])))
+        new = {p.name: draw_value(r, p.concept) for p in changed}
+        last_args, last_truth, _ = calls[-1]
+        args = {**last_args, **new}
+        if call_id(function.doc, args) in {call_id(function.doc, c[0]) for c in calls}:
+            continue
+        allowed = {p.name: _allowed(p, new[p.name]) for p in changed}
+        calls.append((args, {**last_truth, **allowed}, ""))
+        changes = _join([_clause(p, new[p.name], 0, r) for p in changed])
+        sentences.append(r.choice(SAME_BUT).format(changes=changes))
+    return (calls, " ".join(sentences)) if len(calls) == n else None
+
+
 def _ask(requests: list[str], r: random.Random) -> str:
     """The question for one or more separately worded requests."""
     if len(requests) == 1:
@@ -280,8 +314,11 @@ def make_schema_task(tier: TaskTier, split: str, rng: random.Random, task_id: st
             function = rng.choice([f for f in pool if len(f.params) > 1] or pool)
             targets = [function]
             varied = _varied_calls(rng, function, rng.choice([2, 3, 3, 4]))
-            if varied and rng.random() < 0.6:
+            changed = _changed_calls(rng, function, n) if rng.random() < 0.6 else None
+            if varied and rng.random() < 0.45:
                 calls, prompt = [(function, c) for c in varied[0]], _sentence(varied[1], rng)
+            elif changed:
+                calls, prompt = [(function, c) for c in changed[0]], changed[1]
             else:
                 calls = [(function, c) for c in _distinct_calls(rng, function, n)]
         else:
