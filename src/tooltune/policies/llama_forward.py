@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tooltune.policies.kv_cache import CACHE_MEMORY, CachedPrefix, select_cache_rows
+from tooltune.policies.lora_layers import Projection, plain_lora, project, projection, read_together
 from tooltune.policies.sampling import common_beginning
 from tooltune.policies.transformer import additive_mask, padded_causal_mask, token_positions
 
@@ -35,15 +36,6 @@ STACK_MAX_BYTES = 64 * 2**20
 # Attention with at most this many scores per head (queries x keys) in bf16/fp16 is computed
 # eagerly, above it by the fused kernel (see `_attention`).
 EAGER_MAX_SCORES = 64 * 1024
-
-
-class Projection(NamedTuple):
-    """A linear layer as `decode_step` runs it: the frozen weight and bias, plus each active
-    LoRA adapter as (A, B weight, B bias, scaling), applied as peft applies them."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    adapters: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float], ...]
 
 
 class Stacked(NamedTuple):
@@ -164,7 +156,7 @@ def hidden_states(
     for i, layer in enumerate(decoder.layers):
         attn = layer.self_attn
         h = layer.input_layernorm(x)
-        q, k, v = _read_together(h, (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = read_together(h, (attn.q_proj, attn.k_proj, attn.v_proj))
         k = k.view(B, T, -1, attn.head_dim).transpose(1, 2)
         v = v.view(B, T, -1, attn.head_dim).transpose(1, 2)
         k = k * cos + _rotate_half(k) * sin
@@ -226,53 +218,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     return torch.matmul(probs, v).view(B, H, T, D)
 
 
-def _shared_adapters(module: Any) -> tuple | None:
-    """`_projection(module).adapters` where `_read_together` may run `module` itself: an
-    `nn.Linear` (no adapters) or peft's plain LoRA layer whose dropout is off (inactive in eval
-    mode, or p = 0), without hooks; None where the module must run its own forward."""
-    if module._forward_hooks or module._forward_pre_hooks:
-        return None
-    if type(module) is nn.Linear:
-        return ()
-    if not _lora_linear(module):
-        return None
-    active = [a for a in module.active_adapters if a in module.lora_A]
-    if module.training and any(type(module.lora_dropout[a]) is not nn.Identity for a in active):
-        return None
-    return _projection(module).adapters
-
-
-def _read_together(x: torch.Tensor, modules: tuple[Any, ...]) -> list[torch.Tensor]:
-    """The outputs of linear layers that read the same input (a layer's query, key and value
-    projections; the MLP's gate and up), as their forwards compute them. LoRA adapters are
-    applied as peft applies them, but together: the input cast to the adapters' dtype once and
-    one product with all their A matrices, instead of a cast and a small product per layer
-    (SmolLM2-135M, LoRA r=16 on every projection, bf16: the adapters' casts and small
-    products were a quarter of a GRPO scoring pass). Any other module runs its forward."""
-    adapters = [_shared_adapters(m) for m in modules]
-    flat = [a for group in adapters if group for a in group]
-    if any(a is None for a in adapters) or not flat or len({a[0].dtype for a in flat}) > 1:
-        return [m(x) for m in modules]
-    base = [getattr(m, "base_layer", m) for m in modules]
-    outs = [F.linear(x, m.weight, m.bias) for m in base]
-    low = F.linear(x.to(flat[0][0].dtype), torch.cat([a for a, *_ in flat]))
-    parts = iter(low.split([a.shape[0] for a, *_ in flat], dim=-1))
-    for i, group in enumerate(adapters):
-        if group:
-            y = outs[i]
-            out = y
-            for (_, b, b_bias, scaling), part in zip(group, parts):  # noqa: B905 (one per A)
-                out = out + F.linear(part, b, b_bias) * scaling
-            outs[i] = out.to(y.dtype)
-    return outs
-
-
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     """The Llama MLP, ``down(act(gate(x)) * up(x))``, with gate and up read together."""
     parts = ("gate_proj", "up_proj", "down_proj", "act_fn")
     if mlp._forward_hooks or mlp._forward_pre_hooks or not all(hasattr(mlp, n) for n in parts):
         return mlp(x)
-    gate, up = _read_together(x, (mlp.gate_proj, mlp.up_proj))
+    gate, up = read_together(x, (mlp.gate_proj, mlp.up_proj))
     return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
@@ -385,7 +336,7 @@ def prefill(
 def decodes_plainly(model: Any) -> bool:
     """Whether `decode_step` may run the model: every module a step runs is a plain one
     (`nn.Linear`, an RMSNorm, SiLU, or peft's plain LoRA layer over an `nn.Linear`: see
-    `_lora_linear`) with no forward hooks (they would not run), the model is in eval mode (no
+    `lora_layers.plain_lora`) with no forward hooks (they would not run), the model is in eval mode (no
     dropout), the frozen weights share one dtype (fp32, or bf16/fp16 as frozen or fully
     fine-tuned weights compute: `_norm` rounds as the module does), and the rotary angles depend
     on the position only (not on the longest one seen, as dynamic and long-rope scalings do)."""
@@ -415,7 +366,7 @@ def decodes_plainly(model: Any) -> bool:
         attn, mlp = layer.self_attn, layer.mlp
         linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
         linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-        if any(type(m) is not nn.Linear and not _lora_linear(m) for m in linears):
+        if any(type(m) is not nn.Linear and not plain_lora(m) for m in linears):
             return False
         if type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return False
@@ -425,62 +376,18 @@ def decodes_plainly(model: Any) -> bool:
     )
 
 
-def _lora_linear(module: Any) -> bool:
-    """Whether `module` is peft's LoRA layer in its plain form: over an `nn.Linear`, adapters
-    not merged nor disabled, every active adapter vanilla LoRA (no DoRA or other variant) with
-    `nn.Linear` A and B. `decode_step` runs it as its forward does (`_project`)."""
-    if type(getattr(module, "base_layer", None)) is not nn.Linear or not hasattr(module, "lora_A"):
-        return False
-    if module.merged or module.disable_adapters:
-        return False
-    variants = getattr(module, "lora_variant", {})
-    dora = getattr(module, "use_dora", {})
-    for name in module.active_adapters:
-        if name not in module.lora_A:
-            continue
-        if name in variants or dora.get(name):
-            return False
-        if type(module.lora_A[name]) is not nn.Linear or type(module.lora_B[name]) is not nn.Linear:
-            return False
-    return True
-
-
-def _projection(module: Any) -> Projection:
-    if type(module) is nn.Linear:
-        return Projection(module.weight, module.bias, ())
-    adapters = tuple(
-        (module.lora_A[a].weight, module.lora_B[a].weight, module.lora_B[a].bias,
-         module.scaling[a])
-        for a in module.active_adapters
-        if a in module.lora_A
-    )  # fmt: skip
-    return Projection(module.base_layer.weight, module.base_layer.bias, adapters)
-
-
 def _projections(model: Any, cache: StaticKVCache) -> list[dict[str, Projection]]:
     """Per layer, each projection's weights and adapters, looked up once per cache."""
     if cache.projections is None:
         _, decoder = _unwrap(model)
         cache.projections = [
-            {name: _projection(getattr(part, name))
+            {name: projection(getattr(part, name))
              for part, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
                                  (layer.mlp, ("gate_proj", "up_proj", "down_proj")))
              for name in names}
             for layer in decoder.layers
         ]  # fmt: skip
     return cache.projections
-
-
-def _project(x: torch.Tensor, p: Projection) -> torch.Tensor:
-    """`p` applied to `x`, adapters as peft's LoRA forward applies them: the input cast to the
-    adapter's dtype, ``B(A(x)) * scaling`` added, the sum cast back to the frozen layer's."""
-    y = F.linear(x, p.weight, p.bias)
-    if not p.adapters:
-        return y
-    out = y
-    for a, b, b_bias, scaling in p.adapters:
-        out = out + F.linear(F.linear(x.to(a.dtype), a), b, b_bias) * scaling
-    return out.to(y.dtype)
 
 
 def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -560,7 +467,7 @@ def decode_step(
     without padding. On the small models a CPU trains, that per-call Python is most of a step:
     8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU (162 against
     184 tensor operations); stacked projections (`_stacked_weights`) take another 8-11% off.
-    LoRA adapters run as peft's layer runs them (`_project`; through the modules, a GRPO
+    LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the modules, a GRPO
     step's generation of SmolLM2 with LoRA took 6.3 s in benchmarks/smollm2_vs_trl.py, 5.0
     through here together with `_attend`'s eager attention, on a 2-core CPU).
     The logits, rotary tables and stacked weights it makes are inference tensors: read them
@@ -588,7 +495,7 @@ def decode_step(
         if stacked is not None:
             qkv = F.linear(h, stacked[i].qkv, stacked[i].qkv_bias)
         else:
-            qkv = torch.cat([_project(h, proj[n]) for n in ("q_proj", "k_proj", "v_proj")], -1)
+            qkv = torch.cat([project(h, proj[n]) for n in ("q_proj", "k_proj", "v_proj")], -1)
         qkv = qkv.view(B, -1, attn.head_dim)  # [B, heads + 2 * kv_heads, head_dim]
         heads = qkv.shape[1] - 2 * kv_heads
         qk = qkv[:, : heads + kv_heads]
@@ -603,13 +510,13 @@ def decode_step(
         q = qk[:, :heads].reshape(B, kv_heads, heads // kv_heads, -1)
         y = _attend(q, cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1], mask,
                     attn.scaling)  # fmt: skip
-        x = x + _project(y.reshape(B, -1), proj["o_proj"])
+        x = x + project(y.reshape(B, -1), proj["o_proj"])
         h = _norm(layer.post_attention_layernorm, x)
         if stacked is not None:
             gate, up = F.linear(h, stacked[i].gate_up, stacked[i].gate_up_bias).chunk(2, dim=-1)
         else:
-            gate, up = _project(h, proj["gate_proj"]), _project(h, proj["up_proj"])
-        x = x + _project(F.silu(gate) * up, proj["down_proj"])
+            gate, up = project(h, proj["gate_proj"]), project(h, proj["up_proj"])
+        x = x + project(F.silu(gate) * up, proj["down_proj"])
     cache.length += 1
     x = _norm(decoder.norm, x)
     return F.linear(x, base.lm_head.weight, base.lm_head.bias)
