@@ -148,8 +148,8 @@ def test_decode_step_equals_the_module_path(name, rows, stacked, dtype, monkeypa
 
 def assert_decoding_matches(model, ids, mask, tol):
     """`decode_step` after an 8-token prefill gives the logits and cache of `hidden_states`; in
-    bf16, where the two run attention differently (eager against the fused kernel) and round
-    apart by an ulp, it is about as close to the fp32 computation of the same weights as they are."""
+    bf16, where the two can run attention differently (eager against the fused kernel) and
+    round apart by an ulp, it is about as close to the fp32 computation of the same weights."""
     half = next(model.parameters()).dtype != torch.float32
     exact = copy.deepcopy(model).float() if half else None
     caches = [llama_forward.StaticKVCache(m, len(ids), ids.shape[1]) for m in (model, model, exact)

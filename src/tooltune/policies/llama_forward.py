@@ -336,8 +336,8 @@ def prefill(
 def decodes_plainly(model: Any) -> bool:
     """Whether `decode_step` may run the model: every module a step runs is a plain one
     (`nn.Linear`, an RMSNorm, SiLU, or peft's plain LoRA layer over an `nn.Linear`: see
-    `lora_layers.plain_lora`) with no forward hooks (they would not run), the model is in eval mode (no
-    dropout), the frozen weights share one dtype (fp32, or bf16/fp16 as frozen or fully
+    `lora_layers.plain_lora`) with no forward hooks (they would not run), the model is in eval
+    mode (no dropout), the frozen weights share one dtype (fp32, or bf16/fp16 as frozen or fully
     fine-tuned weights compute: `_norm` rounds as the module does), and the rotary angles depend
     on the position only (not on the longest one seen, as dynamic and long-rope scalings do)."""
     base, decoder = _unwrap(model)
@@ -467,8 +467,8 @@ def decode_step(
     without padding. On the small models a CPU trains, that per-call Python is most of a step:
     8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU (162 against
     184 tensor operations); stacked projections (`_stacked_weights`) take another 8-11% off.
-    LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the modules, a GRPO
-    step's generation of SmolLM2 with LoRA took 6.3 s in benchmarks/smollm2_vs_trl.py, 5.0
+    LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the modules, a
+    GRPO step's generation of SmolLM2 with LoRA took 6.3 s in benchmarks/smollm2_vs_trl.py, 5.0
     through here together with `_attend`'s eager attention, on a 2-core CPU).
     The logits, rotary tables and stacked weights it makes are inference tensors: read them
     anywhere, but change them in place only inside `torch.inference_mode` (the cache's keys

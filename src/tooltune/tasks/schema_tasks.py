@@ -5,8 +5,8 @@ words, for one call (tier `simple`, template `schema_simple`), several in one tu
 `multi_tool_par`, template `schema_parallel`: 2-4 calls of the same function, often asked as
 one request that lists the values of the one argument that varies, as BFCL's parallel questions
 do, or as the first call and "the same with ... instead" for the others; 2-3 different
-functions; or two functions, one of them called once per listed value, as
-many of BFCL's parallel_multiple questions ask), or for something none of them does (tier `no_tool`, template
+functions; or two functions, one of them called once per listed value, as many of BFCL's
+parallel_multiple questions ask), or for something none of them does (tier `no_tool`, template
 `schema_irrelevant`: the right episode makes no call and says it cannot, as BFCL's
 `irrelevance` category asks; without these a model trained on the others learns to call
 whatever it is offered). The question states every value the call needs, so the right call is
