@@ -15,9 +15,7 @@ prompt. Replaying is cheap and makes batches, retries and resumed conversations 
 from __future__ import annotations
 
 import contextlib
-import csv
 import difflib
-import io
 import json
 import re
 from collections import OrderedDict
@@ -32,21 +30,22 @@ from tooltune.chat_format import (
     parse_prompt,
     render_action,
 )
-from tooltune.tasks.checkers import normalize_text
+from tooltune.tasks.reading import (
+    ExpertError,
+    extract,
+    field_value,
+    hit_titled,
+    mentions,
+    note,
+    to_number,
+)
 from tooltune.tasks.templates.plan import expand_slots, fmt_value, plain_number
 from tooltune.tasks.templates.wording import MONTHS, long_date
 from tooltune.types import AgentAction, ToolCall
 
-NUMERIC_FIELDS = {"Revenue", "Age", "Net worth", "Population", "Area", "Founded", "Employees",
-                  "Approved budget", "Elevation"}  # fmt: skip
 _RESPONSE = re.compile(
     re.escape(TOOL_RESPONSE_OPEN) + r"(.*?)" + re.escape(TOOL_RESPONSE_CLOSE), re.DOTALL
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-class ExpertError(RuntimeError):
-    """A tool result the plan cannot continue from (the expert then gives up, visibly)."""
 
 
 @dataclass
@@ -113,125 +112,35 @@ def conversation(prompt: str) -> tuple[str, list[list[Result]]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Extraction: values from tool results
-# --------------------------------------------------------------------------------------------
-
-
-def to_number(text: Any) -> int | float:
-    if isinstance(text, bool):
-        raise ExpertError(f"not a number: {text!r}")
-    if isinstance(text, int | float):
-        return text
-    match = _NUMBER.search(str(text))
-    if not match:
-        raise ExpertError(f"no number in {text!r}")
-    value = float(match.group().replace(",", ""))
-    return int(value) if value.is_integer() and "." not in match.group() else value
-
-
-def field_value(text: str, name: str) -> Any:
-    """`Name: value` from an article, a memo or a page (`- Name: value`)."""
-    match = re.search(rf"{re.escape(name)}:\s*(.+?)(?:\.\s|\.$|\.\.\.|\n|$)", text)
-    if not match:
-        raise ExpertError(f"no {name!r} in the text")
-    value = match.group(1).strip()
-    return to_number(value) if name in NUMERIC_FIELDS else value
-
-
-def _sql(result: Any, column: str | None) -> Any:
-    if not isinstance(result, dict) or not result.get("rows"):
-        raise ExpertError("the query returned no rows")
-    columns = result.get("columns", [])
-    index = columns.index(column) if column in columns else 0
-    return result["rows"][0][index]
-
-
-def _hit(result: Any, title: str) -> dict:
-    if isinstance(result, str):  # a clipped result: read the hits out of the text
-        hits = [
-            {"id": m.group(1), "title": m.group(2), "snippet": m.group(3)}
-            for m in re.finditer(
-                r'"id": "([^"]*)", "title": "([^"]*)", "snippet": "([^"]*)', result
-            )
-        ]
-    else:
-        hits = result if isinstance(result, list) else []
-    for hit in hits:
-        if isinstance(hit, dict) and normalize_text(hit.get("title", "")) == normalize_text(title):
-            return hit
-    raise ExpertError(f"no search result titled {title!r}")
-
-
-def _csv_rows(result: Any) -> list[dict]:
-    content = result.get("content", "") if isinstance(result, dict) else str(result)
-    return list(csv.DictReader(io.StringIO(content)))
-
-
-def _links(result: Any) -> dict[str, int]:
-    content = result.get("content", "") if isinstance(result, dict) else str(result)
-    content = content.replace("\\n", "\n")  # clipped results keep JSON escapes
-    return {
-        m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)
-    }
-
-
-def extract(spec: dict, result: Any, values: dict) -> Any:
-    kind = spec["kind"]
-    if kind == "sql":
-        return _sql(result, spec.get("column"))
-    if kind == "search":
-        return field_value(
-            _hit(result, expand_slots(spec["title"], values))["snippet"], spec["field"]
-        )
-    if kind == "field":
-        if isinstance(result, dict):
-            text = result.get("content") or result.get("text") or ""
-        else:
-            text = str(result)
-        return field_value(text, spec["field"])
-    if kind == "numeric":
-        number = result.get("numeric") if isinstance(result, dict) else None
-        value = number if number is not None else to_number(result.get("result"))
-        return round(value, 10) if isinstance(value, float) else value
-    if kind == "solve":
-        return to_number(result["numeric"][0][spec["var"]])
-    if kind == "stdout":
-        return to_number(result["stdout"].strip())
-    if kind == "csv":
-        for row in _csv_rows(result):
-            if row.get(spec["key_col"]) == spec["key"]:
-                return to_number(row[spec["col"]])
-        raise ExpertError(f"no row with {spec['key_col']} = {spec['key']}")
-    if kind == "csv_column":
-        return [to_number(row[spec["col"]]) for row in _csv_rows(result)]
-    if kind == "shapes":
-        shapes = result.get("shapes", []) if isinstance(result, dict) else []
-        return sum(
-            1
-            for s in shapes
-            if (spec.get("color") is None or s.get("color") == spec["color"])
-            and (spec.get("shape") is None or s.get("kind") == spec["shape"])
-        )
-    if kind == "link":
-        target = expand_slots(spec["text"], values)
-        links = _links(result)
-        if target not in links:
-            raise ExpertError(f"no link {target!r} on the page")
-        return links[target]
-    if kind == "page_field":
-        return field_value(result.get("content", ""), spec["field"])
-    if kind == "key":
-        if not isinstance(result, dict) or spec["key"] not in result:
-            raise ExpertError(f"no {spec['key']!r} in the result")
-        return result[spec["key"]]
-    if kind == "none":
-        return None
-    raise ExpertError(f"unknown extraction {kind!r}")
-
-
-# --------------------------------------------------------------------------------------------
 # Plans
 # --------------------------------------------------------------------------------------------
+
+
+NOTES = "__notes__"  # a plan's values hold here what the last results said, for the next turn
+
+
+def _note(values: dict, text: str, value: Any) -> None:
+    if text:
+        values.setdefault(NOTES, []).append((text, value))
+
+
+def _open_with_notes(turn: Turn, values: dict) -> Turn:
+    """Start the turn's thought with the notes on the results read since the last turn, less
+    those whose value the thought already states."""
+    notes = [text for text, value in values.pop(NOTES, []) if not mentions(turn.think, value)]
+    if notes:
+        turn.think = " ".join([*notes, turn.think]).strip()
+    return turn
+
+
+def _noted(steps: Plan, values: dict) -> Plan:
+    """`steps` with each of its turns opened by the notes (`_open_with_notes`)."""
+    try:
+        turn = next(steps)
+        while True:
+            turn = steps.send((yield _open_with_notes(turn, values)))
+    except StopIteration as stop:
+        return stop.value
 
 
 def _checked(results: list[Result], n: int) -> list[Result]:
@@ -249,6 +158,8 @@ def _plain_step(step: dict, values: dict) -> Plan:
             raise ExpertError(f"{c['name']} failed: {r.error}")
         try:
             values[o["as"]] = extract(o["extract"], r.value, values)
+            said = note(o["extract"], c, r.value, values[o["as"]], values, len(calls) > 1)
+            _note(values, said, values[o["as"]])
         except ExpertError:
             if o["extract"]["kind"] == "link" and len(calls) == 1:
                 # the link is beyond what the (cut) page view shows: find it on the page
@@ -264,7 +175,7 @@ def _plain_step(step: dict, values: dict) -> Plan:
         hits = []
         for o, r in zip(step["calls"], results, strict=True):
             if o in missing:
-                hits.append(_hit(r.value, expand_slots(o["extract"]["title"], values))["id"])
+                hits.append(hit_titled(r.value, expand_slots(o["extract"]["title"], values))["id"])
         think = "The snippets do not show everything; open the documents."
         opened = _checked(
             (
@@ -475,13 +386,14 @@ def run_plan(plan: dict, today: date) -> Plan:
     for step in plan["steps"]:
         macro = step.get("macro")
         if macro == "book":
-            yield from _book(step, values, plan, today)
+            steps = _book(step, values, plan, today)
         elif macro == "read_or_find":
-            yield from _read_or_find(step, values)
+            steps = _read_or_find(step, values)
         elif macro == "sql_fix":
-            yield from _sql_fix(step, values)
+            steps = _sql_fix(step, values)
         else:
-            yield from _plain_step(step, values)
+            steps = _plain_step(step, values)
+        yield from _noted(steps, values)
     reduce = plan.get("reduce")
     # A plan without steps says why it makes no call. After tool results the answer turn opens
     # with a thought as every other turn does: the model then decides between calling again and
@@ -494,7 +406,8 @@ def run_plan(plan: dict, today: date) -> Plan:
         index = min(range(len(numbers)), key=lambda i: abs(numbers[i] - value))
         values[reduce["as"]] = reduce["names"][index]
         think = f"The {reduce['side']} is {plain_number(value)}: {reduce['names'][index]}."
-    yield Turn(think=think, answer=expand_slots(plan["answer"] or BOOKING_ANSWER, values))
+    answer = expand_slots(plan["answer"] or BOOKING_ANSWER, values)
+    yield _open_with_notes(Turn(think=think, answer=answer), values)
 
 
 def next_turn(plan: dict, today: date, history: list[list[Result]]) -> Turn:
