@@ -129,3 +129,43 @@ def test_expert_compares_with_the_calculator(env):
         last = traj.steps[-1].action.thinking
         assert last.endswith(f": {task.answer}."), last
         assert traj.success
+
+
+def test_turns_open_with_what_the_results_said(env):
+    """A row read from a file, a filtered shape count and the values of parallel lookups are
+    restated before they are used, each with the file or entity it belongs to; a thought that
+    already states the values gets no note."""
+    tasks = sample_tasks("train", 400, seed=3, world=env.world)
+    wanted = {"two_warehouses", "shape_count", "sum", "compare"}
+    tasks = [t for t in tasks if t.metadata["template"] in wanted]
+    _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, batch_size=100)
+    seen = set()
+    for task, traj in zip(tasks, trajectories, strict=True):
+        assert traj.success, task.prompt
+        template, thinks = task.metadata["template"], [s.action.thinking for s in traj.steps]
+        first = traj.steps[0].action.tool_calls
+        if template == "two_warehouses":
+            product = task.prompt.split(" units")[0].split("How many ")[-1].split("Add the ")[-1]
+            product = product.removesuffix(" stock of the").split(" stock of the ")[0]
+            a, b = traj.steps[1].action.tool_calls[0].arguments["expression"].split(" + ")
+            paths = [c.arguments["path"] for c in first]
+            assert thinks[1].startswith(
+                f"{paths[0]}: {product}, stock {a}. {paths[1]}: {product}, stock {b}. "
+            ), thinks[1]
+        elif template == "shape_count":
+            assert thinks[1].startswith(f"{first[0].arguments['path']}: "), thinks[1]
+            said = thinks[1].split(". ")[
+                0
+            ]  # "PATH: 4 shapes" or "PATH: red circle, ... -> 2 circles"
+            assert said.split(": ", 1)[1].split("-> ")[-1].startswith(f"{task.answer} "), said
+        elif template == "sum":
+            terms = traj.steps[1].action.tool_calls[0].arguments["expression"].split(" + ")
+            said = thinks[1].split(". Add")[0]
+            assert len(said.split(": ")) == len(terms) + 1, thinks[1]
+            for term in terms:  # each value is said, and said where its entity is named
+                assert term in said.replace(",", ""), thinks[1]
+        elif template == "compare":
+            step = task.metadata["plan"]["steps"][1]["think"]
+            assert thinks[1].startswith(step.split("<<")[0]), thinks[1]
+        seen.add(template)
+    assert seen == wanted

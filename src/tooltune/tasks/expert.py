@@ -158,8 +158,6 @@ def _plain_step(step: dict, values: dict) -> Plan:
             raise ExpertError(f"{c['name']} failed: {r.error}")
         try:
             values[o["as"]] = extract(o["extract"], r.value, values)
-            said = note(o["extract"], c, r.value, values[o["as"]], values, len(calls) > 1)
-            _note(values, said, values[o["as"]])
         except ExpertError:
             if o["extract"]["kind"] == "link" and len(calls) == 1:
                 # the link is beyond what the (cut) page view shows: find it on the page
@@ -169,6 +167,8 @@ def _plain_step(step: dict, values: dict) -> Plan:
                 raise
             missing.append(o)  # the snippet did not show the fact: open the document
             continue
+        said = note(o["extract"], c, r.value, values[o["as"]], values, len(calls) > 1)
+        _note(values, said, values[o["as"]])
         for name, spec in o.get("also", {}).items():
             values[name] = extract(spec, r.value, values)
     if missing:
