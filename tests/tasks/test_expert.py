@@ -169,3 +169,20 @@ def test_turns_open_with_what_the_results_said(env):
             assert thinks[1].startswith(step.split("<<")[0]), thinks[1]
         seen.add(template)
     assert seen == wanted
+
+
+def test_earliest_booking_says_every_departure_first(env):
+    """The flight list comes cheapest first, so before picking the earliest flight the expert
+    says each flight's departure, and picks the earliest of those it said."""
+    tasks = sample_tasks("train", 600, seed=3, world=env.world, tiers=["complex"])
+    tasks = [t for t in tasks if t.metadata["template"] == "book" and "earliest" in t.prompt]
+    assert tasks
+    _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, batch_size=100)
+    for task, traj in zip(tasks, trajectories, strict=True):
+        assert traj.success, task.prompt
+        think = traj.steps[1].action.thinking
+        said = dict(pair.split(" ") for pair in think.split(". ")[0].split(": ")[1].split(", "))
+        listed = {f["id"]: f["departure"] for f in traj.tool_responses[0].result["flights"]}
+        assert said == listed, think
+        chosen = traj.steps[1].action.tool_calls[0].arguments["flight_id"]
+        assert said[chosen] == min(said.values()), think

@@ -260,6 +260,10 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
         flight = flights[0]
         if attempt == 0:
             think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${fmt_value(flight['price'])}). Book it."
+            if criterion == "earliest":  # the list comes cheapest first: compare the times said
+                listed = found.value.get("flights", []) if isinstance(found.value, dict) else []
+                times = ", ".join(f"{f['id']} {f['departure']}" for f in listed)
+                think = f"Departures: {times}. {think}"
         else:
             think = f"The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
         book = {
