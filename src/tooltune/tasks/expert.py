@@ -298,7 +298,8 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
 def _read_or_find(step: dict, values: dict) -> Plan:
     path = step["path"]
     read = {"name": "read_file", "arguments": {"path": path}}
-    (first,) = _checked((yield Turn(f"Read {path}.", [read])), 1)
+    then = f", then {step['then']}" if step.get("then") else ""
+    (first,) = _checked((yield Turn(f"Read {path}{then}.", [read])), 1)
     if not first.ok:
         think = (
             f"{path} is not there; it was probably moved. Search the files for {step['pattern']}."

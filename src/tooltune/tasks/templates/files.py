@@ -133,7 +133,7 @@ def t_two_warehouses(ctx: Ctx) -> Draft:
                          f"Add the {product} stock of the {invs[0]['warehouse']} and {invs[1]['warehouse']} warehouses ({invs[0]['path']}, {invs[1]['path']})."])  # fmt: skip
     p = plan(
         f"{invs[0]['warehouse']}: <<s0>>, {invs[1]['warehouse']}: <<s1>>, total <<total>>.",
-        step("Read both stock files at once.", *[op(call("read_file", path=inv["path"]), x_csv("product", product, "stock"), f"s{i}") for i, inv in enumerate(invs)]),
+        step("Read both stock files at once, then add.", *[op(call("read_file", path=inv["path"]), x_csv("product", product, "stock"), f"s{i}") for i, inv in enumerate(invs)]),
         step("Add the two counts.", op(call("calculate", expression="<<s0:num>> + <<s1:num>>"), x_numeric(), "total")),
     )  # fmt: skip
     return Draft(prompt, ["files", "math"], total, num_check(total, 1e-9), p,
@@ -147,11 +147,14 @@ def _moved_budget(ctx: Ctx) -> dict:
     return ctx.choice(moved)
 
 
-def read_or_find_step(claimed: str, pattern: str, select: str, extract: dict, var: str) -> dict:
+def read_or_find_step(
+    claimed: str, pattern: str, select: str, extract: dict, var: str, then: str = ""
+) -> dict:
     """Read `claimed`; when it is missing, search file contents for `pattern` and read the
-    matching file whose path contains `select`."""
+    matching file whose path contains `select`. `then` names what comes after the reading in
+    the first thought ("Read X, then ...")."""
     return {"macro": "read_or_find", "path": claimed, "pattern": pattern, "select": select,
-            "extract": extract, "as": var}  # fmt: skip
+            "extract": extract, "as": var, "then": then}  # fmt: skip
 
 
 def t_moved_budget(ctx: Ctx) -> Draft:
@@ -187,7 +190,8 @@ def t_budget_share(ctx: Ctx) -> Draft:
         f"What percentage of {b['company']}'s annual revenue is its {b['department']} budget? The memo is {claimed}; revenue is in the database.",
         f"Express {b['company']}'s {b['department']} budget ({claimed}) as a percent of the company's revenue.",
     ])  # fmt: skip
-    read = read_or_find_step(claimed, pattern, select, x_field("Approved budget"), "amount")
+    then = "the revenue from the database, then divide"
+    read = read_or_find_step(claimed, pattern, select, x_field("Approved budget"), "amount", then)
     p = plan(
         "$<<amount>> of <<rev>> million USD revenue is <<share>>%.",
         read,
