@@ -153,8 +153,10 @@ def note(spec: dict, call: dict, result: Any, value: Any, values: dict, several:
     long result); lookups only when `several` ran in one turn (which value belongs to whom)."""
     kind = spec["kind"]
     where = call.get("arguments", {}).get("path", "")
-    if kind == "csv":
-        return f"{where}: {spec['key']}, {spec['col']} {fmt_value(value)}."
+    if kind == "csv":  # the cell as the file writes it
+        rows = [r for r in _csv_rows(result) if r.get(spec["key_col"]) == spec["key"]]
+        cell = rows[0][spec["col"]] if rows else fmt_value(value)
+        return f"{where}: {spec['key']}, {spec['col']} {cell}."
     if kind == "shapes":
         color, shape = spec.get("color"), spec.get("shape")
         shapes = result.get("shapes", []) if isinstance(result, dict) else []
@@ -172,7 +174,7 @@ def note(spec: dict, call: dict, result: Any, value: Any, values: dict, several:
         return f"{title} {spec['field'].lower()}: {said}."
     if kind == "sql":
         named = _QUERY_NAME.search(call.get("arguments", {}).get("query", ""))
-        label = f"{named.group(1)} {spec.get('column') or ''}" if named else spec.get("column")
+        label = " ".join(w for w in (named and named.group(1), spec.get("column")) if w)
         return f"{label}: {value}." if label else ""
     return ""
 
