@@ -63,29 +63,6 @@ def test_test_split_holds_out_entities_and_templates(world):
     assert heldout and not heldout & {t.metadata["template"] for t in train}
     assert heldout & {t.metadata["template"] for t in test}
     assert {t.id for t in templates_for("validation")} == {t.id for t in templates_for("train")}
-    practice = {t.id for t in TEMPLATES if t.train_only}
-    assert practice and practice <= {t.metadata["template"] for t in train}
-    assert not practice & {t.id for t in templates_for("test") + templates_for("heldout_tools")}
-
-
-def test_chain_practice_leaves_the_heldout_chains_new(world):
-    """Training practises two-hop lookups over more pairs of facts, never the pairs (in any
-    source) of the held-out chain templates, and never reads an area through search."""
-    tasks = sample_tasks("train", 600, seed=0, world=world, tiers=["multi_tool_seq"])
-    practice = [t for t in tasks if t.metadata["template"] == "chain_practice"]
-    assert len(practice) > 20
-    names = {"hq_city": "hq", "headquarters": "hq", "city": "city", "home city": "city",
-             "area_km2": "area", "area": "area", "population": "population"}  # fmt: skip
-    seen = set()
-    for task in practice:
-        ops = [step["calls"][0] for step in task.metadata["plan"]["steps"]]
-        facts = [(o["extract"].get("column") or o["extract"]["field"]).lower() for o in ops]
-        first, second = (names.get(f, f) for f in facts)
-        assert (first, second) not in {("hq", "area"), ("city", "population")}, task.prompt
-        assert not (second == "area" and ops[1]["call"]["name"] == "search"), task.prompt
-        seen.add((first, ops[0]["call"]["name"]))
-    assert {source for _, source in seen} == {"search", "sql_query"}
-    assert {fact for fact, _ in seen} == {"ceo", "hq", "city"}
 
 
 def test_heldout_tools_split(world):

@@ -60,14 +60,13 @@ def get_world(world: World | str | Path | None = None, seed: int = 0) -> World:
 
 
 def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
-    """Templates a split may use: train/validation never see held-out templates or tools, and
-    the test splits never see `train_only` ones."""
+    """Templates a split may use: train/validation never see held-out templates or tools."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     if split == "heldout_tools":
         chosen = [t for t in ALL_TEMPLATES if t.heldout_tools]
     elif split == "test":
-        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.train_only]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools]
     else:
         chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.heldout]
     return [t for t in chosen if tier is None or t.tier == tier]

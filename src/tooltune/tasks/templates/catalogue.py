@@ -1,8 +1,7 @@
 """Every tool-tier template with its tier, and whether it is held out: `heldout` templates only
 appear in the test split (task shapes training never saw), `heldout_tools` ones only in the
-`heldout_tools` split; `train_only` ones never appear in a test split. The order matters:
-`splits.sample_tasks` draws templates by position, so reordering them changes every sample
-(a `train_only` template added at the end leaves the test samples as they were).
+`heldout_tools` split. The order matters: `splits.sample_tasks` draws templates by position, so
+reordering them changes every sample.
 """
 
 from __future__ import annotations
@@ -86,6 +85,5 @@ TEMPLATES: list[Template] = [
     Template("registry_sum", P, heldout_tools.t_reg_sum, heldout_tools=True),
     Template("registry_compare", P, heldout_tools.t_reg_compare, heldout_tools=True),
     Template("registry_book", C, heldout_tools.t_reg_book, heldout_tools=True),
-    Template("chain_practice", Q, facts.t_chain_practice, train_only=True),
 ]
 TEMPLATES_BY_ID = {t.id: t for t in TEMPLATES}

@@ -40,7 +40,6 @@ class Template:
     make: Callable[[Ctx], Draft]
     heldout: bool = False  # only in the test split (templates never seen in training)
     heldout_tools: bool = False  # only in the heldout_tools split
-    train_only: bool = False  # never in the test splits: practice that no test task repeats
 
 
 @dataclass

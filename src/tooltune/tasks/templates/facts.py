@@ -3,7 +3,7 @@ corpus, the SQL database or the held-out registry tools (`FACTS` says where each
 each, `lookup_op` writes the call).
 
 Templates: one lookup (`make_fact`); a lookup whose answer names the entity of the next one
-(`make_chain`, and `t_chain_practice` over more pairs, for training only); lookups feeding a calculation (`t_density`, `t_company_age`); and independent
+(`make_chain`); lookups feeding a calculation (`t_density`, `t_company_age`); and independent
 lookups in one turn to compare, add up or list (`t_compare`, `t_older`, `t_sum`, `t_hq_pair`,
 `t_mixed_sources`).
 """
@@ -146,20 +146,7 @@ CHAINS = {
     ("hq", "area"): ["What is the area in km2 of the city that hosts {n}'s headquarters?"],
     ("ceo", "city"): ["In which city does the chief executive of {n} live?"],
     ("city", "population"): ["What is the population of the city where {n} lives?"],
-    ("hq", "place_founded"): ["In what year was the city where {n} is headquartered founded?",
-                              "When was the city that hosts {n}'s headquarters founded?"],
-    ("city", "area"): ["How large, in km2, is the city where {n} lives?",
-                       "What is the area of {n}'s home city in square kilometres?"],
-    ("city", "place_founded"): ["When was the home city of {n} founded?",
-                                "In what year was the city where {n} lives founded?"],
 }  # fmt: skip
-# Chains only training sees (`t_chain_practice`): the held-out pairs (hq -> area, home city ->
-# population) stay new, and area is never searched (`place_area_search` is held out too).
-PRACTICE_CHAINS = [("ceo", "age", "database"), ("ceo", "city", "database"),
-                   ("hq", "place_founded", "search"), ("hq", "place_founded", "database"),
-                   ("city", "area", "database"), ("city", "place_founded", "search"),
-                   ("city", "place_founded", "database")]  # fmt: skip
-CHAIN_WORDS = {"place_founded": "founding year"}  # where the search word reads badly in a sentence
 
 
 def make_chain(first: str, second: str, source: str) -> Callable[[Ctx], Draft]:
@@ -171,7 +158,7 @@ def make_chain(first: str, second: str, source: str) -> Callable[[Ctx], Draft]:
         name = _entity_for(ctx, first)
         mid = truth_of(ctx.world, first, name)
         value = truth_of(ctx.world, second, mid)
-        w1, w2 = (CHAIN_WORDS.get(f, SEARCH_WORDS[f]) for f in (first, second))
+        w1, w2 = SEARCH_WORDS[first], SEARCH_WORDS[second]
         prompt = ctx.choice(phrasings).format(n=name) + source_hint(ctx.rng, source)
         p = plan(
             f"The {w1} of {name} is <<mid>>, whose {w2} is <<v>>.",
@@ -194,12 +181,6 @@ def make_chain(first: str, second: str, source: str) -> Callable[[Ctx], Draft]:
         )
 
     return make
-
-
-def t_chain_practice(ctx: Ctx) -> Draft:
-    """One of the `PRACTICE_CHAINS`: two-hop lookups over more pairs of facts than the test
-    split asks about, so that a model learns to chain lookups rather than a few fixed pairs."""
-    return make_chain(*ctx.choice(PRACTICE_CHAINS))(ctx)
 
 
 def t_density(ctx: Ctx) -> Draft:
