@@ -145,8 +145,8 @@ def test_turns_open_with_what_the_results_said(env):
         template, thinks = task.metadata["template"], [s.action.thinking for s in traj.steps]
         first = traj.steps[0].action.tool_calls
         if template == "two_warehouses":
-            product = task.prompt.split(" units")[0].split("How many ")[-1].split("Add the ")[-1]
-            product = product.removesuffix(" stock of the").split(" stock of the ")[0]
+            product = task.metadata["plan"]["steps"][0]["calls"][0]["extract"]["key"]
+            assert product in task.prompt
             a, b = traj.steps[1].action.tool_calls[0].arguments["expression"].split(" + ")
             paths = [c.arguments["path"] for c in first]
             assert thinks[1].startswith(
