@@ -219,6 +219,29 @@ def test_episodes_start_their_next_turn_while_others_still_write():
         assert policy.decode(t.tokens.ids) == t.metadata["text"]
 
 
+def test_a_finished_episode_hands_its_place_to_the_next_task():
+    script = {"long": ["x" * 250], "a": [CALL, "391"], "b": ["done"], "c": ["done"]}
+    config = AgentConfig(max_new_tokens=200)
+    prompts = ["long", "a", "b", "c"]
+    policy = PiecewiseCharPolicy(script)
+    finished = []
+    out = TrajectoryCollector(policy, ToolRegistry([multiply]), config).collect(
+        prompts, max_active=2, on_finish=lambda t: finished.append(t.prompt)
+    )
+    assert max(len(rows) for rows in policy.calls) == 2
+    # "b" and "c" ran beside "long", each as soon as a place was free: the batch stayed full
+    started = {p: next(i for i, rows in enumerate(policy.calls) if p in [r[0] for r in rows])
+               for p in prompts}  # fmt: skip
+    assert started["b"] < len(policy.calls) - 1 and started["c"] > started["b"]
+    assert finished.index("b") < finished.index("long") and sorted(finished) == sorted(prompts)
+    # the same episodes as all at once, in task order
+    everything = TrajectoryCollector(PiecewiseCharPolicy(script), ToolRegistry([multiply]), config)
+    assert [t.prompt for t in out] == prompts
+    assert [t.metadata["text"] for t in out] == [
+        t.metadata["text"] for t in everything.collect(prompts)
+    ]
+
+
 def test_max_trajectory_len_stops_episode():
     policy = CharPolicy({"q": [CALL] * 10})
     config = AgentConfig(max_trajectory_len=2000, max_new_tokens=100)

@@ -175,7 +175,9 @@ def run_evaluation(
     `verify(task, trajectory)` decides success (a bare tool source falls back to the task's
     checker spec). Accuracy is reported per `groups` (default: `task_groups(tasks)`).
     A policy with a `prepare(tasks)` method (the scripted expert) is told the tasks first.
-    Without `tool_style`, a model is prompted as it was trained (its `prompt_format`)."""
+    Without `tool_style`, a model is prompted as it was trained (its `prompt_format`).
+    At most `batch_size` episodes run at once, and each finished one hands its place to the
+    next task (`TrajectoryCollector.collect(max_active=...)`)."""
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
         prepare(tasks)
@@ -198,15 +200,18 @@ def run_evaluation(
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), desc="evaluation", unit="task", leave=False)
-    trajectories: list[AgentTrajectory] = []
+    done = 0
+
+    def finished(_: AgentTrajectory) -> None:
+        nonlocal done
+        done += 1
+        if bar is not None:
+            bar.update(1)
+        elif callable(progress):
+            progress(done, len(tasks))
+
     try:
-        for start in range(0, len(tasks), max(1, batch_size)):
-            batch = tasks[start : start + batch_size]
-            trajectories += collector.collect(batch)
-            if bar is not None:
-                bar.update(len(batch))
-            elif callable(progress):
-                progress(len(trajectories), len(tasks))
+        trajectories = collector.collect(tasks, max_active=batch_size, on_finish=finished)
     finally:
         if bar is not None:
             bar.close()

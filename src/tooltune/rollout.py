@@ -225,37 +225,61 @@ class TrajectoryCollector:
         tasks: Iterable[str | TaskLike],
         num_samples: int = 1,
         tier: TaskTier = TaskTier.SIMPLE,
+        *,
+        max_active: int | None = None,
+        on_finish: Callable[[AgentTrajectory], None] | None = None,
     ) -> list[AgentTrajectory]:
-        """Roll out `num_samples` episodes per task; results are grouped task by task."""
+        """Roll out `num_samples` episodes per task; results are grouped task by task.
+
+        `max_active`: at most that many episodes run at once, and a finished episode's place
+        goes to the next one waiting, so a long list of tasks keeps the batch full to its end
+        instead of waiting, batch after batch, for each batch's longest episode. None: all at
+        once. `on_finish(trajectory)` runs as each episode ends (a progress bar)."""
         encoded: dict[str, list[int]] = {}  # a task's samples share their opening's tokens
-        episodes = [self._start(task, tier, encoded) for task in tasks for _ in range(num_samples)]
+        waiting = iter([task for task in tasks for _ in range(num_samples)])
+        limit = max_active if max_active and max_active > 0 else None
+        episodes: list[_Episode] = []
+        running: list[_Episode] = []
         try:
             for call in itertools.count():
-                active = []
-                for e in episodes:
-                    if e.done:
-                        continue
-                    if e.partial_ids:  # in the middle of a turn: room was checked at its start
-                        active.append(e)
-                    elif e.turns >= self.config.max_turns:
-                        self._stop(e, "max_turns")
-                    elif not self._has_room(e):
-                        self._stop(e, "max_trajectory_len")
-                    else:
-                        active.append(e)
-                if not active:
+                running = [e for e in running if not self._ended(e, on_finish)]
+                while limit is None or len(running) < limit:
+                    task = next(waiting, None)
+                    if task is None:
+                        break
+                    episode = self._start(task, tier, encoded)
+                    episodes.append(episode)
+                    if not self._ended(episode, on_finish):
+                        running.append(episode)
+                if not running:
                     break
-                ended = self._generate(active, call)
+                ended = self._generate(running, call)
                 if ended:
                     self._turn(ended)
-            for e in episodes:
-                self._finish(e)
         finally:
             for e in episodes:
                 e.registry.close()
             if self.token_mode:
                 self.policy.release_turns()
         return [e.trajectory for e in episodes]
+
+    def _ended(
+        self, episode: _Episode, on_finish: Callable[[AgentTrajectory], None] | None
+    ) -> bool:
+        """Whether the episode is over (stopping it at its turn or length limit); an episode
+        that just ended is scored, and its tools released, here."""
+        if not episode.done and not episode.partial_ids:  # mid-turn: room was checked at start
+            if episode.turns >= self.config.max_turns:
+                self._stop(episode, "max_turns")
+            elif not self._has_room(episode):
+                self._stop(episode, "max_trajectory_len")
+        if not episode.done:
+            return False
+        self._finish(episode)
+        episode.registry.close()
+        if on_finish is not None:
+            on_finish(episode.trajectory)
+        return True
 
     def _start(
         self, task: str | TaskLike, tier: TaskTier, encoded: dict[str, list[int]]
