@@ -1,0 +1,121 @@
+"""Evaluation throughput: a trained model on the demo's test tasks, batch by batch against a
+batch kept full (a finished episode hands its place to the next task).
+
+Both sides run the real evaluation path (`TrajectoryCollector` on the built-in world, the
+demo's settings from the run directory's `config.json`, greedy decoding) on the same tasks:
+
+* **batch by batch**: the tasks in chunks of `--batch`, each chunk collected to its end (its
+  longest episode) before the next starts; how `run_evaluation` worked before 2026-12-04's
+  sixth session;
+* **kept full**: `collect(tasks, max_active=--batch)`, as `run_evaluation` now does.
+
+The runs take turns (`--repeats`) and each side keeps its fastest. Both print the tokens they
+generated and the tasks they solved: the work is the same up to float rounding (batches of
+another shape round differently, which can flip a near-tied greedy token).
+
+    python benchmarks/evaluation.py --model RUN_DIR              # 96 tasks, batch 32
+    python benchmarks/evaluation.py --model RUN_DIR --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tooltune.config import AgentConfig
+from tooltune.environment import Environment
+from tooltune.rollout import SamplingParams, TrajectoryCollector
+from tooltune.training.run_dir import load_policy
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def policy_dir(model: Path) -> Path:
+    for candidate in (model / "checkpoints" / "latest" / "policy", model):
+        if (candidate / "config.json").exists():
+            return candidate
+    raise SystemExit(f"--model: no saved policy in {model} (a demo run directory or a policy)")
+
+
+def collect(collector: TrajectoryCollector, tasks: list, batch: int, kept_full: bool) -> tuple:
+    start = time.perf_counter()
+    if kept_full:
+        out = collector.collect(tasks, max_active=batch)
+    else:
+        out = [
+            t for i in range(0, len(tasks), batch) for t in collector.collect(tasks[i : i + batch])
+        ]
+    seconds = time.perf_counter() - start
+    generated = sum(sum(t.tokens.mask) for t in out)
+    return seconds, generated, sum(t.success for t in out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a demo run directory")
+    parser.add_argument("--tasks", type=int, default=96, help="test tasks, spread over the tiers")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="48 tasks, one run a side")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.repeats = 48, 1
+    run = args.model
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    config = AgentConfig.from_dict(saved.get("config", {}))
+    policy = load_policy(policy_dir(run))
+    env = Environment(config=config)
+    per_tier = max(1, args.tasks // len(env.groups))
+    tasks = env.sample_tasks("test", per_tier, seed=config.seed + 1, per_group=True)
+    sampling = SamplingParams(
+        temperature=0.0, max_new_tokens=config.max_new_tokens, seed=config.seed
+    )
+    style = policy.prompt_format.tool_style if policy.prompt_format else "compact"
+    collector = TrajectoryCollector(policy, env, config, sampling=sampling, tool_style=style,
+                                    verifier=env.verify)  # fmt: skip
+    log(f"{len(tasks)} tasks, batch {args.batch}, {torch.get_num_threads()} threads")
+    best: dict[str, tuple] = {}
+    try:
+        for repeat in range(args.repeats):
+            for side, kept_full in (("batch_by_batch", False), ("kept_full", True)):
+                result = collect(collector, tasks, args.batch, kept_full)
+                log(
+                    f"run {repeat + 1} {side}: {result[0]:.1f} s, {result[1]} tokens, {result[2]} solved"
+                )
+                if side not in best or result[0] < best[side][0]:
+                    best[side] = result
+    finally:
+        env.close()
+    out = {
+        "tasks": len(tasks),
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        **{
+            f"{side}_{key}": value
+            for side, r in best.items()
+            for key, value in zip(("seconds", "generated_tokens", "solved"), r, strict=True)
+        },  # fmt: skip
+        "speedup_kept_full_vs_batch_by_batch": round(
+            best["batch_by_batch"][0] / best["kept_full"][0], 3
+        ),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
