@@ -162,6 +162,19 @@ def test_cached_worlds_rebuild_when_stale(tmp_path):
     assert bigger.size == "default" and len(bigger.places) == 200
 
 
+def test_a_seed_that_is_not_an_int_is_refused_before_anything_is_rebuilt(tmp_path):
+    from tooltune.config import AgentConfig
+    from tooltune.environment import Environment
+
+    root = tmp_path / "cached"
+    world = ensure_world(root, seed=2, size="small")
+    before = world.json_path.read_bytes()
+    for seed in (AgentConfig(), "2", 2.0, True):  # a config passed where the seed goes, ...
+        with pytest.raises(TypeError, match="seed must be an int"):
+            Environment(root, seed)
+    assert world.json_path.read_bytes() == before  # the world other processes use is intact
+
+
 def test_pools_keep_products_and_files_apart(world):
     for inv in world.inventories:
         assert {world.product(i["product_id"])["pool"] for i in inv["items"]} == {inv["pool"]}

@@ -80,6 +80,10 @@ def ensure_world(world_dir: str | Path, seed: int | None = None, size: str | Non
     processes that start at once never see (or write) a half-built world. `seed` and `size`
     None mean "whatever world is there" (seed 0, size default when one has to be built)."""
     root = Path(world_dir)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        # e.g. a config passed where the seed goes: it would rebuild the world in place under
+        # every process that uses it
+        raise TypeError(f"the world's seed must be an int or None, got {type(seed).__name__}")
     if size is not None:
         world_counts(size)  # an unknown size fails here, before anything is built
     if world_is_built(root, seed, size):
