@@ -347,3 +347,38 @@ def test_prefill_after_cached_prefixes_equals_a_full_prefill(copy_head):
         torch.testing.assert_close(reused.k[:, row, :, real], full.k[:, row, :, real])
         torch.testing.assert_close(reused.v[:, row, :, real], full.v[:, row, :, real])
         torch.testing.assert_close(reused.copy_k[row, real], full.copy_k[row, real])
+
+
+def test_new_episodes_start_from_a_system_prompt_an_earlier_call_ran(
+    tiny_policy, monkeypatch, same_greedy
+):
+    """A prompt's first turn (the system prompt, up to its first end-of-turn token) is kept
+    across generate calls: a later prompt with the same first turn runs only its own tokens,
+    with the tokens of a full prefill; a weight update drops what was kept."""
+    from tooltune.chat_format import IM_END
+
+    policy = tiny_policy.clone()
+    system = "You answer with tools: search the web, calculate, read a file." + IM_END
+    n_system = len(policy.encode(system))
+    assert n_system >= 16 and policy.encode(system)[-1] in policy._stop_ids
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6, stop=[])
+    runs: list[int] = []
+    prefill = kv_cache.prefill
+
+    def spy(model, ids, mask, cache, cached=None):
+        runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
+        return prefill(model, ids, mask, cache, cached)
+
+    monkeypatch.setattr(kv_cache, "prefill", spy)
+    policy.generate([system + "\nWhat is 2 + 2?"], greedy)
+    later = [system + "\nThe quick brown fox", system + "\nParis is"]
+    runs.clear()
+    kept = policy.generate(later, greedy)
+    assert runs == [sum(len(policy.encode(p)) - n_system for p in later)]
+    same_greedy(kept, tiny_policy.clone().generate(later, greedy, reuse_turns=False))
+
+    ((key, opening),) = policy._openings.items()
+    with torch.no_grad():
+        policy.model.norm.weight.mul_(1.01)
+    policy.generate(later[:1], greedy)
+    assert policy._openings[key] is not opening  # run again with the new weights

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from tooltune.prompt_format import PromptFormat
 
 
+# System prompts kept between generate calls (~8 MB each for SmolLM2-135M at 330 tokens)
+MAX_OPENINGS = 64
+
+
 def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     """Whether ``fn`` takes the keyword ``name`` (optional features of a policy's methods, such
     as ``token_logprobs(..., scored=)``, are used only where they exist)."""
@@ -65,6 +69,10 @@ class ModulePolicy(Policy):
     # computed with.
     _turn_cache: dict = {}
     _turn_cache_version: tuple | None = None
+    # The system prompts (each prompt's first turn) earlier calls ran, for the same weights:
+    # every new episode of a task with the same tools starts from them (at most MAX_OPENINGS)
+    _openings: dict = {}
+    _openings_version: tuple | None = None
 
     def generate(
         self,
@@ -98,7 +106,12 @@ class ModulePolicy(Policy):
         version = self._weights_version()
         valid = reuse and self._turn_cache_version == version
         previous = self._turn_cache if valid else {}
-        self.release_turns()  # the old rows go before the new batch runs
+        self._turn_cache, self._turn_cache_version = (
+            {},
+            None,
+        )  # the old rows go before the new batch runs
+        if not reuse or self._openings_version != version or len(self._openings) > MAX_OPENINGS:
+            self._openings, self._openings_version = {}, version
         finished: dict | None = {} if reuse else None
         was_training = self.model.training
         self.model.eval()
@@ -118,6 +131,7 @@ class ModulePolicy(Policy):
                 generated_before=generated_before,
                 previous=previous,
                 finished=finished,
+                openings=self._openings if reuse else None,
             )
         finally:
             self.model.train(was_training)
@@ -130,8 +144,9 @@ class ModulePolicy(Policy):
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     def release_turns(self) -> None:
-        """Drop the kept rows (see `Policy.release_turns`)."""
+        """Drop the kept rows and system prompts (see `Policy.release_turns`)."""
         self._turn_cache, self._turn_cache_version = {}, None
+        self._openings, self._openings_version = {}, None
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -62,13 +62,25 @@ def first_pass(
     cache: Any,
     previous: dict[tuple[int, ...], Any],
     share: bool,
+    openings: dict[tuple[int, ...], Any] | None = None,
+    turn_ends: set[int] | None = None,
 ) -> torch.Tensor:
     """Logits of the prompts' last tokens. A backend that can prefill from kept prefixes runs,
-    of a row that continues one of ``previous`` (keyed by token ids), only the rest; with
-    ``share``, the other rows run their common beginning once (`common_beginning`)."""
+    of a row that continues one of ``previous`` (keyed by token ids), only the rest. A row that
+    continues none starts from its first turn (its tokens up to the first of ``turn_ends``: the
+    system prompt) kept in ``openings`` by an earlier call, or run now and kept there; with
+    ``share``, the rows left run their common beginning once (`common_beginning`)."""
     if cache is None or not hasattr(backend, "prefill"):
         return backend.forward_last(ids, mask, cache)
     prompts, cached = continued_rows(previous, ids, mask)
+    if openings is not None and turn_ends:
+        for row, prompt in enumerate(prompts):
+            n = next((i + 1 for i, t in enumerate(prompt) if t in turn_ends), 0)
+            if row in cached or not MIN_SHARED_PREFIX <= n < len(prompt):
+                continue
+            if prompt[:n] not in openings:
+                openings[prompt[:n]] = backend.run_beginning(list(prompt[:n]))
+            cached[row] = openings[prompt[:n]]
     fresh = [row for row in range(len(prompts)) if row not in cached]
     n = common_beginning([prompts[row] for row in fresh]) if share else 0
     if n:
@@ -245,6 +257,7 @@ def generate_tokens(
     generated_before: Sequence[Sequence[int]] | None = None,
     previous: dict[tuple[int, ...], Any] | None = None,
     finished: dict[tuple[int, ...], Any] | None = None,
+    openings: dict[tuple[int, ...], Any] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt, all rows decoded together (see module docstring).
 
@@ -256,7 +269,9 @@ def generate_tokens(
     call and ending the prompt, so a stop string that began there is still found.
     ``previous`` holds rows earlier calls finished, keyed by their token ids: a prompt that
     continues one runs only its new tokens. ``finished``, when given, receives the rows this
-    call finishes (each prompt and all but its last generated token) for the next call."""
+    call finishes (each prompt and all but its last generated token) for the next call.
+    ``openings``, when given, keeps the prompts' first turns (up to their first ``eos_ids``
+    token: the system prompt) across calls, so a new episode runs only its own tokens."""
     validate_sampling(sampling)
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
@@ -289,7 +304,7 @@ def generate_tokens(
         ids, mask = left_pad(list(distinct), pad_id, device)
         capacity = ids.shape[1] + max(budgets[i] for i in rows)
         cache = backend.new_cache(len(distinct), capacity)
-        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill)
+        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill, openings, eos)
         index = torch.tensor(inverse, device=device)
         ids, mask, logits = ids[index], mask[index], logits[index]
         cache = backend.select_cache(cache, index)
@@ -297,7 +312,7 @@ def generate_tokens(
         ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id, device)
         capacity = ids.shape[1] + max(budgets[i] for i in rows)
         cache = backend.new_cache(len(rows), capacity) if use_cache else None
-        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill)
+        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill, openings, eos)
     out_ids: dict[int, list[int]] = {i: [] for i in rows}
     out_lps: dict[int, list[float]] = {i: [] for i in rows}
     done = [False] * len(rows)
