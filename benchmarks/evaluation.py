@@ -7,7 +7,9 @@ demo's settings from the run directory's `config.json`, greedy decoding) on the 
 * **batch by batch**: the tasks in chunks of `--batch`, each chunk collected to its end (its
   longest episode) before the next starts; how `run_evaluation` worked before 2026-12-04's
   sixth session;
-* **kept full**: `collect(tasks, max_active=--batch)`, as `run_evaluation` now does.
+* **kept full**: `collect(tasks, max_active=--batch)`, as `run_evaluation` now does;
+* **kept full, no system prompts kept**: the same, with every new episode's system prompt run
+  afresh (as before new episodes started from the system prompts earlier calls ran).
 
 The runs take turns (`--repeats`) and each side keeps its fastest. Both print the tokens they
 generated and the tasks they solved: the work is the same up to float rounding (batches of
@@ -29,8 +31,10 @@ from typing import Any
 
 import torch
 
+import tooltune.policies.module as module
 from tooltune.config import AgentConfig
 from tooltune.environment import Environment
+from tooltune.policies.sampling import generate_tokens
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 from tooltune.training.run_dir import load_policy
 
@@ -46,9 +50,14 @@ def policy_dir(model: Path) -> Path:
     raise SystemExit(f"--model: no saved policy in {model} (a demo run directory or a policy)")
 
 
-def collect(collector: TrajectoryCollector, tasks: list, batch: int, kept_full: bool) -> tuple:
+def without_openings(*args: Any, **kwargs: Any) -> Any:
+    return generate_tokens(*args, **{**kwargs, "openings": None})
+
+
+def collect(collector: TrajectoryCollector, tasks: list, batch: int, side: str) -> tuple:
+    module.generate_tokens = without_openings if side.endswith("no_openings") else generate_tokens
     start = time.perf_counter()
-    if kept_full:
+    if side.startswith("kept_full"):
         out = collector.collect(tasks, max_active=batch)
     else:
         out = [
@@ -87,8 +96,8 @@ def main() -> None:
     best: dict[str, tuple] = {}
     try:
         for repeat in range(args.repeats):
-            for side, kept_full in (("batch_by_batch", False), ("kept_full", True)):
-                result = collect(collector, tasks, args.batch, kept_full)
+            for side in ("batch_by_batch", "kept_full_no_openings", "kept_full"):
+                result = collect(collector, tasks, args.batch, side)
                 log(
                     f"run {repeat + 1} {side}: {result[0]:.1f} s, {result[1]} tokens, {result[2]} solved"
                 )
@@ -108,6 +117,9 @@ def main() -> None:
         },  # fmt: skip
         "speedup_kept_full_vs_batch_by_batch": round(
             best["batch_by_batch"][0] / best["kept_full"][0], 3
+        ),
+        "speedup_system_prompts_kept": round(
+            best["kept_full_no_openings"][0] / best["kept_full"][0], 3
         ),
     }
     if args.json:
