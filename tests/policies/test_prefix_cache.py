@@ -156,6 +156,20 @@ def stop_only_one_row_reaches(policy, prompts: list[str], greedy: SamplingParams
     raise AssertionError(f"no row's text can stop alone: {[c.text for c in out]}")
 
 
+def tokens_prefilled(monkeypatch) -> list[int]:
+    """A list that receives, for each prefill of the built-in model, the tokens it ran (those
+    of kept prefixes not counted)."""
+    runs: list[int] = []
+    prefill = kv_cache.prefill
+
+    def spy(model, ids, mask, cache, cached=None):
+        runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
+        return prefill(model, ids, mask, cache, cached)
+
+    monkeypatch.setattr(kv_cache, "prefill", spy)
+    return runs
+
+
 def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch, same_greedy):
     """An episode's next turn continues the conversation the last call finished: it runs only
     its new tokens, with the same tokens and log-probs as prefilling the whole conversation,
@@ -175,14 +189,7 @@ def test_builtin_next_turn_reuses_the_finished_rows(tiny_policy, monkeypatch, sa
         nxt.append(policy.encode("A fresh prompt"))  # continues nothing: prefilled in full
         return out1, policy.generate([""] * len(nxt), turn, prompt_token_ids=nxt, reuse_turns=reuse)
 
-    runs: list[int] = []
-    prefill = kv_cache.prefill
-
-    def spy(model, ids, mask, cache, cached=None):
-        runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
-        return prefill(model, ids, mask, cache, cached)
-
-    monkeypatch.setattr(kv_cache, "prefill", spy)
+    runs = tokens_prefilled(monkeypatch)
     out1, reused = two_turns(True)
     assert {c.finish_reason for c in out1} == {"stop", "length"}  # both ways of finishing
     ran_with_reuse = runs[1]
@@ -362,14 +369,7 @@ def test_new_episodes_start_from_a_system_prompt_an_earlier_call_ran(
     n_system = len(policy.encode(system))
     assert n_system >= 16 and policy.encode(system)[-1] in policy._stop_ids
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6, stop=[])
-    runs: list[int] = []
-    prefill = kv_cache.prefill
-
-    def spy(model, ids, mask, cache, cached=None):
-        runs.append(int(mask.sum()) - sum(len(c.ids) for c in (cached or {}).values()))
-        return prefill(model, ids, mask, cache, cached)
-
-    monkeypatch.setattr(kv_cache, "prefill", spy)
+    runs = tokens_prefilled(monkeypatch)
     policy.generate([system + "\nWhat is 2 + 2?"], greedy)
     later = [system + "\nThe quick brown fox", system + "\nParis is"]
     runs.clear()
