@@ -1,17 +1,17 @@
-"""Evaluation throughput: a trained model on the demo's test tasks, batch by batch against a
-batch kept full (a finished episode hands its place to the next task).
+"""Evaluation throughput: a trained model on the demo's test tasks, evaluated as before
+2026-12-04's sixth session and as now, and the step between.
 
-Both sides run the real evaluation path (`TrajectoryCollector` on the built-in world, the
+Every way runs the real evaluation path (`TrajectoryCollector` on the built-in world, the
 demo's settings from the run directory's `config.json`, greedy decoding) on the same tasks:
 
-* **batch by batch**: the tasks in chunks of `--batch`, each chunk collected to its end (its
-  longest episode) before the next starts; how `run_evaluation` worked before 2026-12-04's
-  sixth session;
-* **kept full**: `collect(tasks, max_active=--batch)`, as `run_evaluation` now does;
-* **kept full, no system prompts kept**: the same, with every new episode's system prompt run
-  afresh (as before new episodes started from the system prompts earlier calls ran).
+* **batch by batch** (before): the tasks in chunks of `--batch`, each chunk collected to its
+  end (its longest episode) before the next starts, every system prompt run afresh;
+* **kept full, no system prompts kept**: `collect(tasks, max_active=--batch)`, a finished
+  episode handing its place to the next task, every system prompt still run afresh;
+* **kept full** (now): the same, new episodes starting from the system prompts earlier
+  generate calls ran.
 
-The runs take turns (`--repeats`) and each side keeps its fastest. Both print the tokens they
+The runs take turns (`--repeats`) and each way keeps its fastest. All print the tokens they
 generated and the tasks they solved: the work is the same up to float rounding (batches of
 another shape round differently, which can flip a near-tied greedy token).
 
@@ -55,7 +55,7 @@ def without_openings(*args: Any, **kwargs: Any) -> Any:
 
 
 def collect(collector: TrajectoryCollector, tasks: list, batch: int, side: str) -> tuple:
-    module.generate_tokens = without_openings if side.endswith("no_openings") else generate_tokens
+    module.generate_tokens = generate_tokens if side == "kept_full" else without_openings
     start = time.perf_counter()
     if side.startswith("kept_full"):
         out = collector.collect(tasks, max_active=batch)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from tooltune.prompt_format import PromptFormat
 
 
-# System prompts kept between generate calls (~8 MB each for SmolLM2-135M at 330 tokens)
+# System prompts kept between generate calls (~8 MB each for SmolLM2-135M at 330 tokens): a
+# call that starts with more than this many kept drops them all first
 MAX_OPENINGS = 64
 
 
@@ -70,7 +71,7 @@ class ModulePolicy(Policy):
     _turn_cache: dict = {}
     _turn_cache_version: tuple | None = None
     # The system prompts (each prompt's first turn) earlier calls ran, for the same weights:
-    # every new episode of a task with the same tools starts from them (at most MAX_OPENINGS)
+    # every new episode of a task with the same tools starts from them (see MAX_OPENINGS)
     _openings: dict = {}
     _openings_version: tuple | None = None
 
@@ -106,10 +107,8 @@ class ModulePolicy(Policy):
         version = self._weights_version()
         valid = reuse and self._turn_cache_version == version
         previous = self._turn_cache if valid else {}
-        self._turn_cache, self._turn_cache_version = (
-            {},
-            None,
-        )  # the old rows go before the new batch runs
+        # the old rows go before the new batch runs
+        self._turn_cache, self._turn_cache_version = {}, None
         if not reuse or self._openings_version != version or len(self._openings) > MAX_OPENINGS:
             self._openings, self._openings_version = {}, version
         finished: dict | None = {} if reuse else None
