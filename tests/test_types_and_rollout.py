@@ -240,6 +240,8 @@ def test_a_finished_episode_hands_its_place_to_the_next_task():
     assert [t.metadata["text"] for t in out] == [
         t.metadata["text"] for t in everything.collect(prompts)
     ]
+    with pytest.raises(ValueError, match="max_active must be at least 1"):
+        everything.collect(prompts, max_active=0)
 
 
 def test_max_trajectory_len_stops_episode():

@@ -211,7 +211,7 @@ def run_evaluation(
             progress(done, len(tasks))
 
     try:
-        trajectories = collector.collect(tasks, max_active=batch_size, on_finish=finished)
+        trajectories = collector.collect(tasks, max_active=max(1, batch_size), on_finish=finished)
     finally:
         if bar is not None:
             bar.close()

@@ -237,7 +237,11 @@ class TrajectoryCollector:
         once. `on_finish(trajectory)` runs as each episode ends (a progress bar)."""
         encoded: dict[str, list[int]] = {}  # a task's samples share their opening's tokens
         waiting = iter([task for task in tasks for _ in range(num_samples)])
-        limit = max_active if max_active and max_active > 0 else None
+        if max_active is not None and max_active < 1:
+            raise ValueError(
+                f"max_active must be at least 1 (or None: all at once), got {max_active}"
+            )
+        limit = max_active
         episodes: list[_Episode] = []
         running: list[_Episode] = []
         try:
