@@ -265,3 +265,15 @@ def test_augment_gives_each_epoch_fresh_records(policy, make_config):
     assert len(calls) == 32 * 12
     ids = torch.tensor([[3, 8]])  # trained on the shifted mapping after the first epoch
     assert policy.token_logprobs(ids, torch.ones_like(ids)).exp().item() > 0.5
+
+
+def test_turns_longer_than_the_generation_budget_are_reported(policy, make_config):
+    """A turn the model learns but could never finish when it runs is said before training."""
+    records = dataset(4)
+    records[0] = TokenRecord(ids=[1, 9, 5, 6, 7, END], mask=[0, 0, 1, 1, 1, 1], logprobs=[0.0] * 6)
+    logged = []
+    config = sft_config(make_config, sft_epochs=1, max_new_tokens=3)
+    history = train_sft(policy, records, config, log=logged.append)
+    assert history.turns_over_budget == 1
+    assert "1 of 4 training conversations" in logged[0] and "max_new_tokens" in logged[0]
+    assert train_sft(policy, dataset(4), config).turns_over_budget == 0  # turns of 2 tokens

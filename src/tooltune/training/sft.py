@@ -167,6 +167,15 @@ def scored_length(record: Any) -> int:
     return last + 1
 
 
+def longest_turn(record: Any) -> int:
+    """Tokens of the record's longest run of scored tokens: its longest model turn."""
+    longest = run = 0
+    for m in record.mask:
+        run = run + 1 if m else 0
+        longest = max(longest, run)
+    return longest
+
+
 def policy_device(policy: Any) -> torch.device:
     """Device of the policy's parameters (CPU for a parameterless module)."""
     for p in policy.model.parameters():
@@ -193,6 +202,7 @@ class SFTHistory:
     lr: list[float] = field(default_factory=list)
     num_train_tokens: int = 0
     dropped_empty: int = 0
+    turns_over_budget: int = 0  # conversations with a turn longer than `max_new_tokens`
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +214,7 @@ class SFTHistory:
             "lr": self.lr,
             "num_train_tokens": self.num_train_tokens,
             "dropped_empty": self.dropped_empty,
+            "turns_over_budget": self.turns_over_budget,
         }
 
 
@@ -332,6 +343,13 @@ def train_sft(
         return [r for r, _ in kept], [k for _, k in kept]
 
     records, keys = epoch_records(train_records)
+    budget = int(getattr(config, "max_new_tokens", 0) or 0)
+    over = [n for n in map(longest_turn, records) if budget and n > budget]
+    history.turns_over_budget = len(over)
+    if over and log is not None:  # such a turn is learned but cut off whenever the model runs
+        log(f"warning: {len(over)} of {len(records)} training conversations have a model turn "
+            f"longer than max_new_tokens ({max(over)} tokens against {budget}); the model "
+            "cannot finish such a turn when it runs: raise max_new_tokens")  # fmt: skip
     val = [
         r
         for r in to_token_records(val_records or [], encode, tool_style)
