@@ -33,6 +33,7 @@ TOOLS = [
             "year": {"type": "integer", "enum": [2020, 2024]},
             "unit": {"enum": ["persons", "Tausend – k"]},
             "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+            "link": {"anyOf": [{"type": "integer"}, {"type": "string"}, {"enum": ["a", 1]}, {}]},
             "raw": {}},
             "required": ["city"]}}},
     {"name": "ping", "description": "Ping.", "parameters": {}},

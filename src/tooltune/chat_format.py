@@ -91,12 +91,18 @@ def _compact_signature(entry: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     params = []
     for name, info in schema.get("properties", {}).items():
-        kind = (
-            "|".join(map(json.dumps, info["enum"])) if "enum" in info else info.get("type", "any")
-        )
-        kind = "|".join(kind) if isinstance(kind, list) else kind
+        options = info["anyOf"] if "anyOf" in info and "enum" not in info else [info]
+        kind = "|".join(_type_text(option) for option in options)
         params.append(f"{name}{'' if name in required else '?'}: {kind}")
     return f"{fn['name']}({', '.join(params)}) - {first_sentence(fn.get('description', ''))}"
+
+
+def _type_text(info: dict[str, Any]) -> str:
+    """`"a"|"b"` for an enum, `integer|null` for a list of types, `any` without a type."""
+    if "enum" in info:
+        return "|".join(map(json.dumps, info["enum"]))
+    kind = info.get("type", "any")
+    return "|".join(kind) if isinstance(kind, list) else kind
 
 
 def first_sentence(text: str) -> str:

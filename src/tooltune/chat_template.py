@@ -63,14 +63,19 @@ _TEMPLATE = r"""{#- tooltune chat template: tool style __STYLE__ (see tooltune.c
 {%- set props = schema['properties'] if 'properties' in schema else {} -%}
 {{- fn['name'] ~ '(' -}}
 {%- for pname, info in props.items() -%}
-{%- if 'enum' in info -%}
-{%- set kind = info['enum'] | map('tojson', ensure_ascii=True) | join('|') -%}
-{%- elif 'type' in info -%}
-{%- set kind = info['type'] if info['type'] is string else info['type'] | join('|') -%}
+{%- set options = info['anyOf'] if 'anyOf' in info and 'enum' not in info else [info] -%}
+{%- set ns_kind = namespace(text='') -%}
+{%- for option in options -%}
+{%- if 'enum' in option -%}
+{%- set kind = option['enum'] | map('tojson', ensure_ascii=True) | join('|') -%}
+{%- elif 'type' in option -%}
+{%- set kind = option['type'] if option['type'] is string else option['type'] | join('|') -%}
 {%- else -%}
 {%- set kind = 'any' -%}
 {%- endif -%}
-{{- (', ' if not loop.first else '') ~ pname ~ ('' if pname in required else '?') ~ ': ' ~ kind -}}
+{%- set ns_kind.text = ns_kind.text ~ ('|' if not loop.first else '') ~ kind -%}
+{%- endfor -%}
+{{- (', ' if not loop.first else '') ~ pname ~ ('' if pname in required else '?') ~ ': ' ~ ns_kind.text -}}
 {%- endfor -%}
 {%- set description = fn['description'] if 'description' in fn else '' -%}
 {%- set description = description.replace('e.g. ', 'e.g.\x1f').replace('i.e. ', 'i.e.\x1f') -%}

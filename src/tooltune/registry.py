@@ -311,6 +311,9 @@ def _explain(error: jsonschema.ValidationError, schema: dict[str, Any]) -> str:
         return f"unknown argument {', '.join(repr(e) for e in extra)} (allowed: {allowed})"
     if error.validator == "type":
         return f"argument '{where}' must be of type {error.validator_value}, got {json.dumps(error.instance)[:80]}"
+    if error.validator == "anyOf" and all("type" in o for o in error.validator_value):
+        kinds = " or ".join(str(o["type"]) for o in error.validator_value)
+        return f"argument '{where}' must be of type {kinds}, got {json.dumps(error.instance)[:80]}"
     if error.validator == "enum":
         return f"argument '{where}' must be one of {json.dumps(error.validator_value)}, got {json.dumps(error.instance)[:80]}"
     return f"argument '{where}': {error.message[:200]}" if where else error.message[:200]

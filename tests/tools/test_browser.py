@@ -31,6 +31,7 @@ INDEX = """<!doctype html>
 ABOUT = "<h1>About</h1><p>Founded in 1999 by Ada.</p><p><a href='index.html'>Home</a></p>"
 OSLO = "<h1>Oslo</h1><p>Population 709,000.</p><a href='../'>Back home</a>"
 GUIDES = "<p>Guides index</p>"
+TWICE = "<a href='a.html'>Next</a> <a href='b.html'>next</a> <a href='about.html'>Same</a>"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "long.html").write_text("<p>" + "word " * 3000 + "</p><p>needle at the end</p>")
     (root / "data.bin").write_bytes(b"\x00\x01" * 10)
     (root / "notes.txt").write_text("line one\nline two")
+    (root / "twice.html").write_text(TWICE)
     secret = tmp_path_factory.mktemp("secret") / "secret.html"
     secret.write_text("<p>top secret</p>")
     (root / "leak.html").symlink_to(secret)
@@ -83,6 +85,8 @@ def test_html_to_text() -> None:
         "http://site.test/away",
         "http://site.test/dir/",
     ]
+    assert page["link_texts"] == ["About us", "Guides", "details", "old page", "partner site",
+                                  "top"]  # fmt: skip
 
 
 def test_open_click_back(browser: ToolRegistry, site: str) -> None:
@@ -130,8 +134,27 @@ def test_click_out_of_range(browser: ToolRegistry, site: str) -> None:
     for link in (0, 7, -1):
         response = run(browser, "browser_click", link=link)
         assert not response.success and "from 1 to 6" in response.error
-    wrong_type = run(browser, "browser_click", link="3")
-    assert not wrong_type.success and "integer" in wrong_type.error
+    wrong_type = run(browser, "browser_click", link=[3])
+    assert not wrong_type.success and "integer or string" in wrong_type.error
+
+
+def test_click_by_text(browser: ToolRegistry, site: str) -> None:
+    """A link can be named by its text (case and spacing aside), what a model has just written
+    in its thought; a text no link has, or one several links share, says what to do instead."""
+    run(browser, "browser_open", url=site + "/")
+    oslo = run(browser, "browser_click", link="  DETAILS ")
+    assert oslo.success and oslo.result["url"] == "/cities/oslo.html"
+    assert run(browser, "browser_click", link="Back home").result["url"] == "/"
+    by_number = run(browser, "browser_click", link="3")  # a bare number no link is named
+    assert by_number.success and by_number.result["url"] == "/cities/oslo.html"
+    run(browser, "browser_back")
+    missing = run(browser, "browser_click", link="guide")
+    assert not missing.success and "no link named 'guide'" in missing.error
+    assert "[2] Guides" in missing.error  # the links whose text contains it
+    run(browser, "browser_open", url="twice.html")
+    twice = run(browser, "browser_click", link="next")
+    assert not twice.success and "2 links are named 'next' (numbers 1, 2)" in twice.error
+    assert run(browser, "browser_click", link="Same").result["url"] == "/about.html"
 
 
 def test_find(browser: ToolRegistry, site: str) -> None:

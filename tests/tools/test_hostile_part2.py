@@ -95,7 +95,7 @@ HOSTILE = [
     ("backslash", "browser_open", {"url": "http://{web}\\@evil.com/"}, "backslashes"),
     ("redirect-off-site", "browser_open", {"url": "http://{web}/away"}, "refused: http://169.254"),
     ("redirect-to-file", "browser_open", {"url": "http://{web}/evil"}, "only http and https"),
-    ("click-wrong-type", "browser_click", {"link": "1; rm -rf /"}, "integer"),
+    ("click-wrong-type", "browser_click", {"link": {"$ne": 1}}, "integer or string"),
     ("unknown-operation", "delete_all_bookings", {}, "unknown tool"),
     ("wrong-arg-type", "book_flight", {"flight_id": 2001, "passenger": "Eve"}, "type string"),
     (

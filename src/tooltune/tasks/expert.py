@@ -159,10 +159,6 @@ def _plain_step(step: dict, values: dict) -> Plan:
         try:
             values[o["as"]] = extract(o["extract"], r.value, values)
         except ExpertError:
-            if o["extract"]["kind"] == "link" and len(calls) == 1:
-                # the link is beyond what the (cut) page view shows: find it on the page
-                values[o["as"]] = yield from _find_link(expand_slots(o["extract"]["text"], values))
-                continue
             if o["extract"]["kind"] != "search":
                 raise
             missing.append(o)  # the snippet did not show the fact: open the document
@@ -191,20 +187,6 @@ def _plain_step(step: dict, values: dict) -> Plan:
             values[o["as"]] = field_value(r.value.get("text", ""), o["extract"]["field"])
             for name, spec in o.get("also", {}).items():
                 values[name] = field_value(r.value.get("text", ""), spec["field"])
-
-
-def _find_link(text: str) -> Plan:
-    turn = Turn(
-        f"{text} is not in the visible part of the page; find it.",
-        [{"name": "browser_find", "arguments": {"text": text}}],
-    )
-    (found,) = _checked((yield turn), 1)
-    if not found.ok:
-        raise ExpertError(f"browser_find failed: {found.error}")
-    for line in re.findall(r"\[(\d+)\] ([^\n\[|\"]+)", json.dumps(found.value)):
-        if line[1].strip() == text:
-            return int(line[0])
-    raise ExpertError(f"no link {text!r} on the page")
 
 
 def _flights(found: Result, criterion: str) -> tuple[list[dict], bool]:

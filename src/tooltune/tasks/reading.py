@@ -80,14 +80,6 @@ def _csv_rows(result: Any) -> list[dict]:
     return list(csv.DictReader(io.StringIO(content)))
 
 
-def _links(result: Any) -> dict[str, int]:
-    content = result.get("content", "") if isinstance(result, dict) else str(result)
-    content = content.replace("\\n", "\n")  # clipped results keep JSON escapes
-    return {
-        m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"\[(\d+)\] ([^\n\[|]+)", content)
-    }
-
-
 def extract(spec: dict, result: Any, values: dict) -> Any:
     kind = spec["kind"]
     if kind == "sql":
@@ -125,12 +117,6 @@ def extract(spec: dict, result: Any, values: dict) -> Any:
             if (spec.get("color") is None or s.get("color") == spec["color"])
             and (spec.get("shape") is None or s.get("kind") == spec["shape"])
         )
-    if kind == "link":
-        target = expand_slots(spec["text"], values)
-        links = _links(result)
-        if target not in links:
-            raise ExpertError(f"no link {target!r} on the page")
-        return links[target]
     if kind == "page_field":
         return field_value(result.get("content", ""), spec["field"])
     if kind == "key":

@@ -1,8 +1,8 @@
 """The Regional Atlas website as data: its pages, their links in the order the browser numbers
 them, and the two clicks from the front page to every city.
 
-Task templates compute link numbers from these pages (`atlas_route`), and `world_files` renders
-exactly these pages, so the numbers are the ones the browser shows.
+`world_files` renders exactly these pages, so the link numbers computed here (`atlas_route`)
+are the ones the browser shows; the expert clicks the links by their text.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A text browser over allow-listed local web pages, and the static web server that hosts them.
 
 Pages are fetched with httpx and rendered to plain text with numbered links (`[3] Pricing`), the
-form a model can read and act on: open a URL, click a link by number, find text on the page, go
-back. Every URL, including each redirect hop, must be on an allowed origin (scheme, host and port
+form a model can read and act on: open a URL, click a link by its number or its text, find text
+on the page, go back. Every URL, including each redirect hop, must be on an allowed origin (scheme, host and port
 exactly as given), which shuts out SSRF tricks: other schemes, credentials in the URL, numeric or
 IPv6 spellings of an address, and redirects off the allowed sites.
 """
@@ -119,6 +119,7 @@ class _TextRenderer(HTMLParser):
         self.lines: list[str] = []
         self.current: list[str] = []
         self.links: list[str] = []
+        self.link_texts: list[str] = []
         self.title = ""
         self._skip_depth = 0
         self._in_title = False
@@ -209,6 +210,7 @@ class _TextRenderer(HTMLParser):
             target = urljoin(self.base_url, href)
             if urlsplit(target).scheme in ("http", "https"):
                 self.links.append(target.split("#")[0] or target)
+                self.link_texts.append(text or target)
                 self._emit(f"[{len(self.links)}] {text or target}")
             else:
                 self._emit(text)
@@ -236,19 +238,20 @@ class _TextRenderer(HTMLParser):
             return
         self._emit(data)
 
-    def render(self, html: str) -> tuple[str, list[str], list[str]]:
+    def render(self, html: str) -> dict[str, Any]:
         self.feed(html)
         self.close()
         if self._link is not None:  # an unclosed <a>
             self.handle_endtag("a")
         self._flush()
-        return " ".join(self.title.split()), self.lines, self.links
+        return {"title": " ".join(self.title.split()), "lines": self.lines,
+                "links": self.links, "link_texts": self.link_texts}  # fmt: skip
 
 
 def html_to_text(html: str, base_url: str = "http://localhost/") -> dict[str, Any]:
-    """Render HTML to `{"title", "lines", "links"}`; links are absolute http(s) URLs, 1-based."""
-    title, lines, links = _TextRenderer(base_url).render(html)
-    return {"title": title, "lines": lines, "links": links}
+    """Render HTML to `{"title", "lines", "links", "link_texts"}`: links are absolute http(s)
+    URLs, numbered from 1 as the text shows them, and `link_texts` their texts in that order."""
+    return _TextRenderer(base_url).render(html)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +357,7 @@ class BrowserSession:
         if kind in ("text/html", "application/xhtml+xml", ""):
             page = html_to_text(text, url)
         elif kind.startswith("text/") or kind.endswith("json"):
-            page = {"title": "", "lines": text.splitlines(), "links": []}
+            page = {"title": "", "lines": text.splitlines(), "links": [], "link_texts": []}
         else:
             raise ToolError(f"cannot display {kind} content at {url}")
         page["url"] = url
@@ -400,15 +403,37 @@ class BrowserSession:
         self.page = page
         return self._view()
 
-    def click(self, link: int) -> dict[str, Any]:
+    def click(self, link: int | str) -> dict[str, Any]:
+        """Follow link number `link` (as the text shows it), or the link whose text is `link`."""
         if self.page is None:
             raise ToolError("no page is open; use browser_open first")
         links = self.page["links"]
         if not links:
             raise ToolError("this page has no links")
+        if isinstance(link, str):
+            link = self._number_of(link)
         if isinstance(link, bool) or not 1 <= link <= len(links):
             raise ToolError(f"link must be a number from 1 to {len(links)}, got {link}")
         return self.open(links[link - 1])
+
+    def _number_of(self, text: str) -> int:
+        """The number of the link whose text is `text` (case and spacing aside); a bare number
+        that no link's text is counts as the link's number."""
+        wanted = " ".join(text.split()).casefold()
+        texts = [" ".join(t.split()).casefold() for t in self.page["link_texts"]]
+        numbers = [i + 1 for i, t in enumerate(texts) if t == wanted]
+        if numbers:
+            targets = {self.page["links"][n - 1] for n in numbers}
+            if len(targets) > 1:
+                raise ToolError(f"{len(numbers)} links are named {text!r} (numbers "
+                                f"{', '.join(map(str, numbers))}); click one by its number")  # fmt: skip
+            return numbers[0]
+        if wanted.isdigit():
+            return int(wanted)
+        near = [f"[{i + 1}] {self.page['link_texts'][i]}" for i, t in enumerate(texts)
+                if wanted and wanted in t][:5]  # fmt: skip
+        hint = f"; links that contain it: {', '.join(near)}" if near else ""
+        raise ToolError(f"no link named {text!r} on this page{hint}")
 
     def find(self, text: str) -> dict[str, Any]:
         if self.page is None:
@@ -464,11 +489,11 @@ def make_browser_tools(
         return session.open(url)
 
     @tool
-    def browser_click(link: int) -> dict:
-        """Follow a numbered link of the current page.
+    def browser_click(link: int | str) -> dict:
+        """Follow a link of the current page, given by its number or its text.
 
         Args:
-            link: The number shown in brackets before the link text, e.g. 3 for '[3] Pricing'.
+            link: The number in brackets before the link, e.g. 3 for '[3] Pricing', or the link's text, 'Pricing'.
         """
         return session.click(link)
 

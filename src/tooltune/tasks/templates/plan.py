@@ -84,10 +84,6 @@ def x_shapes(color: str | None = None, kind: str | None = None) -> dict:
     return {"kind": "shapes", "color": color, "shape": kind}
 
 
-def x_link(text: str) -> dict:
-    return {"kind": "link", "text": text}
-
-
 def x_key(key: str) -> dict:
     return {"kind": "key", "key": key}
 
