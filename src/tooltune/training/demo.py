@@ -86,9 +86,10 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
         # context-token loss and copy head are aids for a model trained from scratch
         config_table.pop("sft_context_weight", None)
         pipeline_table.pop("copy_head", None)
-        # The expert's longest turn is 58-132 SmolLM2 tokens a tier: a shorter limit cuts
-        # demonstrated calls in half.
-        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 160)
+        # Room for every demonstrated turn (the world's tasks need at most 147 SmolLM2 tokens,
+        # schema tasks' parallel calls up to 349): a shorter limit cuts demonstrated calls off,
+        # and SFT would teach turns the model cannot finish when it runs.
+        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 352)
         for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
             table[key] = max(int(table.get(key, 0)), 2048)
         # Memory follows the tokens of one forward and backward (the LM head runs on scored
