@@ -151,6 +151,8 @@ def test_click_by_text(browser: ToolRegistry, site: str) -> None:
     missing = run(browser, "browser_click", link="guide")
     assert not missing.success and "no link named 'guide'" in missing.error
     assert "[2] Guides" in missing.error  # the links whose text contains it
+    superscript = run(browser, "browser_click", link="²")  # isdigit(), but not a number
+    assert not superscript.success and "no link named '²'" in superscript.error
     run(browser, "browser_open", url="twice.html")
     twice = run(browser, "browser_click", link="next")
     assert not twice.success and "2 links are named 'next' (numbers 1, 2)" in twice.error

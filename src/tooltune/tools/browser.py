@@ -2,9 +2,10 @@
 
 Pages are fetched with httpx and rendered to plain text with numbered links (`[3] Pricing`), the
 form a model can read and act on: open a URL, click a link by its number or its text, find text
-on the page, go back. Every URL, including each redirect hop, must be on an allowed origin (scheme, host and port
-exactly as given), which shuts out SSRF tricks: other schemes, credentials in the URL, numeric or
-IPv6 spellings of an address, and redirects off the allowed sites.
+on the page, go back. Every URL, including each redirect hop, must be on an allowed origin
+(scheme, host and port exactly as given), which shuts out SSRF tricks: other schemes,
+credentials in the URL, numeric or IPv6 spellings of an address, and redirects off the allowed
+sites.
 """
 
 from __future__ import annotations
@@ -428,7 +429,7 @@ class BrowserSession:
                 raise ToolError(f"{len(numbers)} links are named {text!r} (numbers "
                                 f"{', '.join(map(str, numbers))}); click one by its number")  # fmt: skip
             return numbers[0]
-        if wanted.isdigit():
+        if wanted.isascii() and wanted.isdigit():  # not "²", which isdigit() but int() refuses
             return int(wanted)
         near = [f"[{i + 1}] {self.page['link_texts'][i]}" for i, t in enumerate(texts)
                 if wanted and wanted in t][:5]  # fmt: skip
@@ -493,7 +494,8 @@ def make_browser_tools(
         """Follow a link of the current page, given by its number or its text.
 
         Args:
-            link: The number in brackets before the link, e.g. 3 for '[3] Pricing', or the link's text, 'Pricing'.
+            link: The number in brackets before the link, e.g. 3 for '[3] Pricing', or the
+                link's text, 'Pricing'.
         """
         return session.click(link)
 
