@@ -367,3 +367,14 @@ def test_temperature_mismatch_recomputes_old_logprobs(policy, make_traj, make_co
     metrics = auto.train_step(groups)
     assert metrics["logprob_drift"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["clip_fraction"] == 0.0
+
+
+def test_reported_lr_is_the_rate_each_step_used(policy, make_traj, make_config):
+    from tooltune.training.schedule import make_scheduler
+
+    opt = torch.optim.SGD(policy.model.parameters(), lr=0.1)
+    trainer = GRPOTrainer(policy, None, opt, make_config(),
+                          scheduler=make_scheduler(opt, total_steps=2, warmup_ratio=0.0))  # fmt: skip
+    rates = [trainer.train_step(toy_groups(policy, make_traj))["lr"] for _ in range(2)]
+    # cosine over 2 steps: full rate, then half; the scheduler's next rate (0) is not a step's
+    assert rates == pytest.approx([0.1, 0.05])

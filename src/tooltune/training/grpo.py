@@ -362,7 +362,7 @@ class GRPOTrainer:
         clip_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
         sums = dict(loss=0.0, policy_loss=0.0, kl=0.0, clipped=0.0, ratio=0.0, tokens=0.0, gn=0.0)
         drift, drift_tokens = 0.0, 0.0
-        steps = 0
+        steps, lr_sum = 0, 0.0
         # Dropout off: the ratio must measure how the policy changed, not dropout noise, and
         # the recorded log-probs were sampled without dropout. Gradients flow in eval mode.
         was_training = self.policy.model.training
@@ -401,6 +401,7 @@ class GRPOTrainer:
                 if collective is not None:
                     collective.all_reduce_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
+                lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -425,6 +426,6 @@ class GRPOTrainer:
             grad_norm=sums["gn"] / steps,  # the global norm: every process clips the same sum
             num_tokens=n_tokens,
             optimizer_steps=float(steps),
-            lr=self.optimizer.param_groups[0]["lr"],
+            lr=lr_sum / steps,  # not the scheduler's next rate: the last step's would read 0
         )
         return metrics
