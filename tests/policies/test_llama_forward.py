@@ -19,6 +19,14 @@ SHAPE = dict(
 )  # fmt: skip
 
 
+def assert_gradient_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """fp32 gradients summed in another order: close relative to the tensor's own scale (LoRA
+    gradients of these tests reach ~30, where 3e-5 is a few float ulps of the largest entry and
+    another CPU's summation order differed by 7.6e-5)."""
+    scale = theirs.abs().max().item()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=max(3e-5, 2e-5 * scale))
+
+
 def sharpened(model):
     """Larger random weights, so every output depends on the whole context."""
     torch.manual_seed(1)
@@ -345,7 +353,7 @@ def test_prefix_scoring_and_gradients_equal_the_transformers_path(
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
     assert grads_d.keys() == grads_p.keys()
     for name in grads_d:
-        torch.testing.assert_close(grads_d[name], grads_p[name], rtol=1e-4, atol=3e-5)
+        assert_gradient_close(grads_d[name], grads_p[name])
 
 
 def test_lora_model_with_trainable_tokens(tmp_path, tiny_qwen2):
@@ -377,7 +385,7 @@ def test_lora_model_with_trainable_tokens(tmp_path, tiny_qwen2):
         )
     assert any("lora_A" in n for n in grads[0]) and grads[0].keys() == grads[1].keys()
     for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=3e-5)
+        assert_gradient_close(grads[0][name], grads[1][name])
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "masked"])
