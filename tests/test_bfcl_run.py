@@ -147,3 +147,5 @@ def test_cli_runs_a_tiny_builtin_model_and_a_run_directory(capsys, tmp_path):
     assert code == 2 and "--model must be builtin" in err
     code, _, err = _cli(capsys, "bfcl", "run", "--category", "simple", "--data", str(tmp_path))
     assert code == 2 and "no questions for category simple" in err
+    code, _, err = _cli(capsys, *args, "--model", "builtin", "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1" in err
