@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tooltune.bfcl_run import BATCH_SIZE as BFCL_BATCH_SIZE
 from tooltune.chat_format import TOOL_STYLES
 from tooltune.config import (
     AgentConfig,
@@ -172,9 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how the prompt lists the functions (default: as the model was "
                                "trained; compact for Hugging Face models, names for built-in)")  # fmt: skip
     bfcl_run.add_argument("--max-new-tokens", type=int, default=256)
-    bfcl_run.add_argument(
-        "--batch-size", type=int, help="questions generated together (default 32)"
-    )
+    bfcl_run.add_argument("--batch-size", type=int, default=BFCL_BATCH_SIZE,
+                          help="questions generated together (default %(default)s)")  # fmt: skip
     bfcl_run.add_argument("--device", default="", help="Hugging Face models: cpu | cuda | cuda:N")
     bfcl_run.add_argument("--json", action="store_true", help="print one JSON object")
     bfcl_run.set_defaults(handler=_bfcl_run)
@@ -376,7 +376,7 @@ def _bfcl_run(args: argparse.Namespace) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError("-n must be at least 1")
-    if args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
+    if args.max_new_tokens < 1 or args.batch_size < 1:
         raise UsageError("--max-new-tokens and --batch-size must be at least 1")
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"no such folder: {args.data}")
@@ -385,8 +385,7 @@ def _bfcl_run(args: argparse.Namespace) -> int:
     try:
         result = bfcl_run.run(args.model, args.category, data=args.data, limit=args.n, out=out,
                               tool_style=args.tool_style, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size or bfcl_run.BATCH_SIZE,
-                              device=args.device)  # fmt: skip
+                              batch_size=args.batch_size, device=args.device)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
