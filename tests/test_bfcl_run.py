@@ -8,7 +8,7 @@ import pytest
 
 from tooltune import bfcl_run
 from tooltune.chat_format import parse_prompt
-from tooltune.cli import build_parser, main
+from tooltune.cli import main
 from tooltune.rollout import Completion
 from tooltune.tasks import bfcl
 
@@ -147,10 +147,3 @@ def test_cli_runs_a_tiny_builtin_model_and_a_run_directory(capsys, tmp_path):
     assert code == 2 and "--model must be builtin" in err
     code, _, err = _cli(capsys, "bfcl", "run", "--category", "simple", "--data", str(tmp_path))
     assert code == 2 and "no questions for category simple" in err
-
-
-def test_cli_refuses_a_batch_of_no_questions(capsys):
-    code, _, err = _cli(capsys, "bfcl", "run", "--category", "simple", "--batch-size", "0")
-    assert code == 2 and "--batch-size must be at least 1" in err
-    args = build_parser().parse_args(["bfcl", "run", "--category", "simple"])
-    assert args.batch_size == bfcl_run.BATCH_SIZE  # the CLI's default is the API's

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tooltune.cli import main
+from tooltune import bfcl_run
+from tooltune.cli import build_parser, main
 
 SHARED_BFCL = Path(__file__).resolve().parents[2] / "shared" / "bfcl"
 
@@ -148,3 +149,10 @@ def test_bfcl_check_on_the_shared_samples(capsys, tmp_path):
     assert report["accuracy"] == pytest.approx((len(rows) - 1) / len(rows))
     (bad,) = [e for e in report["entries"] if not e["valid"]]
     assert bad["id"] == rows[0]["id"] and bad["reasons"]
+
+
+def test_bfcl_run_refuses_a_batch_of_no_questions(capsys):
+    code, _, err = run(capsys, "bfcl", "run", "--category", "simple", "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1" in err
+    args = build_parser().parse_args(["bfcl", "run", "--category", "simple"])
+    assert args.batch_size == bfcl_run.BATCH_SIZE  # the CLI's default is the API's
