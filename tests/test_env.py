@@ -52,7 +52,7 @@ def test_tasks_from_a_list_a_jsonl_file_and_a_dataset_are_the_same(tmp_path):
 def test_a_bad_task_line_names_file_and_line(tmp_path):
     path = tmp_path / "tasks.jsonl"
     path.write_text(json.dumps(_rows(1)[0]) + "\n\n{not json\n")
-    with pytest.raises(ValueError, match=r"tasks\.jsonl:3: not JSON"):
+    with pytest.raises(ValueError, match=r"tasks\.jsonl:3: not valid JSON"):
         ToolEnv(path, [add])
     path.write_text(json.dumps({"prompt": "x", "check": {"type": "nope"}}) + "\n")
     with pytest.raises(ValueError, match=r"tasks\.jsonl:1: .*unknown check type 'nope'"):

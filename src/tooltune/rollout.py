@@ -36,6 +36,7 @@ from tooltune.chat_format import (
     render_turn,
 )
 from tooltune.config import AgentConfig, TaskTier, as_group
+from tooltune.jsonl import read_jsonl
 from tooltune.messages import trajectory_from_messages, trajectory_to_record
 from tooltune.native_template import (
     CLIP_KEY,
@@ -558,21 +559,17 @@ def write_trajectories(
 def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
     """Read either form written by `write_trajectories`; a bad line names its number."""
     out = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if "messages" in row:
-                    t = trajectory_from_messages(
-                        row["messages"], row.get("task_tier", "simple"), row.get("tools")
-                    )
-                    t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
-                    t.total_reward = float(row.get("total_reward", 0.0))
-                    out.append(t)
-                else:
-                    out.append(AgentTrajectory.from_dict(row))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a trajectory: {exc}") from None
+    for number, row in read_jsonl(path):
+        try:
+            if "messages" in row:
+                t = trajectory_from_messages(
+                    row["messages"], row.get("task_tier", "simple"), row.get("tools")
+                )
+                t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
+                t.total_reward = float(row.get("total_reward", 0.0))
+                out.append(t)
+            else:
+                out.append(AgentTrajectory.from_dict(row))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a trajectory: {exc}") from None
     return out

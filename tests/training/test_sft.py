@@ -240,7 +240,7 @@ def test_load_chat_jsonl_and_train(tmp_path, toy_policy_cls, make_config):
 def test_load_chat_jsonl_bad_lines(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(CHAT) + "\n{not json\n")
-    with pytest.raises(ValueError, match=":2: invalid JSON"):
+    with pytest.raises(ValueError, match=":2: not valid JSON"):
         load_chat_jsonl(path)
     path.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
     with pytest.raises(ValueError, match=":1: cannot convert"):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import TaskTier
+from tooltune.jsonl import read_jsonl
 from tooltune.tasks.task import Task
 
 _STRIP = re.compile(r"[ ,./\-_*^]")
@@ -62,17 +63,10 @@ class BFCLQuestion:
 
 def _read_jsonl(path: str | Path) -> list[dict]:
     rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "id" not in row:
-                raise ValueError(f"{path}:{number}: expected a JSON object with an 'id'")
-            rows.append(row)
+    for number, row in read_jsonl(path):
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}:{number}: expected a JSON object with an 'id'")
+        rows.append(row)
     return rows
 
 

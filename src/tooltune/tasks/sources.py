@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tooltune.jsonl import read_jsonl
 from tooltune.tasks.checkers import validate_spec
 from tooltune.tasks.task import Task
 
@@ -87,15 +88,7 @@ def read_task_rows(source: Any) -> list[tuple[str, Any]]:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"task file {path} not found")
-        out = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.append((f"{path}:{number}", json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{number}: not JSON: {exc.msg}") from None
-        return out
+        return [(f"{path}:{number}", row) for number, row in read_jsonl(path)]
     if isinstance(source, dict):
         raise ValueError("tasks must be a JSONL path or a list of rows, not one dict")
     if not isinstance(source, Iterable):

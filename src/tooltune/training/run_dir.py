@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tooltune.config import ConfigError
+from tooltune.jsonl import read_jsonl
 
 
 class RunDirectory:
@@ -68,7 +69,7 @@ class RunDirectory:
         """Drop JSONL rows written after the checkpoint a resumed run starts from."""
         path = self.dir / name
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = [row for _, row in read_jsonl(path, torn_tail=True)]
             write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
 

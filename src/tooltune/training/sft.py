@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tooltune.jsonl import read_jsonl
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.optim import AdamW
 from tooltune.training.schedule import make_scheduler
@@ -469,16 +470,8 @@ def load_chat_jsonl(path: str | Path) -> list[Any]:
     tool-calling SFT sets. Blank lines are skipped; a malformed line raises a ValueError naming
     its line number, so a bad file fails loudly instead of training on half of it.
     """
-    rows: list[tuple[str, str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            rows.append((f"{path}:{lineno}", f"{Path(path).name}:{lineno}", row))
+    name = Path(path).name
+    rows = [(f"{path}:{n}", f"{name}:{n}", row) for n, row in read_jsonl(path)]
     return _chats(rows)
 
 
