@@ -176,6 +176,16 @@ def test_truncation_and_find_on_long_pages(site: str) -> None:
     assert run(registry, "browser_find", text="needle").result["count"] == 1
 
 
+def test_a_page_over_the_size_limit_is_refused_not_read(site: str, monkeypatch) -> None:
+    import tooltune.tools.browser as browser_module
+
+    monkeypatch.setattr(browser_module, "MAX_PAGE_BYTES", 5_000)  # long.html has ~15,000
+    registry = ToolRegistry(make_browser_tools([site]))
+    big = run(registry, "browser_open", url=site + "/long.html")
+    assert not big.success and "page larger than 5000 bytes" in big.error
+    assert run(registry, "browser_open", url=site + "/about.html").success
+
+
 def test_redirects(browser: ToolRegistry, site: str) -> None:
     moved = run(browser, "browser_open", url=site + "/old")
     assert moved.success and moved.result["url"] == "/about.html"

@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from tooltune.registry import ToolDefinition, ToolError, tool
-from tooltune.tools.server import LocalServer, http_client
+from tooltune.tools.server import LocalServer, http_client, read_limited
 
 MAX_PAGE_BYTES = 2_000_000
 MAX_REDIRECTS = 5
@@ -338,7 +338,7 @@ class BrowserSession:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
-                    body = _read_limited(response)
+                    body = read_limited(response, MAX_PAGE_BYTES, "page")
             except httpx.TimeoutException:
                 raise ToolError(f"timed out loading {url}") from None
             except httpx.HTTPError as exc:
@@ -459,16 +459,6 @@ class BrowserSession:
             raise ToolError("there is no previous page to go back to")
         self.page = self.history.pop()
         return self._view()
-
-
-def _read_limited(response: httpx.Response) -> bytes:
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > MAX_PAGE_BYTES:
-            raise ToolError(f"page larger than {MAX_PAGE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def make_browser_tools(

@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from tooltune.registry import ToolDefinition, ToolError
-from tooltune.tools.server import http_client
+from tooltune.tools.server import http_client, read_limited
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 MAX_RESPONSE_BYTES = 1_000_000
@@ -267,7 +267,7 @@ def _call(
             )
             response = client.send(request, stream=True)
             try:
-                data = _read_limited(response)
+                data = read_limited(response, MAX_RESPONSE_BYTES, "response")
             finally:
                 response.close()
         except httpx.TimeoutException:
@@ -292,16 +292,6 @@ def _call(
                 raise ToolError("the service returned malformed JSON") from None
         return data.decode("utf-8", errors="replace")
     raise ToolError(f"too many redirects (more than {MAX_REDIRECTS})")
-
-
-def _read_limited(response: httpx.Response) -> bytes:
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise ToolError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def make_openapi_tools(

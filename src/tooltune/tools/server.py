@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tooltune.registry import ToolError
+
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
@@ -36,6 +38,18 @@ def http_client(timeout: float) -> httpx.Client:
         verify=_ssl_context(),
         limits=httpx.Limits(max_keepalive_connections=0),
     )
+
+
+def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The body of a streamed response, refused (a ToolError) once it passes `limit` bytes, so
+    that a huge or endless page cannot fill the memory of the process the tools run in."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ToolError(f"{what} larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class LocalServer:
