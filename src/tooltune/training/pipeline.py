@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tooltune.allocator import release_free_memory
 from tooltune.chat_format import IM_END, TOOL_STYLES
 from tooltune.config import AgentConfig, ConfigError
 from tooltune.prompt_format import PromptFormat, missing_message
@@ -178,6 +179,7 @@ class AgentTrainingPipeline:
             state["history"] = self.history
             state["checkpoint"] = self.run.checkpoint("latest", self.policy)
             self.run.save_state(state)
+            release_free_memory()  # what this stage's sizes kept would add to the next one's peak
             peak = peak_memory_gb()
             memory = f" (peak memory so far {peak:.1f} GB)" if peak else ""
             self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s{memory}")
