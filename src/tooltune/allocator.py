@@ -22,9 +22,11 @@ MALLOC_CONF of the user's own is left as it is.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 JEMALLOC_PATHS = (
     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -36,6 +38,7 @@ JEMALLOC_PATHS = (
 ENV = "TOOLTUNE_ALLOCATOR"  # auto (default) | system; set to jemalloc by the restart
 JEMALLOC_CONF = "dirty_decay_ms:-1"  # keep freed pages until release_free_memory
 _ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
+KEEP_FREE_BYTES = 1 << 30  # freed pages kept for reuse between training steps and rollout calls
 
 
 def find_jemalloc() -> str | None:
@@ -67,13 +70,38 @@ def restart_with_jemalloc() -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def release_free_memory() -> bool:
-    """Hand the pages jemalloc keeps for reuse back to the system (between stages of a run).
-    False where this process does not run under jemalloc."""
+def release_free_memory(keep_bytes: int = 0) -> bool:
+    """Hand the pages jemalloc keeps for reuse back to the system once they exceed
+    `keep_bytes` (training steps, rollout calls and stage ends call it). False where this
+    process does not run under jemalloc."""
+    mallctl = _mallctl()
+    if mallctl is None:
+        return False
+    if keep_bytes and _kept_bytes(mallctl) <= keep_bytes:
+        return True
+    return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
+
+
+@functools.cache
+def _mallctl() -> Any:
+    """jemalloc's control function where this process runs under jemalloc, else None."""
     try:
         mallctl = ctypes.CDLL(None).mallctl
     except (AttributeError, OSError):  # not jemalloc, or no symbols to look in
-        return False
+        return None
     mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_size_t]  # fmt: skip
-    return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
+    return mallctl
+
+
+def _kept_bytes(mallctl: Any) -> int:
+    """Bytes of freed pages jemalloc holds (its dirty pages, all arenas)."""
+    epoch = ctypes.c_uint64(1)
+    mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch))  # fresh stats
+    values = []
+    for name in (f"stats.arenas.{_ALL_ARENAS}.pdirty", "arenas.page"):
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return 1 << 62  # no statistics in this build: always release
+        values.append(value.value)
+    return values[0] * values[1]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.chat_format import (
     IM_END,
     assistant_header,
@@ -259,6 +260,7 @@ class TrajectoryCollector:
                 if not running:
                     break
                 ended = self._generate(running, call)
+                release_free_memory(KEEP_FREE_BYTES)
                 if ended:
                     self._turn(ended)
         finally:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.config import LOSS_TYPES
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.sft import (
@@ -403,6 +404,7 @@ class GRPOTrainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
                 lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.optimizer.step()
+                release_free_memory(KEEP_FREE_BYTES)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 sums["gn"] += float(grad_norm)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.jsonl import read_jsonl
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.optim import AdamW
@@ -395,6 +396,7 @@ def train_sft(
                 batch_nll += nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
+            release_free_memory(KEEP_FREE_BYTES)
             history.lr.append(optimizer.param_groups[0]["lr"])
             scheduler.step()
             history.step_loss.append(batch_nll / batch_tokens)
