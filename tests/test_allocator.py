@@ -57,13 +57,11 @@ def test_the_run_log_names_the_allocator(monkeypatch):
     assert allocator.allocator_name() == "system malloc"
 
 
-def test_the_restart_keeps_freed_pages_unless_the_user_set_malloc_conf(calls, monkeypatch):
+def test_the_restart_passes_the_users_malloc_conf_on(calls, monkeypatch):
     made, _ = calls
+    monkeypatch.setenv("MALLOC_CONF", allocator.KEEP_PAGES_CONF)
     allocator.restart_with_jemalloc()
-    assert made[-1][2]["MALLOC_CONF"] == allocator.JEMALLOC_CONF
-    monkeypatch.setenv("MALLOC_CONF", "narenas:1")
-    allocator.restart_with_jemalloc()
-    assert made[-1][2]["MALLOC_CONF"] == "narenas:1"
+    assert made[-1][2]["MALLOC_CONF"] == allocator.KEEP_PAGES_CONF
 
 
 RELEASE = """
@@ -83,10 +81,10 @@ print(release_free_memory(100 << 20), held - kept, kept - resident_mb())  # over
     reason="needs Linux with jemalloc",
 )
 def test_freed_pages_stay_until_released(tmp_path):
-    """Under the restart's settings a freed block stays resident (no page faults to get it back)
+    """Under KEEP_PAGES_CONF a freed block stays resident (no page faults to get it back)
     until what is kept passes the allowance given to release_free_memory."""
     env = {**os.environ, "LD_PRELOAD": allocator.find_jemalloc(),
-           "MALLOC_CONF": allocator.JEMALLOC_CONF}  # fmt: skip
+           "MALLOC_CONF": allocator.KEEP_PAGES_CONF}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True,
                          text=True, check=True).stdout.split()  # fmt: skip
     assert out[0] == "True" and abs(float(out[1])) < 50
@@ -96,6 +94,19 @@ def test_freed_pages_stay_until_released(tmp_path):
 
 def test_release_is_a_no_op_without_jemalloc():
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    code = "from tooltune.allocator import release_free_memory; print(release_free_memory())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.strip() == "False"
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or allocator.find_jemalloc() is None,
+    reason="needs Linux with jemalloc",
+)
+def test_release_leaves_jemalloc_alone_where_it_hands_pages_back_itself():
+    env = {**os.environ, "LD_PRELOAD": allocator.find_jemalloc()}
+    env.pop("MALLOC_CONF", None)
     code = "from tooltune.allocator import release_free_memory; print(release_free_memory())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout  # fmt: skip

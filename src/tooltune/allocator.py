@@ -10,13 +10,14 @@ themselves once with jemalloc preloaded when the system has the library (Debian/
 ``apt-get install libjemalloc2``); without it nothing changes. ``TOOLTUNE_ALLOCATOR=system``
 keeps the system's malloc.
 
-jemalloc's default hands freed pages back to the kernel within seconds, and each SFT step then
-faults ~2 million pages back in: 16% of the CPU time went to the kernel (SmolLM2, fp32, 2
-cores). `dirty_decay_ms:-1` keeps freed pages for reuse: 10 steps 17% faster, 1.7 million page
-faults instead of 20 million, resident memory 7.1 GB instead of 5.1 (benchmarks/RESULTS.md). A
-longer finite decay (30 or 120 s) did not help. What a stage kept is handed back when it ends
-(`release_free_memory`), so one stage's leftovers do not add to the next one's peak. A
-MALLOC_CONF of the user's own is left as it is.
+jemalloc's default hands freed pages of 8 MiB and more back to the kernel at once, and each
+SFT step then faults ~2 million pages back in: 15% of the fp32 demo's CPU time went to the
+kernel (SmolLM2, 2 cores). ``MALLOC_CONF=dirty_decay_ms:-1`` (the user's choice; the restart
+keeps it) keeps freed pages for reuse, and `release_free_memory` bounds what is kept: past
+1 GiB after each training step, all after each rollout call and at the end of each stage. It
+made SFT 15% faster, evaluation 5% and GRPO 21%, but a demo's peak rose from 7.7 to 9.4 GB
+(with 1 GiB kept after rollout calls too), over the 8 GB the demo is sized for, so it is not
+the default (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ JEMALLOC_PATHS = (
     "/usr/local/lib/libjemalloc.so.2",
 )
 ENV = "TOOLTUNE_ALLOCATOR"  # auto (default) | system; set to jemalloc by the restart
-JEMALLOC_CONF = "dirty_decay_ms:-1"  # keep freed pages until release_free_memory
+KEEP_PAGES_CONF = "dirty_decay_ms:-1"  # MALLOC_CONF that keeps freed pages (opt-in)
 _ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
-KEEP_FREE_BYTES = 1 << 30  # freed pages kept for reuse between training steps and rollout calls
+KEEP_FREE_BYTES = 1 << 30  # freed pages kept for reuse from one training step to the next
 
 
 def find_jemalloc() -> str | None:
@@ -63,7 +64,6 @@ def restart_with_jemalloc() -> None:
         return
     env = dict(os.environ)
     env["LD_PRELOAD"] = f"{library} {env.get('LD_PRELOAD', '')}".strip()
-    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     env[ENV] = "jemalloc"  # never restarts twice, even if the preload did not take
     sys.stdout.flush()
     sys.stderr.flush()
@@ -71,11 +71,11 @@ def restart_with_jemalloc() -> None:
 
 
 def release_free_memory(keep_bytes: int = 0) -> bool:
-    """Hand the pages jemalloc keeps for reuse back to the system once they exceed
-    `keep_bytes` (training steps, rollout calls and stage ends call it). False where this
-    process does not run under jemalloc."""
+    """Hand the freed pages jemalloc keeps back to the system once they exceed `keep_bytes`.
+    Only where jemalloc keeps them (`KEEP_PAGES_CONF`); otherwise it hands them back by itself
+    and this returns False."""
     mallctl = _mallctl()
-    if mallctl is None:
+    if mallctl is None or not _keeps_pages():
         return False
     if keep_bytes and _kept_bytes(mallctl) <= keep_bytes:
         return True
@@ -92,6 +92,16 @@ def _mallctl() -> Any:
     mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_size_t]  # fmt: skip
     return mallctl
+
+
+@functools.cache
+def _keeps_pages() -> bool:
+    """Whether jemalloc runs with a dirty-page decay of -1 (freed pages never handed back)."""
+    mallctl = _mallctl()
+    value, size = ctypes.c_ssize_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+    if mallctl(b"opt.dirty_decay_ms", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+        return False
+    return value.value == -1
 
 
 def _kept_bytes(mallctl: Any) -> int:

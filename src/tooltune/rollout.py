@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
+from tooltune.allocator import release_free_memory
 from tooltune.chat_format import (
     IM_END,
     assistant_header,
@@ -260,7 +260,7 @@ class TrajectoryCollector:
                 if not running:
                     break
                 ended = self._generate(running, call)
-                release_free_memory(KEEP_FREE_BYTES)
+                release_free_memory()  # all: evaluation's peak is the demo's (see tooltune.allocator)
                 if ended:
                     self._turn(ended)
         finally:
