@@ -14,10 +14,10 @@ jemalloc's default hands freed pages of 8 MiB and more back to the kernel at onc
 SFT step then faults ~2 million pages back in: 15% of the fp32 demo's CPU time went to the
 kernel (SmolLM2, 2 cores). ``MALLOC_CONF=dirty_decay_ms:-1`` (the user's choice; the restart
 keeps it) keeps freed pages for reuse, and `release_free_memory` bounds what is kept: past
-1 GiB after each training step, all after each rollout call and at the end of each stage. It
-made SFT 15% faster, evaluation 5% and GRPO 21%, but a demo's peak rose from 7.7 to 9.4 GB
-(with 1 GiB kept after rollout calls too), over the 8 GB the demo is sized for, so it is not
-the default (benchmarks/RESULTS.md).
+1 GiB after each training step, all after each rollout call and at the end of each stage. In
+the fp32 demo (rollout calls then kept 1 GiB too) SFT ran 16% faster and GRPO 21%, but the
+peak rose from 8.0 to 9.9 GB, over the 8 GB the demo is sized for, so it is not the default
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
