@@ -12,20 +12,22 @@ keeps the system's malloc.
 
 jemalloc's default hands freed pages of 8 MiB and more back to the kernel at once, and each
 SFT step then faults ~2 million pages back in: 15% of the fp32 demo's CPU time went to the
-kernel (SmolLM2, 2 cores). ``MALLOC_CONF=dirty_decay_ms:-1`` (the user's choice; the restart
-keeps it) keeps freed pages for reuse, and `release_free_memory` bounds what is kept: past
-1 GiB after each training step, all after each rollout call and at the end of each stage. In
-the fp32 demo (rollout calls then kept 1 GiB too) SFT ran 16% faster and GRPO 21%, but the
-peak rose from 8.0 to 9.9 GB, over the 8 GB the demo is sized for, so it is not the default
-(benchmarks/RESULTS.md).
+kernel (SmolLM2, 2 cores). `keep_freed_pages` keeps them for reuse during training steps only
+(SFT, GRPO's updates), where the same sizes come back every step, and `release_free_memory`
+bounds what is kept: past 1 GiB after each optimizer step, all of it when the block ends.
+Evaluation and rollouts run with jemalloc's own decay, since the demo's peak is theirs.
+Keeping pages everywhere (``MALLOC_CONF=dirty_decay_ms:-1``, which the restart passes on) made
+SFT 16% faster but raised the fp32 demo's peak from 8.0 to 9.9 GB (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ ENV = "TOOLTUNE_ALLOCATOR"  # auto (default) | system; set to jemalloc by the re
 KEEP_PAGES_CONF = "dirty_decay_ms:-1"  # MALLOC_CONF that keeps freed pages (opt-in)
 _ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
 KEEP_FREE_BYTES = 1 << 30  # freed pages kept for reuse from one training step to the next
+_keeping = False  # inside `keep_freed_pages`
 
 
 def find_jemalloc() -> str | None:
@@ -72,14 +75,66 @@ def restart_with_jemalloc() -> None:
 
 def release_free_memory(keep_bytes: int = 0) -> bool:
     """Hand the freed pages jemalloc keeps back to the system once they exceed `keep_bytes`.
-    Only where jemalloc keeps them (`KEEP_PAGES_CONF`); otherwise it hands them back by itself
-    and this returns False."""
+    Only where jemalloc keeps them (inside `keep_freed_pages`, or `KEEP_PAGES_CONF`);
+    otherwise it hands them back by itself and this returns False."""
     mallctl = _mallctl()
-    if mallctl is None or not _keeps_pages():
+    if mallctl is None or not (_keeping or _keeps_pages()):
         return False
     if keep_bytes and _kept_bytes(mallctl) <= keep_bytes:
         return True
     return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
+
+
+@contextlib.contextmanager
+def keep_freed_pages() -> Iterator[None]:
+    """Within the block, jemalloc's arenas keep freed pages for reuse (dirty decay -1); at its
+    end each arena's own decay comes back and the kept pages go back to the system. A no-op
+    without jemalloc, inside another such block, or where `KEEP_PAGES_CONF` keeps pages anyway."""
+    global _keeping
+    mallctl = _mallctl()
+    if mallctl is None or _keeping or _keeps_pages():
+        yield
+        return
+    _use_large_block_arena()
+    saved = {}
+    for arena in range(_read(mallctl, "arenas.narenas", ctypes.c_uint) or 0):
+        name = f"arena.{arena}.dirty_decay_ms"
+        decay = _read(mallctl, name, ctypes.c_ssize_t)  # None: an arena not in use yet
+        if decay is not None and _write(mallctl, name, -1):
+            saved[name] = decay
+    _keeping = bool(saved)
+    try:
+        yield
+    finally:
+        _keeping = False
+        for name, decay in saved.items():
+            _write(mallctl, name, decay)
+        if saved:
+            mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0)
+
+
+def _use_large_block_arena() -> None:
+    """jemalloc makes its arena for blocks of `opt.oversize_threshold` and up on first use,
+    with a decay of 0; one such block allocated and freed makes it now, so that
+    `keep_freed_pages` sets it too."""
+    size = _read(_mallctl(), "opt.oversize_threshold", ctypes.c_size_t)
+    if size:
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+        libc.free(libc.malloc(size))
+
+
+def _read(mallctl: Any, name: str, ctype: Any) -> int | None:
+    value, size = ctype(0), ctypes.c_size_t(ctypes.sizeof(ctype))
+    if mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+        return None
+    return int(value.value)
+
+
+def _write(mallctl: Any, name: str, value: int) -> bool:
+    new = ctypes.c_ssize_t(value)
+    return mallctl(name.encode(), None, None, ctypes.byref(new), ctypes.sizeof(new)) == 0
 
 
 @functools.cache
@@ -97,21 +152,15 @@ def _mallctl() -> Any:
 @functools.cache
 def _keeps_pages() -> bool:
     """Whether jemalloc runs with a dirty-page decay of -1 (freed pages never handed back)."""
-    mallctl = _mallctl()
-    value, size = ctypes.c_ssize_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
-    if mallctl(b"opt.dirty_decay_ms", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
-        return False
-    return value.value == -1
+    return _read(_mallctl(), "opt.dirty_decay_ms", ctypes.c_ssize_t) == -1
 
 
 def _kept_bytes(mallctl: Any) -> int:
     """Bytes of freed pages jemalloc holds (its dirty pages, all arenas)."""
     epoch = ctypes.c_uint64(1)
     mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch))  # fresh stats
-    values = []
-    for name in (f"stats.arenas.{_ALL_ARENAS}.pdirty", "arenas.page"):
-        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
-        if mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
-            return 1 << 62  # no statistics in this build: always release
-        values.append(value.value)
-    return values[0] * values[1]
+    pages = _read(mallctl, f"stats.arenas.{_ALL_ARENAS}.pdirty", ctypes.c_size_t)
+    page = _read(mallctl, "arenas.page", ctypes.c_size_t)
+    if pages is None or page is None:
+        return 1 << 62  # no statistics in this build: always release
+    return pages * page
