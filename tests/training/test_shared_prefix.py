@@ -151,3 +151,7 @@ def test_sft_with_shared_prompts_gives_the_same_loss_and_gradients(which, reques
         runs.append(history)
         assert (policy.calls == 2) == share  # one shared pass per batch of the same tools
     assert runs[1].train_loss == pytest.approx(runs[0].train_loss, rel=1e-5)
+    policy = counting(base)  # without share_prefix, the config's sft_share_prefix decides
+    config = make_config(sft_epochs=1, sft_batch_size=4, warmup_ratio=0.0, sft_share_prefix=True)
+    train_sft(policy, trajs, config, learning_rate=0.0)
+    assert policy.calls == 2
