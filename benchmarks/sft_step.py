@@ -1,21 +1,22 @@
-"""SFT on SmolLM2-135M-Instruct as the default demo trains it, with and without the shared
-system prompt (`sft_share_prefix`) and the freed pages kept inside the training block
-(`tooltune.allocator.keep_freed_pages`).
+"""SFT on SmolLM2-135M-Instruct as the default demo trains it: freed pages kept inside the
+training block (`tooltune.allocator.keep_freed_pages`) or not, and the shared system prompt
+(`sft_share_prefix`).
 
 The default preset's model and data: SmolLM2 with its top 20 of 30 layers trained (embeddings
 frozen), in bf16 where the CPU has fast bf16 and fp32 elsewhere, on expert demonstrations of the
 built-in world's train split in the compact tool style, 4 rows a step. The rows are those of
-the first `--batches` batches the demo's SFT forms with `sft_share_prefix` (rows that offer the
-same tools batched together); every way trains `train_sft` on exactly these rows:
+the first `--batches` batches SFT forms with `sft_share_prefix` (rows that offer the same tools
+batched together); every way trains `train_sft` on exactly these rows:
 
 * **before**: batches of random rows (length-bucketed), each row's system prompt run in full,
-  jemalloc's own decay (what the demo did before 2026-12-05's sixth session);
-* **shared prefix**: rows with the same tools batched together, their system prompt run once;
-* **now**: the same, with freed pages kept for reuse during the steps (the default).
+  jemalloc's own decay (the demo before 2026-12-05's sixth session);
+* **now**: the same batches with freed pages kept for reuse during the steps (the default);
+* **shared prefix**: rows with the same tools batched together, their system prompt run once,
+  pages kept (`sft_share_prefix = true`: faster, but it trains a worse model; RESULTS.md).
 
 The process restarts itself with jemalloc preloaded where the system has it (as `tooltune
-demo` does); without jemalloc `now` equals `shared prefix`. Ways take turns (`--repeats`),
-each keeps its fastest; the rows and their tokens (the same for every way) are printed.
+demo` does); without jemalloc `now` equals `before`. Ways take turns (`--repeats`), each keeps
+its fastest; the rows and their tokens (the same for every way) are printed.
 
     python benchmarks/sft_step.py --quick --json      # 3 batches a way, one round
     python benchmarks/sft_step.py                     # 8 batches a way, two rounds
@@ -42,7 +43,7 @@ from tooltune.policies.smollm2 import load_smollm2
 from tooltune.training import sft
 from tooltune.training.demo import load_preset
 
-WAYS = ("before", "shared_prefix", "now")
+WAYS = ("before", "now", "shared_prefix")
 
 
 def log(*args: Any) -> None:
@@ -69,11 +70,11 @@ def chosen_rows(demos: list[Any], encode: Any, style: str, batches: int) -> list
 def run(way: str, policy: Any, rows: list[Any], config: Any, style: str) -> float:
     """Seconds `train_sft` takes on `rows` the `way` says (one epoch, a rate too small to
     change the weights between ways)."""
-    sft.keep_freed_pages = allocator.keep_freed_pages if way == "now" else contextlib.nullcontext
+    sft.keep_freed_pages = contextlib.nullcontext if way == "before" else allocator.keep_freed_pages
     try:
         start = time.perf_counter()
         sft.train_sft(policy, rows, config, epochs=1, batch_size=4, learning_rate=1e-9,
-                      tool_style=style, share_prefix=way != "before")  # fmt: skip
+                      tool_style=style, share_prefix=way == "shared_prefix")  # fmt: skip
         return time.perf_counter() - start
     finally:
         sft.keep_freed_pages = allocator.keep_freed_pages
@@ -116,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": len(rows),
         "tokens": sum(len(r.ids) for r in sft.to_token_records(rows, policy.encode, style)),
         **{f"{way}_seconds": round(best[way], 2) for way in WAYS},
-        "speedup_shared_prefix": round(best["before"] / best["shared_prefix"], 3),
-        "speedup_kept_pages": round(best["shared_prefix"] / best["now"], 3),
-        "speedup_now_vs_before": round(best["before"] / best["now"], 3),
+        "speedup_kept_pages": round(best["before"] / best["now"], 3),
+        "speedup_shared_prefix": round(best["now"] / best["shared_prefix"], 3),
     }
     if args.json:
         print(json.dumps(out))

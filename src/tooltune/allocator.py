@@ -12,12 +12,13 @@ keeps the system's malloc.
 
 jemalloc's default hands freed pages of 8 MiB and more back to the kernel at once, and each
 SFT step then faults ~2 million pages back in: 15% of the fp32 demo's CPU time went to the
-kernel (SmolLM2, 2 cores). `keep_freed_pages` keeps them for reuse during training steps only
-(SFT, GRPO's updates), where the same sizes come back every step, and `release_free_memory`
-bounds what is kept: past 1 GiB after each optimizer step, all of it when the block ends.
-Evaluation and rollouts run with jemalloc's own decay, since the demo's peak is theirs.
-Keeping pages everywhere (``MALLOC_CONF=dirty_decay_ms:-1``, which the restart passes on) made
-SFT 16% faster but raised the fp32 demo's peak from 8.0 to 9.9 GB (benchmarks/RESULTS.md).
+kernel (SmolLM2, 2 cores). `keep_freed_pages` keeps them for reuse during SFT only, where
+the same sizes come back every step, and `release_free_memory` bounds what is kept: past 1 GiB
+after each optimizer step, all of it when the block ends. Evaluation and GRPO run with
+jemalloc's own decay: the demo's peak is in evaluation, and GRPO with pages kept reached 9.4 GB
+(rollouts included; GRPO's update alone not measured). Keeping pages everywhere
+(``MALLOC_CONF=dirty_decay_ms:-1``, which the restart passes on) made SFT 16% faster and GRPO
+21% but raised the fp32 demo's peak from 8.0 to 9.9 GB (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

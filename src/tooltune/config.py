@@ -192,7 +192,7 @@ class AgentConfig:
     # little of it (as OpenAI's legacy fine-tuning `prompt_loss_weight`, default 0.01).
     sft_context_weight: float = 0.0
     # Batch SFT rows that offer the same tools together and run their shared system prompt
-    # once per batch: the same loss from fewer positions (see `training.sft.train_sft`).
+    # once per batch: faster steps, but a worse model (see `training.sft.train_sft`).
     sft_share_prefix: bool = False
 
     reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)

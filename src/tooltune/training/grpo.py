@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
+from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.config import LOSS_TYPES
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.sft import (
@@ -368,48 +368,47 @@ class GRPOTrainer:
         # the recorded log-probs were sampled without dropout. Gradients flow in eval mode.
         was_training = self.policy.model.training
         self.policy.model.eval()
-        with keep_freed_pages():  # each update frees and then needs the same large blocks
-            for _iteration in range(max(1, int(cfg.num_iterations))):
-                for mb_index in self._minibatches(len(trajectories)):
-                    local_tokens = full.loss_mask[mb_index].sum().item() if mb_index else 0.0
-                    mb_seqs, mb_tokens = total([len(mb_index), local_tokens])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    for idx in self._micro_batches(full, mb_index) if mb_index else []:
-                        batch = full.select(idx).trimmed()
-                        logp = self._logprobs(self.policy, self._policy_kwargs, batch)
-                        terms = grpo_loss(
-                            logp,
-                            batch.old_logprobs,
-                            None if ref_logp is None else ref_logp[idx][:, : logp.shape[1]],
-                            adv[idx],
-                            batch.loss_mask,
-                            cfg.epsilon,
-                            cfg.beta,
-                            cfg.loss_type,
-                            num_seqs=int(mb_seqs),
-                            num_tokens=mb_tokens,
-                            constant=self.loss_constant,
-                        )
-                        terms.loss.backward()
-                        sums["loss"] += terms.loss.item()
-                        sums["policy_loss"] += terms.policy_loss.item()
-                        sums["kl"] += terms.kl_sum
-                        sums["clipped"] += terms.clipped
-                        sums["ratio"] += terms.ratio_sum
-                        sums["tokens"] += terms.tokens
-                        if steps == 0:  # before any update: how far old log-probs are from ours
-                            drift += terms.drift_sum
-                            drift_tokens += terms.tokens
-                    if collective is not None:
-                        collective.all_reduce_gradients(self.params)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
-                    lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                    self.optimizer.step()
-                    release_free_memory(KEEP_FREE_BYTES)
-                    if self.scheduler is not None:
-                        self.scheduler.step()
-                    sums["gn"] += float(grad_norm)
-                    steps += 1
+        for _iteration in range(max(1, int(cfg.num_iterations))):
+            for mb_index in self._minibatches(len(trajectories)):
+                local_tokens = full.loss_mask[mb_index].sum().item() if mb_index else 0.0
+                mb_seqs, mb_tokens = total([len(mb_index), local_tokens])
+                self.optimizer.zero_grad(set_to_none=True)
+                for idx in self._micro_batches(full, mb_index) if mb_index else []:
+                    batch = full.select(idx).trimmed()
+                    logp = self._logprobs(self.policy, self._policy_kwargs, batch)
+                    terms = grpo_loss(
+                        logp,
+                        batch.old_logprobs,
+                        None if ref_logp is None else ref_logp[idx][:, : logp.shape[1]],
+                        adv[idx],
+                        batch.loss_mask,
+                        cfg.epsilon,
+                        cfg.beta,
+                        cfg.loss_type,
+                        num_seqs=int(mb_seqs),
+                        num_tokens=mb_tokens,
+                        constant=self.loss_constant,
+                    )
+                    terms.loss.backward()
+                    sums["loss"] += terms.loss.item()
+                    sums["policy_loss"] += terms.policy_loss.item()
+                    sums["kl"] += terms.kl_sum
+                    sums["clipped"] += terms.clipped
+                    sums["ratio"] += terms.ratio_sum
+                    sums["tokens"] += terms.tokens
+                    if steps == 0:  # before any update: how far old log-probs are from ours
+                        drift += terms.drift_sum
+                        drift_tokens += terms.tokens
+                if collective is not None:
+                    collective.all_reduce_gradients(self.params)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
+                lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                self.optimizer.step()
+                release_free_memory(KEEP_FREE_BYTES)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                sums["gn"] += float(grad_norm)
+                steps += 1
         self.policy.model.train(was_training)
 
         local_tokens = full.loss_mask.sum().item() if full is not None else 0.0
