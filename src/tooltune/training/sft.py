@@ -278,6 +278,7 @@ def _num_supervised(record: Any, max_len: int | None) -> int:
     return int(sum(mask[1:]))
 
 
+@keep_freed_pages()  # each step frees, then needs again, the same large blocks
 def train_sft(
     policy: Any,
     train_records: Sequence[Any],
@@ -376,56 +377,49 @@ def train_sft(
 
         bar = tqdm(total=steps_per_epoch * epochs, desc="SFT", unit="step", dynamic_ncols=True)
     policy.model.train()
-    with keep_freed_pages():  # each step frees and then needs the same large blocks
-        for epoch in range(epochs):
-            if augment is not None:
-                records, keys = epoch_records([augment(item) for item in train_records])
-            order = torch.randperm(len(records), generator=generator).tolist()
-            epoch_nll, epoch_tokens = 0.0, 0.0
-            for batch_records in _batches(records, keys, order, batch_size, generator):
-                lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
-                ids = [record_of(r).ids for r in batch_records]
-                shared = (
-                    min(common_prefix_length(ids[0], row) for row in ids) if share_prefix else 0
-                )
-                parts = [
-                    collate([batch_records[i] for i in run], policy.pad_token_id, max_len).to(
-                        device
-                    )
-                    for run in micro_batches(lengths, accum, token_cap, shared)
-                ]
-                batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
-                optimizer.zero_grad(set_to_none=True)
-                batch_nll = 0.0
-                for part in parts:
-                    nll, loss = own_and_weighted_nll(policy, part, context_weight, share_prefix)
-                    (loss / batch_tokens).backward()
-                    batch_nll += nll.item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                optimizer.step()
-                release_free_memory(KEEP_FREE_BYTES)
-                history.lr.append(optimizer.param_groups[0]["lr"])
-                scheduler.step()
-                history.step_loss.append(batch_nll / batch_tokens)
-                history.grad_norm.append(float(grad_norm))
-                epoch_nll += batch_nll
-                epoch_tokens += batch_tokens
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
-            history.num_train_tokens += int(epoch_tokens)
-            history.train_loss.append(epoch_nll / epoch_tokens)
-            history.val_loss.append(
-                evaluate_loss(policy, val, batch_size, max_len) if val else None
+    for epoch in range(epochs):
+        if augment is not None:
+            records, keys = epoch_records([augment(item) for item in train_records])
+        order = torch.randperm(len(records), generator=generator).tolist()
+        epoch_nll, epoch_tokens = 0.0, 0.0
+        for batch_records in _batches(records, keys, order, batch_size, generator):
+            lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
+            ids = [record_of(r).ids for r in batch_records]
+            shared = min(common_prefix_length(ids[0], row) for row in ids) if share_prefix else 0
+            parts = [
+                collate([batch_records[i] for i in run], policy.pad_token_id, max_len).to(device)
+                for run in micro_batches(lengths, accum, token_cap, shared)
+            ]
+            batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
+            optimizer.zero_grad(set_to_none=True)
+            batch_nll = 0.0
+            for part in parts:
+                nll, loss = own_and_weighted_nll(policy, part, context_weight, share_prefix)
+                (loss / batch_tokens).backward()
+                batch_nll += nll.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            release_free_memory(KEEP_FREE_BYTES)
+            history.lr.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+            history.step_loss.append(batch_nll / batch_tokens)
+            history.grad_norm.append(float(grad_norm))
+            epoch_nll += batch_nll
+            epoch_tokens += batch_tokens
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
+        history.num_train_tokens += int(epoch_tokens)
+        history.train_loss.append(epoch_nll / epoch_tokens)
+        history.val_loss.append(evaluate_loss(policy, val, batch_size, max_len) if val else None)
+        metrics = callback(epoch, policy) if callback is not None else None
+        history.epoch_metrics.append(dict(metrics or {}))
+        if log is not None:
+            val_text = "n/a" if history.val_loss[-1] is None else f"{history.val_loss[-1]:.4f}"
+            log(
+                f"sft epoch {epoch + 1}/{epochs}: train_loss={history.train_loss[-1]:.4f} "
+                f"val_loss={val_text} {metrics or ''}".rstrip()
             )
-            metrics = callback(epoch, policy) if callback is not None else None
-            history.epoch_metrics.append(dict(metrics or {}))
-            if log is not None:
-                val_text = "n/a" if history.val_loss[-1] is None else f"{history.val_loss[-1]:.4f}"
-                log(
-                    f"sft epoch {epoch + 1}/{epochs}: train_loss={history.train_loss[-1]:.4f} "
-                    f"val_loss={val_text} {metrics or ''}".rstrip()
-                )
     if bar is not None:
         bar.close()
     return history
