@@ -191,9 +191,9 @@ class AgentConfig:
     # tokens only; a model trained from scratch learns to read names and values faster with a
     # little of it (as OpenAI's legacy fine-tuning `prompt_loss_weight`, default 0.01).
     sft_context_weight: float = 0.0
-    # Batch SFT rows that offer the same tools together and run their shared system prompt
-    # once per batch: faster steps, but a worse model (see `training.sft.train_sft`).
-    sft_share_prefix: bool = False
+    # Run the beginning that an SFT batch's rows have in common (the instructions of the
+    # system prompt) once per batch: the same update from fewer positions.
+    sft_share_prefix: bool = True
 
     reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)
 

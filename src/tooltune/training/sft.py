@@ -8,7 +8,6 @@ context tokens back at a small weight, an option for models trained from scratch
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -315,12 +314,13 @@ def train_sft(
     `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
     every training trajectory afresh each epoch, so no epoch repeats the same text.
 
-    With `share_prefix` (default: `config.sft_share_prefix`; never with a context weight)
-    trajectories that offer the same tools are batched together where there are enough of
-    them, and the system prompt they share runs once per micro-batch (`shared_prefix`): the
-    same loss of each batch from fewer positions, 23% faster on SmolLM2 in fp32 (2-core Zen 3;
-    as fast as plain steps in bf16 on Zen 4). Off by default, because batches of one tool set
-    train a worse model: the default demo solved 120 against 149 of 250 test tasks after SFT.
+    With `share_prefix` (default: `config.sft_share_prefix`, on; never with a context weight)
+    the tokens every row of a micro-batch begins with (the system prompt's instructions, ~100
+    of SmolLM2's ~770 tokens a row) run once (`shared_prefix`): the same loss and gradients
+    from fewer positions, 7% faster on SmolLM2 in fp32. Batches stay random: batching rows
+    that offer the same tools together would share their whole system prompt, 23% faster
+    again, but trained a worse model (the default demo solved 120 against 149 of 250 test
+    tasks after SFT; benchmarks/RESULTS.md).
     """
     epochs = config.sft_epochs if epochs is None else epochs
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
@@ -337,17 +337,15 @@ def train_sft(
         share_prefix = bool(getattr(config, "sft_share_prefix", False))
     share_prefix = share_prefix and not context_weight  # context targets cannot be shared
 
-    def epoch_records(items: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
+    def epoch_records(items: Sequence[Any]) -> list[Any]:
         all_records = to_token_records(items, encode, tool_style)
-        keys = [_tools_key(item) if share_prefix else None for item in items]
-        kept = [(r, k) for r, k in zip(all_records, keys, strict=True)
-                if _num_supervised(r, max_len) > 0]  # fmt: skip
+        kept = [r for r in all_records if _num_supervised(r, max_len) > 0]
         history.dropped_empty = len(all_records) - len(kept)
         if not kept:
             raise ValueError("no training record has any supervised (mask == 1) token")
-        return [r for r, _ in kept], [k for _, k in kept]
+        return kept
 
-    records, keys = epoch_records(train_records)
+    records = epoch_records(train_records)
     budget = int(getattr(config, "max_new_tokens", 0) or 0)
     over = [n for n in map(longest_turn, records) if budget and n > budget]
     history.turns_over_budget = len(over)
@@ -379,10 +377,10 @@ def train_sft(
     policy.model.train()
     for epoch in range(epochs):
         if augment is not None:
-            records, keys = epoch_records([augment(item) for item in train_records])
+            records = epoch_records([augment(item) for item in train_records])
         order = torch.randperm(len(records), generator=generator).tolist()
         epoch_nll, epoch_tokens = 0.0, 0.0
-        for batch_records in _batches(records, keys, order, batch_size, generator):
+        for batch_records in _batches(records, order, batch_size, generator):
             lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
             ids = [record_of(r).ids for r in batch_records]
             shared = min(common_prefix_length(ids[0], row) for row in ids) if share_prefix else 0
@@ -425,47 +423,20 @@ def train_sft(
     return history
 
 
-def _tools_key(item: Any) -> str | None:
-    """What decides a conversation's system prompt: the tools it offers (None: unknown)."""
-    tools = getattr(item, "tools", None)
-    return json.dumps(tools, sort_keys=True) if tools else None
-
-
 def _batches(
-    records: Sequence[Any],
-    keys: Sequence[str | None],
-    order: list[int],
-    batch_size: int,
-    generator: torch.Generator,
+    records: Sequence[Any], order: list[int], batch_size: int, generator: torch.Generator
 ) -> list[list[Any]]:
-    """One epoch's batches, in random order. Rows with the same key (the same tools, so the
-    same system prompt) fill whole batches together where there are enough of them, so that
-    the prompt runs once per batch; the rows left over form batches of their own."""
-    by_key: dict[str | None, list[int]] = {}
-    for i in order:
-        by_key.setdefault(keys[i], []).append(i)
-    batches: list[list[Any]] = []
-    rest: list[int] = []
-    for key, rows in by_key.items():
-        whole = 0 if key is None else len(rows) - len(rows) % batch_size
-        batches += _length_bucketed(records, rows[:whole], batch_size)
-        rest += rows[whole:]
-    batches += _length_bucketed(records, rest, batch_size)
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
-
-
-def _length_bucketed(records: Sequence[Any], rows: list[int], batch_size: int) -> list[list[Any]]:
-    """Batches of similar length (less padding): `rows` (in random order) are cut into chunks
-    of 16 batches and sorted by length within a chunk."""
+    """One epoch's batches of similar length (less padding), in random order: `order` (a
+    random permutation) is cut into chunks of 16 batches and sorted by length within a chunk."""
     chunk = batch_size * 16
     batches: list[list[Any]] = []
-    for start in range(0, len(rows), chunk):
-        part = sorted(rows[start : start + chunk], key=lambda i: len(record_of(records[i]).ids))
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(record_of(records[i]).ids))
         batches += [
             [records[i] for i in part[s : s + batch_size]] for s in range(0, len(part), batch_size)
         ]
-    return batches
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
 
 
 def load_chat_jsonl(path: str | Path) -> list[Any]:
