@@ -145,10 +145,9 @@ def hidden_states(
     positions = token_positions(attention_mask, T)
     # No padding, or (all positions kept) padding only after each row's tokens: plain causal
     # attention is exact for every real token, and lets attention skip the masked half
-    # (what padding positions compute is never used). After a past without padding (a shared
-    # prefix) too: the new queries then follow the past's as zeros (`_after_past`).
+    # (what padding positions compute is never used).
     ends_in_padding = bool((attention_mask.cummin(dim=1).values == attention_mask).all())
-    causal = bool(attention_mask.all() or keep is None and ends_in_padding)
+    causal = past == 0 and bool(attention_mask.all() or keep is None and ends_in_padding)
     x = decoder.embed_tokens(ids)
     mask = None if causal else additive_mask(padded_causal_mask(attention_mask, T), x.dtype)
     cos, sin = decoder.rotary_emb(x, positions)
@@ -181,10 +180,7 @@ def hidden_states(
         q = q.view(B, x.shape[1], -1, attn.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         dropout = attn.attention_dropout if model.training else 0.0
-        if causal and past and T > 1:
-            y = _after_past(q, k, v, attn.scaling, dropout)
-        else:
-            y = _attention(q, k, v, mask, causal and T > 1, attn.scaling, dropout)
+        y = _attention(q, k, v, mask, causal and T > 1, attn.scaling, dropout)
         x = x + attn.o_proj(y.transpose(1, 2).reshape(B, x.shape[1], -1))
         x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
     if cache is not None:
@@ -220,20 +216,6 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
         scores = scores + mask[:, :, None]
     probs = torch.softmax(scores, dim=-1).to(v.dtype).view(B, heads, H // heads * T, S)
     return torch.matmul(probs, v).view(B, H, T, D)
-
-
-def _after_past(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float
-) -> torch.Tensor:
-    """Causal attention of T new queries to the S - T past keys (none of them padding) and the
-    new ones: the queries of the past positions as zeros, so that the kernel's plain causal
-    attention over all S positions, which skips the masked half, computes it; their rows are
-    dropped. With the explicit mask of the general case, SFT rows sharing ~100 tokens of
-    instructions ran no faster than in full (fp32, 2-core Zen 3)."""
-    B, H, T, D = q.shape
-    past = k.shape[2] - T
-    padded = torch.cat([q.new_zeros(B, H, past, D), q], dim=2)
-    return _attention(padded, k, v, None, True, scale, dropout)[:, :, past:]
 
 
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
