@@ -10,12 +10,12 @@ the first `--batches` batches SFT forms (random rows, length-bucketed); every wa
 
 * **before**: each row run in full, jemalloc's own decay (the demo before 2026-12-05's sixth
   session);
-* **kept pages**: freed pages kept for reuse during the steps;
-* **now**: pages kept, and the tokens every row of a batch begins with (the system prompt's
-  instructions) run once (the default).
+* **kept pages**: freed pages kept for reuse during the steps (the default in bf16);
+* **shared beginning**: pages kept, and the tokens every row of a batch begins with (the
+  system prompt's instructions) run once (the default in fp32: `sft_share_prefix`).
 
 The process restarts itself with jemalloc preloaded where the system has it (as `tooltune
-demo` does); without jemalloc `now` equals `before`. Ways take turns (`--repeats`), each keeps
+demo` does); without jemalloc `kept pages` equals `before`. Ways take turns (`--repeats`), each keeps
 its fastest; the rows and their tokens (the same for every way) are printed.
 
     python benchmarks/sft_step.py --quick --json      # 3 batches a way, one round
@@ -42,7 +42,7 @@ from tooltune.policies.smollm2 import load_smollm2
 from tooltune.training import sft
 from tooltune.training.demo import load_preset
 
-WAYS = ("before", "kept_pages", "now")
+WAYS = ("before", "kept_pages", "shared_beginning")
 
 
 def log(*args: Any) -> None:
@@ -71,7 +71,7 @@ def run(way: str, policy: Any, rows: list[Any], config: Any, style: str) -> floa
     train = sft.train_sft.__wrapped__ if way == "before" else sft.train_sft
     start = time.perf_counter()
     train(policy, rows, config, epochs=1, batch_size=4, learning_rate=1e-9, tool_style=style,
-          share_prefix=way == "now")  # fmt: skip
+          share_prefix=way == "shared_beginning")  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": sum(len(r.ids) for r in sft.to_token_records(rows, policy.encode, style)),
         **{f"{way}_seconds": round(best[way], 2) for way in WAYS},
         "speedup_kept_pages": round(best["before"] / best["kept_pages"], 3),
-        "speedup_shared_beginning": round(best["kept_pages"] / best["now"], 3),
-        "speedup": round(best["before"] / best["now"], 3),
+        "speedup_shared_beginning": round(best["kept_pages"] / best["shared_beginning"], 3),
+        "default_shares_beginning": next(policy.model.parameters()).dtype == torch.float32,
     }
     if args.json:
         print(json.dumps(out))

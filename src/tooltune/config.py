@@ -192,7 +192,8 @@ class AgentConfig:
     # little of it (as OpenAI's legacy fine-tuning `prompt_loss_weight`, default 0.01).
     sft_context_weight: float = 0.0
     # Run the beginning that an SFT batch's rows have in common (the instructions of the
-    # system prompt) once per batch: the same update from fewer positions.
+    # system prompt) once per batch where the weights are fp32: the same update from fewer
+    # positions (see `training.sft.train_sft`).
     sft_share_prefix: bool = True
 
     reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)

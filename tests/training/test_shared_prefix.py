@@ -155,3 +155,7 @@ def test_sft_with_shared_prompts_gives_the_same_loss_and_gradients(which, reques
         config = make_config(sft_epochs=1, sft_batch_size=4, warmup_ratio=0.0, sft_share_prefix=on)
         train_sft(policy, trajs, config, learning_rate=0.0)
         assert policy.calls == (2 if on else 0)
+    policy = counting(base)  # ...where the weights are fp32: in bf16 sharing does not pay
+    policy.model.to(torch.bfloat16)
+    train_sft(policy, trajs, config, learning_rate=0.0)
+    assert policy.calls == 0

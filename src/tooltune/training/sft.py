@@ -314,13 +314,14 @@ def train_sft(
     `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
     every training trajectory afresh each epoch, so no epoch repeats the same text.
 
-    With `share_prefix` (default: `config.sft_share_prefix`, on; never with a context weight)
-    the tokens every row of a micro-batch begins with (the system prompt's instructions, ~100
-    of SmolLM2's ~770 tokens a row) run once (`shared_prefix`): the same loss and gradients
-    from fewer positions, 7% faster on SmolLM2 in fp32. Batches stay random: batching rows
-    that offer the same tools together would share their whole system prompt, 23% faster
-    again, but trained a worse model (the default demo solved 120 against 149 of 250 test
-    tasks after SFT; benchmarks/RESULTS.md).
+    With `share_prefix` (never with a context weight) the tokens every row of a micro-batch
+    begins with (the system prompt's instructions, ~100 of SmolLM2's ~770 tokens a row) run
+    once (`shared_prefix`): the same loss and gradients from fewer positions, 7% faster on
+    SmolLM2 in fp32 (2-core Zen 3; benchmarks/sft_step.py). Left to the config
+    (`sft_share_prefix`), it is used where the weights are fp32 only: in bf16 the continuations'
+    masked attention cost what the shared rows saved (Zen 4). Batches stay random: batches of
+    one tool set share their whole system prompt, 23% faster again in fp32, but trained a worse
+    model (the default demo solved 120 against 149 of 250 test tasks after SFT; RESULTS.md).
     """
     epochs = config.sft_epochs if epochs is None else epochs
     lr = config.sft_learning_rate if learning_rate is None else learning_rate
@@ -334,7 +335,9 @@ def train_sft(
     encode = getattr(policy, "encode", None)
 
     if share_prefix is None:
-        share_prefix = bool(getattr(config, "sft_share_prefix", False))
+        weights = next(iter(policy.model.parameters()), None)
+        fp32 = weights is None or weights.dtype == torch.float32
+        share_prefix = bool(getattr(config, "sft_share_prefix", False)) and fp32
     share_prefix = share_prefix and not context_weight  # context targets cannot be shared
 
     def epoch_records(items: Sequence[Any]) -> list[Any]:
