@@ -15,8 +15,8 @@ the first `--batches` batches SFT forms (random rows, length-bucketed); every wa
   system prompt's instructions) run once (the default in fp32: `sft_share_prefix`).
 
 The process restarts itself with jemalloc preloaded where the system has it (as `tooltune
-demo` does); without jemalloc `kept pages` equals `before`. Ways take turns (`--repeats`), each keeps
-its fastest; the rows and their tokens (the same for every way) are printed.
+demo` does); without jemalloc `kept pages` equals `before`. Ways take turns (`--repeats`),
+each keeps its fastest; the rows and their tokens (the same for every way) are printed.
 
     python benchmarks/sft_step.py --quick --json      # 3 batches a way, one round
     python benchmarks/sft_step.py                     # 8 batches a way, two rounds

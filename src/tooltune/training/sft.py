@@ -316,8 +316,8 @@ def train_sft(
 
     With `share_prefix` (never with a context weight) the beginnings that rows of a
     micro-batch share (at least the system prompt's instructions, ~100 of SmolLM2's ~770 tokens
-    a row) run once (`shared_prefix`): the same loss and gradients from fewer positions, 7% faster on
-    SmolLM2 in fp32 (2-core Zen 3; benchmarks/sft_step.py). Left to the config
+    a row) run once (`shared_prefix`): the same loss and gradients from fewer positions, 7%
+    faster on SmolLM2 in fp32 (2-core Zen 3; benchmarks/sft_step.py). Left to the config
     (`sft_share_prefix`), it is used where the weights are fp32 only: in bf16 the continuations'
     masked attention cost what the shared rows saved (Zen 4). Batches stay random: batches of
     one tool set share their whole system prompt, 23% faster again in fp32, but trained a worse
