@@ -39,6 +39,8 @@ def test_toml_yaml_and_overrides(tmp_path):
 def test_round_trip_through_dict():
     c = AgentConfig(max_turns=3, task_tier_weights={"simple": 2, "complex": 2})
     assert AgentConfig.from_dict(c.to_dict()) == c
+    c = load_config(overrides=["data_seed=7"])
+    assert c.data_seed == 7 and AgentConfig.from_dict(c.to_dict()).data_seed == 7
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,7 @@ def test_round_trip_through_dict():
         ("task_tier_weights.simple=-1", "task_tier_weights.simple"),
         ("task_tier_weights.hard=1", "task_tier_weights"),
         ("scale_rewards=3", "scale_rewards"),
+        ("data_seed=1.5", "data_seed"),
         ("reward_weights.outcome=-2", "reward_weights.outcome"),
     ],
 )

@@ -166,6 +166,10 @@ class AgentConfig:
 
     # --- beyond the seed: what a correct trainer needs -------------------------------------
     seed: int = 0
+    # The order training data is drawn in: SFT's batches and GRPO's tasks (TRL's and
+    # transformers' `data_seed`); unset, `seed`. The tasks themselves and the world stay
+    # those of `seed`, so runs that differ only here show how much a result owes to the draw.
+    data_seed: int | None = None
     max_new_tokens: int = 256  # per assistant turn
     max_observation_chars: int = 2000  # tool output shown to the model is cut to this
 
@@ -322,6 +326,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
+    if hint == int | None:
+        return None if value is None else _coerce(key, value, int)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
@@ -337,6 +343,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if get_args(hint):  # pragma: no cover - no such fields today
         return value
     return value
+
+
+def data_seed_of(config: Any) -> int:
+    """The seed of the training data's order (`AgentConfig.data_seed`, else `seed`)."""
+    data_seed = getattr(config, "data_seed", None)
+    return int(getattr(config, "seed", 0) if data_seed is None else data_seed)
 
 
 def _suggest(key: str, known: set[str]) -> str:

@@ -267,6 +267,19 @@ def test_augment_gives_each_epoch_fresh_records(policy, make_config):
     assert policy.token_logprobs(ids, torch.ones_like(ids)).exp().item() > 0.5
 
 
+def test_data_seed_draws_the_batches_and_seed_does_when_it_is_unset(toy_policy_cls, make_config):
+    """The same rows in another order: a run with another `data_seed` takes other steps."""
+
+    def step_losses(**kw):
+        config = sft_config(make_config, sft_epochs=1, sft_batch_size=4, **kw)
+        return train_sft(toy_policy_cls(), dataset(32), config).step_loss
+
+    default = step_losses()
+    assert step_losses(data_seed=0) == default
+    assert step_losses(data_seed=1) != default
+    assert step_losses(seed=1) == step_losses(data_seed=1)
+
+
 def test_turns_longer_than_the_generation_budget_are_reported(policy, make_config):
     """A turn the model learns but could never finish when it runs is said before training."""
     records = dataset(4)

@@ -25,7 +25,7 @@ import torch
 
 from tooltune.allocator import release_free_memory
 from tooltune.chat_format import IM_END, TOOL_STYLES
-from tooltune.config import AgentConfig, ConfigError
+from tooltune.config import AgentConfig, ConfigError, data_seed_of
 from tooltune.prompt_format import PromptFormat, missing_message
 from tooltune.rollout import (
     SamplingParams,
@@ -498,8 +498,8 @@ class AgentTrainingPipeline:
         state["grpo_step"] = s.grpo_steps
 
     def _grpo_tasks(self, step: int) -> list[Any]:
-        cfg = self.config
-        return self._tasks("train", cfg.batch_size, seed=cfg.seed * 100_003 + 7919 * (step + 1))
+        seed = data_seed_of(self.config)
+        return self._tasks("train", self.config.batch_size, seed=seed * 100_003 + 7919 * (step + 1))
 
     def _grpo_trainer(self, state: dict[str, Any]) -> Any:
         """The trainer, with the optimizer and schedule of the checkpoint a run resumes from."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
+from tooltune.config import data_seed_of
 from tooltune.jsonl import read_jsonl
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.optim import AdamW
@@ -369,7 +370,7 @@ def train_sft(
     steps_per_epoch = math.ceil(len(records) / batch_size)
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs, config.warmup_ratio)
     device = policy_device(policy)
-    generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0)))
+    generator = torch.Generator().manual_seed(data_seed_of(config))
     clip = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
 
     bar = None
