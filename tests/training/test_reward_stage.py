@@ -118,3 +118,24 @@ def test_demo_with_learned_baseline_trains_the_reward_model_on_training_tasks(
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["reward_model"]["n_trajectories"] == 10
     assert "## Reward model" in (run / "report.md").read_text()
+
+
+def test_grpo_draws_its_tasks_by_data_seed(tmp_path):
+    """GRPO's tasks follow `data_seed`; unset, `seed`, as before it existed."""
+
+    class Draws:
+        seeds: list[int] = []
+
+        def sample_tasks(self, split, n, seed, per_group=False):
+            self.seeds.append(seed)
+            return []
+
+    def first_step_seed(**kw):
+        pipeline = AgentTrainingPipeline(None, AgentConfig(**kw), PipelineSettings(), tmp_path)
+        pipeline.env = Draws()
+        pipeline._grpo_tasks(0)
+        return pipeline.env.seeds[-1]
+
+    assert first_step_seed() == first_step_seed(data_seed=0)
+    assert first_step_seed(data_seed=1) == first_step_seed(seed=1) != first_step_seed()
+    assert first_step_seed(seed=1, data_seed=0) == first_step_seed()
