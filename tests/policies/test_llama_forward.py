@@ -2,6 +2,7 @@
 
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -265,6 +266,70 @@ def test_next_turn_continues_the_last_call(
         next(policy.model.parameters()).add_(0.0)
     policy.generate(["", "", ""], greedy, second)
     assert len(runs) == 1
+
+
+def test_kept_rows_are_freed_before_the_next_call_decodes(tmp_path, tiny_qwen2, monkeypatch):
+    """The rows a call continues are copied into its cache and let go of before it decodes:
+    held to the end, they were a third copy of the batch (SmolLM2 at batch 32: ~2 GB in fp32),
+    and evaluation's peak."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5, stop=[])
+    first = [policy.encode("hello world"), policy.encode("the answer is 42, the answer")]
+    turn1 = policy.generate(["", ""], greedy, first)
+    kept = [weakref.ref(prefix.k) for prefix in policy._turn_cache.values()]
+    assert len(kept) == 2 and all(ref() is not None for ref in kept)
+    alive = []
+    real = llama_forward.decode_step
+    monkeypatch.setattr(
+        llama_forward,
+        "decode_step",
+        lambda *a: alive.append(sum(ref() is not None for ref in kept)) or real(*a),
+    )
+    second = [
+        p + c.token_ids + policy.encode(" world, the") for p, c in zip(first, turn1, strict=True)
+    ]
+    policy.generate(["", ""], greedy, second)
+    assert alive and alive[0] == 0
+
+
+def test_a_call_over_the_cache_limit_runs_in_batches(
+    tmp_path, tiny_qwen2, monkeypatch, stale_cache_memory, same_greedy
+):
+    """With `max_cache_bytes` below what one cache of a call's rows takes, the rows decode in
+    batches, each continuing what the last call kept of its rows: the completions of one batch,
+    turn after turn."""
+    path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
+    policy = HFPolicy.from_pretrained(path)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5, stop=[])
+    prompts = [policy.encode(t) for t in ("hello world", "the answer is 42, the", "hello", "42")]
+    new = policy.encode(" world, the")
+    stale_cache_memory(lambda: llama_forward.StaticKVCache(policy.model, 4, 64))
+    rows, continued = [], []  # rows of each cache; rows that continue a kept one, per prefill
+    init, prefill = llama_forward.StaticKVCache.__init__, llama_forward.prefill
+
+    def counting_init(self, model, batch, capacity):
+        rows.append(batch)
+        init(self, model, batch, capacity)
+
+    monkeypatch.setattr(llama_forward.StaticKVCache, "__init__", counting_init)
+    monkeypatch.setattr(
+        llama_forward, "prefill", lambda *a: continued.append(len(a[4])) or prefill(*a)
+    )
+    runs = []
+    for limit in (None, 2 * (len(prompts[1]) + 5) * llama_forward.position_bytes(policy.model)):
+        policy.max_cache_bytes = limit
+        policy.release_turns()
+        rows.clear()
+        continued.clear()
+        one = policy.generate([""] * 4, greedy, prompts)
+        two = [p + c.token_ids + new for p, c in zip(prompts, one, strict=True)]
+        runs.append((one, policy.generate([""] * 4, greedy, two), max(rows), sum(continued)))
+    (one, two, widest, reused), (one_split, two_split, widest_split, reused_split) = runs
+    assert widest == 4 and widest_split == 2  # at most two rows a cache
+    assert reused == reused_split == 4  # every row of the second turn continued the first
+    same_greedy(one_split, one)
+    same_greedy(two_split, two)
 
 
 def test_prompts_that_begin_alike_run_the_beginning_once(

@@ -51,12 +51,12 @@ class ScriptBackend:
         return cache
 
 
-def run(scripts, sampling, use_cache=True, max_seq_len=100, prompts=None):
+def run(scripts, sampling, use_cache=True, max_seq_len=100, prompts=None, **options):
     backend = ScriptBackend(scripts)
     prompts = prompts or [[r] for r in range(len(scripts))]
     out = generate_tokens(
         backend, prompts, sampling, eos_ids=[EOS], pad_id=PAD, decode=decode,
-        max_seq_len=max_seq_len, device=torch.device("cpu"), use_cache=use_cache,
+        max_seq_len=max_seq_len, device=torch.device("cpu"), use_cache=use_cache, **options,
     )  # fmt: skip
     return out, backend
 
@@ -111,6 +111,35 @@ def test_finished_rows_leave_the_batch():
     assert [len(o.token_ids) for o in out] == [1, 31, 31, 31]
     assert backend.calls[0] == (4, 1)  # the prefill holds every row
     assert backend.calls[-1] == (3, 1)  # the row done after one token was dropped
+
+
+def test_rows_over_the_cache_limit_decode_in_batches():
+    """Rows that one cache of `max_cache_positions` cannot hold run in batches of equal size,
+    one after another, with the completions of one batch."""
+    scripts = [[0, 1, EOS], [3, EOS], [1] * 5 + [EOS], [4, 4, EOS]]
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    whole, backend = run(scripts, greedy)
+    assert backend.calls[0] == (4, 1)
+    # a row takes 9 positions (a 1-token prompt and 8 new tokens): two fit in 18
+    parts, backend = run(scripts, greedy, max_cache_positions=18)
+    assert [c.token_ids for c in parts] == [c.token_ids for c in whole]
+    assert backend.calls[0] == (2, 1) and max(rows for rows, _ in backend.calls) == 2
+
+
+def test_cache_batches_are_even_and_within_the_limit():
+    rows, lengths = [0, 1, 2, 3, 4, 5], [100, 90, 80, 70, 10, 10]
+    budgets = [10] * 6
+    assert sampling.cache_batches(rows, lengths, budgets, None) == [rows]
+    assert sampling.cache_batches(rows, lengths, budgets, 6 * 110) == [rows]
+    # one position short: two batches of three (the first sized by its longest row, 100)
+    assert sampling.cache_batches(rows, lengths, budgets, 6 * 110 - 1) == [[0, 1, 2], [3, 4, 5]]
+    assert sampling.cache_batches(rows, lengths, budgets, 50) == [[r] for r in rows]  # alone
+    for limit in range(50, 700, 7):
+        batches = sampling.cache_batches(rows, lengths, budgets, limit)
+        assert [r for b in batches for r in b] == rows
+        assert len({len(b) for b in batches[:-1]}) <= 1
+        for b in batches:
+            assert len(b) == 1 or len(b) * (max(lengths[r] for r in b) + 10) <= limit
 
 
 def test_sample_tokens_greedy_and_top_p():

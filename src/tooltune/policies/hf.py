@@ -149,6 +149,10 @@ class _DirectBackend:
     def new_cache(self, batch: int, capacity: int) -> llama_forward.StaticKVCache:
         return llama_forward.StaticKVCache(self.model, batch, capacity)
 
+    @property
+    def position_bytes(self) -> int:
+        return llama_forward.position_bytes(self.model)
+
     def forward_last(self, ids, mask, cache):
         if self.plain and cache is not None and cache.length > 0 and ids.shape[1] == 1:
             return llama_forward.decode_step(self.model, ids, mask, cache)

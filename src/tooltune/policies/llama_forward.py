@@ -111,6 +111,15 @@ class StaticKVCache:
         return self
 
 
+def position_bytes(model: Any) -> int:
+    """Bytes one position of one row takes in a `StaticKVCache` (keys and values, all layers):
+    46 KB for SmolLM2-135M in fp32."""
+    base, decoder = _unwrap(model)
+    heads, head_dim = base.config.num_key_value_heads, decoder.layers[0].self_attn.head_dim
+    size = decoder.embed_tokens.weight.element_size()
+    return 2 * len(decoder.layers) * heads * head_dim * size
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
@@ -295,7 +304,9 @@ def prefill(
     tokens runs the tail of its prefix again: the same keys and values, up to float rounding);
     a row without a prefix runs its whole prompt. Each group runs in a cache of its own, its
     prefixes right-aligned, and lands right-aligned in ``cache``, where a padded pass over the
-    whole prompts would have put it. Padding is zeroed: attention reads it (masked)."""
+    whole prompts would have put it. Padding is zeroed: attention reads it (masked).
+    ``cached`` is emptied as its prefixes are copied, so that a row's kept keys and values go
+    back as soon as they are in the cache, not after the whole batch's are."""
     if cache.length != 0:
         raise ValueError("prefill needs an empty cache")
     B, W = ids.shape
@@ -313,9 +324,10 @@ def prefill(
         mask = torch.zeros((len(group), width + w), dtype=torch.long, device=ids.device)
         mask[:, width:] = attention_mask[rows, W - w :]
         for g, (row, c) in enumerate(zip(group, used, strict=True)):
+            prefix = cached.pop(row, None)  # copied: its memory can go (see the docstring)
             if c:
-                part.k[:, g, :, width - c : width] = cached[row].k[:, :, :c]
-                part.v[:, g, :, width - c : width] = cached[row].v[:, :, :c]
+                part.k[:, g, :, width - c : width] = prefix.k[:, :, :c]
+                part.v[:, g, :, width - c : width] = prefix.v[:, :, :c]
                 mask[g, width - c : width] = 1
             part.k[:, g, :, : width - c] = 0
             part.v[:, g, :, : width - c] = 0

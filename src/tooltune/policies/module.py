@@ -40,6 +40,11 @@ class ModulePolicy(Policy):
     model: torch.nn.Module
     pad_token_id: int
     _stop_ids: list[int]
+    # Keys and values one batch of a generate call may hold; a call whose rows need more is
+    # decoded in several batches (`sampling.cache_batches`), where the backend says what a
+    # position takes. Every copy a call holds of its rows grows with the batch, and evaluation's
+    # were the demo's peak. None: one batch, however large.
+    max_cache_bytes: int | None = 1 << 30
     # How the model is prompted (tool style, generation settings): set by whoever trains it,
     # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
     prompt_format: PromptFormat | None = None
@@ -114,9 +119,14 @@ class ModulePolicy(Policy):
         finished: dict | None = {} if reuse else None
         was_training = self.model.training
         self.model.eval()
+        backend = self._backend()
+        per_position = getattr(backend, "position_bytes", None)
+        limit = None
+        if self.max_cache_bytes is not None and per_position:
+            limit = self.max_cache_bytes // per_position
         try:
             completions = generate_tokens(
-                self._backend(),
+                backend,
                 prompt_token_ids,
                 sampling,
                 eos_ids=self._stop_ids,
@@ -131,6 +141,7 @@ class ModulePolicy(Policy):
                 previous=previous,
                 finished=finished,
                 openings=self._openings if reuse else None,
+                max_cache_positions=limit,
             )
         finally:
             self.model.train(was_training)

@@ -23,6 +23,8 @@ such kept prefixes. Semantics, identical for every token policy:
   from the ids ends the assistant turn properly, exactly as the model produced it.
 * Finished rows are dropped from the batch (and its KV cache) once a quarter of the rows are
   done, so long-running rows do not pay for short ones.
+* Rows that one cache of ``max_cache_positions`` cannot hold are decoded in several batches,
+  one after another (`cache_batches`): what a call holds in memory is bounded by design.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DecodeBackend(Protocol):
     # kept prefix ``cached[r]``; and ``run_beginning(ids) -> kept prefix`` of tokens ``ids``.
     # Keeping finished rows (``generate_tokens(finished=)``) needs caches with
     # ``export_row(row, ids)``: the kept prefix of that row's last len(ids) positions.
+    # Optional: ``position_bytes``, what one position of one row takes in a cache (a policy's
+    # ``max_cache_bytes`` becomes ``generate_tokens(max_cache_positions=)`` with it).
 
 
 def first_pass(
@@ -60,19 +64,22 @@ def first_pass(
     ids: torch.Tensor,
     mask: torch.Tensor,
     cache: Any,
-    previous: dict[tuple[int, ...], Any],
+    cached: dict[int, Any],
     share: bool,
     openings: dict[tuple[int, ...], Any] | None = None,
     turn_ends: set[int] | None = None,
 ) -> torch.Tensor:
     """Logits of the prompts' last tokens. A backend that can prefill from kept prefixes runs,
-    of a row that continues one of ``previous`` (keyed by token ids), only the rest. A row that
-    continues none starts from its first turn (its tokens up to the first of ``turn_ends``: the
-    system prompt) kept in ``openings`` by an earlier call, or run now and kept there; with
-    ``share``, the rows left run their common beginning once (`common_beginning`)."""
+    of a row in ``cached`` (cache row -> what an earlier call kept of the row it continues),
+    only the rest; the prefill empties ``cached`` as it copies them, so each row's memory goes
+    back as soon as it is in the cache. A row that continues none starts from its first turn
+    (its tokens up to the first of ``turn_ends``: the system prompt) kept in ``openings`` by an
+    earlier call, or run now and kept there; with ``share``, the rows left run their common
+    beginning once (`common_beginning`)."""
     if cache is None or not hasattr(backend, "prefill"):
         return backend.forward_last(ids, mask, cache)
-    prompts, cached = continued_rows(previous, ids, mask)
+    width = ids.shape[1]
+    prompts = [tuple(ids[r, width - n :].tolist()) for r, n in enumerate(mask.sum(dim=1).tolist())]
     if openings is not None and turn_ends:
         for row, prompt in enumerate(prompts):
             n = next((i + 1 for i, t in enumerate(prompt) if t in turn_ends), 0)
@@ -212,19 +219,26 @@ def common_beginning(prompts: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def continued_rows(
-    previous: dict[tuple[int, ...], Any], ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[list[tuple[int, ...]], dict[int, Any]]:
-    """For a prefill of left-padded prompts: each row's prompt, and the rows that continue a
-    row an earlier call finished (``previous``, keyed by token ids), with what was kept of it."""
-    width = ids.shape[1]
-    prompts = [tuple(ids[r, width - n :].tolist()) for r, n in enumerate(mask.sum(dim=1).tolist())]
-    cached = {}
-    for row, prompt in enumerate(prompts):
-        found = longest_prefix(previous, prompt) if previous else None
-        if found is not None:
-            cached[row] = found
-    return prompts, cached
+def cache_batches(
+    rows: list[int], lengths: Sequence[int], budgets: Sequence[int], max_positions: int | None
+) -> list[list[int]]:
+    """``rows`` (longest prompt first) in as few consecutive batches of equal size as keep
+    each batch's cache, rows x (longest prompt + largest budget) positions, within
+    ``max_positions`` (None: one batch; a row over it alone runs alone). Every copy a call
+    holds of its rows (the kept rows it continues, the cache, the rows it keeps for the next
+    call) grows with them: batch 32 of SmolLM2 at 1,600 tokens is 2.3 GB a copy in fp32."""
+    if max_positions is None:
+        return [rows]
+
+    def positions(batch: list[int]) -> int:
+        return len(batch) * (max(lengths[i] for i in batch) + max(budgets[i] for i in batch))
+
+    for k in range(1, len(rows) + 1):
+        size = -(-len(rows) // k)
+        batches = [rows[j : j + size] for j in range(0, len(rows), size)]
+        if size == 1 or all(positions(b) <= max_positions for b in batches):
+            return batches
+    return [rows]  # no rows
 
 
 def left_pad(
@@ -238,6 +252,38 @@ def left_pad(
             ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             mask[row, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def start_batch(
+    backend: DecodeBackend,
+    prompts: list[Sequence[int]],
+    budget: int,
+    cached: dict[int, Any],
+    *,
+    pad_id: int,
+    device: torch.device,
+    use_cache: bool,
+    share: bool,
+    openings: dict[tuple[int, ...], Any] | None,
+    turn_ends: set[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """Left-padded ids, mask, the last tokens' logits and the cache (room for ``budget`` new
+    tokens a row) of a batch of prompts, prefilled by `first_pass` (``cached``: prompt -> the
+    kept row it continues). With ``share``, identical prompts (a GRPO group's samples) run once
+    and their cache rows are copied to every prompt that repeats them."""
+    distinct: dict[tuple[int, ...], int] = {}
+    inverse = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    if use_cache and share and len(distinct) < len(prompts):
+        ids, mask = left_pad(list(distinct), pad_id, device)
+        cache = backend.new_cache(len(distinct), ids.shape[1] + budget)
+        cached = {inverse[j]: cached.pop(j) for j in list(cached)}  # emptied: see first_pass
+        logits = first_pass(backend, ids, mask, cache, cached, share, openings, turn_ends)
+        index = torch.tensor(inverse, device=device)
+        return ids[index], mask[index], logits[index], backend.select_cache(cache, index)
+    ids, mask = left_pad(prompts, pad_id, device)
+    cache = backend.new_cache(len(prompts), ids.shape[1] + budget) if use_cache else None
+    logits = first_pass(backend, ids, mask, cache, cached, share, openings, turn_ends)
+    return ids, mask, logits, cache
 
 
 @torch.no_grad()
@@ -258,8 +304,11 @@ def generate_tokens(
     previous: dict[tuple[int, ...], Any] | None = None,
     finished: dict[tuple[int, ...], Any] | None = None,
     openings: dict[tuple[int, ...], Any] | None = None,
+    max_cache_positions: int | None = None,
 ) -> list[Completion]:
-    """Generate one completion per prompt, all rows decoded together (see module docstring).
+    """Generate one completion per prompt, all rows decoded together (see module docstring),
+    or in several batches where one cache of ``max_cache_positions`` (rows x positions) would
+    not hold them all (see `cache_batches`).
 
     With ``share_prefill`` (and the cache), identical prompts (a GRPO group's samples) are
     prefilled once and their cache rows copied to every sample that uses them, and distinct
@@ -268,8 +317,9 @@ def generate_tokens(
     ``generated_before`` (one per prompt) are tokens of the same turn generated by an earlier
     call and ending the prompt, so a stop string that began there is still found.
     ``previous`` holds rows earlier calls finished, keyed by their token ids: a prompt that
-    continues one runs only its new tokens. ``finished``, when given, receives the rows this
-    call finishes (each prompt and all but its last generated token) for the next call.
+    continues one runs only its new tokens (the call empties it). ``finished``, when given,
+    receives the rows this call finishes (each prompt and all but its last generated token)
+    for the next call.
     ``openings``, when given, keeps the prompts' first turns (up to their first ``eos_ids``
     token: the system prompt) across calls, so a new episode runs only its own tokens."""
     validate_sampling(sampling)
@@ -290,69 +340,70 @@ def generate_tokens(
     results: list[Completion | None] = [None] * len(prompt_ids)
     # longest prompts first: left-padded rows of similar length sit together, so a backend
     # can skip the padding columns a run of rows shares (see kv_cache.attention_groups)
-    rows = sorted((i for i, b in enumerate(budgets) if b > 0), key=lambda i: -len(prompt_ids[i]))
+    order = sorted((i for i, b in enumerate(budgets) if b > 0), key=lambda i: -len(prompt_ids[i]))
     for i, b in enumerate(budgets):
         if b <= 0:  # no room left in the context (or nothing asked for)
             results[i] = Completion(text="", token_ids=[], logprobs=[], finish_reason="length")
-    if not rows:
+    if not order:
         return results  # type: ignore[return-value]
 
+    kept: dict[int, Any] = {}  # prompt -> the kept row it continues
+    if previous:
+        found = ((i, longest_prefix(previous, tuple(prompt_ids[i]))) for i in order)
+        kept = {i: prefix for i, prefix in found if prefix is not None}
+        previous.clear()  # a kept row that no prompt continues now is never continued later
     generator = make_generator(sampling.seed, device)
-    distinct: dict[tuple[int, ...], int] = {}
-    inverse = [distinct.setdefault(tuple(prompt_ids[i]), len(distinct)) for i in rows]
-    if use_cache and share_prefill and len(distinct) < len(rows):
-        ids, mask = left_pad(list(distinct), pad_id, device)
-        capacity = ids.shape[1] + max(budgets[i] for i in rows)
-        cache = backend.new_cache(len(distinct), capacity)
-        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill, openings, eos)
-        index = torch.tensor(inverse, device=device)
-        ids, mask, logits = ids[index], mask[index], logits[index]
-        cache = backend.select_cache(cache, index)
-    else:
-        ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id, device)
-        capacity = ids.shape[1] + max(budgets[i] for i in rows)
-        cache = backend.new_cache(len(rows), capacity) if use_cache else None
-        logits = first_pass(backend, ids, mask, cache, previous or {}, share_prefill, openings, eos)
-    out_ids: dict[int, list[int]] = {i: [] for i in rows}
-    out_lps: dict[int, list[float]] = {i: [] for i in rows}
-    done = [False] * len(rows)
-    keeps_rows = finished is not None and cache is not None
+    lengths = [len(p) for p in prompt_ids]
+    limit = max_cache_positions if use_cache else None
+    for rows in cache_batches(order, lengths, budgets, limit):
+        # the batch takes its rows' kept prefixes: its prefill frees each as it copies it
+        continues = {j: kept.pop(i) for j, i in enumerate(rows) if i in kept}
+        ids, mask, logits, cache = start_batch(
+            backend, [prompt_ids[i] for i in rows], max(budgets[i] for i in rows), continues,
+            pad_id=pad_id, device=device, use_cache=use_cache, share=share_prefill,
+            openings=openings, turn_ends=eos,
+        )  # fmt: skip
+        out_ids: dict[int, list[int]] = {i: [] for i in rows}
+        out_lps: dict[int, list[float]] = {i: [] for i in rows}
+        done = [False] * len(rows)
+        keeps_rows = finished is not None and cache is not None
 
-    while True:
-        tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
-        token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
-        check_sampled(logp_list)
-        for j, i in enumerate(rows):
-            if done[j]:
-                continue
-            tok = token_list[j]
-            out_ids[i].append(tok)
-            out_lps[i].append(logp_list[j])
-            reason = None
-            if tok in eos or stopper.hit(list(before[i][-stopper.window :]) + out_ids[i]):
-                reason = "stop"
-            elif len(out_ids[i]) >= budgets[i]:
-                reason = "length"
-            if reason is not None:
-                done[j] = True
-                results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
-                if keeps_rows:  # the row's cache ends in its prompt and all but its last token
-                    held = list(prompt_ids[i]) + out_ids[i][:-1]
-                    finished[tuple(held)] = cache.export_row(j, held)
-        n_done = sum(done)
-        if n_done == len(rows):
-            break
-        ids = torch.cat([ids, tokens[:, None]], dim=1) if not use_cache else tokens[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        if n_done and (n_done * 4 >= len(rows) or not use_cache):
-            keep = [j for j in range(len(rows)) if not done[j]]
-            keep_t = torch.tensor(keep, device=device)
-            rows = [rows[j] for j in keep]
-            done = [False] * len(rows)
-            ids, mask = ids[keep_t], mask[keep_t]
-            if cache is not None:
-                cache = backend.select_cache(cache, keep_t)
-        logits = backend.forward_last(ids, mask, cache)
+        while True:
+            tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
+            token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
+            check_sampled(logp_list)
+            for j, i in enumerate(rows):
+                if done[j]:
+                    continue
+                tok = token_list[j]
+                out_ids[i].append(tok)
+                out_lps[i].append(logp_list[j])
+                reason = None
+                if tok in eos or stopper.hit(list(before[i][-stopper.window :]) + out_ids[i]):
+                    reason = "stop"
+                elif len(out_ids[i]) >= budgets[i]:
+                    reason = "length"
+                if reason is not None:
+                    done[j] = True
+                    results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
+                    if keeps_rows:  # the row's cache ends in its prompt and all but its last token
+                        held = list(prompt_ids[i]) + out_ids[i][:-1]
+                        finished[tuple(held)] = cache.export_row(j, held)
+            n_done = sum(done)
+            if n_done == len(rows):
+                break
+            ids = torch.cat([ids, tokens[:, None]], dim=1) if not use_cache else tokens[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            if n_done and (n_done * 4 >= len(rows) or not use_cache):
+                keep = [j for j in range(len(rows)) if not done[j]]
+                keep_t = torch.tensor(keep, device=device)
+                rows = [rows[j] for j in keep]
+                done = [False] * len(rows)
+                ids, mask = ids[keep_t], mask[keep_t]
+                if cache is not None:
+                    cache = backend.select_cache(cache, keep_t)
+            logits = backend.forward_last(ids, mask, cache)
+        del cache  # before the next batch allocates its own
     return results  # type: ignore[return-value]
 
 
