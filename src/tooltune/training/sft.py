@@ -304,8 +304,9 @@ def train_sft(
     Uses AdamW with `config.weight_decay`, warm-up + cosine decay (`config.warmup_ratio`) and
     gradient clipping (`config.max_grad_norm`); one optimizer step per batch of `batch_size`
     records. `config.grad_accum_steps` splits each batch into that many micro-batches to save
-    memory, and `config.micro_batch_tokens` further where one would hold more tokens; the loss is normalised by the supervised-token count of the whole batch, so the
-    update is the same as without splitting (as in GRPO). After every epoch the validation
+    memory, and `config.micro_batch_tokens` further where one would hold more tokens; the loss
+    is normalised by the supervised-token count of the whole batch, so the update is the same as
+    without splitting (as in GRPO). After every epoch the validation
     loss is computed and `callback(epoch, policy)` runs; a dict it returns is stored in
     `history.epoch_metrics`.
 
@@ -395,10 +396,12 @@ def train_sft(
             batch_tokens = sum(p.loss_mask.sum().item() for p in parts)
             optimizer.zero_grad(set_to_none=True)
             batch_nll = 0.0
-            for part in parts:
+            for k, part in enumerate(parts):
                 nll, loss = own_and_weighted_nll(policy, part, context_weight, share_prefix)
                 (loss / batch_tokens).backward()
                 batch_nll += nll.item()
+                if k + 1 < len(parts):  # the next part's sizes differ: kept pages would add up
+                    release_free_memory(KEEP_FREE_BYTES)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             release_free_memory(KEEP_FREE_BYTES)
