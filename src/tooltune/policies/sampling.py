@@ -24,7 +24,7 @@ such kept prefixes. Semantics, identical for every token policy:
 * Finished rows are dropped from the batch (and its KV cache) once a quarter of the rows are
   done, so long-running rows do not pay for short ones.
 * Rows that one cache of ``max_cache_positions`` cannot hold are decoded in several batches,
-  one after another (`cache_batches`): what a call holds in memory is bounded by design.
+  one after another (`cache_batches`), so a call's cache is bounded however many rows it has.
 """
 
 from __future__ import annotations
@@ -224,9 +224,10 @@ def cache_batches(
 ) -> list[list[int]]:
     """``rows`` (longest prompt first) in as few consecutive batches of equal size as keep
     each batch's cache, rows x (longest prompt + largest budget) positions, within
-    ``max_positions`` (None: one batch; a row over it alone runs alone). Every copy a call
-    holds of its rows (the kept rows it continues, the cache, the rows it keeps for the next
-    call) grows with them: batch 32 of SmolLM2 at 1,600 tokens is 2.3 GB a copy in fp32."""
+    ``max_positions`` (None: one batch; a row over it alone runs alone). The cache is the one
+    copy of a call's rows that exists whole at once (the kept rows it continues go, and those it
+    keeps for the next call come, row by row): 32 rows of SmolLM2 at 1,600 tokens are 2.3 GB of
+    it in fp32."""
     if max_positions is None:
         return [rows]
 
