@@ -327,6 +327,9 @@ def test_a_call_over_the_cache_limit_runs_in_batches(
         runs.append((one, policy.generate([""] * 4, greedy, two), max(rows), sum(continued)))
     (one, two, widest, reused), (one_split, two_split, widest_split, reused_split) = runs
     assert widest == 4 and widest_split == 2  # at most two rows a cache
+    policy.max_cache_bytes = 0
+    with pytest.raises(ValueError, match="max_cache_bytes must be a positive"):
+        policy.generate([""], greedy, prompts[:1])
     assert reused == reused_split == 4  # every row of the second turn continued the first
     same_greedy(one_split, one)
     same_greedy(two_split, two)

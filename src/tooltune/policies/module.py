@@ -119,6 +119,11 @@ class ModulePolicy(Policy):
         finished: dict | None = {} if reuse else None
         was_training = self.model.training
         self.model.eval()
+        if self.max_cache_bytes is not None and not self.max_cache_bytes > 0:
+            raise ValueError(
+                f"max_cache_bytes must be a positive number of bytes (or None: no limit), "
+                f"got {self.max_cache_bytes!r}"
+            )
         backend = self._backend()
         per_position = getattr(backend, "position_bytes", None)
         limit = None
