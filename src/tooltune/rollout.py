@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tooltune.allocator import release_free_memory
+from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
 from tooltune.chat_format import (
     IM_END,
     assistant_header,
@@ -222,6 +222,7 @@ class TrajectoryCollector:
         return self.collect([task], tier=tier)[0]
 
     # -- batched collection --------------------------------------------------------------------
+    @keep_freed_pages()  # every call frees, then needs again, caches of similar sizes
     def collect(
         self,
         tasks: Iterable[str | TaskLike],
@@ -260,7 +261,7 @@ class TrajectoryCollector:
                 if not running:
                     break
                 ended = self._generate(running, call)
-                release_free_memory()  # all: evaluation's peak is the demo's (see tooltune.allocator)
+                release_free_memory(KEEP_FREE_BYTES)  # caches are bounded (`max_cache_bytes`)
                 if ended:
                     self._turn(ended)
         finally:
