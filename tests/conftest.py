@@ -79,3 +79,25 @@ def distinct_grpo_rewards(monkeypatch):
         return train_step(self, groups)
 
     monkeypatch.setattr(GRPOTrainer, "train_step", distinct_rewards)
+
+
+class FakeJemalloc:
+    """jemalloc's `mallctl` as `tooltune.allocator` calls it, for processes that do not run
+    under jemalloc: one arena with a finite decay, every call succeeds."""
+
+    values = {"arenas.narenas": 1, "arena.0.dirty_decay_ms": 10_000}
+
+    def __call__(self, name, oldp, oldlenp, newp, newlen):
+        if oldp is not None:
+            oldp._obj.value = self.values.get(name.decode(), 0)
+        return 0
+
+
+@pytest.fixture
+def fake_jemalloc(monkeypatch):
+    """`tooltune.allocator` sees jemalloc with its default decay, so `keep_freed_pages` acts:
+    tests read `allocator._keeping` to see where freed pages are kept."""
+    from tooltune import allocator
+
+    monkeypatch.setattr(allocator, "_mallctl", FakeJemalloc)
+    monkeypatch.setattr(allocator, "_keeps_pages", lambda: False)

@@ -198,6 +198,24 @@ def test_the_collector_releases_what_a_token_policy_kept():
     assert not CharPolicy.continues_turns  # the Policy defaults: one call per turn
 
 
+def test_rollouts_keep_freed_pages_while_they_run(fake_jemalloc):
+    """Every generate call frees a cache and the next allocates one of a similar size: under
+    jemalloc the pages stay for reuse while episodes run (evaluation 1.6x faster, 19x fewer
+    page faults: benchmarks/RESULTS.md), and go back when the collection ends."""
+    from tooltune import allocator
+
+    seen = []
+
+    class Recording(ScriptedPolicy):
+        def generate(self, prompts, sampling, prompt_token_ids=None):
+            seen.append(allocator._keeping)
+            return super().generate(prompts, sampling, prompt_token_ids)
+
+    registry = ToolRegistry([multiply])
+    TrajectoryCollector(Recording({"q": [CALL, "391"]}), registry).collect(["q"])
+    assert seen == [True, True] and not allocator._keeping
+
+
 def test_episodes_start_their_next_turn_while_others_still_write():
     long_answer = "x" * 150
     policy = PiecewiseCharPolicy({"long": [long_answer], "short": [CALL, "391"]})
