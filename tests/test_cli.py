@@ -156,3 +156,26 @@ def test_bfcl_run_refuses_a_batch_of_no_questions(capsys):
     assert code == 2 and "--batch-size must be at least 1" in err
     args = build_parser().parse_args(["bfcl", "run", "--category", "simple"])
     assert args.batch_size == bfcl_run.BATCH_SIZE  # the CLI's default is the API's
+
+
+@pytest.mark.parametrize(
+    ("argv", "restarts"),
+    [
+        (["eval", "--policy", "/nonexistent/model", "-n", "1"], True),
+        (["demo", "--preset", "no_such_preset"], True),
+        (["tasks", "sample", "-n", "0"], False),
+        (["tools", "list", "--set", "max_turns=-1"], False),
+    ],
+)
+def test_commands_that_train_or_roll_out_restart_with_jemalloc(monkeypatch, argv, restarts):
+    """Run as a command (not through `main(argv)`), demo, train and eval restart with jemalloc
+    first (`tooltune.allocator`: evaluation's generate calls reuse freed pages); the others do
+    not. (Each argv here is refused once it runs, so nothing else happens.)"""
+    import sys
+
+    from tooltune import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "restart_with_jemalloc", lambda: calls.append(1))
+    monkeypatch.setattr(sys, "argv", ["tooltune", *argv])
+    assert main() == 2 and calls == ([1] if restarts else [])

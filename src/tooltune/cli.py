@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    if argv is None and args.handler in (_demo, _train):  # the command itself, not a caller
+    if argv is None and args.handler in (_demo, _train, _eval):  # the command, not a caller
         from tooltune.allocator import restart_with_jemalloc
 
-        restart_with_jemalloc()  # long training runs: see tooltune.allocator
+        restart_with_jemalloc()  # training and rollouts: see tooltune.allocator
     try:
         return args.handler(args) or 0
     except (UsageError, ConfigError) as exc:
