@@ -70,24 +70,6 @@ def test_repeated_updates_move_probability_mass(policy, make_traj, make_config):
     assert math.exp(completion_logprob(policy, GOOD)) > 0.5
 
 
-def test_an_update_keeps_freed_pages_while_it_runs(policy, make_traj, make_config, fake_jemalloc):
-    """As in SFT, each micro-batch frees blocks the next one needs again: under jemalloc the
-    pages stay for the step and go back when it ends."""
-    from tooltune import allocator
-
-    groups, seen = toy_groups(policy, make_traj), []
-    forward = policy.token_logprobs
-
-    def recording(input_ids, attention_mask):
-        seen.append(allocator._keeping)
-        return forward(input_ids, attention_mask)
-
-    policy.token_logprobs = recording
-    opt = torch.optim.SGD(policy.model.parameters(), lr=0.0)
-    GRPOTrainer(policy, None, opt, make_config()).train_step(groups)
-    assert seen and all(seen) and not allocator._keeping
-
-
 class SpyPolicy:
     """Wraps a policy and keeps the gradient reaching its token log-probs."""
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
+from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.config import LOSS_TYPES
 from tooltune.policies.module import accepts_keyword
 from tooltune.training.sft import (
@@ -317,7 +317,6 @@ class GRPOTrainer:
         order = torch.randperm(n).tolist()
         return [order[start : start + size] for start in range(0, n, size)]
 
-    @keep_freed_pages()  # as in SFT: each micro-batch frees, then needs again, the same blocks
     def train_step(
         self, groups: Sequence[Sequence[Any]], collective: Collective | None = None
     ) -> dict[str, float]:
