@@ -15,13 +15,13 @@ SFT step then faults ~2 million pages back in: 15% of the fp32 demo's CPU time w
 kernel (SmolLM2, 2 cores). `keep_freed_pages` keeps them for reuse where the same sizes come
 back again and again: SFT steps and rollouts (each generate call frees a key/value cache and the
 next one allocates one of a similar size; 50 test tasks on SmolLM2 in bf16 took 161 s with 41
-million page faults, 101 s with 2.2 million, the same episodes).
-`release_free_memory` bounds what is kept: past 1 GiB after each optimizer step, micro-batch or
-generate call (whose caches `max_cache_bytes` bounds), all of it when the block ends. GRPO's
-update keeps jemalloc's own decay: with pages kept across its micro-batches of many sizes the
-demo's GRPO stage peaked at 10.8 GB (7.2 in a rerun; 5.3 without, in 181 against 167 s). Keeping pages
-everywhere (``MALLOC_CONF=dirty_decay_ms:-1``, which the restart passes on) made SFT 16% faster
-and GRPO 21% but raised the fp32 demo's peak from 8.0 to 9.9 GB (benchmarks/RESULTS.md).
+million page faults, 101 s with 2.2 million, the same episodes). `release_free_memory` bounds
+what is kept: past 1 GiB after each optimizer step, micro-batch or generate call (whose caches
+`max_cache_bytes` bounds), all of it when the block ends. GRPO's update keeps jemalloc's own
+decay: with pages kept across its micro-batches of many sizes the demo's GRPO stage peaked at
+10.8 GB (7.2 in a rerun; 5.3 without, in 181 against 167 s). Keeping pages everywhere
+(``MALLOC_CONF=dirty_decay_ms:-1``, which the restart passes on) made SFT 16% faster and GRPO
+21% but raised the fp32 demo's peak from 8.0 to 9.9 GB (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
