@@ -187,6 +187,32 @@ def assert_decoding_matches(model, ids, mask, tol):
     return caches[0]
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_rows_attend_from_their_own_first_real_column(name, monkeypatch):
+    """Rows whose left padding differs by whole blocks attend in runs, each from its own
+    first real column (`kv_cache.attention_groups`), with the logits of the module path."""
+    from tooltune.policies import kv_cache
+
+    monkeypatch.setattr(kv_cache, "GROUP_CALL_COST", 0)  # split wherever padding can be skipped
+    model = MODELS[name]()
+    torch.manual_seed(3)
+    ids = torch.randint(0, SHAPE["vocab_size"], (4, 44))
+    mask = torch.ones_like(ids)
+    for row, padding in enumerate([0, 0, 16, 32]):
+        mask[row, :padding] = 0
+    caches = [llama_forward.StaticKVCache(model, 4, 44) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            llama_forward.hidden_states(model, ids[:, :38], mask[:, :38], cache)
+        for t in range(38, 44):
+            step, seen = ids[:, t : t + 1], mask[:, : t + 1]
+            ours = llama_forward.decode_step(model, step, seen, caches[0])
+            hidden = llama_forward.hidden_states(model, step, seen, caches[1])
+            theirs = llama_forward.logits(model, hidden)[:, -1]
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert caches[0].groups == [(0, 2, 0), (2, 3, 16), (3, 4, 32)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
 def test_decode_step_runs_lora_adapters_as_peft_does(name, dtype):
