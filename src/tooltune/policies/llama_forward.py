@@ -345,10 +345,11 @@ def prefill(
             out = last.new_empty(B, last.shape[-1])
         out[rows] = last
         n = width + w
-        cache.k[:, rows, :, W - n : W] = part.k
-        cache.v[:, rows, :, W - n : W] = part.v
-        cache.k[:, rows, :, : W - n] = 0
-        cache.v[:, rows, :, : W - n] = 0
+        for g, row in enumerate(group):  # row by row: half the time of one indexed assignment
+            cache.k[:, row, :, W - n : W] = part.k[:, g]
+            cache.v[:, row, :, W - n : W] = part.v[:, g]
+            cache.k[:, row, :, : W - n] = 0
+            cache.v[:, row, :, : W - n] = 0
     cache.length = W
     return out
 
