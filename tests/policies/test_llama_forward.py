@@ -327,6 +327,7 @@ def test_a_call_over_the_cache_limit_runs_in_batches(
     turn after turn."""
     path = tiny_qwen2(tmp_path / "m", ["hello world, the answer is 42."] * 20)
     policy = HFPolicy.from_pretrained(path)
+    policy.num_speculative_tokens = 0  # a row's cache: its prompt and 5 tokens (no guesses)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=5, stop=[])
     prompts = [policy.encode(t) for t in ("hello world", "the answer is 42, the", "hello", "42")]
     new = policy.encode(" world, the")

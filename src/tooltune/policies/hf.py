@@ -159,6 +159,12 @@ class _DirectBackend:
         hidden = llama_forward.hidden_states(self.model, ids, mask, cache, keep=1)
         return llama_forward.logits(self.model, hidden[:, -1])
 
+    def forward_tokens(self, ids, mask, cache):
+        """Logits [B, T, V] of ids [B, T] after the cached positions (guesses checked)."""
+        if self.plain:
+            return llama_forward.decode_tokens(self.model, ids, mask, cache)
+        return llama_forward.logits(self.model, llama_forward.hidden_states(self.model, ids, mask, cache))
+
     def select_cache(self, cache, rows: torch.Tensor):
         return cache.select_rows(rows)
 

@@ -98,12 +98,41 @@ class StaticKVCache:
         # runs of rows that attend from their own first real column (`attention_groups`)
         self.groups: list[tuple[int, int, int]] | None = None
 
-    def export_row(self, row: int, ids: list[int]) -> CachedPrefix:
-        """A copy of ``row``'s last ``len(ids)`` filled positions, which hold the tokens ``ids``
-        (what a later `prefill` continues)."""
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def export_row(
+        self, row: int, ids: list[int], columns: torch.Tensor | None = None
+    ) -> CachedPrefix:
+        """A copy of the positions of ``row`` that hold the tokens ``ids`` (what a later
+        `prefill` continues): its last ``len(ids)`` filled ones, or those ``columns`` (where
+        rejected guesses left holes: `sampling.generate_tokens`)."""
         n, end = len(ids), self.length
-        k, v = self.k[:, row, :, end - n : end].clone(), self.v[:, row, :, end - n : end].clone()
+        if columns is None:
+            k, v = self.k[:, row, :, end - n : end].clone(), self.v[:, row, :, end - n : end].clone()
+        else:
+            k, v = self.k[:, row].index_select(2, columns), self.v[:, row].index_select(2, columns)
         return CachedPrefix(ids=tuple(ids), k=k, v=v, copy_k=k.new_empty(n, 0), last_id=-1)
+
+    def close_holes(self, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Move each row's real positions from column ``start`` on (``mask`` [B, length]: 1 for
+        real, 0 for holes) to end where the row with the most ends, so that the holes rejected
+        guesses left stop taking room and attention reads; returns the mask after the move."""
+        real = mask[:, start:].bool()
+        counts = real.sum(dim=1).tolist()
+        end = start + max(counts)
+        moved = mask[:, :end].clone()
+        moved[:, start:] = 0
+        for row, count in enumerate(counts):
+            source = real[row].nonzero()[:, 0] + start
+            target = torch.arange(end - count, end, device=source.device)
+            if not torch.equal(source, target):  # rows already ending there stay
+                self.k[:, row, :, target] = self.k[:, row, :, source]
+                self.v[:, row, :, target] = self.v[:, row, :, source]
+            moved[row, end - count : end] = 1
+        self.length = end
+        return moved
 
     def select_rows(self, rows: torch.Tensor) -> StaticKVCache:
         n, k = self.length, self.k
@@ -469,38 +498,48 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-@torch.inference_mode()  # no version counters or view tracking: ~9% of a 0.5M model's step
 def decode_step(
     model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, cache: StaticKVCache
 ) -> torch.Tensor:
-    """Logits [B, vocab] of one new token per row after the cached ones: what
-    ``logits(model, hidden_states(model, ids, attention_mask, cache))[:, -1]`` gives, for a
+    """Logits [B, vocab] of one new token per row (``ids[:, -1]``) after the cached ones."""
+    return decode_tokens(model, ids[:, -1:], attention_mask, cache)[:, -1]
+
+
+@torch.inference_mode()  # no version counters or view tracking: ~9% of a 0.5M model's step
+def decode_tokens(
+    model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, cache: StaticKVCache
+) -> torch.Tensor:
+    """Logits [B, T, vocab] of new tokens ids [B, T] after the cached ones (T is 1 when
+    decoding, a few when checking guessed tokens: `sampling.generate_tokens`): what
+    ``logits(model, hidden_states(model, ids, attention_mask, cache))`` gives, for a
     model that `decodes_plainly`. The modules' functions run directly on their weights (no
     module calls, hooks or decorators), norms as one `F.rms_norm`, the rotary angles come from a
-    table made once per cache, queries and keys rotate together, and no mask is built for rows
-    without padding. On the small models a CPU trains, that per-call Python is most of a step:
-    8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU (162 against
-    184 tensor operations); stacked projections (`_stacked_weights`) take another 8-11% off.
-    LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the modules, a
-    GRPO step's generation of SmolLM2 with LoRA took 6.3 s in benchmarks/smollm2_vs_trl.py, 5.0
-    through here, on a 2-core CPU).
+    table made once per cache, queries and keys rotate together, and no mask is built for one
+    token a row without padding. On the small models a CPU trains, that per-call Python is most
+    of a step: 8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU
+    (162 against 184 tensor operations); stacked projections (`_stacked_weights`) take another
+    8-11% off. LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the
+    modules, a GRPO step's generation of SmolLM2 with LoRA took 6.3 s in
+    benchmarks/smollm2_vs_trl.py, 5.0 through here, on a 2-core CPU).
     The logits, rotary tables and stacked weights it makes are inference tensors: read them
     anywhere, but change them in place only inside `torch.inference_mode` (the cache's keys
     and values are ordinary tensors it writes into)."""
     base, decoder = _unwrap(model)
-    B = ids.shape[0]
+    B, T = ids.shape
     past = cache.length
-    if past + 1 > cache.k.shape[3]:
-        raise ValueError(f"KV cache overflow: {past + 1} > capacity {cache.k.shape[3]}")
+    if past + T > cache.k.shape[3]:
+        raise ValueError(f"KV cache overflow: {past + T} > capacity {cache.k.shape[3]}")
     cos_table, sin_table = _rope_tables(decoder, cache)
-    positions = token_positions(attention_mask, 1)[:, 0]
-    cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
+    positions = token_positions(attention_mask, T)
+    cos, sin = cos_table[positions][:, :, None], sin_table[positions][:, :, None]
     half = cos.shape[-1] // 2
     padded = not bool(attention_mask.all())
-    x = F.embedding(ids[:, -1], decoder.embed_tokens.weight)
-    mask = additive_mask(padded_causal_mask(attention_mask, 1), x.dtype) if padded else None
+    x = F.embedding(ids, decoder.embed_tokens.weight).view(B * T, -1)
+    mask = None
+    if padded or T > 1:
+        mask = additive_mask(padded_causal_mask(attention_mask, T), x.dtype)  # [B, 1, T, S]
     if padded and cache.groups is None:  # left padding: a row's first real column is its first 1
-        cache.groups = attention_groups(attention_mask.int().argmax(dim=1).tolist(), past + 1)
+        cache.groups = attention_groups(attention_mask.int().argmax(dim=1).tolist(), past + T)
     groups = cache.groups if padded and len(cache.groups) > 1 else [(0, B, 0)]
     projections = _projections(model, cache)
     stacked = _stacked_weights(model, cache)
@@ -513,18 +552,22 @@ def decode_step(
             qkv = F.linear(h, stacked[i].qkv, stacked[i].qkv_bias)
         else:
             qkv = torch.cat([project(h, proj[n]) for n in ("q_proj", "k_proj", "v_proj")], -1)
-        qkv = qkv.view(B, -1, attn.head_dim)  # [B, heads + 2 * kv_heads, head_dim]
-        heads = qkv.shape[1] - 2 * kv_heads
-        qk = qkv[:, : heads + kv_heads]
+        qkv = qkv.view(B, T, -1, attn.head_dim)  # [B, T, heads + 2 * kv_heads, head_dim]
+        heads = qkv.shape[2] - 2 * kv_heads
+        group = heads // kv_heads
+        qk = qkv[:, :, : heads + kv_heads]
         qk = qk * cos + qk.roll(half, -1) * sin
-        cache.k[i, :, :, past] = qk[:, heads:]
-        cache.v[i, :, :, past] = qkv[:, heads + kv_heads :]
-        # One new token, so each key/value head's query heads can sit in the query-position
-        # axis: [B, kv_heads, heads / kv_heads, head_dim], the grouping `enable_gqa` means (head
-        # h reads key/value head h // group). Same result; in bf16 on CPU `enable_gqa` took
-        # 5.7 ms a call here against 0.8 (batch 32, 300 positions: benchmarks/smollm2_vs_trl.py).
-        q = qk[:, :heads].reshape(B, kv_heads, heads // kv_heads, -1)
-        k, v = cache.k[i, :, :, : past + 1], cache.v[i, :, :, : past + 1]
+        cache.k[i, :, :, past : past + T] = qk[:, :, heads:].transpose(1, 2)
+        cache.v[i, :, :, past : past + T] = qkv[:, :, heads + kv_heads :].transpose(1, 2)
+        # Each key/value head's query heads sit in the query axis: [B, kv_heads, group * T,
+        # head_dim], the grouping `enable_gqa` means (head h reads key/value head h // group).
+        # Same result; in bf16 on CPU `enable_gqa` took 5.7 ms a call here against 0.8 (batch
+        # 32, 300 positions, one token: benchmarks/smollm2_vs_trl.py).
+        q = qk[:, :, :heads].view(B, T, kv_heads, group, -1).permute(0, 2, 3, 1, 4)
+        q = q.reshape(B, kv_heads, group * T, -1)
+        if i == 0 and mask is not None and group > 1 and T > 1:  # the same mask for each head
+            mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(B, 1, group * T, -1)
+        k, v = cache.k[i, :, :, : past + T], cache.v[i, :, :, : past + T]
         # each run of rows reads its keys from its own first real column, not the padding
         # before it (`attention_groups`): 42% of the positions an evaluation read were padding
         y = torch.cat([
@@ -532,16 +575,17 @@ def decode_step(
                     None if mask is None else mask[a:b, :, :, c:], attn.scaling)
             for a, b, c in groups
         ]) if len(groups) > 1 else _attend(q, k, v, mask, attn.scaling)  # fmt: skip
-        x = x + project(y.reshape(B, -1), proj["o_proj"])
+        y = y.view(B, kv_heads, group, T, -1).permute(0, 3, 1, 2, 4).reshape(B * T, -1)
+        x = x + project(y, proj["o_proj"])
         h = _norm(layer.post_attention_layernorm, x)
         if stacked is not None:
             gate, up = F.linear(h, stacked[i].gate_up, stacked[i].gate_up_bias).chunk(2, dim=-1)
         else:
             gate, up = project(h, proj["gate_proj"]), project(h, proj["up_proj"])
         x = x + project(F.silu(gate) * up, proj["down_proj"])
-    cache.length += 1
+    cache.length += T
     x = _norm(decoder.norm, x)
-    return F.linear(x, base.lm_head.weight, base.lm_head.bias)
+    return F.linear(x, base.lm_head.weight, base.lm_head.bias).view(B, T, -1)
 
 
 def logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:

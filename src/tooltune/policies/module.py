@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
+from tooltune.policies.drafting import Drafter
 from tooltune.policies.sampling import DecodeBackend, generate_tokens
 from tooltune.rollout import Completion, Policy, SamplingParams
 
@@ -45,6 +46,11 @@ class ModulePolicy(Policy):
     # position takes. Every copy a call holds of its rows grows with the batch, and evaluation's
     # were the demo's peak. None: one batch, however large.
     max_cache_bytes: int | None = 1 << 30
+    # Greedy decoding checks up to this many guessed tokens a row at each step, where the
+    # backend can (`tooltune.policies.drafting`): the same output in fewer steps. 0: one token
+    # a step. The guesses come from `drafter`, which learns from this policy's completions.
+    num_speculative_tokens: int = 4
+    drafter: Drafter | None = None
     # How the model is prompted (tool style, generation settings): set by whoever trains it,
     # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
     prompt_format: PromptFormat | None = None
@@ -147,12 +153,19 @@ class ModulePolicy(Policy):
                 finished=finished,
                 openings=self._openings if reuse else None,
                 max_cache_positions=limit,
+                drafter=self._drafter(),
+                num_speculative_tokens=self.num_speculative_tokens,
             )
         finally:
             self.model.train(was_training)
         if finished:
             self._turn_cache, self._turn_cache_version = finished, version
         return completions
+
+    def _drafter(self) -> Drafter | None:
+        if self.num_speculative_tokens > 0 and self.drafter is None:
+            self.drafter = Drafter()
+        return self.drafter
 
     def _weights_version(self) -> tuple:
         """Changes whenever a parameter is updated in place (optimiser step, load) or replaced."""

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from tooltune.policies.drafting import Drafter
 from tooltune.rollout import Completion, SamplingParams
 
 
@@ -121,9 +122,9 @@ def sample_tokens(
     would cost a device sync and five operations per step."""
     logits = logits.float()
     if temperature <= 0:
-        tokens = logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)  # [B] (or [B, T] for guesses checked)
         logp = F.log_softmax(logits, dim=-1)
-        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+        return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
     logp = F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     probs = logp.exp()
     if top_p < 1.0:
@@ -306,6 +307,8 @@ def generate_tokens(
     finished: dict[tuple[int, ...], Any] | None = None,
     openings: dict[tuple[int, ...], Any] | None = None,
     max_cache_positions: int | None = None,
+    drafter: Drafter | None = None,
+    num_speculative_tokens: int = 0,
 ) -> list[Completion]:
     """Generate one completion per prompt, all rows decoded together (see module docstring),
     or in several batches where one cache of ``max_cache_positions`` (rows x positions) would
@@ -322,7 +325,10 @@ def generate_tokens(
     receives the rows this call finishes (each prompt and all but its last generated token)
     for the next call.
     ``openings``, when given, keeps the prompts' first turns (up to their first ``eos_ids``
-    token: the system prompt) across calls, so a new episode runs only its own tokens."""
+    token: the system prompt) across calls, so a new episode runs only its own tokens.
+    With ``drafter`` and ``num_speculative_tokens`` > 0, greedy decoding on a backend with
+    ``forward_tokens`` checks up to that many guessed tokens a row at each step (see
+    `tooltune.policies.drafting`): the same tokens in fewer steps."""
     validate_sampling(sampling)
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
@@ -356,11 +362,17 @@ def generate_tokens(
     generator = make_generator(sampling.seed, device)
     lengths = [len(p) for p in prompt_ids]
     limit = max_cache_positions if use_cache else None
-    for rows in cache_batches(order, lengths, budgets, limit):
+    guessing = (
+        drafter is not None and num_speculative_tokens > 0 and sampling.temperature == 0
+        and use_cache and hasattr(backend, "forward_tokens")
+    )  # fmt: skip
+    # a guess that is not kept leaves a hole in its row's cache: room for as many as tokens
+    room = [2 * b for b in budgets] if guessing else budgets
+    for rows in cache_batches(order, lengths, room, limit):
         # the batch takes its rows' kept prefixes: its prefill frees each as it copies it
         continues = {j: kept.pop(i) for j, i in enumerate(rows) if i in kept}
         ids, mask, logits, cache = start_batch(
-            backend, [prompt_ids[i] for i in rows], max(budgets[i] for i in rows), continues,
+            backend, [prompt_ids[i] for i in rows], max(room[i] for i in rows), continues,
             pad_id=pad_id, device=device, use_cache=use_cache, share=share_prefill,
             openings=openings, turn_ends=eos,
         )  # fmt: skip
@@ -368,44 +380,106 @@ def generate_tokens(
         out_lps: dict[int, list[float]] = {i: [] for i in rows}
         done = [False] * len(rows)
         keeps_rows = finished is not None and cache is not None
+        texts = {i: drafter.row(prompt_ids[i]) for i in rows} if guessing else {}  # type: ignore[union-attr]
+        start = cache.length if guessing else 0  # guesses leave holes from here on
+        guesses: list[list[int]] = [[] for _ in rows]  # checked by the step that gave `logits`
 
         while True:
             tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
             token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
-            check_sampled(logp_list)
+            check_sampled(logp_list if tokens.dim() == 1 else sum(logp_list, []))
             for j, i in enumerate(rows):
                 if done[j]:
                     continue
-                tok = token_list[j]
-                out_ids[i].append(tok)
-                out_lps[i].append(logp_list[j])
-                reason = None
-                if tok in eos or stopper.hit(list(before[i][-stopper.window :]) + out_ids[i]):
-                    reason = "stop"
-                elif len(out_ids[i]) >= budgets[i]:
-                    reason = "length"
-                if reason is not None:
-                    done[j] = True
-                    results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
-                    if keeps_rows:  # the row's cache ends in its prompt and all but its last token
+                if tokens.dim() == 1:
+                    new = [(token_list[j], logp_list[j])]
+                else:  # the guesses the model agreed with, and its own token after them
+                    kept_guesses = _agreed(guesses[j], token_list[j])
+                    new = list(zip(token_list[j], logp_list[j], strict=True))[: kept_guesses + 1]
+                    mask[j, mask.shape[1] - len(token_list[j]) + 1 + kept_guesses :] = 0
+                    drafter.proposed += len(guesses[j])  # type: ignore[union-attr]
+                    drafter.accepted += kept_guesses  # type: ignore[union-attr]
+                for tok, logp in new:
+                    out_ids[i].append(tok)
+                    out_lps[i].append(logp)
+                    reason = None
+                    if tok in eos or stopper.hit(list(before[i][-stopper.window :]) + out_ids[i]):
+                        reason = "stop"
+                    elif len(out_ids[i]) >= budgets[i]:
+                        reason = "length"
+                    if reason is not None:
+                        done[j] = True
+                        results[i] = _finish(out_ids[i], out_lps[i], reason, eos, stopper, decode)
+                        # the row's cache holds its prompt and all but its last token
                         held = list(prompt_ids[i]) + out_ids[i][:-1]
-                        finished[tuple(held)] = cache.export_row(j, held)
+                        if keeps_rows and guessing:  # rejected guesses left holes
+                            columns = mask[j].nonzero()[: len(held), 0]
+                            finished[tuple(held)] = cache.export_row(j, held, columns)
+                        elif keeps_rows:
+                            finished[tuple(held)] = cache.export_row(j, held)
+                        if guessing:
+                            drafter.learn(prompt_ids[i], out_ids[i])  # type: ignore[union-attr]
+                        break
+                if guessing:
+                    texts[i].extend([tok for tok, _ in new])
             n_done = sum(done)
             if n_done == len(rows):
                 break
-            ids = torch.cat([ids, tokens[:, None]], dim=1) if not use_cache else tokens[:, None]
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            last = torch.tensor([out_ids[i][-1] for i in rows], device=device)
             if n_done and (n_done * 4 >= len(rows) or not use_cache):
                 keep = [j for j in range(len(rows)) if not done[j]]
                 keep_t = torch.tensor(keep, device=device)
                 rows = [rows[j] for j in keep]
                 done = [False] * len(rows)
-                ids, mask = ids[keep_t], mask[keep_t]
+                ids, mask, last = ids[keep_t], mask[keep_t], last[keep_t]
                 if cache is not None:
                     cache = backend.select_cache(cache, keep_t)
-            logits = backend.forward_last(ids, mask, cache)
+            if guessing:
+                mask, guesses = _guesses(rows, done, texts, out_ids, budgets,
+                                         num_speculative_tokens, cache, mask, start)  # fmt: skip
+            if not guessing or not any(guesses):
+                ids = torch.cat([ids, last[:, None]], dim=1) if not use_cache else last[:, None]
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+                logits = backend.forward_last(ids, mask, cache)
+                continue
+            width = 1 + max(map(len, guesses))
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            flags = torch.zeros((len(rows), width), dtype=mask.dtype)
+            for j, i in enumerate(rows):
+                ids[j, : 1 + len(guesses[j])] = torch.tensor([out_ids[i][-1], *guesses[j]])
+                flags[j, : 1 + len(guesses[j])] = 1
+            ids, mask = ids.to(device), torch.cat([mask, flags.to(device)], dim=1)
+            logits = backend.forward_tokens(ids, mask, cache)
         del cache  # before the next batch allocates its own
     return results  # type: ignore[return-value]
+
+
+def _agreed(guesses: list[int], chosen: list[int]) -> int:
+    """How many leading guesses the model chose itself (``chosen[k]`` follows guess k)."""
+    n = 0
+    while n < len(guesses) and guesses[n] == chosen[n]:
+        n += 1
+    return n
+
+
+def _guesses(
+    rows: list[int], done: list[bool], texts: dict, out_ids: dict, budgets: Sequence[int],
+    most: int, cache: Any, mask: torch.Tensor, start: int,
+) -> tuple[torch.Tensor, list[list[int]]]:  # fmt: skip
+    """Each row's guesses for the next step: at most ``most``, never past its token budget,
+    and never so many that the cache could not hold every row's remaining budget after them (a
+    rejected guess leaves a hole in its row). Where the room runs short, the holes of the
+    decoded columns (``start`` on) are closed first (`StaticKVCache.close_holes`), which
+    gives the mask a new shape: returns (the mask, the guesses)."""
+    need = max((budgets[i] - len(out_ids[i]) for j, i in enumerate(rows) if not done[j]),
+               default=0)  # fmt: skip
+    if cache.capacity - cache.length - need < most and cache.length > start:
+        mask = cache.close_holes(mask, start)
+    spare = cache.capacity - cache.length - need
+    return mask, [
+        [] if done[j] else texts[i].propose(min(most, spare, budgets[i] - len(out_ids[i]) - 1))
+        for j, i in enumerate(rows)
+    ]
 
 
 def _finish(
