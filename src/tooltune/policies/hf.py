@@ -163,7 +163,8 @@ class _DirectBackend:
         """Logits [B, T, V] of ids [B, T] after the cached positions (guesses checked)."""
         if self.plain:
             return llama_forward.decode_tokens(self.model, ids, mask, cache)
-        return llama_forward.logits(self.model, llama_forward.hidden_states(self.model, ids, mask, cache))
+        hidden = llama_forward.hidden_states(self.model, ids, mask, cache)
+        return llama_forward.logits(self.model, hidden)
 
     def select_cache(self, cache, rows: torch.Tensor):
         return cache.select_rows(rows)

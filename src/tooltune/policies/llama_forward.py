@@ -110,9 +110,8 @@ class StaticKVCache:
         rejected guesses left holes: `sampling.generate_tokens`)."""
         n, end = len(ids), self.length
         if columns is None:
-            k, v = self.k[:, row, :, end - n : end].clone(), self.v[:, row, :, end - n : end].clone()
-        else:
-            k, v = self.k[:, row].index_select(2, columns), self.v[:, row].index_select(2, columns)
+            columns = torch.arange(end - n, end, device=self.k.device)
+        k, v = self.k[:, row].index_select(2, columns), self.v[:, row].index_select(2, columns)
         return CachedPrefix(ids=tuple(ids), k=k, v=v, copy_k=k.new_empty(n, 0), last_id=-1)
 
     def close_holes(self, mask: torch.Tensor, start: int) -> torch.Tensor:
