@@ -1,5 +1,5 @@
 """Evaluation throughput: a trained model on the demo's test tasks, evaluated as before
-2026-12-04's sixth session and as now, and the step between.
+2026-12-04's sixth session, as before 2026-12-06's third, and as now.
 
 Every way runs the real evaluation path (`TrajectoryCollector` on the built-in world, the
 demo's settings from the run directory's `config.json`, greedy decoding) on the same tasks:
@@ -8,8 +8,11 @@ demo's settings from the run directory's `config.json`, greedy decoding) on the 
   end (its longest episode) before the next starts, every system prompt run afresh;
 * **kept full, no system prompts kept**: `collect(tasks, max_active=--batch)`, a finished
   episode handing its place to the next task, every system prompt still run afresh;
-* **kept full** (now): the same, new episodes starting from the system prompts earlier
-  generate calls ran.
+* **kept full**: the same, new episodes starting from the system prompts earlier generate
+  calls ran, one token a row at each decoding step;
+* **kept full, guesses checked** (now): the same, each decoding step checking up to
+  `num_speculative_tokens` guessed tokens a row (`tooltune.policies.drafting`; the guesses
+  start from nothing at each run, as in a fresh evaluation).
 
 The runs take turns (`--repeats`) and each way keeps its fastest. All print the tokens they
 generated and the tasks they solved: the work is the same up to float rounding (batches of
@@ -38,6 +41,8 @@ from tooltune.policies.sampling import generate_tokens
 from tooltune.rollout import SamplingParams, TrajectoryCollector
 from tooltune.training.run_dir import load_policy
 
+GUESSES = module.ModulePolicy.num_speculative_tokens  # the default
+
 
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
@@ -50,12 +55,19 @@ def policy_dir(model: Path) -> Path:
     raise SystemExit(f"--model: no saved policy in {model} (a demo run directory or a policy)")
 
 
+SIDES = ("batch_by_batch", "kept_full_no_openings", "kept_full", "kept_full_guessing")
+
+
 def without_openings(*args: Any, **kwargs: Any) -> Any:
     return generate_tokens(*args, **{**kwargs, "openings": None})
 
 
 def collect(collector: TrajectoryCollector, tasks: list, batch: int, side: str) -> tuple:
-    module.generate_tokens = generate_tokens if side == "kept_full" else without_openings
+    kept = side.startswith("kept_full") and side != "kept_full_no_openings"
+    module.generate_tokens = generate_tokens if kept else without_openings
+    policy = collector.policy
+    policy.num_speculative_tokens = GUESSES if side == "kept_full_guessing" else 0
+    policy.drafter = None
     start = time.perf_counter()
     if side.startswith("kept_full"):
         out = collector.collect(tasks, max_active=batch)
@@ -96,11 +108,14 @@ def main() -> None:
     best: dict[str, tuple] = {}
     try:
         for repeat in range(args.repeats):
-            for side in ("batch_by_batch", "kept_full_no_openings", "kept_full"):
+            for side in SIDES:
                 result = collect(collector, tasks, args.batch, side)
                 log(
                     f"run {repeat + 1} {side}: {result[0]:.1f} s, {result[1]} tokens, {result[2]} solved"
                 )
+                drafter = collector.policy.drafter
+                if drafter is not None:
+                    log(f"  guesses kept: {drafter.accepted} of {drafter.proposed}")
                 if side not in best or result[0] < best[side][0]:
                     best[side] = result
     finally:
@@ -121,6 +136,7 @@ def main() -> None:
         "speedup_system_prompts_kept": round(
             best["kept_full_no_openings"][0] / best["kept_full"][0], 3
         ),
+        "speedup_guesses_checked": round(best["kept_full"][0] / best["kept_full_guessing"][0], 3),
     }
     if args.json:
         print(json.dumps(out))
