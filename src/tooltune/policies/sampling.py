@@ -25,6 +25,11 @@ such kept prefixes. Semantics, identical for every token policy:
   done, so long-running rows do not pay for short ones.
 * Rows that one cache of ``max_cache_positions`` cannot hold are decoded in several batches,
   one after another (`cache_batches`), so a call's cache is bounded however many rows it has.
+* Greedy decoding may check guessed tokens (``num_speculative_tokens``, a backend with
+  ``forward_tokens``): a step runs each row's last token and its guesses, keeps the guesses the
+  model itself chose and the model's token after them, and masks the rest out of the cache
+  (holes, closed when the cache runs short of room). The same tokens in fewer steps
+  (`tooltune.policies.drafting`).
 """
 
 from __future__ import annotations
