@@ -82,7 +82,8 @@ class OracleRow:
         n = len(self.tokens)
         for full in self.oracle.full:
             if full[:n] == self.tokens:
-                return [t if (n + i) % 3 else t + 1 for i, t in enumerate(full[n : n + max(k, 0)])]
+                guesses = full[n : n + max(k, 0)]
+                return [t if (n + i) % 3 else (t - 1 if t else 1) for i, t in enumerate(guesses)]
         return []
 
 
