@@ -124,9 +124,10 @@ def test_greedy_with_guesses_is_greedy(tmp_path, tiny_qwen2, stale_cache_memory,
     assert policy.drafter.proposed == proposed
 
 
-def test_guesses_come_from_earlier_completions(tmp_path, tiny_qwen2):
+def test_guesses_come_from_earlier_completions(tmp_path, tiny_qwen2, same_greedy):
     """The default drafter learns each finished completion: the same prompts again are
-    decoded from its guesses, mostly kept, with the same output."""
+    decoded from its guesses, mostly kept, with the same output; a guess count that is no
+    whole number >= 0 is a clear error that keeps the model's mode."""
     path = tiny_qwen2(tmp_path / "m", [TEXT] * 20)
     policy = HFPolicy.from_pretrained(path)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=16, stop=[])
@@ -134,5 +135,11 @@ def test_guesses_come_from_earlier_completions(tmp_path, tiny_qwen2):
     once = policy.generate(["", ""], greedy, prompts, reuse_turns=False)
     accepted = policy.drafter.accepted
     again = policy.generate(["", ""], greedy, prompts, reuse_turns=False)
-    assert [c.token_ids for c in again] == [c.token_ids for c in once]
+    same_greedy(again, once)
     assert policy.drafter.accepted - accepted >= 16  # of 2 x 15 checked
+    policy.model.train()
+    for bad in (-1, 2.5, True):
+        policy.num_speculative_tokens = bad
+        with pytest.raises(ValueError, match="num_speculative_tokens"):
+            policy.generate([""], greedy, prompts[:1])
+    assert policy.model.training

@@ -110,6 +110,18 @@ class ModulePolicy(Policy):
         header) runs only its new tokens instead of the whole conversation. The numbers are
         those of a full prefill up to float rounding; a weight update in between discards what
         was kept."""
+        # settings checked before anything changes (the kept rows, the model's mode)
+        if self.max_cache_bytes is not None and not self.max_cache_bytes > 0:
+            raise ValueError(
+                f"max_cache_bytes must be a positive number of bytes (or None: no limit), "
+                f"got {self.max_cache_bytes!r}"
+            )
+        guesses = self.num_speculative_tokens
+        if isinstance(guesses, bool) or not isinstance(guesses, int) or guesses < 0:
+            raise ValueError(
+                "num_speculative_tokens must be a whole number >= 0 (0: no guesses), "
+                f"got {guesses!r}"
+            )
         if prompt_token_ids is None:
             prompt_token_ids = self.encode_batch(list(prompts))
         elif len(prompt_token_ids) != len(prompts):
@@ -125,11 +137,6 @@ class ModulePolicy(Policy):
         finished: dict | None = {} if reuse else None
         was_training = self.model.training
         self.model.eval()
-        if self.max_cache_bytes is not None and not self.max_cache_bytes > 0:
-            raise ValueError(
-                f"max_cache_bytes must be a positive number of bytes (or None: no limit), "
-                f"got {self.max_cache_bytes!r}"
-            )
         backend = self._backend()
         per_position = getattr(backend, "position_bytes", None)
         limit = None
