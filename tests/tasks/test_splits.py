@@ -36,6 +36,14 @@ def test_sampling_is_reproducible_and_prefix_stable(world):
     assert [t.prompt for t in other] != [t.prompt for t in a]
 
 
+def test_task_ids_are_unique_across_samples_of_each_tier(world):
+    """A test set is one sample per tier (`per_group`); task-by-task comparisons, reports and
+    the reward model's split by task need ids no two of its tasks share."""
+    by_tier = [t for tier in TaskTier for t in sample_tasks("test", 5, seed=1, world=world,
+                                                            tiers=[tier])]  # fmt: skip
+    assert len({t.id for t in by_tier}) == len(by_tier) == 25
+
+
 def test_tier_weights_and_filter(world):
     tasks = sample_tasks("train", 400, seed=0, world=world)
     counts = Counter(t.tier for t in tasks)

@@ -158,13 +158,14 @@ def sample_tasks(
         if not by_tier[tier]:
             raise ValueError(f"split {split!r} has no templates of tier {tier.value}")
         task = None
+        task_id = f"{split}-{seed}-{tier.value}-{i:05d}"  # the tier: unique across tiers' samples
         schema = share > 0 and tier in SCHEMA_TIERS and split in SCHEMA_SPLITS
         if schema and rng.random() < share:  # drawn only when asked for: samples stay the same
-            task = _schema_task(tier, w, split, rng, f"{split}-{seed}-{i:05d}", seen, unique)
+            task = _schema_task(tier, w, split, rng, task_id, seen, unique)
         for _attempt in range(0 if task else _MAX_TRIES):
             template = rng.choice(by_tier[tier])
             try:
-                candidate = make_task(template, w, split, rng, f"{split}-{seed}-{i:05d}")
+                candidate = make_task(template, w, split, rng, task_id)
             except LookupError:  # the pool cannot support this template (e.g. a tie)
                 continue
             task = candidate
