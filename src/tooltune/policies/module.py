@@ -46,9 +46,10 @@ class ModulePolicy(Policy):
     # position takes. Every copy a call holds of its rows grows with the batch, and evaluation's
     # were the demo's peak. None: one batch, however large.
     max_cache_bytes: int | None = 1 << 30
-    # Greedy decoding checks up to this many guessed tokens a row at each step, where the
-    # backend can (`tooltune.policies.drafting`): the same output in fewer steps. 0: one token
-    # a step. The guesses come from `drafter`, which learns from this policy's completions.
+    # Decoding checks up to this many guessed tokens a row at each step, where the backend
+    # can (`tooltune.policies.drafting`): the same output in fewer steps, greedy or sampled.
+    # 0: one token a step. The guesses come from `drafter`, which
+    # learns from this policy's completions.
     num_speculative_tokens: int = 4
     drafter: Drafter | None = None
     # How the model is prompted (tool style, generation settings): set by whoever trains it,

@@ -25,11 +25,15 @@ such kept prefixes. Semantics, identical for every token policy:
   done, so long-running rows do not pay for short ones.
 * Rows that one cache of ``max_cache_positions`` cannot hold are decoded in several batches,
   one after another (`cache_batches`), so a call's cache is bounded however many rows it has.
-* Greedy decoding may check guessed tokens (``num_speculative_tokens``, a backend with
+* Decoding may check guessed tokens (``num_speculative_tokens``, a backend with
   ``forward_tokens``): a step runs each row's last token and its guesses, keeps the guesses the
   model itself chose and the model's token after them, and masks the rest out of the cache
   (holes, closed when the cache runs short of room). The same tokens in fewer steps
-  (`tooltune.policies.drafting`).
+  (`tooltune.policies.drafting`). Sampling can check guesses because every position of a row
+  has its uniform number drawn before decoding starts: the token the model draws at a
+  position is the same whether it ran one token a step or after guesses, and a guess is kept
+  when it is that token (with the model's probability of it, as speculative sampling keeps
+  a draft's).
 """
 
 from __future__ import annotations
@@ -119,35 +123,55 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    draws: torch.Generator | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B]).
+    """One token per row of ``logits`` [B, V] (or per position of [B, T, V]); returns (tokens,
+    logprobs) of shape [B] ([B, T]). Sampling takes a uniform number per token from ``draws``:
+    drawn from it where it is a generator, or given (a tensor of the tokens' shape); a token is
+    the first whose cumulative probability passes its number, so the same numbers and the same
+    logits give the same tokens however the steps were cut (guesses checked or not).
     Broken logits (NaN, or -inf for every token) give a non-finite log-prob, which the decode
     loop turns into an error (`check_sampled`) when it reads the tokens anyway: a check here
     would cost a device sync and five operations per step."""
     logits = logits.float()
     if temperature <= 0:
-        tokens = logits.argmax(dim=-1)  # [B] (or [B, T] for guesses checked)
+        tokens = logits.argmax(dim=-1)
         logp = F.log_softmax(logits, dim=-1)
         return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
     logp = F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
-    probs = logp.exp()
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
-        outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    # Inverse-CDF sampling, one uniform number per row (`torch.multinomial` draws one per
-    # vocabulary entry: 2 ms for 32 rows of 2048 on a 2-core CPU, against 50 us). A token
-    # outside the nucleus adds nothing to the sum, so it is never the first entry above `u`.
+    if isinstance(draws, torch.Generator):
+        draws = torch.rand(logits.shape[:-1], generator=draws, device=logits.device)
+    tokens = _draw(_nucleus(logp.exp(), top_p), draws)
+    return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` with the tokens outside the top-p nucleus set to 0 (not renormalised)."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+    outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
+    sorted_p = sorted_p.masked_fill(outside, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token of each row of unnormalised ``probs`` [..., V] whose cumulative share first
+    passes its uniform number in ``u`` [...].
+
+    Inverse-CDF sampling, one number per token (`torch.multinomial` draws one per vocabulary
+    entry: 2 ms for 32 rows of 2048 on a 2-core CPU, against 50 us). A token with probability 0
+    (outside the nucleus) adds nothing to the sum, so it is never the first entry above `u`."""
     cdf = probs.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=probs.device) * total
+    total = cdf[..., -1:]
+    u = u[..., None].to(total.dtype) * total
     u = torch.where(u < total, u, 0.0)  # rounding can lift u * total to total itself
     # (NaN in the cdf sends u past the end: clamped, its log-prob is NaN too)
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def check_sampled(logprobs: list[float]) -> None:
@@ -337,7 +361,7 @@ def generate_tokens(
     for the next call.
     ``openings``, when given, keeps the prompts' first turns (up to their first ``eos_ids``
     token: the system prompt) across calls, so a new episode runs only its own tokens.
-    With ``drafter`` and ``num_speculative_tokens`` > 0, greedy decoding on a backend with
+    With ``drafter`` and ``num_speculative_tokens`` > 0, decoding on a backend with
     ``forward_tokens`` checks up to that many guessed tokens a row at each step (see
     `tooltune.policies.drafting`): the same tokens in fewer steps."""
     validate_sampling(sampling)
@@ -374,8 +398,8 @@ def generate_tokens(
     lengths = [len(p) for p in prompt_ids]
     limit = max_cache_positions if use_cache else None
     guessing = (
-        drafter is not None and num_speculative_tokens > 0 and sampling.temperature == 0
-        and use_cache and hasattr(backend, "forward_tokens")
+        drafter is not None and num_speculative_tokens > 0 and use_cache
+        and hasattr(backend, "forward_tokens")
     )  # fmt: skip
     # a rejected guess leaves a hole in its row's cache: room for some beyond the budget
     room = [b + min(b, GUESS_ROOM) for b in budgets] if guessing else budgets
@@ -395,9 +419,20 @@ def generate_tokens(
         texts = {i: drafter.row(prompt_ids[i]) for i in rows} if drafter and guessing else {}
         start = cache.length if guessing else 0  # guesses leave holes from here on
         guesses: list[list[int]] = [[] for _ in rows]  # checked by the step that gave `logits`
+        # a uniform number for each position a row may generate, drawn up front: a token
+        # depends on its row's numbers, not on how many tokens each step ran
+        top = max(budgets[i] for i in rows) - 1
+        draws = torch.rand((len(rows), top + 1), generator=generator, device=device)
+        draws = draws if sampling.temperature > 0 else draws[:, :0]
 
         while True:
-            tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, generator)
+            u = None
+            if sampling.temperature > 0:  # each row's numbers for its next positions
+                at = torch.tensor([len(out_ids[i]) for i in rows], device=device)
+                width = logits.shape[1] if logits.dim() == 3 else 1
+                at = (at[:, None] + torch.arange(width, device=device)).clamp_(max=top)
+                u = draws.gather(1, at) if logits.dim() == 3 else draws.gather(1, at)[:, 0]
+            tokens, logps = sample_tokens(logits, sampling.temperature, sampling.top_p, u)
             token_list, logp_list = tokens.tolist(), logps.tolist()  # one device sync per step
             check_sampled(logp_list if tokens.dim() == 1 else sum(logp_list, []))
             for j, i in enumerate(rows):
@@ -443,7 +478,7 @@ def generate_tokens(
                 keep_t = torch.tensor(keep, device=device)
                 rows = [rows[j] for j in keep]
                 done = [False] * len(rows)
-                ids, mask, last = ids[keep_t], mask[keep_t], last[keep_t]
+                ids, mask, last, draws = ids[keep_t], mask[keep_t], last[keep_t], draws[keep_t]
                 if cache is not None:
                     cache = backend.select_cache(cache, keep_t)
             if guessing:
