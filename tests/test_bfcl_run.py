@@ -104,6 +104,18 @@ def test_irrelevance_is_correct_without_a_call(tmp_path):
     assert [e["valid"] for e in result.entries] == [True, False, False]
 
 
+def test_constrained_runs_need_a_token_policy(capsys, tmp_path):
+    """`--constrained` decodes a token policy's calls under each question's functions; a
+    policy without tokens is refused with the reason."""
+    with pytest.raises(ValueError, match="token policy"):
+        bfcl_run.run("canned", "simple", data=SHARED, limit=1, policy=CannedPolicy({}),
+                     constrained=True)  # fmt: skip
+    args = ["bfcl", "run", "--category", "simple", "--data", str(SHARED), "-n", "2",
+            "--max-new-tokens", "6", "--json", "--model", "builtin", "--constrained"]  # fmt: skip
+    code, stdout, _ = _cli(capsys, *args, "--out", str(tmp_path / "p.jsonl"))
+    assert code == 0 and json.loads(stdout)["n"] == 2
+
+
 def test_bad_data_says_what_is_wrong(tmp_path):
     data, _ = _folder_with(tmp_path, "live_simple", answers=False)
     with pytest.raises(ValueError, match="live_simple has no possible answers"):

@@ -79,6 +79,7 @@ def test_tools_list_and_call(capsys, world):
         (["tools", "list", "--set", "max_turns=-1"], "max_turns"),
         (["tasks", "sample", "-n", "0"], "-n must be at least 1"),
         (["eval", "--policy", "/nonexistent/model", "-n", "1"], "does not exist"),
+        (["eval", "--policy", "expert", "-n", "1", "--constrained"], "needs a token policy"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(capsys, world, argv, fragment):

@@ -9,6 +9,7 @@ from tooltune import (
     AgentTrajectory,
     Completion,
     Policy,
+    SamplingParams,
     ScriptedPolicy,
     TaskTier,
     ToolRegistry,
@@ -152,6 +153,31 @@ def test_token_record_has_no_drift_and_masks_only_generated_tokens():
     assert generated == CALL + IM_END + "391" + IM_END
     assert all(lp == -0.5 for lp, m in zip(rec.logprobs, rec.mask, strict=True) if m)
     assert all(lp == 0.0 for lp, m in zip(rec.logprobs, rec.mask, strict=True) if not m)
+
+
+def test_constrained_calls_give_each_episode_the_grammar_of_its_tools():
+    """Greedy decoding gets a grammar per episode that accepts its tools' valid calls only;
+    sampled decoding and policies without tokens are refused at the start."""
+
+    class Constrained(CharPolicy):
+        def generate(self, prompts, sampling, prompt_token_ids=None, grammars=None):
+            self.grammars = grammars
+            return super().generate(prompts, sampling, prompt_token_ids)
+
+    policy, registry = Constrained({"q": [CALL, "391"]}), ToolRegistry([multiply])
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=64)
+    t = TrajectoryCollector(policy, registry, sampling=greedy, constrained_calls=True)
+    assert t.collect_trajectory("q").final_answer == "391"
+    (grammar,) = policy.grammars
+    assert grammar.allows(CALL) and grammar.closed(CALL)
+    assert not grammar.allows(CALL.replace("multiply", "divide"))
+    assert not grammar.allows('<tool_call>{"name": "multiply", "arguments": {"a": 1.5')
+    for policy, sampling in [
+        (policy, SamplingParams(temperature=0.7)),
+        (ScriptedPolicy({}), greedy),
+    ]:
+        with pytest.raises(ValueError, match="greedily"):
+            TrajectoryCollector(policy, registry, sampling=sampling, constrained_calls=True)
 
 
 class PiecewiseCharPolicy(CharPolicy):

@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tooltune.call_grammar import CallGrammar
 from tooltune.native_template import NATIVE, NativeTemplate, template_of
+from tooltune.rollout import accepts_keyword
 from tooltune.tasks.bfcl import BFCLQuestion, check_predictions, load_questions, to_openai_tool
 
 # `--category` name -> the name in BFCL's file names
@@ -211,11 +213,13 @@ def question_prompt(question: BFCLQuestion, tool_style: str = "json",
 
 
 def predict(policy: Any, questions: list[BFCLQuestion], tool_style: str = "json",
-            max_new_tokens: int = 256, batch_size: int = BATCH_SIZE) -> list[dict]:  # fmt: skip
+            max_new_tokens: int = 256, batch_size: int = BATCH_SIZE,
+            constrained: bool = False) -> list[dict]:  # fmt: skip
     """One greedy assistant turn per question; its calls, as parsed, are the prediction
     (`{"id", "calls", "text", "finish_reason"}`; a malformed call keeps its `parse_error`).
     The native tool style prompts through the policy's chat template, stops at its end of turn
-    and parses calls in its family's format."""
+    and parses calls in its family's format. ``constrained``: the calls are decoded under the
+    question's functions (`tooltune.call_grammar`; tooltune's call format, not native)."""
     from tooltune.chat_format import parse_action
     from tooltune.rollout import SamplingParams
 
@@ -229,7 +233,11 @@ def predict(policy: Any, questions: list[BFCLQuestion], tool_style: str = "json"
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]
         prompts = [question_prompt(q, tool_style, template) for q in batch]
-        completions = policy.generate(prompts, sampling)
+        if constrained:
+            grammars = [CallGrammar([to_openai_tool(f) for f in q.functions]) for q in batch]
+            completions = policy.generate(prompts, sampling, grammars=grammars)
+        else:
+            completions = policy.generate(prompts, sampling)
         for q, completion in zip(batch, completions, strict=True):
             calls = []
             for call in parse(completion.text, None, "call").tool_calls:
@@ -266,7 +274,8 @@ def score(questions: list[BFCLQuestion], predictions: list[dict], category: str,
 
 def run(model: str, category: str, data: Path | None = None, limit: int | None = None,
         out: Path | None = None, tool_style: str | None = None, max_new_tokens: int = 256,
-        batch_size: int = BATCH_SIZE, device: str = "", policy: Any = None) -> RunResult:  # fmt: skip
+        batch_size: int = BATCH_SIZE, device: str = "", policy: Any = None,
+        constrained: bool = False) -> RunResult:  # fmt: skip
     """`tooltune bfcl run`: load the category and the model (or use `policy`), ask, score."""
     data = data or default_data_dir()
     if data is None:
@@ -278,5 +287,10 @@ def run(model: str, category: str, data: Path | None = None, limit: int | None =
         if model in ("builtin", "smollm2-135m"):  # untrained: no format of its own to warn about
             tool_style = tool_style or default
     style = tool_style_for(policy, default, tool_style)
-    predictions = predict(policy, questions, style, max_new_tokens, batch_size)
+    if constrained and (style == NATIVE or not accepts_keyword(policy.generate, "grammars")):
+        raise ValueError(
+            "constrained decoding needs a token policy and tooltune's call format "
+            "(a tool style other than native)"
+        )
+    predictions = predict(policy, questions, style, max_new_tokens, batch_size, constrained)
     return score(questions, predictions, category, model, style, out)

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tool-style", choices=TOOL_STYLES,
                           help="how the prompt lists the tools (default: as the model was "
                                "trained, from its prompt_format.json; json for the expert)")  # fmt: skip
+    evaluate.add_argument("--constrained", action="store_true",
+                          help="calls decoded under the tools' schemas: offered names, "
+                               "declared arguments of their types, valid JSON")  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--trajectories", type=Path, help="also write the trajectories as JSONL")
     evaluate.set_defaults(handler=_eval)
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     bfcl_run.add_argument("--batch-size", type=int, default=BFCL_BATCH_SIZE,
                           help="questions generated together (default %(default)s)")  # fmt: skip
     bfcl_run.add_argument("--device", default="", help="Hugging Face models: cpu | cuda | cuda:N")
+    bfcl_run.add_argument("--constrained", action="store_true",
+                          help="calls decoded under the functions' schemas: offered names, "
+                               "declared arguments of their types, valid JSON")  # fmt: skip
     bfcl_run.add_argument("--json", action="store_true", help="print one JSON object")
     bfcl_run.set_defaults(handler=_bfcl_run)
     bfcl.set_defaults(handler=lambda a: bfcl.print_help() or 2)
@@ -261,8 +267,13 @@ def _eval(args: argparse.Namespace) -> int:
             tasks = []
             for tier in TaskTier:
                 tasks += sample_tasks(args.split, args.n, seed=args.seed, tiers=[tier], world=env)
-        result = evaluate(policy, tasks, env, config, tool_style=tool_style,
-                          groups=list(env.groups))  # fmt: skip
+        try:
+            result = evaluate(policy, tasks, env, config, tool_style=tool_style,
+                              groups=list(env.groups), constrained_calls=args.constrained)  # fmt: skip
+        except ValueError as exc:
+            if not args.constrained:
+                raise
+            raise UsageError(str(exc)) from None
     metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
         from tooltune.rollout import write_trajectories
@@ -385,7 +396,8 @@ def _bfcl_run(args: argparse.Namespace) -> int:
     try:
         result = bfcl_run.run(args.model, args.category, data=args.data, limit=args.n, out=out,
                               tool_style=args.tool_style, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, device=args.device)  # fmt: skip
+                              batch_size=args.batch_size, device=args.device,
+                              constrained=args.constrained)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:

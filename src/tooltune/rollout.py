@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
+from tooltune.call_grammar import CallGrammar
 from tooltune.chat_format import (
     IM_END,
     assistant_header,
@@ -57,6 +59,16 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=lambda: [IM_END])
     seed: int | None = None
+
+
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes the keyword ``name`` (optional features of a policy's methods, such
+    as ``token_logprobs(..., scored=)``, are used only where they exist)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass
@@ -162,6 +174,7 @@ class _Episode:
     # the turn being written, when it is generated in pieces
     partial_ids: list[int] = field(default_factory=list)
     partial_logprobs: list[float] = field(default_factory=list)
+    grammar: CallGrammar | None = None  # its calls' grammar, where calls are constrained
 
 
 class TrajectoryCollector:
@@ -178,10 +191,13 @@ class TrajectoryCollector:
         verifier: Callable[[Any, AgentTrajectory], bool] | None = None,
         reward_fn: Callable[[AgentTrajectory, Any], float] | None = None,
         stop_after_cutoffs: int | None = 2,
+        constrained_calls: bool = False,
     ) -> None:
         """`stop_after_cutoffs`: end an episode after that many consecutive turns cut off at
         `max_new_tokens` (a model that never closes its turn is not going to; an untrained one
-        would otherwise burn every remaining turn at full length). None: never."""
+        would otherwise burn every remaining turn at full length). None: never.
+        `constrained_calls`: greedy decoding writes only calls that the episode's tools accept
+        (`tooltune.call_grammar`): an offered name, its declared arguments of their types."""
         self.policy = policy
         self.tools = tools
         self.config = config or AgentConfig()
@@ -201,6 +217,15 @@ class TrajectoryCollector:
             self.sampling = dataclasses.replace(self.sampling, stop=[self.native.end_of_turn])
         self._end = self.native.end_of_turn if self.native is not None else IM_END
         self._im_end_id = policy.encode(self._end)[-1] if self.token_mode else None
+        self.constrained_calls = constrained_calls
+        if constrained_calls and not (
+            self.token_mode and self.native is None and self.sampling.temperature == 0
+            and accepts_keyword(policy.generate, "grammars")
+        ):  # fmt: skip
+            raise ValueError(
+                "constrained_calls needs a token policy decoding greedily (temperature 0) in "
+                "tooltune's call format (a tool style other than native)"
+            )
 
     def _native_template(self) -> NativeTemplate | None:
         """The policy's own chat template for the native tool style. A text policy without a
@@ -319,7 +344,8 @@ class TrajectoryCollector:
             if text not in encoded:
                 encoded[text] = self.policy.encode(text)
             tokens.extend(encoded[text], generated=False)
-        return _Episode(trajectory, task, registry, text, tokens)
+        grammar = CallGrammar(trajectory.tools) if self.constrained_calls else None
+        return _Episode(trajectory, task, registry, text, tokens, grammar=grammar)
 
     def _has_room(self, episode: _Episode) -> bool:
         used = len(episode.tokens) if episode.tokens is not None else len(episode.text) // 4
@@ -332,9 +358,12 @@ class TrajectoryCollector:
         sampling = self.sampling
         if sampling.seed is not None and call:  # every call draws fresh samples
             sampling = dataclasses.replace(sampling, seed=call_seed(sampling.seed, call))
+        grammars = {"grammars": [e.grammar for e in active]} if self.constrained_calls else {}
         if not (self.token_mode and self.policy.continues_turns):
             prompt_ids = [e.tokens.ids for e in active] if self.token_mode else None
-            completions = self.policy.generate([e.text for e in active], sampling, prompt_ids)
+            completions = self.policy.generate(
+                [e.text for e in active], sampling, prompt_ids, **grammars
+            )
             return list(zip(active, completions, strict=True))
         wanted = [sampling.max_new_tokens - len(e.partial_ids) for e in active]
         pieces = self.policy.generate(
@@ -343,6 +372,7 @@ class TrajectoryCollector:
             [e.tokens.ids + e.partial_ids for e in active],
             max_new_tokens=[min(DECODE_CHUNK, w) for w in wanted],
             generated_before=[e.partial_ids for e in active],
+            **grammars,
         )
         ended = []
         for episode, piece, left in zip(active, pieces, wanted, strict=True):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Self
 
 import torch
 
+from tooltune.call_grammar import CallGrammar
+from tooltune.policies.constrained import token_pieces
 from tooltune.policies.drafting import Drafter
 from tooltune.policies.sampling import DecodeBackend, generate_tokens
 from tooltune.rollout import Completion, Policy, SamplingParams
@@ -20,16 +21,6 @@ if TYPE_CHECKING:
 # System prompts kept between generate calls (~8 MB each for SmolLM2-135M at 330 tokens): a
 # call that starts with more than this many kept drops them all first
 MAX_OPENINGS = 64
-
-
-def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` takes the keyword ``name`` (optional features of a policy's methods, such
-    as ``token_logprobs(..., scored=)``, are used only where they exist)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class ModulePolicy(Policy):
@@ -55,6 +46,7 @@ class ModulePolicy(Policy):
     # How the model is prompted (tool style, generation settings): set by whoever trains it,
     # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
     prompt_format: PromptFormat | None = None
+    _pieces: list[str] | None = None  # each token's text, for constrained decoding
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
@@ -97,6 +89,7 @@ class ModulePolicy(Policy):
         reuse_turns: bool = True,
         max_new_tokens: list[int] | None = None,
         generated_before: list[list[int]] | None = None,
+        grammars: list[CallGrammar | None] | None = None,
     ) -> list[Completion]:
         """Complete every prompt in one batch (semantics: ``tooltune.policies.sampling``).
         ``prompt_token_ids`` (when given) are used as-is instead of encoding ``prompts``.
@@ -104,6 +97,8 @@ class ModulePolicy(Policy):
         what the KV cache saves); ``share_prefill=False`` prefills every row whole, instead of
         repeated prompts once and the beginning distinct prompts share once.
         ``max_new_tokens``, ``generated_before``: see `Policy.continues_turns`.
+        ``grammars`` (one per prompt, or None) constrain greedy decoding's tool calls to the
+        offered tools' schemas (`tooltune.call_grammar`).
 
         With ``reuse_turns`` (on a policy that ``continues_turns``), the keys/values of the rows
         this call finishes are kept until the next call, and a prompt there that continues one
@@ -163,12 +158,22 @@ class ModulePolicy(Policy):
                 max_cache_positions=limit,
                 drafter=self._drafter(),
                 num_speculative_tokens=self.num_speculative_tokens,
+                grammars=grammars,
+                pieces=self.token_pieces() if grammars else None,
             )
         finally:
             self.model.train(was_training)
         if finished:
             self._turn_cache, self._turn_cache_version = finished, version
         return completions
+
+    def token_pieces(self) -> list[str]:
+        """Each token's text on its own, read once (constrained decoding checks them)."""
+        if self._pieces is None:
+            tokenizer = self.tokenizer  # type: ignore[attr-defined]
+            size = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
+            self._pieces = token_pieces(self.decode, size)
+        return self._pieces
 
     def _drafter(self) -> Drafter | None:
         if self.num_speculative_tokens > 0 and self.drafter is None:

@@ -46,6 +46,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from tooltune.call_grammar import CallGrammar
+from tooltune.policies.constrained import constrain
 from tooltune.policies.drafting import Drafter
 from tooltune.rollout import Completion, SamplingParams
 
@@ -344,6 +346,8 @@ def generate_tokens(
     max_cache_positions: int | None = None,
     drafter: Drafter | None = None,
     num_speculative_tokens: int = 0,
+    grammars: Sequence[CallGrammar | None] | None = None,
+    pieces: Sequence[str] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt, all rows decoded together (see module docstring),
     or in several batches where one cache of ``max_cache_positions`` (rows x positions) would
@@ -363,8 +367,19 @@ def generate_tokens(
     token: the system prompt) across calls, so a new episode runs only its own tokens.
     With ``drafter`` and ``num_speculative_tokens`` > 0, decoding on a backend with
     ``forward_tokens`` checks up to that many guessed tokens a row at each step (see
-    `tooltune.policies.drafting`): the same tokens in fewer steps."""
+    `tooltune.policies.drafting`): the same tokens in fewer steps.
+    ``grammars`` (one per prompt, None for a free row) constrain greedy decoding's tool calls
+    (`tooltune.policies.constrained`); ``pieces`` is then each token id's text."""
     validate_sampling(sampling)
+    if grammars is not None and any(g is not None for g in grammars):
+        if sampling.temperature > 0:
+            raise ValueError("constrained tool calls need greedy decoding (temperature 0)")
+        if pieces is None or len(grammars) != len(prompt_ids):
+            raise ValueError("grammars need one entry per prompt, and the tokens' pieces")
+    else:
+        grammars = None
+    rules: Sequence[Any] = grammars or ()
+    table: Sequence[str] = pieces or ()
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: generation needs at least one token")
@@ -417,6 +432,8 @@ def generate_tokens(
         keeps_rows = finished is not None and cache is not None
         # each row's text so far, from which its guesses come
         texts = {i: drafter.row(prompt_ids[i]) for i in rows} if drafter and guessing else {}
+        # a constrained row's turn so far, as text (its grammar reads it)
+        turns = {i: "".join(table[t] for t in before[i]) for i in rows if rules and rules[i]}
         start = cache.length if guessing else 0  # guesses leave holes from here on
         guesses: list[list[int]] = [[] for _ in rows]  # checked by the step that gave `logits`
         # a uniform number for each position a row may generate, drawn up front: a token
@@ -443,6 +460,10 @@ def generate_tokens(
                 else:  # the guesses the model agreed with, and its own token after them
                     kept_guesses = _agreed(guesses[j], token_list[j])
                     new = list(zip(token_list[j], logp_list[j], strict=True))[: kept_guesses + 1]
+                if i in turns:
+                    new, turns[i] = constrain(new, rules[i], turns[i], logits[j], table, eos)
+                if tokens.dim() != 1:
+                    kept_guesses = len(new) - 1
                     mask[j, mask.shape[1] - len(token_list[j]) + 1 + kept_guesses :] = 0
                     drafter.proposed += len(guesses[j])  # type: ignore[union-attr]
                     drafter.accepted += kept_guesses  # type: ignore[union-attr]

@@ -128,7 +128,9 @@ def to_openai_tool(function: dict) -> dict:
 def _standard_schema(schema: dict) -> dict:
     out = {k: v for k, v in schema.items() if k not in ("type", "properties", "items")}
     kind = schema.get("type")
-    if kind in _TYPE_NAMES:
+    if isinstance(kind, list):  # JSON Schema's union of types
+        out["type"] = [_TYPE_NAMES.get(k, k) for k in kind]
+    elif kind in _TYPE_NAMES:
         out["type"] = _TYPE_NAMES[kind]
     if "properties" in schema:
         out["properties"] = {k: _standard_schema(v) for k, v in schema["properties"].items()}

@@ -19,7 +19,7 @@ import torch
 
 from tooltune.allocator import KEEP_FREE_BYTES, release_free_memory
 from tooltune.config import LOSS_TYPES
-from tooltune.policies.module import accepts_keyword
+from tooltune.rollout import accepts_keyword
 from tooltune.training.sft import (
     TokenBatch,
     collate,

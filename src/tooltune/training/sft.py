@@ -19,7 +19,7 @@ import torch
 from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
 from tooltune.config import data_seed_of
 from tooltune.jsonl import read_jsonl
-from tooltune.policies.module import accepts_keyword
+from tooltune.rollout import accepts_keyword
 from tooltune.training.optim import AdamW
 from tooltune.training.schedule import make_scheduler
 from tooltune.training.shared_prefix import common_prefix_length, prefix_logprobs

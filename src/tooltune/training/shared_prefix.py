@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tooltune.policies.module import accepts_keyword
+from tooltune.rollout import accepts_keyword
 
 
 @dataclass
