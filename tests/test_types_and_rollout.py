@@ -172,12 +172,12 @@ def test_constrained_calls_give_each_episode_the_grammar_of_its_tools():
     assert grammar.allows(CALL) and grammar.closed(CALL)
     assert not grammar.allows(CALL.replace("multiply", "divide"))
     assert not grammar.allows('<tool_call>{"name": "multiply", "arguments": {"a": 1.5')
-    for policy, sampling in [
+    for other, sampling in [
         (policy, SamplingParams(temperature=0.7)),
         (ScriptedPolicy({}), greedy),
     ]:
         with pytest.raises(ValueError, match="greedily"):
-            TrajectoryCollector(policy, registry, sampling=sampling, constrained_calls=True)
+            TrajectoryCollector(other, registry, sampling=sampling, constrained_calls=True)
 
 
 class PiecewiseCharPolicy(CharPolicy):
