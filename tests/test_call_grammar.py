@@ -85,6 +85,13 @@ def test_a_call_that_breaks_the_schema_is_refused(text):
     assert not GRAMMAR.allows(text)
 
 
+def test_hermes_templates_may_put_the_json_on_its_own_line():
+    text = '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>'
+    assert all(GRAMMAR.allows(text[:n]) for n in range(len(text) + 1)) and GRAMMAR.closed(text)
+    assert not GRAMMAR.allows("<tool_call>\n\n")
+    assert not GRAMMAR.allows('<tool_call>{"name": "ping", "arguments": {}}\n\n')
+
+
 def test_text_outside_calls_is_free():
     assert GRAMMAR.allows('I cannot book rooms in Oslo { } " \\ 12.5')
     assert GRAMMAR.closed("No call needed.")

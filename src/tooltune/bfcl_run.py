@@ -219,7 +219,7 @@ def predict(policy: Any, questions: list[BFCLQuestion], tool_style: str = "json"
     (`{"id", "calls", "text", "finish_reason"}`; a malformed call keeps its `parse_error`).
     The native tool style prompts through the policy's chat template, stops at its end of turn
     and parses calls in its family's format. ``constrained``: the calls are decoded under the
-    question's functions (`tooltune.call_grammar`; tooltune's call format, not native)."""
+    question's functions (`tooltune.call_grammar`; tooltune's or the Hermes call format)."""
     from tooltune.chat_format import parse_action
     from tooltune.rollout import SamplingParams
 
@@ -287,10 +287,11 @@ def run(model: str, category: str, data: Path | None = None, limit: int | None =
         if model in ("builtin", "smollm2-135m"):  # untrained: no format of its own to warn about
             tool_style = tool_style or default
     style = tool_style_for(policy, default, tool_style)
-    if constrained and (style == NATIVE or not accepts_keyword(policy.generate, "grammars")):
+    hermes = style != NATIVE or template_of(policy).family.name == "hermes"
+    if constrained and not (hermes and accepts_keyword(policy.generate, "grammars")):
         raise ValueError(
-            "constrained decoding needs a token policy and tooltune's call format "
-            "(a tool style other than native)"
+            "constrained decoding needs a token policy that writes <tool_call>{json}</tool_call> "
+            "(tooltune's format, or a Hermes/Qwen chat template)"
         )
     predictions = predict(policy, questions, style, max_new_tokens, batch_size, constrained)
     return score(questions, predictions, category, model, style, out)

@@ -7,7 +7,8 @@ well-formed JSON (as vLLM's guided decoding and llama.cpp's grammars do for a JS
 Text outside calls is free: whether to call at all, and with which values, stays the model's
 choice. The call format is tooltune's own (`tooltune.chat_format`), in the layout it renders
 (``json.dumps``'s separators, the name first):
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. Free whitespace would give a model
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, which Hermes/Qwen chat templates
+also write (with the JSON on a line of its own, which is allowed). Free whitespace would give a model
 that wants a refused key a way out that never ends (it wrote spaces until its budget ran out).
 
 The check parses the open call from its marker each time (a few hundred characters): a text
@@ -101,6 +102,10 @@ class _Reader:
         char = self.peek()
         self.pos += 1
         return char
+
+    def optional(self, char: str) -> None:
+        if self.peek() == char:
+            self.pos += 1
 
     def literal(self, word: str) -> None:
         for char in word:
@@ -278,8 +283,11 @@ class CallGrammar:
 
     def _call(self, segment: str) -> None:
         reader = _Reader(segment)
+        reader.optional("\n")  # Hermes/Qwen templates put the JSON on a line of its own
         reader.literal('{"name": ')
         name = reader.string(self.parameters)
         reader.literal(', "arguments": ')
         reader.object(self.parameters[name])
-        reader.literal("}" + self.close)
+        reader.literal("}")
+        reader.optional("\n")
+        reader.literal(self.close)

@@ -218,13 +218,15 @@ class TrajectoryCollector:
         self._end = self.native.end_of_turn if self.native is not None else IM_END
         self._im_end_id = policy.encode(self._end)[-1] if self.token_mode else None
         self.constrained_calls = constrained_calls
+        hermes = self.native is None or self.native.family.name == "hermes"
         if constrained_calls and not (
-            self.token_mode and self.native is None and self.sampling.temperature == 0
+            self.token_mode and hermes and self.sampling.temperature == 0
             and accepts_keyword(policy.generate, "grammars")
         ):  # fmt: skip
             raise ValueError(
-                "constrained_calls needs a token policy decoding greedily (temperature 0) in "
-                "tooltune's call format (a tool style other than native)"
+                "constrained_calls needs a token policy decoding greedily (temperature 0) that "
+                "writes <tool_call>{json}</tool_call> (tooltune's format, or a Hermes/Qwen chat "
+                "template)"
             )
 
     def _native_template(self) -> NativeTemplate | None:

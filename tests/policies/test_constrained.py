@@ -46,3 +46,40 @@ def test_grammars_need_greedy_decoding(tmp_path, tiny_qwen2):
     sampled = SamplingParams(temperature=1.0, max_new_tokens=4, seed=0)
     with pytest.raises(ValueError, match="greedy"):
         policy.generate(["hello"], sampled, grammars=[CallGrammar(TOOLS)])
+
+
+@pytest.mark.parametrize("template, works", [("qwen2_5", True), ("llama3_1", False)])
+def test_native_templates_that_write_hermes_calls_are_constrained(tmp_path, tiny_qwen2,
+                                                                  template, works):  # fmt: skip
+    """A chat template whose calls are <tool_call>{json}</tool_call> (Qwen2.5's) is decoded
+    under the grammar in the native tool style; one with another call format is refused."""
+    from pathlib import Path
+
+    from tooltune import ToolRegistry, TrajectoryCollector, tool
+
+    @tool
+    def add(a: float, b: float) -> float:
+        """Add two numbers."""
+        return a + b
+
+    source = (Path(__file__).parents[1] / "chat_templates" / f"{template}.jinja").read_text()
+    path = tiny_qwen2(tmp_path / "m", [source] * 3, vocab_size=600, max_positions=2048)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = source
+    tokenizer.save_pretrained(path)
+    policy = HFPolicy.from_pretrained(path)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    seen = []
+    generate = policy.generate
+    policy.generate = lambda *a, **k: seen.append(k.get("grammars")) or generate(*a, **k)
+
+    def collector():
+        return TrajectoryCollector(policy, ToolRegistry([add]), sampling=greedy,
+                                   tool_style="native", constrained_calls=True)  # fmt: skip
+
+    if not works:
+        with pytest.raises(ValueError, match="Hermes"):
+            collector()
+        return
+    collector().collect_trajectory("What is 2 + 3?")
+    assert seen and all(g is not None and g.parameters.keys() == {"add"} for g in seen[0])
