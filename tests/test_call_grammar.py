@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tooltune.call_grammar import CallGrammar
-from tooltune.policies.constrained import constrain
+from tooltune.policies.constrained import TokenPieces, best_allowed, constrain
 from tooltune.tasks.bfcl import to_openai_tool
 
 BOOK = {
@@ -148,3 +148,24 @@ def test_an_allowed_text_always_has_an_allowed_next_character(name, seed):
     grammar = CallGrammar([*GRAMMAR_TOOLS, FIXED])
     text = walk(grammar, f'<tool_call>{{"name": "{name}", "arguments": ', random.Random(seed))
     assert grammar.closed(text)
+
+
+def test_the_search_by_first_character_finds_the_best_allowed_token():
+    """Reading the tokens whose first character the grammar allows first finds the token a
+    search through every token finds."""
+    rng = random.Random(0)
+    vocab = ["}", "}}", ",", ", ", ', "', '"', "ci", "city", "ty", "ni", "nights", '": ',
+             ": ", "2", "25", ".5", "é", "Köln", "O", "slo", " ", "\n", "</tool_call>",
+             "<tool_call>", '{"name": "', "book_room", '", "arguments": {', "sea", "tr", "ue"]  # fmt: skip
+    texts = ['<tool_call>{"name": "book_room", "arguments": {',
+             '<tool_call>{"name": "book_room", "arguments": {"city": "O',
+             '<tool_call>{"name": "book_room", "arguments": {"city": "Oslo"',
+             '<tool_call>{"name": "book_room", "arguments": {"city": "Oslo", "nights": 2',
+             '<tool_call>{"name": "book_room", "arguments": {"view": "',
+             "Let me see. "]  # fmt: skip
+    for text in texts:
+        for _ in range(100):
+            logits = torch.tensor([rng.gauss(0, 3) for _ in range(len(vocab) + 1)])
+            eos = {len(vocab)}
+            fast = best_allowed(GRAMMAR, text, logits, TokenPieces(vocab), eos)
+            assert fast == best_allowed(GRAMMAR, text, logits, list(vocab), eos)

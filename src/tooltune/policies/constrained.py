@@ -19,10 +19,36 @@ from tooltune.call_grammar import CallGrammar
 CANDIDATES = 256
 
 
-def token_pieces(decode: Callable[[list[int]], str], vocab_size: int) -> list[str]:
-    """Each token's text on its own (a piece of a character several tokens share reads as
-    U+FFFD, which only a JSON string accepts, as it accepts the whole character)."""
-    return [decode([i]) for i in range(vocab_size)]
+# The class of every first character outside ASCII, tested as one: outside ASCII a call's
+# grammar allows a character inside a string or nowhere
+OTHER = "é"
+
+
+class TokenPieces(list):
+    """Each token id's text on its own (a piece of a character several tokens share reads
+    as U+FFFD, which only a JSON string accepts, as it accepts the whole character), and the
+    ids grouped by their first character (`groups`)."""
+
+    _groups: dict[str, torch.Tensor] | None = None
+
+    def groups(self) -> dict[str, torch.Tensor]:
+        """Token ids by first character: each ASCII character its own group, every other
+        character the group `OTHER`. Where the model's choice is refused, the grammar is
+        asked about each group's first character before any of its tokens: a refused call's
+        way on (a comma where the model wanted to close before the required arguments) can
+        rank 48,000th of 49,152, and a search token by token took 0.7 s."""
+        if self._groups is None:
+            ids: dict[str, list[int]] = {}
+            for token, piece in enumerate(self):
+                first = piece[:1]
+                ids.setdefault(first if first.isascii() else OTHER, []).append(token)
+            self._groups = {first: torch.tensor(group) for first, group in ids.items()}
+        return self._groups
+
+
+def token_pieces(decode: Callable[[list[int]], str], vocab_size: int) -> TokenPieces:
+    """Each token's text on its own (`TokenPieces`)."""
+    return TokenPieces(decode([i]) for i in range(vocab_size))
 
 
 def allowed(grammar: CallGrammar, text: str, token: int, pieces: Sequence[str],
@@ -40,8 +66,18 @@ def best_allowed(grammar: CallGrammar, text: str, logits: torch.Tensor, pieces: 
                  eos: set[int]) -> int:  # fmt: skip
     """The most likely token of ``logits`` [V] that the grammar allows after ``text`` (the
     most likely token of all where it allows none, which a grammar with every single
-    character in the vocabulary never does)."""
-    order = torch.argsort(logits, descending=True)
+    character in the vocabulary never does). With `TokenPieces`, the tokens whose first
+    character the grammar allows are read first."""
+    if isinstance(pieces, TokenPieces):
+        groups = [ids for first, ids in pieces.groups().items()
+                  if first == "" or grammar.allows(text + first, len(text))]  # fmt: skip
+        groups.append(torch.tensor(sorted(eos), dtype=torch.long))
+        candidates = torch.cat(groups)
+        order = candidates[torch.argsort(logits[candidates], descending=True)]
+        for token in order.tolist():
+            if allowed(grammar, text, token, pieces, eos):
+                return token
+    order = torch.argsort(logits, descending=True)  # an OTHER character only an enum allows
     for chunk in order.split(CANDIDATES):
         for token in chunk.tolist():
             if allowed(grammar, text, token, pieces, eos):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Self
 import torch
 
 from tooltune.call_grammar import CallGrammar
-from tooltune.policies.constrained import token_pieces
+from tooltune.policies.constrained import TokenPieces, token_pieces
 from tooltune.policies.drafting import Drafter
 from tooltune.policies.sampling import DecodeBackend, generate_tokens
 from tooltune.rollout import Completion, Policy, SamplingParams
@@ -46,7 +46,7 @@ class ModulePolicy(Policy):
     # How the model is prompted (tool style, generation settings): set by whoever trains it,
     # written by save() and read back by load(); None when unknown (see tooltune.prompt_format)
     prompt_format: PromptFormat | None = None
-    _pieces: list[str] | None = None  # each token's text, for constrained decoding
+    _pieces: TokenPieces | None = None  # each token's text, for constrained decoding
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
@@ -167,7 +167,7 @@ class ModulePolicy(Policy):
             self._turn_cache, self._turn_cache_version = finished, version
         return completions
 
-    def token_pieces(self) -> list[str]:
+    def token_pieces(self) -> TokenPieces:
         """Each token's text on its own, read once (constrained decoding checks them)."""
         if self._pieces is None:
             tokenizer = self.tokenizer  # type: ignore[attr-defined]
