@@ -275,6 +275,31 @@ def test_pipeline_falls_back_to_rejection_sampling(tmp_path, tiny_qwen2, monkeyp
     assert pipeline_module.read_trajectories(tmp_path / "b" / "demonstrations.jsonl")
 
 
+def test_a_run_can_evaluate_with_constrained_calls(tmp_path, tiny_qwen2, monkeypatch):
+    """`pipeline.constrained_calls`: every evaluation decodes calls under the task's tools."""
+    from tooltune import AgentConfig
+    from tooltune.rollout import TrajectoryCollector
+    from tooltune.training.pipeline import AgentTrainingPipeline, PipelineSettings
+
+    seen = []
+    init = TrajectoryCollector.__init__
+
+    def recording(self, *args, constrained_calls=False, **kwargs):
+        seen.append(constrained_calls)
+        init(self, *args, constrained_calls=constrained_calls, **kwargs)
+
+    monkeypatch.setattr(TrajectoryCollector, "__init__", recording)
+    model_dir = tiny_qwen2(tmp_path / "qwen", [r["prompt"] for r in _rows()] * 3)
+    config = AgentConfig(max_turns=2, max_new_tokens=8, sft_epochs=1, sft_batch_size=2,
+                         max_trajectory_len=1024)  # fmt: skip
+    settings = PipelineSettings(model=str(model_dir), tool_style="compact", sft_tasks=2,
+                                val_tasks=0, eval_tasks_per_tier=1, grpo_steps=0,
+                                max_seq_len=1024, lora=False, constrained_calls=True)  # fmt: skip
+    env = ToolEnv(_rows(), [add], expert=_expert)
+    AgentTrainingPipeline(env, config, settings, tmp_path / "run", progress=False).run_all()
+    assert seen.count(True) == 2  # before and after SFT (the expert's demonstrations: free)
+
+
 def test_a_run_does_not_resume_in_another_environment(tmp_path):
     from tooltune import AgentConfig
     from tooltune.config import ConfigError

@@ -27,6 +27,10 @@ def test_the_report_has_a_no_tool_needed_row(tmp_path):
     assert "| No tool needed | 0% | 75% | 100% | - |" in report
     assert "per tier" in report and "797 expert demonstrations" in report  # what SFT really had
     assert "<td>No tool needed</td>" in (tmp_path / "report.html").read_text()
+    assert "constrained" not in report
+    write_report(tmp_path, metrics, {}, PipelineSettings(constrained_calls=True), AgentConfig(),
+                 20, 60.0)  # fmt: skip
+    assert "greedy decoding (calls constrained to" in (tmp_path / "report.md").read_text()
 
 
 def test_a_tier_a_stage_did_not_evaluate_reads_as_a_dash():

@@ -63,16 +63,16 @@ class PipelineSettings:
     sft_tasks: int = 1600
     val_tasks: int = 60
     eval_tasks_per_tier: int = 50
-    heldout_tools_tasks: int = (
-        0  # also evaluated each stage: tasks whose tools training never offers
-    )
-    before_tasks_per_tier: int = (
-        0  # the untrained model's evaluation: the first N of each tier (0: all)
-    )
+    # also evaluated each stage: tasks whose tools training never offers
+    heldout_tools_tasks: int = 0
+    # the untrained model's evaluation: the first N of each tier (0: all)
+    before_tasks_per_tier: int = 0
     grpo_steps: int = 30
     reward_model_tasks: int = 0  # training tasks the reward model learns from; 0: no reward model
     checkpoint_every: int = 5
     saved_trajectories: int = 8  # per tier and stage, into trajectories.jsonl
+    # evaluations decode calls under the offered tools' schemas (tooltune.call_grammar)
+    constrained_calls: bool = False
     backend: str = "local"  # GRPO rollouts: local (batched, in process) or ray (actors)
     ray_address: str = ""  # an existing Ray cluster; empty: start a local one
     ray_workers: int = 2
@@ -344,8 +344,10 @@ class AgentTrainingPipeline:
             tasks = [t for g in groups for t in
                      [t for t in tasks if t.group == g][: self.settings.before_tasks_per_tier]]  # fmt: skip
         self.policy.eval()
+        constrained = self.settings.constrained_calls
         result = evaluate(self.policy, tasks, self.env, self.config, groups=groups,
-                          tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
+                          tool_style=self.settings.tool_style, progress=self.progress,
+                          constrained_calls=constrained)  # fmt: skip
         metrics = {k: v for k, v in result.items() if k != "trajectories"}
         self._save_samples(stage, result.get("trajectories", []))
         heldout = []
@@ -355,7 +357,8 @@ class AgentTrainingPipeline:
             )
         if heldout:
             other = evaluate(self.policy, heldout, self.env, self.config,
-                             tool_style=self.settings.tool_style, progress=self.progress)  # fmt: skip
+                             tool_style=self.settings.tool_style, progress=self.progress,
+                             constrained_calls=constrained)  # fmt: skip
             metrics["heldout_tools"] = {"accuracy": other["accuracy"]["overall"],
                                         "n_tasks": other["n_tasks"]}  # fmt: skip
         self.run.log_metrics({"stage": stage, **_flat(metrics)})
@@ -426,7 +429,8 @@ class AgentTrainingPipeline:
                 from tooltune.evaluation import evaluate
 
                 result = evaluate(policy, val_tasks, self.env, self.config,
-                                  tool_style=self.settings.tool_style, progress=False)  # fmt: skip
+                                  tool_style=self.settings.tool_style, progress=False,
+                                  constrained_calls=self.settings.constrained_calls)  # fmt: skip
                 metrics = {"val_accuracy": result["accuracy"]}
             return metrics
 

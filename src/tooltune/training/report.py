@@ -183,11 +183,14 @@ def write_report(
     sft_note = "" if "sft" in figures else sft_caption(rows)  # one epoch: a sentence
     acc, eff = accuracy_table(summary), efficiency_table(summary)
     title = f"tooltune run: {run_dir.name}"
+    decoding = "greedy decoding"
+    if getattr(settings, "constrained_calls", False):
+        decoding += " (calls constrained to the tools' schemas)"
     facts = (f"Model `{settings.model}`" + (f" ({settings.model_size})" if settings.model == "builtin" else "")
              + f"; {n_test} held-out test tasks ({settings.eval_tasks_per_tier} per "
              + per
              + (f", the first {settings.before_tasks_per_tier} of each before training"
-                if getattr(settings, "before_tasks_per_tier", 0) else "") + "), greedy decoding,"
+                if getattr(settings, "before_tasks_per_tier", 0) else "") + f"), {decoding},"
              f" real tools; {sft_source or f'{settings.sft_tasks} expert demonstrations'};"
              f" {settings.grpo_steps} GRPO steps of"
              f" {config.batch_size} tasks x {config.num_generations} samples ({config.reward_baseline} baseline);"
