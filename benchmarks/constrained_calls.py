@@ -34,6 +34,11 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="a demo run directory or a saved model")
     parser.add_argument("--data", type=Path, help="BFCL's data folder (default: bfcl-eval's)")
     parser.add_argument("-n", type=int, default=40, help="questions a category (default 40)")
+    parser.add_argument(
+        "--categories",
+        default=",".join(CATEGORIES),
+        help="comma-separated (default: %(default)s; live_* where given)",
+    )
     parser.add_argument("--quick", action="store_true", help="10 questions a category")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -41,8 +46,9 @@ def main() -> int:
     data = args.data or bfcl_run.default_data_dir()
     if data is None:
         parser.error("no BFCL data: pass --data (BFCL's layout) or install bfcl-eval")
-    questions = {c: bfcl_run.load_category(Path(data), c, n) for c in CATEGORIES}
-    policy, default = bfcl_run.load_model(args.model, questions["simple"], "")
+    names = [c.strip() for c in args.categories.split(",") if c.strip()]
+    questions = {c: bfcl_run.load_category(Path(data), c, n) for c in names}
+    policy, default = bfcl_run.load_model(args.model, next(iter(questions.values())), "")
     style = bfcl_run.tool_style_for(policy, default)
     rows, seconds = {}, {False: 0.0, True: 0.0}
     for category, asked in questions.items():
