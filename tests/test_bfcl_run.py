@@ -116,6 +116,20 @@ def test_constrained_runs_need_a_token_policy(capsys, tmp_path):
     assert code == 0 and json.loads(stdout)["n"] == 2
 
 
+def test_several_categories_in_one_run(capsys, tmp_path):
+    """`--category a,b`: the model loaded once, a predictions file each in the --out folder, a
+    line each and the total."""
+    args = ["bfcl", "run", "--category", "simple,parallel", "--data", str(SHARED), "-n", "2",
+            "--max-new-tokens", "4", "--model", "builtin", "--out", str(tmp_path)]  # fmt: skip
+    code, stdout, _ = _cli(capsys, *args)
+    assert code == 0 and stdout.count("bfcl simple:") == 1 and stdout.count("bfcl parallel:") == 1
+    assert "(simple, parallel): 0/4 entries" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin-parallel.jsonl",
+                                                          "builtin-simple.jsonl"]  # fmt: skip
+    code, stdout, _ = _cli(capsys, *args, "--json")
+    assert [r["category"] for r in json.loads(stdout)["results"]] == ["simple", "parallel"]
+
+
 def test_bad_data_says_what_is_wrong(tmp_path):
     data, _ = _folder_with(tmp_path, "live_simple", answers=False)
     with pytest.raises(ValueError, match="live_simple has no possible answers"):

@@ -277,13 +277,25 @@ def run(model: str, category: str, data: Path | None = None, limit: int | None =
         batch_size: int = BATCH_SIZE, device: str = "", policy: Any = None,
         constrained: bool = False) -> RunResult:  # fmt: skip
     """`tooltune bfcl run`: load the category and the model (or use `policy`), ask, score."""
+    outs = {category: out} if out is not None else {}
+    return run_categories(model, [category], data, limit, outs, tool_style, max_new_tokens,
+                          batch_size, device, policy, constrained)[0]  # fmt: skip
+
+
+def run_categories(model: str, categories: list[str], data: Path | None = None,
+                   limit: int | None = None, outs: dict[str, Path] | None = None,
+                   tool_style: str | None = None, max_new_tokens: int = 256,
+                   batch_size: int = BATCH_SIZE, device: str = "", policy: Any = None,
+                   constrained: bool = False) -> list[RunResult]:  # fmt: skip
+    """`run` for several categories, the model loaded once; ``outs``: category -> where its
+    predictions go (none written for a category without one)."""
     data = data or default_data_dir()
     if data is None:
         raise ValueError("no BFCL data: pass --data FOLDER (BFCL's layout) or install bfcl-eval")
-    questions = load_category(Path(data), category, limit)
+    asked = {c: load_category(Path(data), c, limit) for c in categories}
     default = BUILTIN_TOOL_STYLE
     if policy is None:
-        policy, default = load_model(model, questions, device)
+        policy, default = load_model(model, [q for qs in asked.values() for q in qs], device)
         if model in ("builtin", "smollm2-135m"):  # untrained: no format of its own to warn about
             tool_style = tool_style or default
     style = tool_style_for(policy, default, tool_style)
@@ -293,5 +305,9 @@ def run(model: str, category: str, data: Path | None = None, limit: int | None =
             "constrained decoding needs a token policy that writes <tool_call>{json}</tool_call> "
             "(tooltune's format, or a Hermes/Qwen chat template)"
         )
-    predictions = predict(policy, questions, style, max_new_tokens, batch_size, constrained)
-    return score(questions, predictions, category, model, style, out)
+    results = []
+    for category, questions in asked.items():
+        predictions = predict(policy, questions, style, max_new_tokens, batch_size, constrained)
+        out = (outs or {}).get(category)
+        results.append(score(questions, predictions, category, model, style, out))
+    return results

@@ -163,11 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--predictions", type=Path, required=True)
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_bfcl_check)
-    bfcl_run = bfcl_sub.add_parser("run", help="ask a model one BFCL category and score it")
+    bfcl_run = bfcl_sub.add_parser("run", help="ask a model BFCL categories and score them")
     bfcl_run.add_argument("--model", default="builtin",
                           help="builtin | smollm2-135m | a saved model dir | a tooltune demo run dir")  # fmt: skip
     bfcl_run.add_argument("--category", required=True,
-                          help="simple | multiple | parallel | parallel_multiple | irrelevance | live_*")  # fmt: skip
+                          help="simple | multiple | parallel | parallel_multiple | irrelevance | "
+                               "live_*; several comma-separated (the model loaded once)")  # fmt: skip
     bfcl_run.add_argument("--data", type=Path,
                           help="folder in BFCL's layout (default: the bfcl-eval package's data)")  # fmt: skip
     bfcl_run.add_argument("-n", type=int, help="only the first N entries")
@@ -392,19 +393,31 @@ def _bfcl_run(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"no such folder: {args.data}")
     label = re.sub(r"[^\w.-]+", "_", Path(args.model).name or args.model)
-    out = args.out or Path("runs") / "bfcl" / f"{label}-{args.category}.jsonl"
+    categories = [c.strip() for c in args.category.split(",") if c.strip()]
+    if len(categories) == 1:  # --out is the predictions file
+        outs = {categories[0]: args.out or Path("runs") / "bfcl" / f"{label}-{categories[0]}.jsonl"}
+    else:  # --out is the folder of one predictions file a category
+        folder = args.out or Path("runs") / "bfcl"
+        outs = {c: folder / f"{label}-{c}.jsonl" for c in categories}
     try:
-        result = bfcl_run.run(args.model, args.category, data=args.data, limit=args.n, out=out,
-                              tool_style=args.tool_style, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, device=args.device,
-                              constrained=args.constrained)  # fmt: skip
+        results = bfcl_run.run_categories(
+            args.model, categories, data=args.data, limit=args.n, outs=outs,
+            tool_style=args.tool_style, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, device=args.device, constrained=args.constrained,
+        )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
-    else:
+        rows = [r.to_dict() for r in results]
+        print(json.dumps(rows[0] if len(rows) == 1 else {"results": rows}, ensure_ascii=False))
+        return 0
+    for result in results:
         print(result.summary())
         print(f"predictions: {result.predictions}")
+    if len(results) > 1:
+        correct, n = sum(r.correct for r in results), sum(r.n for r in results)
+        print("bfcl " + "/".join(str(r.correct) for r in results)
+              + f" ({', '.join(categories)}): {correct}/{n} entries")  # fmt: skip
     return 0
 
 
