@@ -8,8 +8,9 @@ Text outside calls is free: whether to call at all, and with which values, stays
 choice. The call format is tooltune's own (`tooltune.chat_format`), in the layout it renders
 (``json.dumps``'s separators, the name first):
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, which Hermes/Qwen chat templates
-also write (with the JSON on a line of its own, which is allowed). Free whitespace would give a model
-that wants a refused key a way out that never ends (it wrote spaces until its budget ran out).
+also write (with the JSON on a line of its own, which is allowed). Free whitespace would give a
+model that wants a refused key a way out that never ends (it wrote spaces until its budget ran
+out).
 
 The check parses the open call from its marker each time (a few hundred characters): a text
 that runs out in the middle is a valid prefix (`_End`), one that breaks a rule is not (`_Bad`).
