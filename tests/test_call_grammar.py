@@ -169,3 +169,9 @@ def test_the_search_by_first_character_finds_the_best_allowed_token():
             eos = {len(vocab)}
             fast = best_allowed(GRAMMAR, text, logits, TokenPieces(vocab), eos)
             assert fast == best_allowed(GRAMMAR, text, logits, list(vocab), eos)
+
+
+def test_entries_without_a_name_are_left_out():
+    grammar = CallGrammar([{"function": {"description": "no name"}}, "junk", to_openai_tool(BOOK)])
+    assert list(grammar.parameters) == ["book_room"]
+    assert not grammar.allows('<tool_call>{"name": "x')

@@ -241,8 +241,9 @@ class CallGrammar:
 
     def __init__(self, tools: list[dict], open_: str = TOOL_CALL_OPEN,
                  close: str = TOOL_CALL_CLOSE) -> None:  # fmt: skip
-        functions = [t.get("function", t) for t in tools]
-        self.parameters = {f["name"]: f.get("parameters") or {} for f in functions}
+        functions = [t.get("function", t) for t in tools if isinstance(t, dict)]
+        self.parameters = {f["name"]: f.get("parameters") or {} for f in functions
+                           if isinstance(f.get("name"), str)}  # fmt: skip
         self.open, self.close = open_, close
 
     def allows(self, text: str, start: int = 0) -> bool:

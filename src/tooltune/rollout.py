@@ -38,7 +38,7 @@ from tooltune.chat_format import (
     render_action,
     render_turn,
 )
-from tooltune.config import AgentConfig, TaskTier, as_group
+from tooltune.config import AgentConfig, ConfigError, TaskTier, as_group
 from tooltune.jsonl import read_jsonl
 from tooltune.messages import trajectory_from_messages, trajectory_to_record
 from tooltune.native_template import (
@@ -223,7 +223,7 @@ class TrajectoryCollector:
             self.token_mode and hermes and self.sampling.temperature == 0
             and accepts_keyword(policy.generate, "grammars")
         ):  # fmt: skip
-            raise ValueError(
+            raise ConfigError(  # a ValueError: the CLI prints it as one line
                 "constrained_calls needs a token policy decoding greedily (temperature 0) that "
                 "writes <tool_call>{json}</tool_call> (tooltune's format, or a Hermes/Qwen chat "
                 "template)"
