@@ -226,7 +226,7 @@ def hidden_states(
         q = q * cos + _rotate_half(q) * sin
         dropout = attn.attention_dropout if model.training else 0.0
         y = _attention(q, k, v, mask, causal and T > 1, attn.scaling, dropout)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, x.shape[1], -1))
+        x = x + read_together(y.transpose(1, 2).reshape(B, x.shape[1], -1), (attn.o_proj,))[0]
         x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
     if cache is not None:
         cache.length += T
@@ -269,7 +269,7 @@ def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     if mlp._forward_hooks or mlp._forward_pre_hooks or not all(hasattr(mlp, n) for n in parts):
         return mlp(x)
     gate, up = read_together(x, (mlp.gate_proj, mlp.up_proj))
-    return mlp.down_proj(mlp.act_fn(gate) * up)
+    return read_together(mlp.act_fn(gate) * up, (mlp.down_proj,))[0]
 
 
 def prefix_kv(

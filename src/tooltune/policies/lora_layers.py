@@ -3,8 +3,15 @@
 peft's LoRA layer computes ``base(x) + B(A(dropout(x))) * scaling`` per adapter, with the input
 cast to the adapters' dtype and the sum cast back. `project` does that for one layer from its
 weights (a decoding step, without the module's per-call work); `read_together` does it for
-layers that read the same input, sharing the cast and the A product. Anything else (DoRA,
-merged or disabled adapters, active dropout, hooks) runs its module's own forward.
+layers that read the same input, sharing the A product. Anything else (DoRA, merged or disabled
+adapters, active dropout, hooks) runs its module's own forward.
+
+One difference from peft: fp32 adapters over bf16/fp16 activations compute in the activations'
+dtype, as under autocast (TRL's `bf16=True`), their weights cast instead of the activations.
+The adapters' weights, gradients and optimiser state stay fp32; what changes is the rounding of
+their products. Casting every projection's input and output between bf16 and fp32 cost more
+than the products: a LoRA SFT step of SmolLM2-135M (2 rows, 2,314 tokens, 2 threads, Intel AMX)
+took 8.2 s with fp32 adapter products and 6.1 s in bf16.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+HALF = (torch.bfloat16, torch.float16)
 
 
 class Projection(NamedTuple):
@@ -58,15 +67,32 @@ def projection(module: Any) -> Projection:
 
 
 def project(x: torch.Tensor, p: Projection) -> torch.Tensor:
-    """`p` applied to `x`, adapters as peft's LoRA forward applies them: the input cast to the
-    adapter's dtype, ``B(A(x)) * scaling`` added, the sum cast back to the frozen layer's."""
+    """`p` applied to `x`: the frozen layer, plus ``B(A(x)) * scaling`` for each adapter,
+    computed in `adapter_dtype` and the sum cast back to the frozen layer's dtype."""
     y = F.linear(x, p.weight, p.bias)
     if not p.adapters:
         return y
-    out = y
+    dtype = adapter_dtype(x, p.adapters[0][0])
+    out = y.to(dtype)
     for a, b, b_bias, scaling in p.adapters:
-        out = out + F.linear(F.linear(x.to(a.dtype), a), b, b_bias) * scaling
+        out = _add_adapter(out, F.linear(x.to(dtype), a.to(dtype)), b, b_bias, scaling)
     return out.to(y.dtype)
+
+
+def adapter_dtype(x: torch.Tensor, a: torch.Tensor) -> torch.dtype:
+    """The dtype adapter products run in: the activations' where they are bf16/fp16 and the
+    adapters fp32 (as autocast would), else the adapters' (peft's rule)."""
+    return x.dtype if x.dtype in HALF and a.dtype == torch.float32 else a.dtype
+
+
+def _add_adapter(out: torch.Tensor, low: torch.Tensor, b: torch.Tensor,
+                 b_bias: torch.Tensor | None, scaling: float) -> torch.Tensor:  # fmt: skip
+    """``out + B(low) * scaling``; without a bias as one product that adds into the sum."""
+    if b_bias is not None:
+        return out + F.linear(low, b.to(out.dtype), b_bias.to(out.dtype)) * scaling
+    flat = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]),
+                       b.to(out.dtype).t(), alpha=scaling)  # fmt: skip
+    return flat.view(out.shape)
 
 
 def _shared_adapters(module: Any) -> tuple | None:
@@ -88,23 +114,23 @@ def _shared_adapters(module: Any) -> tuple | None:
 def read_together(x: torch.Tensor, modules: tuple[Any, ...]) -> list[torch.Tensor]:
     """The outputs of linear layers that read the same input (a layer's query, key and value
     projections; the MLP's gate and up), as their forwards compute them. LoRA adapters are
-    applied as peft applies them, but together: the input cast to the adapters' dtype once and
-    one product with all their A matrices, instead of a cast and a small product per layer
-    (SmolLM2-135M, LoRA r=16 on every projection, bf16: the adapters' casts and small
-    products were a quarter of a GRPO scoring pass). Any other module runs its forward."""
+    applied as `project` applies them, but together: one product with all their A matrices,
+    instead of a small product per layer (SmolLM2-135M, LoRA r=16 on every projection, bf16:
+    the adapters' casts and small products were a quarter of a GRPO scoring pass). Any other
+    module runs its forward."""
     adapters = [_shared_adapters(m) for m in modules]
     flat = [a for group in adapters if group for a in group]
     if any(a is None for a in adapters) or not flat or len({a[0].dtype for a in flat}) > 1:
         return [m(x) for m in modules]
     base = [getattr(m, "base_layer", m) for m in modules]
     outs = [F.linear(x, m.weight, m.bias) for m in base]
-    low = F.linear(x.to(flat[0][0].dtype), torch.cat([a for a, *_ in flat]))
+    dtype = adapter_dtype(x, flat[0][0])
+    low = F.linear(x.to(dtype), torch.cat([a for a, *_ in flat]).to(dtype))
     parts = iter(low.split([a.shape[0] for a, *_ in flat], dim=-1))
     for i, group in enumerate(adapters):
         if group:
-            y = outs[i]
-            out = y
+            out = outs[i].to(dtype)
             for (_, b, b_bias, scaling), part in zip(group, parts):  # noqa: B905 (one per A)
-                out = out + F.linear(part, b, b_bias) * scaling
-            outs[i] = out.to(y.dtype)
+                out = _add_adapter(out, part, b, b_bias, scaling)
+            outs[i] = out.to(outs[i].dtype)
     return outs
