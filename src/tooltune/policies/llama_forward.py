@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tooltune.policies import pointwise
 from tooltune.policies.kv_cache import (
     CACHE_MEMORY,
     CachedPrefix,
@@ -156,11 +157,6 @@ def position_bytes(model: Any) -> int:
     return 2 * len(decoder.layers) * heads * head_dim * size
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 def hidden_states(
     model: Any,
     ids: torch.Tensor,
@@ -200,11 +196,11 @@ def hidden_states(
     last = len(decoder.layers) - 1
     for i, layer in enumerate(decoder.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
+        h = pointwise.norm(layer.input_layernorm, x)
         q, k, v = read_together(h, (attn.q_proj, attn.k_proj, attn.v_proj))
         k = k.view(B, T, -1, attn.head_dim).transpose(1, 2)
         v = v.view(B, T, -1, attn.head_dim).transpose(1, 2)
-        k = k * cos + _rotate_half(k) * sin
+        k = pointwise.rotate(k, cos, sin)
         if kv_out is not None:
             kv_out.append((k, v))
         if past_kv:
@@ -223,14 +219,14 @@ def hidden_states(
                 mask = additive_mask(padded_causal_mask(attention_mask, keep), x.dtype)
             causal = False
         q = q.view(B, x.shape[1], -1, attn.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
+        q = pointwise.rotate(q, cos, sin)
         dropout = attn.attention_dropout if model.training else 0.0
         y = _attention(q, k, v, mask, causal and T > 1, attn.scaling, dropout)
         x = x + read_together(y.transpose(1, 2).reshape(B, x.shape[1], -1), (attn.o_proj,))[0]
-        x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
+        x = x + _mlp(layer.mlp, pointwise.norm(layer.post_attention_layernorm, x))
     if cache is not None:
         cache.length += T
-    return decoder.norm(x)
+    return pointwise.norm(decoder.norm, x)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -269,6 +265,8 @@ def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     if mlp._forward_hooks or mlp._forward_pre_hooks or not all(hasattr(mlp, n) for n in parts):
         return mlp(x)
     gate, up = read_together(x, (mlp.gate_proj, mlp.up_proj))
+    if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation"):
+        return read_together(pointwise.silu_gate(gate, up), (mlp.down_proj,))[0]
     return read_together(mlp.act_fn(gate) * up, (mlp.down_proj,))[0]
 
 

@@ -58,6 +58,8 @@ class PipelineSettings:
     dtype: str = "auto"  # Hugging Face models' frozen weights: auto (bf16 where fast) | bf16 | fp32
     device: str = ""  # Hugging Face models: cpu | cuda | cuda:N; empty: cuda where present
     marker_tokens: bool = False  # Hugging Face models: <tool_call> etc. as new single tokens
+    # Hugging Face models: the layers' element-wise parts compiled (tooltune.policies.pointwise)
+    torch_compile: bool = False
     rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
     copy_drill_steps: int = 0  # copy drills before SFT; built-in model only (pretrained ones copy)
     sft_tasks: int = 1600
@@ -288,6 +290,7 @@ class AgentTrainingPipeline:
                                           marker_tokens=s.marker_tokens)  # fmt: skip
         self._restrict_training(policy)
         self.log(f"[model] {path}: {describe_compute(policy)}")
+        self._compile()
         return policy
 
     def _restrict_training(self, policy: Any) -> None:
@@ -333,7 +336,20 @@ class AgentTrainingPipeline:
                 f"but this run prompts with {expected.describe()}; rerun with --fresh"
             )
         self._restrict_training(policy)
+        self._compile()
         return policy
+
+    def _compile(self) -> None:
+        """`torch_compile`: compile the layers' element-wise parts, once per process."""
+        from tooltune.policies import pointwise
+
+        if not self.settings.torch_compile or self.settings.model == "builtin":
+            return
+        if pointwise.rms_norm is pointwise.EAGER["rms_norm"]:
+            why = pointwise.compile_pointwise()
+            self.log("[model] element-wise parts (norms, rotary, SiLU gate) compiled by "
+                     "torch.compile" if why is None else
+                     f"[model] element-wise parts stay eager: torch.compile failed ({why})")  # fmt: skip
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def _evaluate(self, stage: str) -> dict[str, Any]:
