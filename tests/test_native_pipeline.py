@@ -75,17 +75,27 @@ def test_native_tool_style_end_to_end(tmp_path, tiny_qwen2, capsys, monkeypatch,
 
     monkeypatch.setattr(GRPOTrainer, "train_step", recording_step)
 
+    from tooltune.policies import pointwise
+
+    compiles = []  # torch_compile: asked once, with the model's dtype; the failure is logged
+    monkeypatch.setattr(pointwise, "compile_pointwise",
+                        lambda dtype: compiles.append(dtype) or "RuntimeError: no compiler")  # fmt: skip
+
     config = AgentConfig(max_turns=2, max_new_tokens=8, num_generations=2, sft_epochs=1,
                          sft_batch_size=2, max_trajectory_len=2048, seed=0)  # fmt: skip
     settings = PipelineSettings(model=str(model_dir), tool_style="native", sft_tasks=4,
                                 val_tasks=0, eval_tasks_per_tier=1, grpo_steps=1,
                                 max_seq_len=2048, device="cpu", dtype="fp32",
-                                saved_trajectories=2, reward_model_tasks=2)  # fmt: skip
+                                saved_trajectories=2, reward_model_tasks=2,
+                                torch_compile=True)  # fmt: skip
     run = tmp_path / "run"
+    logged = []
     with load_env(str(tmp_path / "env.py")) as env:
-        pipeline = AgentTrainingPipeline(env, config, settings, run, log=lambda m: None,
+        pipeline = AgentTrainingPipeline(env, config, settings, run, log=logged.append,
                                          progress=False)  # fmt: skip
         pipeline.run_all()
+    assert compiles == [torch.float32]
+    assert any("stay eager: torch.compile failed (RuntimeError: no compiler)" in m for m in logged)
     state = json.loads((run / "state.json").read_text())
     assert state["completed"][-1] == "after_grpo"
     saved = run / "checkpoints" / "latest" / "policy"

@@ -56,7 +56,10 @@ def test_compiled_forward_and_gradients_match_eager(eager_after):
     why = pointwise.compile_pointwise()
     if why is not None:
         pytest.skip(f"torch.compile does not work here: {why}")
-    assert pointwise.rotate is not pointwise.EAGER["rotate"]
+    assert set(pointwise.COMPILED) == set(pointwise.EAGER)
+    with torch.no_grad():  # generation's passes stay eager (no variants compiled for them)
+        assert pointwise._pick("rotate") is pointwise.EAGER["rotate"]
+    assert pointwise._pick("rotate") is pointwise.COMPILED["rotate"]
     compiled = run()
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-4)
     for ours, theirs in zip(compiled[1], eager[1], strict=True):
@@ -69,4 +72,4 @@ def test_a_failing_compiler_leaves_the_functions_eager(monkeypatch, eager_after)
 
     monkeypatch.setattr(torch, "compile", broken)
     assert pointwise.compile_pointwise() == "RuntimeError: no C++ compiler found"
-    assert pointwise.rms_norm is pointwise.EAGER["rms_norm"]
+    assert not pointwise.COMPILED and pointwise._pick("rms_norm") is pointwise.EAGER["rms_norm"]

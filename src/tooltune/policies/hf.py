@@ -533,3 +533,21 @@ def apply_lora(model: Any, settings: LoraSettings, new_token_ids: list[int]) -> 
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def describe_compute(policy: Any) -> str:
+    """Which compute path a Hugging Face policy runs, for the log: dtype, device, and why."""
+    dtype, device = policy.compute_dtype, policy.device
+    if dtype == torch.bfloat16:
+        why = "fast bf16 on this device"
+    elif device.type == "cpu" and not fast_bf16(device):
+        why = "this CPU has no AVX-512 BF16 or AMX: bf16 would be slower"
+    else:
+        why = "as configured"
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in trainable)
+    masters = (
+        " (fp32 master copies)" if any(p.dtype != torch.float32 for p in trainable) else " in fp32"
+    )
+    return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
+            f"{count:,} trainable parameters{masters}")  # fmt: skip

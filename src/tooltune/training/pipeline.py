@@ -126,6 +126,7 @@ class AgentTrainingPipeline:
         self.log = log
         self.progress = progress
         self.policy: Any = None
+        self.compile_failed = False  # `torch_compile` tried and failed: not tried again
         self.sft_source = ""  # what SFT learned from, for the report ("40 expert demonstrations")
         self.history: dict[str, list[float]] = {"loss": [], "reward": [], "success_rate": []}
 
@@ -282,6 +283,7 @@ class AgentTrainingPipeline:
                                         vocab_size=s.vocab_size, max_seq_len=s.max_seq_len,
                                         copy_head=s.copy_head)  # fmt: skip
         from tooltune.policies import HFPolicy, LoraSettings, load_smollm2
+        from tooltune.policies.hf import describe_compute
 
         path = load_smollm2() if s.model == "smollm2-135m" else s.model
         lora = LoraSettings(top_layers=s.train_layers, dropout=s.lora_dropout)
@@ -290,7 +292,7 @@ class AgentTrainingPipeline:
                                           marker_tokens=s.marker_tokens)  # fmt: skip
         self._restrict_training(policy)
         self.log(f"[model] {path}: {describe_compute(policy)}")
-        self._compile()
+        self._compile(policy)
         return policy
 
     def _restrict_training(self, policy: Any) -> None:
@@ -336,20 +338,21 @@ class AgentTrainingPipeline:
                 f"but this run prompts with {expected.describe()}; rerun with --fresh"
             )
         self._restrict_training(policy)
-        self._compile()
+        self._compile(policy)
         return policy
 
-    def _compile(self) -> None:
+    def _compile(self, policy: Any) -> None:
         """`torch_compile`: compile the layers' element-wise parts, once per process."""
         from tooltune.policies import pointwise
 
         if not self.settings.torch_compile or self.settings.model == "builtin":
             return
-        if pointwise.rms_norm is pointwise.EAGER["rms_norm"]:
-            why = pointwise.compile_pointwise()
+        if not pointwise.COMPILED and not self.compile_failed:
+            why = pointwise.compile_pointwise(policy.compute_dtype)
             self.log("[model] element-wise parts (norms, rotary, SiLU gate) compiled by "
                      "torch.compile" if why is None else
                      f"[model] element-wise parts stay eager: torch.compile failed ({why})")  # fmt: skip
+            self.compile_failed = why is not None
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def _evaluate(self, stage: str) -> dict[str, Any]:
@@ -600,23 +603,3 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def describe_compute(policy: Any) -> str:
-    """Which compute path a Hugging Face policy runs, for the log: dtype, device, and why."""
-    from tooltune.policies.hf import fast_bf16
-
-    dtype, device = policy.compute_dtype, policy.device
-    if dtype == torch.bfloat16:
-        why = "fast bf16 on this device"
-    elif device.type == "cpu" and not fast_bf16(device):
-        why = "this CPU has no AVX-512 BF16 or AMX: bf16 would be slower"
-    else:
-        why = "as configured"
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in trainable)
-    masters = (
-        " (fp32 master copies)" if any(p.dtype != torch.float32 for p in trainable) else " in fp32"
-    )
-    return (f"{str(dtype).removeprefix('torch.')} weights on {device} ({why}), "
-            f"{count:,} trainable parameters{masters}")  # fmt: skip
