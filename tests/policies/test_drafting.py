@@ -26,6 +26,18 @@ def test_a_row_guesses_what_followed_its_last_tokens_before():
     assert row.propose(2) == [1, 2]  # after the latest "5 6"
 
 
+def test_rows_of_one_prompt_are_indexed_once_and_go_their_own_ways():
+    drafter = Drafter()
+    prompt = [5, 6, 7, 8, 9, 5, 6]
+    first, second, other = drafter.rows([prompt, prompt, [1, 2, 1, 2]])
+    assert first is not second and first.seen == second.seen == drafter.row(prompt).seen
+    assert first.propose(3) == second.propose(3) == [7, 8, 9]
+    first.extend([1, 2])
+    assert first.tokens[-2:] == [1, 2] and second.tokens == prompt
+    assert second.propose(3) == [7, 8, 9] and first.propose(3) == []
+    assert other.propose(1) == [1]
+
+
 def test_the_table_of_earlier_completions_is_bounded():
     drafter = Drafter(max_entries=10)
     for start in range(0, 100, 10):
@@ -77,6 +89,9 @@ class OracleRow:
 
     def extend(self, new) -> None:
         self.tokens += new
+
+    def copy(self):
+        return OracleRow(self.oracle, self.tokens)
 
     def propose(self, k: int) -> list[int]:
         n = len(self.tokens)

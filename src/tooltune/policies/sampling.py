@@ -431,7 +431,9 @@ def generate_tokens(
         done = [False] * len(rows)
         keeps_rows = finished is not None and cache is not None
         # each row's text so far, from which its guesses come
-        texts = {i: drafter.row(prompt_ids[i]) for i in rows} if drafter and guessing else {}
+        texts = {}
+        if drafter and guessing:
+            texts = dict(zip(rows, drafter.rows([prompt_ids[i] for i in rows]), strict=True))
         # a constrained row's turn so far, as text (its grammar reads it)
         turns = {i: "".join(table[t] for t in before[i]) for i in rows if rules and rules[i]}
         start = cache.length if guessing else 0  # guesses leave holes from here on
