@@ -9,7 +9,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from tooltune import ToolEnv, tool  # noqa: E402
-from tooltune.rollout import write_trajectories  # noqa: E402
+from tooltune.messages import write_trajectories  # noqa: E402
 from tooltune.tasks.sources import load_task_source  # noqa: E402
 from tooltune.tasks.task import Task, save_tasks  # noqa: E402
 from tooltune.training.pipeline import PipelineSettings, check_environment  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tooltune.rollout import read_trajectories
+from tooltune.messages import read_trajectories
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")

@@ -15,8 +15,9 @@ import pytest
 from tooltune import evaluation
 from tooltune.cli import main
 from tooltune.config import AgentConfig, ConfigError, TaskTier
+from tooltune.messages import read_trajectories
 from tooltune.prompt_format import FILENAME, GENERATION_KEYS, PromptFormat
-from tooltune.rollout import opening_text, read_trajectories
+from tooltune.rollout import opening_text
 
 # generation settings unlike the defaults (256, 10, 8192, 2000, 0.7, 0.9), so using them shows
 CONFIG = dict(max_new_tokens=8, max_turns=6, max_trajectory_len=1024, max_observation_chars=300,

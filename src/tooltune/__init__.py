@@ -6,6 +6,7 @@ below is the part of each stage a user touches.
 
 from tooltune.config import AgentConfig, ConfigError, TaskTier, load_config
 from tooltune.env import Reward, ToolEnv, bind, load_env, mcp_tools, openapi_tools, reward
+from tooltune.messages import read_trajectories, write_trajectories
 from tooltune.registry import ToolDefinition, ToolError, ToolRegistry, tool
 from tooltune.rollout import (
     Completion,
@@ -13,8 +14,6 @@ from tooltune.rollout import (
     SamplingParams,
     ScriptedPolicy,
     TrajectoryCollector,
-    read_trajectories,
-    write_trajectories,
 )
 from tooltune.types import (
     AgentAction,

@@ -277,7 +277,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     metrics = result.get("metrics", result)
     if args.trajectories and "trajectories" in result:
-        from tooltune.rollout import write_trajectories
+        from tooltune.messages import write_trajectories
 
         write_trajectories(args.trajectories, result["trajectories"])
     metrics = {k: v for k, v in metrics.items() if k != "trajectories"}

@@ -4,15 +4,21 @@
 and one `tool` message per call; `trajectory_from_messages` reads that form back, rendering each
 step's observation as the collector would have shown it (`chat_format.format_observation`), so
 a trajectory read from a public SFT set trains exactly like a collected one.
+`write_trajectories` and `read_trajectories` keep trajectories in JSONL, one a line, in
+tooltune's lossless form or as such messages.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from tooltune.chat_format import format_observation
 from tooltune.config import TaskTier, as_group
+from tooltune.jsonl import read_jsonl
 from tooltune.types import AgentAction, AgentStep, AgentTrajectory, ToolCall, ToolResponse
 
 ERROR_PREFIX = "Error: "  # how a failed call's `tool` message begins
@@ -161,3 +167,44 @@ def _response_from_content(call_id: str, name: str, content: str) -> ToolRespons
     except json.JSONDecodeError:
         result = content
     return ToolResponse(call_id, True, result, name=name)
+
+
+def write_trajectories(
+    path: str | Path,
+    trajectories: Iterable[AgentTrajectory],
+    *,
+    messages: bool = False,
+    append: bool = False,
+) -> int:
+    """Write one trajectory per line: tooltune's lossless form, or `messages=True` for rows of
+    OpenAI-style chat messages that other libraries load. Returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("a" if append else "w", encoding="utf-8") as f:
+        for t in trajectories:
+            row = trajectory_to_record(t) if messages else t.to_dict()
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return count
+
+
+def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
+    """Read either form written by `write_trajectories`; a bad line names its number."""
+    out = []
+    for number, row in read_jsonl(path):
+        try:
+            if "messages" in row:
+                t = trajectory_from_messages(
+                    row["messages"], row.get("task_tier", "simple"), row.get("tools")
+                )
+                t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
+                t.total_reward = float(row.get("total_reward", 0.0))
+                out.append(t)
+            else:
+                out.append(AgentTrajectory.from_dict(row))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a trajectory: {exc}") from None
+    return out

@@ -18,12 +18,9 @@ import dataclasses
 import hashlib
 import inspect
 import itertools
-import json
-import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tooltune.allocator import KEEP_FREE_BYTES, keep_freed_pages, release_free_memory
@@ -39,8 +36,6 @@ from tooltune.chat_format import (
     render_turn,
 )
 from tooltune.config import AgentConfig, ConfigError, TaskTier, as_group
-from tooltune.jsonl import read_jsonl
-from tooltune.messages import trajectory_from_messages, trajectory_to_record
 from tooltune.native_template import (
     CLIP_KEY,
     NATIVE,
@@ -562,49 +557,3 @@ def check_token_record(trajectory: AgentTrajectory, policy: Any, tool_style: str
         if record.mask[start] == 0 and any(lp != 0.0 for lp in record.logprobs[start:end]):
             raise ValueError(f"tokens {start}-{end} are not the model's but carry log-probs")
         start = end
-
-
-# --------------------------------------------------------------------------------------------
-# JSONL
-# --------------------------------------------------------------------------------------------
-
-
-def write_trajectories(
-    path: str | Path,
-    trajectories: Iterable[AgentTrajectory],
-    *,
-    messages: bool = False,
-    append: bool = False,
-) -> int:
-    """Write one trajectory per line: tooltune's lossless form, or `messages=True` for rows of
-    OpenAI-style chat messages that other libraries load. Returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("a" if append else "w", encoding="utf-8") as f:
-        for t in trajectories:
-            row = trajectory_to_record(t) if messages else t.to_dict()
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-        f.flush()
-        os.fsync(f.fileno())
-    return count
-
-
-def read_trajectories(path: str | Path) -> list[AgentTrajectory]:
-    """Read either form written by `write_trajectories`; a bad line names its number."""
-    out = []
-    for number, row in read_jsonl(path):
-        try:
-            if "messages" in row:
-                t = trajectory_from_messages(
-                    row["messages"], row.get("task_tier", "simple"), row.get("tools")
-                )
-                t.task_id, t.success = row.get("task_id"), bool(row.get("success", False))
-                t.total_reward = float(row.get("total_reward", 0.0))
-                out.append(t)
-            else:
-                out.append(AgentTrajectory.from_dict(row))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: not a trajectory: {exc}") from None
-    return out

@@ -294,7 +294,7 @@ def save_on_main(policy: Any, directory: str | Path, ctx: DistContext) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`torchrun ... -m tooltune.distributed.ddp sft --policy DIR --data JSONL --out DIR`."""
     from tooltune.config import load_config
-    from tooltune.rollout import read_trajectories
+    from tooltune.messages import read_trajectories
     from tooltune.training.run_dir import load_policy
 
     parser = argparse.ArgumentParser(prog="python -m tooltune.distributed.ddp")

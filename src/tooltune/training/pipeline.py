@@ -26,14 +26,13 @@ import torch
 from tooltune.allocator import release_free_memory
 from tooltune.chat_format import IM_END, TOOL_STYLES
 from tooltune.config import AgentConfig, ConfigError, data_seed_of
+from tooltune.messages import read_trajectories, write_trajectories
 from tooltune.prompt_format import PromptFormat, missing_message
 from tooltune.rollout import (
     SamplingParams,
     TrajectoryCollector,
-    read_trajectories,
     tokenize_trajectory,
     trajectory_segments,
-    write_trajectories,
 )
 from tooltune.training import reward_stage
 from tooltune.training.run_dir import RunDirectory, load_policy, write_atomic
