@@ -78,8 +78,12 @@ def test_native_tool_style_end_to_end(tmp_path, tiny_qwen2, capsys, monkeypatch,
     from tooltune.policies import pointwise
 
     compiles = []  # torch_compile: asked once, with the model's dtype; the failure is logged
-    monkeypatch.setattr(pointwise, "compile_pointwise",
-                        lambda dtype: compiles.append(dtype) or "RuntimeError: no compiler")  # fmt: skip
+
+    def failing(dtype):
+        compiles.append(dtype)
+        return "RuntimeError: no compiler"
+
+    monkeypatch.setattr(pointwise, "compile_pointwise", failing)
 
     config = AgentConfig(max_turns=2, max_new_tokens=8, num_generations=2, sft_epochs=1,
                          sft_batch_size=2, max_trajectory_len=2048, seed=0)  # fmt: skip

@@ -349,8 +349,8 @@ class AgentTrainingPipeline:
         if not pointwise.COMPILED and not self.compile_failed:
             why = pointwise.compile_pointwise(policy.compute_dtype)
             self.log("[model] element-wise parts (norms, rotary, SiLU gate) compiled by "
-                     "torch.compile" if why is None else
-                     f"[model] element-wise parts stay eager: torch.compile failed ({why})")  # fmt: skip
+                     "torch.compile" if why is None else "[model] element-wise parts stay "
+                     f"eager: torch.compile failed ({why})")  # fmt: skip
             self.compile_failed = why is not None
 
     # -- stage: evaluation -----------------------------------------------------------------------
