@@ -515,7 +515,7 @@ def decode_tokens(
     token a row without padding. On the small models a CPU trains, that per-call Python is most
     of a step: 8 rows of a 0.5M Qwen2 take 1.3-1.9 against 2.0-2.7 ms a step on a 2-core CPU
     (162 against 184 tensor operations); stacked projections (`_stacked_weights`) take another
-    8-11% off. LoRA adapters run as peft's layer runs them (`lora_layers.project`; through the
+    8-11% off. LoRA adapters run as the full forward runs them (`lora_layers.project`; through the
     modules, a GRPO step's generation of SmolLM2 with LoRA took 6.3 s in
     benchmarks/smollm2_vs_trl.py, 5.0 through here, on a 2-core CPU).
     The logits, rotary tables and stacked weights it makes are inference tensors: read them

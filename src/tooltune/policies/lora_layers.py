@@ -27,7 +27,7 @@ HALF = (torch.bfloat16, torch.float16)
 
 class Projection(NamedTuple):
     """A linear layer as `decode_step` runs it: the frozen weight and bias, plus each active
-    LoRA adapter as (A, B weight, B bias, scaling), applied as peft applies them."""
+    LoRA adapter as (A, B weight, B bias, scaling), applied by `project`."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
