@@ -156,7 +156,8 @@ def test_the_search_by_first_character_finds_the_best_allowed_token():
     rng = random.Random(0)
     vocab = ["}", "}}", ",", ", ", ', "', '"', "ci", "city", "ty", "ni", "nights", '": ',
              ": ", "2", "25", ".5", "é", "Köln", "O", "slo", " ", "\n", "</tool_call>",
-             "<tool_call>", '{"name": "', "book_room", '", "arguments": {', "sea", "tr", "ue"]  # fmt: skip
+             "<tool_call>", '{"name": "', "book_room", '", "arguments": {', "sea", "tr",
+             "ue"]  # fmt: skip
     texts = ['<tool_call>{"name": "book_room", "arguments": {',
              '<tool_call>{"name": "book_room", "arguments": {"city": "O',
              '<tool_call>{"name": "book_room", "arguments": {"city": "Oslo"',

@@ -77,10 +77,10 @@ def test_native_tool_style_end_to_end(tmp_path, tiny_qwen2, capsys, monkeypatch,
 
     from tooltune.policies import pointwise
 
-    compiles = []  # torch_compile: asked once, with the model's dtype; the failure is logged
+    compiles = []  # torch_compile: asked once, with the model's dtype and device; failure logged
 
-    def failing(dtype):
-        compiles.append(dtype)
+    def failing(dtype, device):
+        compiles.append((dtype, str(device)))
         return "RuntimeError: no compiler"
 
     monkeypatch.setattr(pointwise, "compile_pointwise", failing)
@@ -98,8 +98,9 @@ def test_native_tool_style_end_to_end(tmp_path, tiny_qwen2, capsys, monkeypatch,
         pipeline = AgentTrainingPipeline(env, config, settings, run, log=logged.append,
                                          progress=False)  # fmt: skip
         pipeline.run_all()
-    assert compiles == [torch.float32]
-    assert any("stay eager: torch.compile failed (RuntimeError: no compiler)" in m for m in logged)
+    assert compiles == [(torch.float32, "cpu")]
+    failed = "stay eager: torch.compile failed (RuntimeError: no compiler)"
+    assert any(failed in m for m in logged)
     state = json.loads((run / "state.json").read_text())
     assert state["completed"][-1] == "after_grpo"
     saved = run / "checkpoints" / "latest" / "policy"

@@ -166,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     bfcl_run = bfcl_sub.add_parser("run", help="ask a model BFCL categories and score them")
     bfcl_run.add_argument("--model", default="builtin",
                           help="builtin | smollm2-135m | a saved model dir | a tooltune demo run dir")  # fmt: skip
-    bfcl_run.add_argument("--category", required=True,
-                          help="simple | multiple | parallel | parallel_multiple | irrelevance | "
-                               "live_*; several comma-separated (the model loaded once)")  # fmt: skip
+    bfcl_run.add_argument(
+        "--category",
+        required=True,
+        help="simple | multiple | parallel | parallel_multiple | irrelevance "
+        "| live_*; several comma-separated (the model loaded once)",
+    )
     bfcl_run.add_argument("--data", type=Path,
                           help="folder in BFCL's layout (default: the bfcl-eval package's data)")  # fmt: skip
     bfcl_run.add_argument("-n", type=int, help="only the first N entries")

@@ -274,11 +274,12 @@ def test_fp32_adapters_over_bf16_weights_compute_in_bf16(monkeypatch):
     def error(a, b):
         return float((a - b).norm() / b.norm())
 
-    # here ~2% for the logits and up to ~9% for a gradient, either rule (x1.1 on the
-    # adapters' scaling: 19% and 74%)
-    assert error(ours[0], full[0]) < min(0.05, 1.5 * error(pefts[0], full[0]))
+    # here ~2% for the logits and up to ~9% for a gradient, either rule, ours at most 1.25x
+    # peft's for any one tensor (x1.1 on the adapters' scaling: 19% and 74%); the bounds leave
+    # room for another CPU's rounding
+    assert error(ours[0], full[0]) < min(0.05, 2 * error(pefts[0], full[0]) + 0.005)
     for name, grad in full[1].items():
-        assert error(ours[1][name], grad) < min(0.2, 1.5 * error(pefts[1][name], grad)), name
+        assert error(ours[1][name], grad) < min(0.2, 2 * error(pefts[1][name], grad) + 0.02), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -77,18 +77,22 @@ def norm(module: Any, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
-def compile_pointwise(dtype: torch.dtype = torch.float32) -> str | None:
+def compile_pointwise(
+    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> str | None:
     """Compile the three functions for this process (`rms_norm`, `rotate` and `silu_gate` use
     them from then on where gradients are recorded); returns None, or why they stay eager. Each
-    is tried forward and backward on a small input of `dtype` (the model's) first, so that a
-    missing compiler shows here, not mid-training."""
+    is tried forward and backward on a small input of the model's `dtype` and `device` first
+    (CPU and CUDA compile through different backends), so that a missing compiler shows here,
+    not mid-training."""
     if COMPILED:
         return None
     try:
         compiled = {name: torch.compile(f, dynamic=True) for name, f in EAGER.items()}
-        x = torch.randn(2, 3, 6, 8, dtype=dtype, requires_grad=True)
-        cos, sin = torch.randn(2, 1, 6, 8, dtype=dtype), torch.randn(2, 1, 6, 8, dtype=dtype)
-        rows = compiled["rms_norm"](x.reshape(-1, 8), torch.ones(8, dtype=dtype), 1e-6)
+        like = dict(dtype=dtype, device=device)
+        x = torch.randn(2, 3, 6, 8, requires_grad=True, **like)
+        cos, sin = torch.randn(2, 1, 6, 8, **like), torch.randn(2, 1, 6, 8, **like)
+        rows = compiled["rms_norm"](x.reshape(-1, 8), torch.ones(8, **like), 1e-6)
         out = rows.view(x.shape) + compiled["rotate"](x, cos, sin)
         compiled["silu_gate"](out.reshape(-1, 8), rows).sum().backward()
     except Exception as exc:  # noqa: BLE001 (any failure of the compiler stack: stay eager)

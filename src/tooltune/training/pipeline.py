@@ -347,7 +347,7 @@ class AgentTrainingPipeline:
         if not self.settings.torch_compile or self.settings.model == "builtin":
             return
         if not pointwise.COMPILED and not self.compile_failed:
-            why = pointwise.compile_pointwise(policy.compute_dtype)
+            why = pointwise.compile_pointwise(policy.compute_dtype, policy.device)
             self.log("[model] element-wise parts (norms, rotary, SiLU gate) compiled by "
                      "torch.compile" if why is None else "[model] element-wise parts stay "
                      f"eager: torch.compile failed ({why})")  # fmt: skip
