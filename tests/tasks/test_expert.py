@@ -1,3 +1,4 @@
+import re
 import shutil
 import sqlite3
 
@@ -113,6 +114,24 @@ def test_every_expert_turn_opens_with_a_thought(env):
     answers = [t.steps[-1].action for t in trajectories if t.tool_calls]
     assert answers and all(a.thinking and not a.tool_calls for a in answers)
     assert all(s.action.thinking for t in trajectories for s in t.steps)
+
+
+def test_expert_writes_whole_numbers_in_plain_digits(env):
+    """Answers and thoughts carry numbers as SQL and the calculator give them: a small model
+    copies digits but cannot place thousands separators it has to insert ("80,849,1" for
+    808491). Grouped figures appear only where the question or a tool's text wrote them."""
+    tasks = sample_tasks("train", 150, seed=5, world=env.world)
+    _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, batch_size=100)
+    large = 0
+    for task, traj in zip(tasks, trajectories, strict=True):
+        given = task.prompt + " ".join(s.observation or "" for s in traj.steps)
+        for step in traj.steps:
+            for text in (step.action.thinking, step.action.content):
+                for grouped in re.findall(r"\d{1,3}(?:,\d{3})+(?![\d])", text or ""):
+                    assert grouped in given, (grouped, text)
+        answer = traj.final_answer or ""
+        large += bool(re.search(r"(?<![\d,.])\d{5,}", answer))
+    assert large >= 10  # the sample has large numbers to write
 
 
 def test_expert_compares_with_the_calculator(env):

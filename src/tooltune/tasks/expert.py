@@ -39,7 +39,7 @@ from tooltune.tasks.reading import (
     note,
     to_number,
 )
-from tooltune.tasks.templates.plan import expand_slots, fmt_value, plain_number
+from tooltune.tasks.templates.plan import expand_slots, plain_number, written
 from tooltune.tasks.templates.wording import MONTHS, long_date
 from tooltune.types import AgentAction, ToolCall
 
@@ -241,13 +241,13 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
             break
         flight = flights[0]
         if attempt == 0:
-            think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${fmt_value(flight['price'])}). Book it."
+            think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${written(flight['price'])}). Book it."
             if criterion == "earliest":  # the list comes cheapest first: compare the times said
                 listed = found.value.get("flights", []) if isinstance(found.value, dict) else []
                 times = ", ".join(f"{f['id']} {f['departure']}" for f in listed)
                 think = f"Departures: {times}. {think}"
         else:
-            think = f"The next {criterion} is {flight['id']} ({flight['departure']}, ${fmt_value(flight['price'])}); book it instead."
+            think = f"The next {criterion} is {flight['id']} ({flight['departure']}, ${written(flight['price'])}); book it instead."
         book = {
             "name": "book_flight",
             "arguments": {"flight_id": flight["id"], "passenger": passenger},

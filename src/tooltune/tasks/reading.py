@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from tooltune.tasks.checkers import normalize_text
-from tooltune.tasks.templates.plan import expand_slots, fmt_value
+from tooltune.tasks.templates.plan import expand_slots, fmt_value, written
 
 NUMERIC_FIELDS = {"Revenue", "Age", "Net worth", "Population", "Area", "Founded", "Employees",
                   "Approved budget", "Elevation"}  # fmt: skip
@@ -141,7 +141,7 @@ def note(spec: dict, call: dict, result: Any, value: Any, values: dict, several:
     where = call.get("arguments", {}).get("path", "")
     if kind == "csv":  # the cell as the file writes it
         rows = [r for r in _csv_rows(result) if r.get(spec["key_col"]) == spec["key"]]
-        cell = rows[0][spec["col"]] if rows else fmt_value(value)
+        cell = rows[0][spec["col"]] if rows else written(value)
         return f"{where}: {spec['key']}, {spec['col']} {cell}."
     if kind == "shapes":
         color, shape = spec.get("color"), spec.get("shape")
