@@ -2,7 +2,7 @@ import pytest
 
 from tooltune.config import TaskTier
 from tooltune.environment import Environment
-from tooltune.evaluation import compute_metrics, evaluate, format_metrics
+from tooltune.evaluation import compute_metrics, evaluate, format_metrics, why_failed
 from tooltune.rollout import ScriptedPolicy
 from tooltune.tasks import Task, sample_tasks
 from tooltune.tasks.expert import ExpertPolicy
@@ -92,6 +92,37 @@ def test_every_call_on_a_no_tool_task_is_unnecessary():
     assert m["accuracy"]["no_tool"] == 0.5 and m["counts"]["no_tool"] == 2
     assert compute_metrics([no_tool], [called])["unnecessary_call_rate"] == 1.0
     assert "| No tool needed | 50.0% | 2 |" in format_metrics(m)
+
+
+def test_failed_tasks_are_counted_by_why_they_failed():
+    answer = AgentStep(AgentAction("respond", "2"))
+    two, none = _task(TaskTier.MULTI_TOOL_SEQ, 2), _task(TaskTier.NO_TOOL, 0)
+    cases = [
+        (two, [_step(["x"]), _step(["x"]), answer], True, None),
+        (two, [answer], False, "no_call"),
+        (two, [_step(["x"]), answer], False, "too_few_calls"),
+        (two, [_step(["x", "x"], [True, False]), answer], False, "too_few_calls"),
+        (two, [_step(["x", "x"]), answer], False, "wrong_answer"),
+        (none, [_step(["x"]), answer], False, "needless_call"),
+        (none, [answer], False, "wrong_answer"),
+        (_task(TaskTier.SIMPLE, 1), [_step(["x"])], False, "no_answer"),
+    ]
+    trajectories = []
+    for task, steps, success, why in cases:
+        traj = AgentTrajectory("q", task.tier, steps, "2", success=success)
+        if steps[-1] is not answer:
+            traj.metadata["stop_reason"] = "max_turns"
+        assert why_failed(task, traj) == why, (steps, why)
+        trajectories.append(traj)
+    unknown = _task(TaskTier.SIMPLE, 0)
+    unknown.minimal_calls = None  # a user task without a known solution
+    assert why_failed(unknown, AgentTrajectory("q", "simple", [answer], "2")) == "unknown"
+    failures = compute_metrics([c[0] for c in cases], trajectories)["failures"]
+    assert failures == {"no_answer": 1, "no_call": 1, "needless_call": 1, "too_few_calls": 2,
+                        "wrong_answer": 2}  # fmt: skip
+    assert "| Fewer successful calls than the task needs | 2 |" in format_metrics(
+        compute_metrics([c[0] for c in cases], trajectories)
+    )
 
 
 def test_planted_failures_are_told_apart():

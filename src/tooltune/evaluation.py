@@ -13,6 +13,7 @@ reward). The efficiency table is computed from the trajectories:
     by_shape                accuracy on tasks of templates training also draws from ("seen")
                             and of templates only the test split has ("new"), when the tasks
                             say which (`metadata["new_shape"]`, the built-in world's do)
+    failures                failed tasks counted by why they failed (`FAILURES`, `why_failed`)
 
 The complex tier plants failures on purpose (a sold-out flight, a moved file, a query for an
 old schema): the task's `metadata["planted_failures"]` lists those calls, and a failed call that
@@ -80,6 +81,35 @@ def planted_failures(task: Any, trajectory: AgentTrajectory) -> int:
     return count
 
 
+FAILURES = {
+    "no_answer": "Stopped without an answer (turn or length limit)",
+    "no_call": "No call, where the task needs one",
+    "needless_call": "Calls, where the task needs none",
+    "too_few_calls": "Fewer successful calls than the task needs",
+    "wrong_answer": "The calls the task needs ran; wrong answer",
+    "unknown": "Failed (the task's minimal solution is unknown)",
+}
+
+
+def why_failed(task: Any, trajectory: AgentTrajectory) -> str | None:
+    """Why an episode failed, as a key of `FAILURES` (None: it succeeded). Judged against the
+    task's minimal solution: a model that never calls, stops early, or misreads what its calls
+    returned needs different data, and the accuracy alone does not say which."""
+    if trajectory.success:
+        return None
+    if trajectory.metadata.get("stop_reason", "answer") != "answer":
+        return "no_answer"
+    minimal = task.minimal_calls
+    if minimal is None:
+        return "unknown"
+    if not minimal:
+        return "needless_call" if trajectory.tool_calls else "wrong_answer"
+    if not trajectory.tool_calls:
+        return "no_call"
+    succeeded = sum(r.success for r in trajectory.tool_responses)
+    return "too_few_calls" if succeeded < len(minimal) else "wrong_answer"
+
+
 def task_groups(tasks: list) -> list[str]:
     """The groups to report: the built-in world's four tiers when every task has one (so its
     tables keep all four rows), else each group the tasks carry, in order of appearance."""
@@ -103,7 +133,9 @@ def compute_metrics(
         0  # judged: calls of tasks with a known minimum
     )
     par_total = par_done = 0
+    failures: Counter = Counter()
     for task, traj in zip(tasks, trajectories, strict=True):
+        failures[why_failed(task, traj)] += 1
         tier = str(task.tier)
         counts[tier] += 1
         correct[tier] += bool(traj.success)
@@ -145,6 +177,7 @@ def compute_metrics(
         "parallel_call_rate": par_done / par_total if par_total else None,
         "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
         **({"by_shape": _rates(by_shape, ("seen", "new"))} if by_shape else {}),
+        "failures": {k: failures[k] for k in FAILURES if failures[k]},
     }
 
 
@@ -253,4 +286,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         )
     lines.append(f"| Unnecessary Tool Calls | {pct(metrics['unnecessary_call_rate'])} |")
     lines.append(f"| Parallel Calls (Multi-Tool Par) | {pct(metrics['parallel_call_rate'])} |")
+    if metrics.get("failures"):
+        lines += ["", "| Failed tasks | n |", "|---|---|"]
+        lines += [f"| {FAILURES[k]} | {n} |" for k, n in metrics["failures"].items()]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from tooltune.config import AgentConfig
 from tooltune.training.pipeline import PipelineSettings
-from tooltune.training.report import accuracy_table, summarise, write_report
+from tooltune.training.report import accuracy_table, failures_table, summarise, write_report
 
 TIER_ROWS = ["Simple", "Multi-Tool Seq", "Multi-Tool Par", "Complex", "No tool needed"]
 
@@ -51,3 +51,21 @@ def test_seen_and_new_task_shapes_get_a_row_each():
         ["All tiers: task shapes seen in training", "-", "80%", "-"],
         ["All tiers: new task shapes (templates only in test)", "-", "10%", "-"],
     ]
+
+
+def test_failed_tasks_get_a_table_by_why_they_failed(tmp_path):
+    before, after = _stage(0.0), _stage(0.5)
+    before["failures"] = {"no_call": 14, "wrong_answer": 2}
+    after["failures"] = {"too_few_calls": 3, "wrong_answer": 5}
+    metrics = {"before": before, "after_sft": after}
+    rows = failures_table(summarise(metrics, 20))
+    assert rows[0] == ["Failed test tasks", "Before Training", "After SFT"]
+    assert rows[1:] == [
+        ["No call, where the task needs one", "14", "0"],
+        ["Fewer successful calls than the task needs", "0", "3"],
+        ["The calls the task needs ran; wrong answer", "2", "5"],
+        ["All failed", "16", "8"],
+    ]
+    write_report(tmp_path, metrics, {}, PipelineSettings(), AgentConfig(), 20, 60.0)
+    assert "## Why test tasks failed" in (tmp_path / "report.md").read_text()
+    assert failures_table(summarise({"before": _stage(0.0)}, 20)) == []  # older metrics: none

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
+from tooltune.evaluation import FAILURES
 from tooltune.training.report_plots import (
     Figure,
     data_uri,
@@ -47,6 +48,8 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
             row["heldout_tools"] = m["heldout_tools"]
         if "by_shape" in m:
             row["by_shape"] = m["by_shape"]
+        if "failures" in m:
+            row["failures"] = m["failures"]
         out[stage] = row
     if metrics.get("reward_model"):  # scalars only: the split's task ids stay in state.json
         lists = ("tasks", "train_loss", "val_loss")
@@ -105,6 +108,19 @@ def efficiency_table(summary: dict[str, Any]) -> list[list[str]]:
             rows.append([label, *(fmt.format(summary[s][key]) for s in stages),
                          *([target] if builtin else [])])  # fmt: skip
     return rows
+
+
+def failures_table(summary: dict[str, Any]) -> list[list[str]]:
+    """Failed test tasks per stage, by why they failed (`evaluation.why_failed`); no rows for
+    runs whose metrics predate the count."""
+    stages = [s for s in STAGE_NAMES if "failures" in summary.get(s, {})]
+    rows = [["Failed test tasks", *(STAGE_NAMES[s] for s in stages)]]
+    for key, label in FAILURES.items():
+        if any(summary[s]["failures"].get(key) for s in stages):
+            rows.append([label, *(str(summary[s]["failures"].get(key, 0)) for s in stages)])
+    if len(rows) > 1:
+        rows.append(["All failed", *(str(sum(summary[s]["failures"].values())) for s in stages)])
+    return rows if len(rows) > 1 else []
 
 
 def _markdown(rows: list[list[str]]) -> str:
@@ -197,6 +213,8 @@ def write_report(
              f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
     reward_model = _reward_model_text(summary)
     sections = [("Tool use accuracy", acc, figures.get("accuracy")), ("Efficiency", eff, None)]
+    if failed := failures_table(summary):
+        sections.append(("Why test tasks failed", failed, None))
     footer = ("Configuration: `config.json`; per-step log: `metrics.jsonl`; sample episodes: "
               "`trajectories.jsonl`.")  # fmt: skip
 
