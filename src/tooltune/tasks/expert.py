@@ -240,14 +240,17 @@ def _book(step: dict, values: dict, plan: dict, today: date) -> Plan:
         if not flights:
             break
         flight = flights[0]
+        price = written(flight["price"])
         if attempt == 0:
-            think = f"The {criterion} is {flight['id']} ({flight['airline']}, {flight['departure']}, ${written(flight['price'])}). Book it."
+            think = (f"The {criterion} is {flight['id']} ({flight['airline']}, "
+                     f"{flight['departure']}, ${price}). Book it.")  # fmt: skip
             if criterion == "earliest":  # the list comes cheapest first: compare the times said
                 listed = found.value.get("flights", []) if isinstance(found.value, dict) else []
                 times = ", ".join(f"{f['id']} {f['departure']}" for f in listed)
                 think = f"Departures: {times}. {think}"
         else:
-            think = f"The next {criterion} is {flight['id']} ({flight['departure']}, ${written(flight['price'])}); book it instead."
+            think = (f"The next {criterion} is {flight['id']} ({flight['departure']}, ${price}); "
+                     "book it instead.")  # fmt: skip
         book = {
             "name": "book_flight",
             "arguments": {"flight_id": flight["id"], "passenger": passenger},
