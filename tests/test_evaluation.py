@@ -2,7 +2,13 @@ import pytest
 
 from tooltune.config import TaskTier
 from tooltune.environment import Environment
-from tooltune.evaluation import compute_metrics, evaluate, format_metrics, why_failed
+from tooltune.evaluation import (
+    compute_metrics,
+    evaluate,
+    format_metrics,
+    summary_line,
+    why_failed,
+)
 from tooltune.rollout import ScriptedPolicy
 from tooltune.tasks import Task, sample_tasks
 from tooltune.tasks.expert import ExpertPolicy
@@ -120,8 +126,13 @@ def test_failed_tasks_are_counted_by_why_they_failed():
     failures = compute_metrics([c[0] for c in cases], trajectories)["failures"]
     assert failures == {"no_answer": 1, "no_call": 1, "needless_call": 1, "too_few_calls": 2,
                         "wrong_answer": 2}  # fmt: skip
-    assert "| Fewer successful calls than the task needs | 2 |" in format_metrics(
-        compute_metrics([c[0] for c in cases], trajectories)
+    metrics = compute_metrics([c[0] for c in cases], trajectories)
+    assert "| Fewer successful calls than the task needs | 2 |" in format_metrics(metrics)
+    assert summary_line(metrics).endswith(
+        "; failed: no answer 1, no call 1, needless calls 1, too few calls 2, wrong answer 2"
+    )
+    assert summary_line(metrics).startswith(
+        "accuracy simple 0%, multi_tool_seq 20%, multi_tool_par -,"
     )
 
 

@@ -91,6 +91,11 @@ FAILURES = {
 }
 
 
+SHORT_FAILURES = {"no_answer": "no answer", "no_call": "no call", "needless_call": "needless calls",
+                  "too_few_calls": "too few calls", "wrong_answer": "wrong answer",
+                  "unknown": "unknown"}  # fmt: skip
+
+
 def why_failed(task: Any, trajectory: AgentTrajectory) -> str | None:
     """Why an episode failed, as a key of `FAILURES` (None: it succeeded). Judged against the
     task's minimal solution: a model that never calls, stops early, or misreads what its calls
@@ -262,6 +267,29 @@ def evaluate(
     the key "trajectories" (drop it before writing the metrics as JSON)."""
     metrics, trajectories = run_evaluation(policy, tasks, env, config, **kwargs)
     return {**metrics, "trajectories": trajectories}
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """The metrics in one line for a run's log: accuracy per group, on held-out tools and per
+    task shape where measured, the efficiency figures and why the failed tasks failed."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
+    acc = metrics["accuracy"]
+    parts = [f"{g} {pct(acc[g])}" for g in metrics["counts"]]
+    if "heldout_tools" in metrics:
+        parts.append(f"held-out tools {pct(metrics['heldout_tools']['accuracy'])}")
+    parts += [
+        f"{k} task shapes {pct(v['accuracy'])}" for k, v in metrics.get("by_shape", {}).items()
+    ]
+    line = (f"accuracy {', '.join(parts)}; failures {pct(metrics['tool_call_failure_rate'])}, "
+            f"unnecessary {pct(metrics['unnecessary_call_rate'])}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
+    if metrics.get("failures"):
+        line += "; failed: " + ", ".join(
+            f"{SHORT_FAILURES[k]} {n}" for k, n in metrics["failures"].items()
+        )
+    return line
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

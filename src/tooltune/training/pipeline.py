@@ -355,7 +355,7 @@ class AgentTrainingPipeline:
 
     # -- stage: evaluation -----------------------------------------------------------------------
     def _evaluate(self, stage: str) -> dict[str, Any]:
-        from tooltune.evaluation import evaluate
+        from tooltune.evaluation import evaluate, summary_line
 
         tasks, groups = self.test_tasks(), list(self.env.groups)
         if stage == "before" and self.settings.before_tasks_per_tier:
@@ -380,12 +380,7 @@ class AgentTrainingPipeline:
             metrics["heldout_tools"] = {"accuracy": other["accuracy"]["overall"],
                                         "n_tasks": other["n_tasks"]}  # fmt: skip
         self.run.log_metrics({"stage": stage, **_flat(metrics)})
-        acc = metrics["accuracy"]
-        self.log(f"[{stage}] accuracy " + ", ".join(f"{g} {_pct(acc[g])}" for g in groups)
-                 + (f", held-out tools {metrics['heldout_tools']['accuracy']:.0%}" if "heldout_tools" in metrics else "")
-                 + "".join(f", {k} task shapes {_pct(v['accuracy'])}" for k, v in metrics.get("by_shape", {}).items())
-                 + f"; failures {metrics['tool_call_failure_rate']:.0%}, "
-                 f"unnecessary {metrics['unnecessary_call_rate']:.0%}, steps {metrics['avg_steps']:.2f}")  # fmt: skip
+        self.log(f"[{stage}] {summary_line(metrics)}")
         return metrics
 
     def _save_samples(self, stage: str, trajectories: list[Any]) -> None:
@@ -588,10 +583,6 @@ def check_environment(env: Any, settings: PipelineSettings) -> None:
             "give the environment demonstrations= or expert=, or train a pretrained model "
             "(--model smollm2-135m or a Hugging Face model directory)"
         )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
