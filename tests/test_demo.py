@@ -205,7 +205,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
 
     config, settings = resolve("--model", "smollm2-135m")
     assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
-    assert config.max_trajectory_len == 2048 and settings.max_seq_len == 2048
+    assert config.max_trajectory_len == 3072 and settings.max_seq_len == 3072
     assert config.max_new_tokens >= 349  # the longest demonstrated turn (SmolLM2 tokens)
     assert config.micro_batch_tokens == 4096  # activations, not rows, set the memory
     config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=4096",
@@ -218,6 +218,47 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     config, settings = resolve()  # the built-in model keeps the preset
     assert settings.tool_style == "names" and config.max_trajectory_len == 1536
     assert config.grad_accum_steps == 1 and config.max_new_tokens == 48
+
+
+def test_the_default_demo_leaves_room_for_every_expert_solution(tmp_path):
+    """Every test and held-out-tools task of the default demo can be finished within its limits
+    the way the expert solves it, counted in SmolLM2's own tokens: the context before the
+    answer turn leaves that turn its `max_new_tokens`, and the whole episode fits the SFT row
+    length. (At 2,048 four test bookings that search again after a sold-out flight, in a list
+    cut short, could not be finished: no model could solve them.)"""
+    import dataclasses
+
+    transformers = pytest.importorskip("transformers")
+    from tooltune.cli import build_parser
+    from tooltune.environment import BuiltinWorld
+    from tooltune.evaluation import run_evaluation
+    from tooltune.policies.smollm2 import smollm2_gguf_path
+    from tooltune.tasks.expert import ExpertPolicy
+    from tooltune.training.demo import resolve_demo
+
+    try:
+        gguf = smollm2_gguf_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config, settings = resolve_demo(build_parser().parse_args(["demo"]))
+    roomy = dataclasses.replace(config, max_trajectory_len=100_000)
+    with BuiltinWorld(tmp_path / "world", seed=config.seed, config=roomy) as env:
+        tasks = env.sample_tasks("test", settings.eval_tasks_per_tier, seed=config.seed + 1,
+                                 per_group=True)  # fmt: skip
+        tasks += env.sample_tasks("heldout_tools", settings.heldout_tools_tasks,
+                                  seed=config.seed + 3)  # fmt: skip
+        _, trajectories = run_evaluation(ExpertPolicy(tasks), tasks, env, roomy, batch_size=100,
+                                         tool_style=settings.tool_style)  # fmt: skip
+    longest = 0
+    for task, trajectory in zip(tasks, trajectories, strict=True):
+        assert trajectory.success, task.id
+        text = trajectory.metadata["text"]
+        context = len(tokenizer(text[: text.rfind("<|im_start|>assistant")]).input_ids)
+        assert context + config.max_new_tokens <= config.max_trajectory_len, (task.id, context)
+        assert len(tokenizer(text).input_ids) <= settings.max_seq_len, task.id
+        longest = max(longest, context)
+    assert longest + 352 > 2048  # the test set has the long bookings this is about
 
 
 def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_preset():
