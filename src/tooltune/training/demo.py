@@ -93,7 +93,7 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
         # Room for every expert solution: a booking that searches again after a sold-out flight
         # in a list cut short needs up to ~2,330 SmolLM2 tokens before its answer turn, and
         # the answer turn its `max_new_tokens` (at 2,048, 4 of the 250 test tasks could not be
-        # finished, nor 1% of the demonstrations, which were left out).
+        # finished, and 1% of the demonstrations were cut short in SFT).
         for table, key in ((config_table, "max_trajectory_len"), (pipeline_table, "max_seq_len")):
             table[key] = max(int(table.get(key, 0)), 3072)
         # Memory follows the tokens of one forward and backward (the LM head runs on scored
