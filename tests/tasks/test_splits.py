@@ -4,7 +4,7 @@ import pytest
 
 from tooltune.config import TaskTier
 from tooltune.tasks import Task, format_task, load_tasks, sample_tasks, save_tasks
-from tooltune.tasks.splits import ALL_TEMPLATES, templates_for
+from tooltune.tasks.splits import templates_for
 from tooltune.tasks.templates.catalogue import TEMPLATES
 from tooltune.tools.catalogue import HELDOUT_TOOLS
 
@@ -71,9 +71,6 @@ def test_test_split_holds_out_entities_and_templates(world):
     assert heldout and not heldout & {t.metadata["template"] for t in train}
     assert heldout & {t.metadata["template"] for t in test}
     assert {t.id for t in templates_for("validation")} == {t.id for t in templates_for("train")}
-    train_only = {t.id for t in ALL_TEMPLATES if t.train_only}
-    assert train_only & {t.metadata["template"] for t in train}
-    assert not train_only & {t.id for t in templates_for("test")}
 
 
 def test_heldout_tools_split(world):

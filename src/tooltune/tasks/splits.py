@@ -3,9 +3,7 @@
 Entities (places, companies, people, products, orders, files, images, routes) are divided into
 pools of 60/20/20 when the world is built; each split draws its entities from its own pool, so
 the test set asks about companies and cities the training set never mentions. Some templates are
-held out as well: they appear only in test, so test also measures transfer to new task shapes;
-others (`train_only`) only in train and validation: variety for training that leaves the test
-mix as it was.
+held out as well: they appear only in test, so test also measures transfer to new task shapes.
 `heldout_tools` tasks need `geo_lookup` / `corp_registry`, tools never offered in training; that
 split has no no-tool tasks, and a mix of tiers drawn for it leaves that tier out.
 
@@ -68,7 +66,7 @@ def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
     if split == "heldout_tools":
         chosen = [t for t in ALL_TEMPLATES if t.heldout_tools]
     elif split == "test":
-        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.train_only]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools]
     else:
         chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.heldout]
     return [t for t in chosen if tier is None or t.tier == tier]
