@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tooltune.policies import pointwise
-from tooltune.policies.causal_attention import causal_attention
 from tooltune.policies.kv_cache import (
     CACHE_MEMORY,
     CachedPrefix,
@@ -240,16 +239,9 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     axis. There the fused kernel's backward is the slow part: SmolLM2-135M's heads, bf16, 2
     threads, forward and backward of 8 rows of 85 queries over 330 keys took 24.5 ms fused and
     15 ms eager, 2 rows of 128 causal 5.8 against 1.8 ms, while at 4 rows of 600 the fused
-    kernel is twice as fast (96 against 182 ms). Longer causal training passes in bf16/fp16 use
-    `causal_attention` where its softmax is compiled (the kernel's backward is slow: 91 against
-    61 ms for 4 rows of 770, ad-hoc); the rest, fp32 and dropout use the kernel."""
+    kernel is twice as fast (96 against 182 ms). The rest, fp32 and dropout use the kernel."""
     T, S = q.shape[2], k.shape[2]
-    half = q.dtype in (torch.bfloat16, torch.float16)
-    # a training pass whose softmax is compiled: the blocks (see the docstring)
-    blocks = "attention_probs" in pointwise.COMPILED and q.requires_grad and torch.is_grad_enabled()
-    if blocks and half and causal and dropout == 0 and T * S > EAGER_MAX_SCORES:
-        return causal_attention(q, k, v, scale)
-    if not half or dropout > 0 or T * S > EAGER_MAX_SCORES:
+    if q.dtype == torch.float32 or dropout > 0 or T * S > EAGER_MAX_SCORES:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout,
             enable_gqa=True,

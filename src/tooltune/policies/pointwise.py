@@ -1,6 +1,6 @@
-"""The element-wise parts of a Llama-family layer (RMSNorm, rotary embedding, SiLU gate, and the
-softmax of `causal_attention` with its backward) as plain functions, which `llama_forward` calls
-and `compile_pointwise` can compile (`pipeline.torch_compile`, on in the default preset).
+"""The element-wise parts of a Llama-family layer (RMSNorm, rotary embedding, SiLU gate) as
+plain functions, which `llama_forward` calls and `compile_pointwise` can compile (opt-in:
+`pipeline.torch_compile`).
 
 Eager, each is several passes over [tokens, width] tensors (RMSNorm: a cast to fp32, a square,
 a mean, a product, a cast back, a scale; more in the backward), while the products around them
@@ -10,8 +10,9 @@ into one loop forward and one backward, computing in fp32 and rounding once. The
 step (4 rows of 550-1,000 tokens, top 20 layers trained, bf16): 4.07 s compiled against 4.50 s
 eager (medians of 8 interleaved steps of 8 shapes; the same shape 6 times: 3.53 against 4.07 s),
 after ~15 s of compiling, once per process; the eager functions compute bit for bit what the
-modules compute. Compiling needs a C++ compiler at run time: where it fails, the functions
-stay eager and `compile_pointwise` says why.
+modules compute. Not the demo's default: ~5% of its time, against a dependency on a C++
+compiler at run time. Where compiling fails, the functions stay eager and
+`compile_pointwise` says why.
 """
 
 from __future__ import annotations
@@ -37,27 +38,7 @@ def _silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def _attention_probs(scores: torch.Tensor, scale: float, start: int):
-    """Causal softmax of a block of scores [..., g * n, start + n] (query row r is position
-    start + r % n) in fp32: the probabilities in the scores' dtype and each row's log-sum-exp."""
-    n = scores.shape[-1] - start
-    queries = torch.arange(scores.shape[-2], device=scores.device) % n + start
-    keys = torch.arange(scores.shape[-1], device=scores.device)
-    wide = torch.promote_types(scores.dtype, torch.float32)
-    h = (scores.to(wide) * scale).masked_fill(keys[None, :] > queries[:, None], float("-inf"))
-    lse = torch.logsumexp(h, dim=-1, keepdim=True)
-    return (h - lse).exp().to(scores.dtype), lse
-
-
-def _attention_grad(grad_probs: torch.Tensor, probs: torch.Tensor, delta: torch.Tensor,
-                    scale: float) -> torch.Tensor:  # fmt: skip
-    """The scores' gradient from the probabilities' (softmax's backward, with `delta` the
-    rows' dO . O) in fp32, rounded once."""
-    return ((grad_probs.to(delta.dtype) - delta) * probs.to(delta.dtype) * scale).to(probs.dtype)
-
-
-EAGER = {"rms_norm": _rms_norm, "rotate": _rotate, "silu_gate": _silu_gate,
-         "attention_probs": _attention_probs, "attention_grad": _attention_grad}  # fmt: skip
+EAGER = {"rms_norm": _rms_norm, "rotate": _rotate, "silu_gate": _silu_gate}
 # Set by `compile_pointwise`; used where gradients are recorded (training's forward, whose
 # backward is most of the saving). Without gradients (generation's prefills, reference
 # log-probs) the eager functions run: every new combination of size-1 dimensions, gradient
@@ -67,13 +48,6 @@ COMPILED: dict[str, Any] = {}
 
 def _pick(name: str) -> Any:
     return COMPILED.get(name, EAGER[name]) if torch.is_grad_enabled() else EAGER[name]
-
-
-def compiled(name: str) -> Any:
-    """The compiled function where there is one, else the eager one, whatever the gradient
-    mode (`causal_attention` calls it inside its own forward and backward, which autograd runs
-    without recording)."""
-    return COMPILED.get(name, EAGER[name])
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -121,8 +95,6 @@ def compile_pointwise(
         rows = compiled["rms_norm"](x.reshape(-1, 8), torch.ones(8, **like), 1e-6)
         out = rows.view(x.shape) + compiled["rotate"](x, cos, sin)
         compiled["silu_gate"](out.reshape(-1, 8), rows).sum().backward()
-        probs, lse = compiled["attention_probs"](torch.randn(2, 3, 6, 10, **like), 0.5, 4)
-        compiled["attention_grad"](torch.randn_like(probs), probs, lse, 0.5)
     except Exception as exc:  # noqa: BLE001 (any failure of the compiler stack: stay eager)
         message = str(exc).strip()
         return f"{type(exc).__name__}: {message.splitlines()[0][:200] if message else ''}"
