@@ -16,6 +16,7 @@ from tooltune.types import AgentAction, AgentStep, AgentTrajectory, ToolCall, To
 
 IDS = {t.id for t in NO_TOOL_TEMPLATES}
 HELDOUT = {t.id for t in NO_TOOL_TEMPLATES if t.heldout}
+TRAIN_ONLY = {t.id for t in NO_TOOL_TEMPLATES if t.train_only}
 
 
 def _names(world, pool):
@@ -37,8 +38,9 @@ def test_templates_are_varied_and_some_are_held_out():
         t.tier is TaskTier.NO_TOOL for t in NO_TOOL_TEMPLATES
     )
     assert HELDOUT and HELDOUT < IDS
-    assert {t.id for t in templates_for("train", TaskTier.NO_TOOL)} == IDS - HELDOUT
-    assert {t.id for t in templates_for("test", TaskTier.NO_TOOL)} == IDS
+    assert {t.id for t in templates_for("train", TaskTier.NO_TOOL)} == IDS - HELDOUT - TRAIN_ONLY
+    assert {t.id for t in templates_for("train", TaskTier.NO_TOOL, True)} == IDS - HELDOUT
+    assert {t.id for t in templates_for("test", TaskTier.NO_TOOL)} == IDS - TRAIN_ONLY
     assert templates_for("heldout_tools", TaskTier.NO_TOOL) == []
 
 
@@ -55,7 +57,7 @@ def test_tasks_of_each_split_offer_tools_and_expect_no_call(world, split):
         assert not any(name in task.prompt for name in other_pools), task.prompt
         assert Task.from_json(task.to_json()) == task
     templates = Counter(t.metadata["template"] for t in tasks)
-    assert set(templates) == (IDS if split == "test" else IDS - HELDOUT)
+    assert set(templates) == (IDS - TRAIN_ONLY if split == "test" else IDS - HELDOUT - TRAIN_ONLY)
     assert len({t.prompt for t in tasks}) == len(tasks)
     kinds = Counter(_refuses(t) for t in tasks)
     assert kinds[True] and kinds[False]  # questions to refuse and questions to answer

@@ -10,6 +10,7 @@ from tooltune.evaluation import run_evaluation
 from tooltune.rollout import SamplingParams
 from tooltune.tasks import sample_tasks
 from tooltune.tasks.expert import ExpertPolicy, next_turn, parse_results
+from tooltune.tasks.splits import ALL_TEMPLATES
 
 
 def _check_run(tasks, env):
@@ -42,6 +43,15 @@ def test_expert_solves_other_splits(env, split):
     metrics = _check_run(tasks, env)
     assert metrics["accuracy"]["overall"] == 1.0
     assert metrics["unplanned_failure_rate"] == 0.0
+
+
+def test_expert_solves_the_training_only_variety(env):
+    """Templates that only training uses are checked like the rest (they never reach test)."""
+    train_only = {t.id for t in ALL_TEMPLATES if t.train_only}
+    tasks = [t for t in sample_tasks("train", 400, seed=2, world=env.world, compositions=True)
+             if t.metadata["template"] in train_only]  # fmt: skip
+    assert {t.metadata["template"] for t in tasks} == train_only
+    assert _check_run(tasks, env)["accuracy"]["overall"] == 1.0
 
 
 def test_expert_recovers_from_planted_failures(env):

@@ -2,9 +2,10 @@ from collections import Counter
 
 import pytest
 
-from tooltune.config import TaskTier
+from tooltune.config import AgentConfig, TaskTier
+from tooltune.environment import Environment
 from tooltune.tasks import Task, format_task, load_tasks, sample_tasks, save_tasks
-from tooltune.tasks.splits import templates_for
+from tooltune.tasks.splits import ALL_TEMPLATES, templates_for
 from tooltune.tasks.templates.catalogue import TEMPLATES
 from tooltune.tools.catalogue import HELDOUT_TOOLS
 
@@ -73,6 +74,20 @@ def test_test_split_holds_out_entities_and_templates(world):
     assert {t.id for t in templates_for("validation")} == {t.id for t in templates_for("train")}
 
 
+def test_training_only_templates_only_when_asked_for(world):
+    """`compositions` (the config's `composition_tasks`) adds the training-only templates to
+    train and validation; the test split is the same with it or without."""
+    train_only = {t.id for t in ALL_TEMPLATES if t.train_only}
+    assert train_only
+    templates = {t.metadata["template"] for t in sample_tasks("train", 300, seed=0, world=world)}
+    assert not train_only & templates
+    mixed = sample_tasks("train", 300, seed=0, world=world, compositions=True)
+    assert train_only <= {t.metadata["template"] for t in mixed}
+    test = sample_tasks("test", 100, seed=0, world=world)
+    assert sample_tasks("test", 100, seed=0, world=world, compositions=True) == test
+    assert not train_only & {t.id for t in templates_for("test", compositions=True)}
+
+
 def test_heldout_tools_split(world):
     tasks = sample_tasks("heldout_tools", 80, seed=0, world=world)
     new_tools = set(HELDOUT_TOOLS)
@@ -137,3 +152,15 @@ def test_planted_failures_are_marked_in_metadata(world):
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         sample_tasks("nope", 1)
+
+
+def test_config_turns_composition_tasks_on(world_dir):
+    """An environment's `composition_tasks` reaches its training tasks, not its test tasks."""
+    train_only = {t.id for t in ALL_TEMPLATES if t.train_only}
+    with Environment(world_dir, config=AgentConfig(composition_tasks=True)) as env:
+        train = env.sample_tasks("train", 200, seed=0)
+        test = env.sample_tasks("test", 5, seed=0, per_group=True)
+    assert train_only & {t.metadata["template"] for t in train}
+    with Environment(world_dir) as plain:
+        assert not train_only & {t.metadata["template"] for t in plain.sample_tasks("train", 200)}
+        assert test == plain.sample_tasks("test", 5, seed=0, per_group=True)

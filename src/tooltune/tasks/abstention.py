@@ -199,6 +199,18 @@ def t_iso_date(ctx: Ctx) -> Draft:
                            d.isoformat())  # fmt: skip
 
 
+def t_clock_time(ctx: Ctx) -> Draft:
+    """A 24-hour time rewritten on the 12-hour clock: the question holds the answer."""
+    r = ctx.rng
+    hour, minute = r.randrange(24), r.choice([0, 5, 10, 15, 20, 30, 40, 45, 50, 55])
+    answer = f"{hour % 12 or 12}:{minute:02d} {'AM' if hour < 12 else 'PM'}"
+    prompt = r.choice([f"Write {hour:02d}:{minute:02d} on the 12-hour clock, with AM or PM.",
+                       f"What is {hour:02d}:{minute:02d} in 12-hour time (AM/PM)?",
+                       f"Convert the 24-hour time {hour:02d}:{minute:02d} to 12-hour form with AM or PM."])  # fmt: skip
+    families = ctx.choice([["flights"], ["python"], ["math"], ["files"]])
+    return answer_directly(prompt, families, answer, text_check(answer), answer)
+
+
 N = TaskTier.NO_TOOL
 NO_TOOL_TEMPLATES: list[Template] = [
     Template("no_tool_weather", N, t_weather),
@@ -209,4 +221,5 @@ NO_TOOL_TEMPLATES: list[Template] = [
     Template("no_tool_larger", N, t_larger),
     Template("no_tool_quoted_fact", N, t_quoted_fact),
     Template("no_tool_iso_date", N, t_iso_date, heldout=True),
+    Template("no_tool_clock_time", N, t_clock_time, train_only=True),
 ]

@@ -3,7 +3,9 @@
 Entities (places, companies, people, products, orders, files, images, routes) are divided into
 pools of 60/20/20 when the world is built; each split draws its entities from its own pool, so
 the test set asks about companies and cities the training set never mentions. Some templates are
-held out as well: they appear only in test, so test also measures transfer to new task shapes.
+held out as well: they appear only in test, so test also measures transfer to new task shapes;
+others (`train_only`) only in train and validation, and only when asked for
+(`composition_tasks`): variety for training that leaves the test mix as it was.
 `heldout_tools` tasks need `geo_lookup` / `corp_registry`, tools never offered in training; that
 split has no no-tool tasks, and a mix of tiers drawn for it leaves that tier out.
 
@@ -30,7 +32,7 @@ from tooltune.tasks.world_data import World
 from tooltune.tools.catalogue import BUILTIN_FAMILIES, FAMILIES
 
 SPLITS = ("train", "validation", "test", "heldout_tools")
-CONFIG_SCHEMA_SPLITS = ("train", "validation")  # where the config's schema_task_share applies
+CONFIG_SPLITS = ("train", "validation")  # where the config's task settings apply
 POOL_OF_SPLIT = {
     "train": "train",
     "validation": "validation",
@@ -59,16 +61,20 @@ def get_world(world: World | str | Path | None = None, seed: int = 0) -> World:
     return ensure_world(world)
 
 
-def templates_for(split: str, tier: TaskTier | None = None) -> list[Template]:
-    """Templates a split may use: train/validation never see held-out templates or tools."""
+def templates_for(
+    split: str, tier: TaskTier | None = None, compositions: bool = False
+) -> list[Template]:
+    """Templates a split may use: train/validation never see held-out templates or tools, and
+    see the training-only ones with `compositions`; test never sees those."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     if split == "heldout_tools":
         chosen = [t for t in ALL_TEMPLATES if t.heldout_tools]
     elif split == "test":
-        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.train_only]
     else:
-        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.heldout]
+        chosen = [t for t in ALL_TEMPLATES if not t.heldout_tools and not t.heldout
+                  and (compositions or not t.train_only)]  # fmt: skip
     return [t for t in chosen if tier is None or t.tier == tier]
 
 
@@ -129,6 +135,7 @@ def sample_tasks(
     world: World | str | Path | None = None,
     unique: bool = True,
     schema_share: float | None = None,
+    compositions: bool | None = None,
 ) -> list[Task]:
     """`n` tasks of `split`, tiers drawn by `tier_weights` (default `DEFAULT_TIER_WEIGHTS`),
     optionally only `tiers`. A weighted tier the split has no templates of is left out of the
@@ -138,12 +145,17 @@ def sample_tasks(
     `schema_share` of the simple, parallel and no-tool tasks are schema tasks (`schema_tasks`:
     random function schemas, checked by BFCL's rules); None reads `schema_task_share` from the config
     of the environment given as `world` for the training splits only (the test split stays the
-    same whatever a run trains on), else 0. At 0 the sample is what it always was."""
+    same whatever a run trains on), else 0. At 0 the sample is what it always was.
+    `compositions` adds the training-only templates to the train and validation splits; None
+    reads `composition_tasks` from that config, else False."""
     if n < 0:
         raise ValueError("n must be >= 0")
-    share = _schema_share(schema_share, world if split in CONFIG_SCHEMA_SPLITS else None)
+    share = _schema_share(schema_share, world if split in CONFIG_SPLITS else None)
     weights = _weights(tier_weights, tiers)
-    by_tier = {t: templates_for(split, t) for t in weights}  # checks the split name first
+    if compositions is None:
+        compositions = _config_of(world, "composition_tasks", False)
+    compositions = split in CONFIG_SPLITS and compositions
+    by_tier = {t: templates_for(split, t, compositions) for t in weights}  # checks the split name
     if tiers is None:
         weights = {t: w for t, w in weights.items() if by_tier[t]}
     tier_list, tier_w = list(weights), list(weights.values())
@@ -181,9 +193,14 @@ def sample_tasks(
     return tasks
 
 
+def _config_of(world: Any, name: str, default: Any) -> Any:
+    """A setting of the config of the environment given as `world` (a bare world has none)."""
+    return getattr(getattr(world, "config", None), name, default)
+
+
 def _schema_share(share: float | None, world: Any) -> float:
     if share is None:
-        share = getattr(getattr(world, "config", None), "schema_task_share", 0.0)
+        share = _config_of(world, "schema_task_share", 0.0)
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"schema_share must be in [0, 1], got {share!r}")
     return float(share)

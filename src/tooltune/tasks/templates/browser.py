@@ -75,3 +75,22 @@ def t_hq_mayor(ctx: Ctx) -> Draft:
     p = plan(f"{company['name']} is headquartered in <<hq>>, whose mayor is <<v>>.", *steps, *atlas)
     truth = {"hq": company["hq"], "v": place["mayor"]}
     return Draft(prompt, [source, "browser"], place["mayor"], text_check(place["mayor"]), p, truth)
+
+
+def t_home_city_atlas(ctx: Ctx) -> Draft:
+    """Training only: a lookup whose answer is the city to browse the atlas for, as `hq_mayor`
+    asks with another first hop and another field."""
+    person = ctx.person()
+    name, place = person["name"], ctx.world.place(person["city"])
+    fieldname = ctx.choice(["Elevation", "Landmark"])
+    source = ctx.choice(["search", "database"])
+    value = place["elevation_m"] if fieldname == "Elevation" else place["landmark"]
+    asked = "the elevation in metres" if fieldname == "Elevation" else "the best-known landmark"
+    prompt = ctx.choice([f"What is {asked} of the city where {name} lives? The Regional Atlas website ({ATLAS_START}) lists it.",
+                         f"Find {name}'s home city, then {asked} of it on the Regional Atlas site (start at {ATLAS_START})."])  # fmt: skip
+    steps = [step(f"Find where {name} lives, then browse the atlas.",
+                  lookup_op(source, "city", name, "city"))]  # fmt: skip
+    p = plan(f"{name} lives in <<city>>, whose {fieldname.lower()} is <<v>>.",
+             *steps, *_atlas_steps("<<city>>", fieldname, "v"))  # fmt: skip
+    check = num_check(value, 1e-9) if fieldname == "Elevation" else text_check(value)
+    return Draft(prompt, [source, "browser"], value, check, p, {"city": person["city"], "v": value})

@@ -40,6 +40,9 @@ class Template:
     make: Callable[[Ctx], Draft]
     heldout: bool = False  # only in the test split (templates never seen in training)
     heldout_tools: bool = False  # only in the heldout_tools split
+    # Only in train/validation: known parts in combinations the test split does not ask for,
+    # so a model learns the parts instead of memorising each whole (the test mix stays the same).
+    train_only: bool = False
 
 
 @dataclass

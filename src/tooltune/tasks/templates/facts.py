@@ -146,6 +146,13 @@ CHAINS = {
     ("hq", "area"): ["What is the area in km2 of the city that hosts {n}'s headquarters?"],
     ("ceo", "city"): ["In which city does the chief executive of {n} live?"],
     ("city", "population"): ["What is the population of the city where {n} lives?"],
+    # pairs only the training variety asks for (`t_chain_variety`)
+    ("hq", "place_founded"): ["In what year was the city where {n} has its headquarters founded?",
+                              "When was {n}'s headquarters city founded?"],
+    ("city", "area"): ["How large, in km2, is the city where {n} lives?",
+                       "What is the area in square kilometres of {n}'s home city?"],
+    ("city", "place_founded"): ["When was the home city of {n} founded?",
+                                "In what year was the city {n} lives in founded?"],
 }  # fmt: skip
 
 
@@ -373,3 +380,51 @@ def t_mixed_sources(ctx: Ctx) -> Draft:
     values = [place["population"], company["revenue_musd"]]
     return Draft(prompt, ["search", "database"], values, {"type": "numbers", "values": values, "rel_tol": 1e-4},
                  p, {"pop": values[0], "rev": values[1]}, parallel=2)  # fmt: skip
+
+
+# Training-only variety (`Template.train_only`): the catalogue's lookups in combinations it does
+# not ask for. None is the combination of a held-out template: (area, search), (hq, area) and
+# (city, population) stay new shapes, as does mixing two sources in one turn.
+FACT_VARIETY = [("employees", "search"), ("company_founded", "database"), ("city", "database"),
+                ("place_founded", "database")]  # fmt: skip
+CHAIN_VARIETY = [("ceo", "age", "database"), ("ceo", "city", "database"),
+                 ("hq", "place_founded", "search"), ("hq", "place_founded", "database"),
+                 ("city", "area", "search"), ("city", "area", "database"),
+                 ("city", "place_founded", "search"), ("city", "place_founded", "database")]  # fmt: skip
+# numeric facts each source can read, for two different facts about two entities in one turn
+PAIR_FACTS = {"search": ["population", "revenue", "net_worth", "age", "employees"],
+              "database": ["population", "area", "revenue", "employees", "net_worth", "age"]}  # fmt: skip
+UNITS = {"revenue": " (million USD)", "net_worth": " (million USD)", "area": " (km2)"}
+
+
+def t_fact_variety(ctx: Ctx) -> Draft:
+    fact, source = ctx.choice(FACT_VARIETY)
+    return make_fact([fact], source)(ctx)
+
+
+def t_chain_variety(ctx: Ctx) -> Draft:
+    first, second, source = ctx.choice(CHAIN_VARIETY)
+    return make_chain(first, second, source)(ctx)
+
+
+def t_two_facts(ctx: Ctx) -> Draft:
+    """Two different facts about two different entities, one source, both calls in one turn."""
+    source = ctx.choice(["search", "database"])
+    facts = ctx.rng.sample(PAIR_FACTS[source], 2)
+    names = [_entity_for(ctx, f) for f in facts]
+    if names[0] == names[1]:
+        raise LookupError("same entity")
+    values = [truth_of(ctx.world, f, n) for f, n in zip(facts, names, strict=True)]
+    asked = [
+        f"the {SEARCH_WORDS[f]} of {n}{UNITS.get(f, '')}" for f, n in zip(facts, names, strict=True)
+    ]
+    prompt = ctx.choice([f"What are {asked[0]} and {asked[1]}?",
+                         f"Tell me {asked[0]} and {asked[1]}.",
+                         f"Two questions: {asked[0]}, and {asked[1]}?"]) + source_hint(ctx.rng, source)  # fmt: skip
+    p = plan(
+        f"The {SEARCH_WORDS[facts[0]]} of {names[0]} is <<a>>; the {SEARCH_WORDS[facts[1]]} of {names[1]} is <<b>>.",
+        step("Two independent lookups in one turn.",
+             lookup_op(source, facts[0], names[0], "a"), lookup_op(source, facts[1], names[1], "b")),
+    )  # fmt: skip
+    return Draft(prompt, families_for(source), values, {"type": "numbers", "values": values, "rel_tol": 1e-4},
+                 p, {"a": values[0], "b": values[1]}, parallel=2)  # fmt: skip
