@@ -134,6 +134,20 @@ def test_a_run_resumes_whatever_it_reports_to(tmp_path):
         )
 
 
+def test_a_run_from_before_a_setting_resumes_and_a_changed_one_is_named(tmp_path):
+    """A setting the saved run does not name counts as its default (the run predates it); a
+    setting that differs is named in the error."""
+    from dataclasses import asdict
+
+    config, settings = AgentConfig(), PipelineSettings()
+    pipeline = AgentTrainingPipeline(None, config, settings, tmp_path / "run")
+    older = {k: v for k, v in config.to_dict().items() if k != "composition_tasks"}
+    pipeline._check_same_run({"config": older, "settings": asdict(settings)})
+    with pytest.raises(ConfigError, match=r"\(composition_tasks, pipeline.grpo_steps differ\)"):
+        pipeline._check_same_run({"config": {**older, "composition_tasks": True},
+                                  "settings": {**asdict(settings), "grpo_steps": 1}})  # fmt: skip
+
+
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])
 def test_a_missing_package_is_named_before_the_run_starts(tmp_path, monkeypatch, capsys, name):
     real = importlib.util.find_spec

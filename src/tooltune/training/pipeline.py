@@ -190,12 +190,17 @@ class AgentTrainingPipeline:
         return state["metrics"]
 
     def _check_same_run(self, state: dict[str, Any]) -> None:
-        same = {**asdict(self.settings), "report_to": None}  # where metrics go is no part of it
-        if state.get("config") != self.config.to_dict() or {
-            **state.get("settings", {}), "report_to": None} != same:  # fmt: skip
-            raise ConfigError(
-                f"{self.run.dir} holds a run with another configuration; use another --out or --fresh"
-            )
+        """A run resumes only with its own configuration. A setting the saved run does not
+        name (it predates the setting) counts as that setting's default."""
+        saved = {**type(self.config)().to_dict(), **state.get("config", {})}
+        saved_settings = {**asdict(PipelineSettings()), **state.get("settings", {})}
+        now = {**asdict(self.settings), "report_to": None}  # where metrics go is no part of it
+        differ = [k for k, v in self.config.to_dict().items() if saved.get(k) != v]
+        differ += [f"pipeline.{k}" for k, v in now.items()
+                   if k != "report_to" and saved_settings.get(k) != v]  # fmt: skip
+        if differ:
+            raise ConfigError(f"{self.run.dir} holds a run with another configuration "
+                              f"({', '.join(differ)} differ); use another --out or --fresh")  # fmt: skip
         if "environment" in state and state["environment"] != self.env.describe():
             raise ConfigError(f"{self.run.dir} holds a run in another environment "
                               f"({state['environment']}); use another --out or --fresh")  # fmt: skip
