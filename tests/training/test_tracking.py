@@ -146,6 +146,8 @@ def test_a_run_from_before_a_setting_resumes_and_a_changed_one_is_named(tmp_path
     with pytest.raises(ConfigError, match=r"\(composition_tasks, pipeline.grpo_steps differ\)"):
         pipeline._check_same_run({"config": {**older, "composition_tasks": True},
                                   "settings": {**asdict(settings), "grpo_steps": 1}})  # fmt: skip
+    with pytest.raises(ConfigError, match="no readable configuration"):
+        pipeline._check_same_run({"config": None, "settings": asdict(settings)})
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])

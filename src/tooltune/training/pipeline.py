@@ -192,8 +192,12 @@ class AgentTrainingPipeline:
     def _check_same_run(self, state: dict[str, Any]) -> None:
         """A run resumes only with its own configuration. A setting the saved run does not
         name (it predates the setting) counts as that setting's default."""
-        saved = {**type(self.config)().to_dict(), **state.get("config", {})}
-        saved_settings = {**asdict(PipelineSettings()), **state.get("settings", {})}
+        saved_config, saved_settings = state.get("config", {}), state.get("settings", {})
+        if not isinstance(saved_config, dict) or not isinstance(saved_settings, dict):
+            raise ConfigError(f"{self.run.dir}/state.json holds no readable configuration; "
+                              "use another --out or --fresh")  # fmt: skip
+        saved = {**type(self.config)().to_dict(), **saved_config}
+        saved_settings = {**asdict(PipelineSettings()), **saved_settings}
         now = {**asdict(self.settings), "report_to": None}  # where metrics go is no part of it
         differ = [k for k, v in self.config.to_dict().items() if saved.get(k) != v]
         differ += [f"pipeline.{k}" for k, v in now.items()
