@@ -249,6 +249,45 @@ def test_irrelevant_tasks_offer_nothing_that_helps_and_want_no_call(env):
     assert outcome == {"refuses": True, "answers anyway": False, "calls": False}
 
 
+def _think(task):
+    plan = task.metadata["plan"]
+    return plan["think"] if not plan.get("steps") else plan["steps"][0]["think"]
+
+
+def test_thoughts_name_the_request_before_the_decision():
+    """Calling and abstaining open alike, with what is asked; the call's name (or the refusal)
+    comes after it, and several calls of one function list the values that vary."""
+    rng = random.Random(3)
+    for tier in (TaskTier.SIMPLE, TaskTier.NO_TOOL):
+        for i in range(40):
+            task = make_schema_task(tier, "train", rng, f"t{i}")
+            asked, decision = _think(task).split(": ", 1)
+            function = next(
+                f for f in pool_of("train") if f"{f.verb} the {f.noun}" == asked.lower()
+            )
+            assert f"{function.verb} " in task.prompt.lower() and function.noun in task.prompt
+            if tier is TaskTier.NO_TOOL:
+                assert decision.startswith("no offered function does this")
+            else:
+                assert decision.startswith(task.minimal_calls[0]["name"] + " does this")
+    for i in range(200):
+        task = make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"p{i}")
+        calls = task.minimal_calls
+        assert f": {len(calls)} independent calls in one turn: " in _think(task)
+        names = {c["name"] for c in calls}
+        if len(names) == 1 and all(
+            set(c["arguments"]) == set(calls[0]["arguments"]) for c in calls
+        ):
+            varied = next(
+                k
+                for k in calls[0]["arguments"]
+                if any(c["arguments"][k] != calls[0]["arguments"][k] for c in calls)
+            )
+            values = [c["arguments"][varied] for c in calls]
+            if all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in values):
+                assert all(_written(v) in _think(task) for v in values), _think(task)
+
+
 def test_config_turns_schema_tasks_on(world_dir):
     with pytest.raises(ConfigError, match="schema_task_share"):
         AgentConfig(schema_task_share=2.0)

@@ -351,7 +351,7 @@ def _irrelevant_task(split: str, rng: random.Random, task_id: str, world_seed: i
     prompt = _sentence(request, rng)
     answer = (f"I cannot {wanted.verb} the {wanted.noun} with the tools I have: none of the "
               "offered functions does that.")  # fmt: skip
-    think = "No offered function does this, so I make no call."
+    think = f"{_capital(wanted.verb)} the {wanted.noun}: no offered function does this, so I make no call."
     return Task(
         id=task_id,
         prompt=prompt,
@@ -386,10 +386,7 @@ def _task(tier: TaskTier, split: str, task_id: str, world_seed: int, prompt: str
     ground_truth = [{f.name: c[1]} for f, c in calls]
     ops = [op({"name": f.name, "arguments": dict(c[0])}, x_key("id"), f"id{i}")
            for i, (f, c) in enumerate(calls)]  # fmt: skip
-    names = ", ".join(dict.fromkeys(f.name for f, _ in calls))
-    think = f"{names} does this; the question gives the arguments."
-    if len(calls) > 1:
-        think = f"{len(calls)} independent calls in one turn: {names}."
+    think = _think(calls)
     if len(calls) == 1:
         answer = f"Done: {calls[0][0].name} returned id <<id0>>."
     else:
@@ -420,6 +417,46 @@ def _task(tier: TaskTier, split: str, task_id: str, world_seed: int, prompt: str
             "bfcl_category": category,
         },
     )
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _think(calls: list[tuple]) -> str:
+    """The plan: what is asked first (in the question's words), then which call does it.
+
+    Naming the request before the decision lets the function name be copied next to the words
+    that match it, and gives calling and abstaining (`_irrelevant_task`) the same opening, so
+    the first token does not decide between one fixed refusal and many possible names."""
+    groups: dict[str, list[tuple]] = {}
+    for function, call in calls:
+        groups.setdefault(function.name, []).append((function, call))
+    asked = []
+    for group in groups.values():
+        function = group[0][0]
+        phrase = f"{function.verb} the {function.noun}"
+        if len(group) > 1:
+            phrase += " for " + _join(_varying_values(function, [c[0] for _, c in group]))
+        asked.append(phrase)
+    names = ", ".join(groups)
+    if len(calls) == 1:
+        return f"{_capital(asked[0])}: {names} does this; the question gives the arguments."
+    return f"{_capital(_join(asked))}: {len(calls)} independent calls in one turn: {names}."
+
+
+def _varying_values(function: SchemaFunction, arguments: list[dict]) -> list[str]:
+    """Each call's value of an argument whose value differs between the calls: the first one
+    every call states, a plain value before an object."""
+    differing = []
+    for param in function.params:
+        values = [a.get(param.name) for a in arguments]
+        if any(v != values[0] for v in values):
+            differing.append((None in values, bool(param.fields), param, values))
+    if not differing:
+        return [str(i + 1) for i in range(len(arguments))]
+    *_, param, values = min(differing, key=lambda d: d[:2])
+    return [_say(v, param, False) if v is not None else "the default" for v in values]
 
 
 def schema_tools(names: list[str], world_seed: int = 0) -> dict[str, ToolDefinition]:
