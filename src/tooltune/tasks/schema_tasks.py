@@ -351,7 +351,8 @@ def _irrelevant_task(split: str, rng: random.Random, task_id: str, world_seed: i
     prompt = _sentence(request, rng)
     answer = (f"I cannot {wanted.verb} the {wanted.noun} with the tools I have: none of the "
               "offered functions does that.")  # fmt: skip
-    think = f"{_capital(wanted.verb)} the {wanted.noun}: no offered function does this, so I make no call."
+    asked = _capital(f"{wanted.verb} the {wanted.noun}")
+    think = f"{asked}: no offered function does this, so I make no call."
     return Task(
         id=task_id,
         prompt=prompt,
