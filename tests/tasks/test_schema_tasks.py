@@ -258,18 +258,21 @@ def test_thoughts_name_the_request_before_the_decision():
     """Calling and abstaining open alike, with what is asked; the call's name (or the refusal)
     comes after it, and several calls of one function list the values that vary."""
     rng = random.Random(3)
+    by_name = {f.name: f for f in pool_of("train")}
     for tier in (TaskTier.SIMPLE, TaskTier.NO_TOOL):
         for i in range(40):
             task = make_schema_task(tier, "train", rng, f"t{i}")
             asked, decision = _think(task).split(": ", 1)
-            function = next(
-                f for f in pool_of("train") if f"{f.verb} the {f.noun}" == asked.lower()
-            )
-            assert f"{function.verb} " in task.prompt.lower() and function.noun in task.prompt
+            verb, noun = asked.lower().split(" the ", 1)
+            assert f"{verb} " in task.prompt.lower() and noun in task.prompt, task.prompt
             if tier is TaskTier.NO_TOOL:
                 assert decision.startswith("no offered function does this")
+                assert all(by_name[n].noun != noun for n in task.tools)
             else:
-                assert decision.startswith(task.minimal_calls[0]["name"] + " does this")
+                called = by_name[task.minimal_calls[0]["name"]]
+                assert (called.verb, called.noun) == (verb, noun)
+                assert decision.startswith(called.name + " does this")
+    checked = 0
     for i in range(200):
         task = make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"p{i}")
         calls = task.minimal_calls
@@ -286,6 +289,8 @@ def test_thoughts_name_the_request_before_the_decision():
             values = [c["arguments"][varied] for c in calls]
             if all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in values):
                 assert all(_written(v) in _think(task) for v in values), _think(task)
+                checked += 1
+    assert checked > 10
 
 
 def test_config_turns_schema_tasks_on(world_dir):

@@ -437,8 +437,9 @@ def _think(calls: list[tuple]) -> str:
     for group in groups.values():
         function = group[0][0]
         phrase = f"{function.verb} the {function.noun}"
-        if len(group) > 1:
-            phrase += " for " + _join(_varying_values(function, [c[0] for _, c in group]))
+        values = _varying_values(function, [c[0] for _, c in group]) if len(group) > 1 else []
+        if values:
+            phrase += " for " + _join(values)
         asked.append(phrase)
     names = ", ".join(groups)
     if len(calls) == 1:
@@ -447,15 +448,15 @@ def _think(calls: list[tuple]) -> str:
 
 
 def _varying_values(function: SchemaFunction, arguments: list[dict]) -> list[str]:
-    """Each call's value of an argument whose value differs between the calls: the first one
-    every call states, a plain value before an object."""
+    """Each call's value of an argument whose value differs between the calls (the first one
+    every call states, a plain value before an object); none when the calls are alike."""
     differing = []
     for param in function.params:
         values = [a.get(param.name) for a in arguments]
         if any(v != values[0] for v in values):
             differing.append((None in values, bool(param.fields), param, values))
     if not differing:
-        return [str(i + 1) for i in range(len(arguments))]
+        return []
     *_, param, values = min(differing, key=lambda d: d[:2])
     return [_say(v, param, False) if v is not None else "the default" for v in values]
 
