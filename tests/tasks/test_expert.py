@@ -161,7 +161,7 @@ def test_expert_compares_with_the_calculator(env):
 
 
 def test_turns_open_with_what_the_results_said(env):
-    """A row read from a file, a filtered shape count and the values of parallel lookups are
+    """A row read from a file, a shape count and the values of parallel lookups are
     restated before they are used, each with the file or entity it belongs to; a thought that
     already states the values gets no note."""
     tasks = sample_tasks("train", 400, seed=3, world=env.world)
@@ -181,12 +181,12 @@ def test_turns_open_with_what_the_results_said(env):
             assert thinks[1].startswith(
                 f"{paths[0]}: {product}, stock {a}. {paths[1]}: {product}, stock {b}. "
             ), thinks[1]
-        elif template == "shape_count":
-            assert thinks[1].startswith(f"{first[0].arguments['path']}: "), thinks[1]
-            said = thinks[1].split(". ")[
-                0
-            ]  # "PATH: 4 shapes" or "PATH: red circle, ... -> 2 circles"
-            assert said.split(": ", 1)[1].split("-> ")[-1].startswith(f"{task.answer} "), said
+        elif template == "shape_count":  # the call filters to what is asked; its count is said
+            args = first[0].arguments
+            asked = task.metadata["plan"]["steps"][0]["calls"][0]["extract"]
+            assert (args.get("color"), args.get("kind")) == (asked["color"], asked["shape"])
+            assert traj.steps[0].tool_responses[0].result["count"] == task.answer
+            assert thinks[1].startswith(f"{args['path']}: {task.answer} "), thinks[1]
         elif template == "sum":
             terms = traj.steps[1].action.tool_calls[0].arguments["expression"].split(" + ")
             said = thinks[1].split(". Add")[0]

@@ -216,6 +216,20 @@ def test_detect_shapes_tool(registry: ToolRegistry) -> None:
     ]
 
 
+def test_detect_shapes_filters_by_colour_and_kind(registry: ToolRegistry) -> None:
+    """With a filter the result lists only matching shapes and "count" is how many matched."""
+    red = run(registry, "detect_shapes", path="images/shapes.png", color="red")
+    assert red.result["count"] == 1 and red.result["shapes"][0]["kind"] == "circle"
+    none = run(registry, "detect_shapes", path="images/shapes.png", color="blue", kind="circle")
+    assert none.success and none.result["count"] == 0 and none.result["shapes"] == []
+    squares = run(registry, "detect_shapes", path="images/shapes.png", kind="square")
+    assert [s["color"] for s in squares.result["shapes"]] == ["blue"]
+    bad = run(registry, "detect_shapes", path="images/shapes.png", color="pink")
+    assert not bad.success and "red" in bad.error  # the error lists the colours it knows
+    schema = registry.get("detect_shapes").parameters["properties"]["color"]
+    assert set(schema["enum"]) == set(PALETTE)  # every colour the detector can name
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [

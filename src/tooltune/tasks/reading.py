@@ -135,7 +135,7 @@ _QUERY_NAME = re.compile(r"\bname\s*=\s*'([^']*)'", re.IGNORECASE)
 
 def note(spec: dict, call: dict, result: Any, value: Any, values: dict, several: bool) -> str:
     """What one call's result said, as the next turn opens with it; "" where there is nothing
-    worth saying. Rows of files and filtered shape counts always get a note (the value sits in a
+    worth saying. Rows of files and shape counts always get a note (the value sits in a
     long result); lookups only when `several` ran in one turn (which value belongs to whom)."""
     kind = spec["kind"]
     where = call.get("arguments", {}).get("path", "")
@@ -145,13 +145,8 @@ def note(spec: dict, call: dict, result: Any, value: Any, values: dict, several:
         return f"{where}: {spec['key']}, {spec['col']} {cell}."
     if kind == "shapes":
         color, shape = spec.get("color"), spec.get("shape")
-        shapes = result.get("shapes", []) if isinstance(result, dict) else []
-        if color is None and shape is None:
-            return f"{where}: {len(shapes)} shapes."
-        matches = [f"{s.get('color')} {s.get('kind')}" for s in shapes
-                   if color in (None, s.get("color")) and shape in (None, s.get("kind"))]  # fmt: skip
         what = " ".join(w for w in (color, f"{shape}s" if shape else "shapes") if w)
-        return f"{where}: {', '.join(matches) or 'none'} -> {len(matches)} {what}."
+        return f"{where}: {value} {what}."
     if not several:
         return ""
     if kind == "search":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
@@ -33,6 +33,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 20),
     "black": (20, 20, 20),
 }
+ShapeColor = Literal["red", "green", "blue", "yellow", "purple", "orange", "black"]
+ShapeKind = Literal["circle", "square", "triangle"]
 # Colours that may also appear as backgrounds; used when naming dominant colours.
 NAMED_COLORS: dict[str, tuple[int, int, int]] = {
     **PALETTE,
@@ -459,17 +461,26 @@ def make_image_tools(
         }
 
     @tool(name="detect_shapes")
-    def detect_shapes_tool(path: str) -> dict:
-        """Find the coloured circles, squares and triangles in an image.
+    def detect_shapes_tool(
+        path: str, color: ShapeColor | None = None, kind: ShapeKind | None = None
+    ) -> dict:
+        """Find the coloured circles, squares and triangles in an image, optionally only those
+        of one colour or kind; "count" is how many were found.
 
         Returns each shape's kind, colour, centre [x, y], bounding box [left, top, right, bottom]
         and area in pixels, ordered top to bottom, then left to right.
 
         Args:
             path: Image path relative to the sandbox.
+            color: Only shapes of this colour.
+            kind: Only shapes of this kind.
         """
         full = locate(path)
         load_image(full, max_pixels)  # the same checks as the other tools
-        return detect_shapes(full)
+        found = detect_shapes(full)
+        shapes = [
+            s for s in found["shapes"] if color in (None, s["color"]) and kind in (None, s["kind"])
+        ]
+        return {**found, "count": len(shapes), "shapes": shapes}
 
     return [image_info, image_crop, image_histogram, image_dominant_colors, detect_shapes_tool]

@@ -21,6 +21,13 @@ def _shape_question(ctx: Ctx, img: dict) -> tuple[str, str | None, str | None, i
     return f"{kind}s", None, kind, sum(s["kind"] == kind for s in shapes)
 
 
+def _detect(path: str, color: str | None, kind: str | None) -> dict:
+    """The detection call, filtered to what is asked: the result's "count" is then the answer,
+    read off one field rather than counted down a list."""
+    filters = {k: v for k, v in (("color", color), ("kind", kind)) if v is not None}
+    return call("detect_shapes", path=path, **filters)
+
+
 def t_shape_count(ctx: Ctx) -> Draft:
     img = ctx.item("images")
     what, color, kind, value = _shape_question(ctx, img)
@@ -29,8 +36,8 @@ def t_shape_count(ctx: Ctx) -> Draft:
     p = plan(
         f"{img['path']} shows <<v>> {what}.",
         step(
-            f"Detect the shapes in {img['path']}.",
-            op(call("detect_shapes", path=img["path"]), x_shapes(color, kind), "v"),
+            f"Detect the {what} in {img['path']}.",
+            op(_detect(img["path"], color, kind), x_shapes(color, kind), "v"),
         ),
     )
     return Draft(prompt, ["images"], value, num_check(value, 1e-9), p, {"v": value})
@@ -59,7 +66,7 @@ def t_image_report(ctx: Ctx) -> Draft:
                          f"Write the number of {what} in {img['path']} into the file {out}, then tell me the count."])  # fmt: skip
     p = plan(
         f"There are <<v>> {what}; I wrote it to {out}.",
-        step(f"Detect shapes in {img['path']}, then write the count.", op(call("detect_shapes", path=img["path"]), x_shapes(color, kind), "v")),
+        step(f"Detect the {what} in {img['path']}, then write the count.", op(_detect(img["path"], color, kind), x_shapes(color, kind), "v")),
         step(f"Save the count to {out}.", op(call("write_file", path=out, content="<<v:raw>>\n"), {"kind": "none"}, "_")),
     )  # fmt: skip
     check = {
