@@ -11,7 +11,6 @@ from tooltune.rollout import SamplingParams
 from tooltune.tasks import sample_tasks
 from tooltune.tasks.expert import ExpertPolicy, next_turn, parse_results
 from tooltune.tasks.splits import ALL_TEMPLATES
-from tooltune.tasks.world import load_world
 
 
 def _check_run(tasks, env):
@@ -216,22 +215,3 @@ def test_earliest_booking_says_every_departure_first(env):
         assert said == listed, think
         chosen = traj.steps[1].action.tool_calls[0].arguments["flight_id"]
         assert said[chosen] == min(said.values()), think
-
-
-def test_a_parallel_turn_names_what_each_call_is_for(world_dir):
-    """The thought before independent calls names each one's subject (entity, file, image or
-    expression), so the model's count of calls can follow the names it wrote."""
-    tasks = sample_tasks("train", 300, seed=5, world=load_world(world_dir),
-                         tiers=[TaskTier.MULTI_TOOL_PAR])  # fmt: skip
-    for task in tasks:
-        step = task.metadata["plan"]["steps"][0]
-        assert len(step["calls"]) >= 2, task.metadata["template"]
-        for planned in step["calls"]:
-            args = planned["call"]["arguments"]
-            quoted = re.search(r"name = '([^']+)'", args.get("query", ""))
-            if quoted or "query" not in args:
-                subjects = [quoted.group(1) if quoted else args.get("path") or args["expression"]]
-            else:  # a search: "<entity> <field of one or two words>"
-                words = args["query"].split()
-                subjects = [" ".join(words[:n]) for n in (len(words) - 1, len(words) - 2) if n]
-            assert any(s in step["think"] for s in subjects), (step["think"], args)

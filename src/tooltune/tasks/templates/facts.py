@@ -304,7 +304,7 @@ def t_compare(ctx: Ctx) -> Draft:
     prompt = ctx.choice([f"Which has the {word}: {listed}? Answer with the name only.",
                          f"Compare {listed}: which one has the {word}? Reply with just the name.",
                          f"Of {listed}, which has the {word}? Give only the name."])  # fmt: skip
-    think = f"Look up the {SEARCH_WORDS[fact]} of {listed}, all at once."
+    think = f"Look up the {SEARCH_WORDS[fact]} of each, all at once."
     return pick_one(prompt, source, fact, names, values, "argmax", think, SEARCH_WORDS[fact])
 
 
@@ -319,8 +319,7 @@ def t_older(ctx: Ctx) -> Draft:
     values = [e["founded"] for e in ents]
     prompt = ctx.choice([f"Which was founded first, {names[0]} or {names[1]}? Answer with the name only.",
                          f"Is {names[0]} or {names[1]} older? Reply with just the name."])  # fmt: skip
-    think = f"Look up the founding years of {names[0]} and {names[1]} at once."
-    what = "founding year"
+    think, what = "Look up both founding years at once.", "founding year"
     return pick_one(prompt, source, fact, names, values, "argmin", think, what)
 
 
@@ -342,7 +341,7 @@ def t_sum(ctx: Ctx) -> Draft:
     expr = " + ".join(f"<<v{i}:num>>" for i in range(n))
     p = plan(
         f"The {what} is <<total>>.",
-        step(f"Look up the {SEARCH_WORDS[fact]} of {listed} in parallel, then add.", *ops),
+        step(f"Look up each {SEARCH_WORDS[fact]} in parallel, then add.", *ops),
         step("Add them up.", op(call("calculate", expression=expr), x_numeric(), "total")),
     )
     truth = {**{f"v{i}": v for i, v in enumerate(values)}, "total": total}
@@ -361,7 +360,7 @@ def t_hq_pair(ctx: Ctx) -> Draft:
     p = plan(
         f"{names[0]} is headquartered in <<h0>> and {names[1]} in <<h1>>.",
         step(
-            f"Look up the headquarters of {names[0]} and {names[1]}: two lookups in one turn.",
+            "Two independent lookups in one turn.",
             *[lookup_op(source, "hq", nm, f"h{i}") for i, nm in enumerate(names)],
         ),
     )
@@ -375,7 +374,7 @@ def t_mixed_sources(ctx: Ctx) -> Draft:
                          f"Two facts: how many people live in {place['name']}, and what is {company['name']}'s revenue in million USD? Use search for the city and SQL for the company."])  # fmt: skip
     p = plan(
         f"{place['name']} has <<pop>> inhabitants; {company['name']} has a revenue of <<rev>> million USD.",
-        step(f"Search for the population of {place['name']} and query the revenue of {company['name']}, together.",
+        step("Both lookups are independent: search and SQL together.",
              lookup_op("search", "population", place["name"], "pop"), lookup_op("database", "revenue", company["name"], "rev")),
     )  # fmt: skip
     values = [place["population"], company["revenue_musd"]]
@@ -424,7 +423,7 @@ def t_two_facts(ctx: Ctx) -> Draft:
                          f"Two questions: {asked[0]}, and {asked[1]}?"]) + source_hint(ctx.rng, source)  # fmt: skip
     p = plan(
         f"The {SEARCH_WORDS[facts[0]]} of {names[0]} is <<a>>; the {SEARCH_WORDS[facts[1]]} of {names[1]} is <<b>>.",
-        step(f"Look up the {SEARCH_WORDS[facts[0]]} of {names[0]} and the {SEARCH_WORDS[facts[1]]} of {names[1]}: two lookups in one turn.",
+        step("Two independent lookups in one turn.",
              lookup_op(source, facts[0], names[0], "a"), lookup_op(source, facts[1], names[1], "b")),
     )  # fmt: skip
     return Draft(prompt, families_for(source), values, {"type": "numbers", "values": values, "rel_tol": 1e-4},

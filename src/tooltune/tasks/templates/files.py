@@ -133,7 +133,7 @@ def t_two_warehouses(ctx: Ctx) -> Draft:
                          f"Add the {product} stock of the {invs[0]['warehouse']} and {invs[1]['warehouse']} warehouses ({invs[0]['path']}, {invs[1]['path']})."])  # fmt: skip
     p = plan(
         f"{invs[0]['warehouse']}: <<s0>>, {invs[1]['warehouse']}: <<s1>>, total <<total>>.",
-        step(f"Read {invs[0]['path']} and {invs[1]['path']} at once, then add.", *[op(call("read_file", path=inv["path"]), x_csv("product", product, "stock"), f"s{i}") for i, inv in enumerate(invs)]),
+        step("Read both stock files at once, then add.", *[op(call("read_file", path=inv["path"]), x_csv("product", product, "stock"), f"s{i}") for i, inv in enumerate(invs)]),
         step("Add the two counts.", op(call("calculate", expression="<<s0:num>> + <<s1:num>>"), x_numeric(), "total")),
     )  # fmt: skip
     return Draft(prompt, ["files", "math"], total, num_check(total, 1e-9), p,

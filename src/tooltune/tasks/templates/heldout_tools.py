@@ -49,7 +49,7 @@ def t_reg_compare(ctx: Ctx) -> Draft:
     prompt = ctx.choice([f"Which city has more people, {names[0]} or {names[1]}? Answer with the name only.",
                          f"Is {names[0]} or {names[1]} more populous? Reply with just the name."])  # fmt: skip
     values = [p["population"] for p in places]
-    think = f"The populations of {names[0]} and {names[1]}, at once."
+    think = "Both populations at once."
     return pick_one(prompt, "registry", "population", names, values, "argmax", think, "population")
 
 

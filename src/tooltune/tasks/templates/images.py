@@ -51,7 +51,7 @@ def t_two_images(ctx: Ctx) -> Draft:
                          f"Count all shapes in {imgs[0]['path']} and in {imgs[1]['path']}; what is the total?"])  # fmt: skip
     p = plan(
         "<<c0>> + <<c1>> = <<total>> shapes.",
-        step(f"Detect the shapes in {imgs[0]['path']} and {imgs[1]['path']} at once, then add.", *[op(call("detect_shapes", path=img["path"]), x_shapes(), f"c{i}") for i, img in enumerate(imgs)]),
+        step("Detect shapes in both images at once, then add.", *[op(call("detect_shapes", path=img["path"]), x_shapes(), f"c{i}") for i, img in enumerate(imgs)]),
         step("Add the counts.", op(call("calculate", expression="<<c0:num>> + <<c1:num>>"), x_numeric(), "total")),
     )  # fmt: skip
     return Draft(prompt, ["images", "math"], total, num_check(total, 1e-9), p,

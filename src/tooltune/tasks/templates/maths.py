@@ -156,7 +156,7 @@ def t_two_calcs(ctx: Ctx) -> Draft:
     )
     p = plan(
         f"{a} * {b} = <<a>> and {c * d} / {d} = <<b>>.",
-        step(f"Calculate {e1} and {e2}: two calculations in one turn.",
+        step("Two independent calculations: run both now.",
              op(call("calculate", expression=e1), x_numeric(), "a"), op(call("calculate", expression=e2), x_numeric(), "b")),
     )  # fmt: skip
     return Draft(prompt, ["math"], [v1, v2], {"type": "numbers", "values": [v1, v2], "rel_tol": 1e-9},
