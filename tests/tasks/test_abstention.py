@@ -1,6 +1,5 @@
 """The no-tool tier: tasks whose offered tools cannot help, solved by making no call."""
 
-import re
 from collections import Counter
 
 import pytest
@@ -124,20 +123,3 @@ def test_a_policy_that_always_calls_fails_them(env):
     metrics, _ = run_evaluation(ScriptedPolicy([call, "I cannot answer this."]), tasks, env)
     assert metrics["accuracy"]["no_tool"] == 0.0
     assert metrics["unnecessary_call_rate"] == 1.0  # every call on a no-tool task is unnecessary
-
-
-def test_thoughts_name_the_request_before_the_decision(world):
-    """Each thought restates what is asked, in the question's own names and numbers, and only
-    then decides; the two decisions follow the two kinds of question."""
-    tasks = _no_tool("test", 120, seed=4, world=world)
-    openings = set()
-    for task in tasks:
-        think = task.metadata["plan"]["think"]
-        asked, decision = think.split(": ", 1)
-        decision_words = ("no offered tool", "the question itself")
-        assert not asked.lower().startswith(decision_words), think
-        assert decision.startswith(decision_words[0] if _refuses(task) else decision_words[1])
-        names = re.findall(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*|\d[\d:]*", asked[1:])
-        assert any(n in task.prompt for n in names), think  # the request, not a stock phrase
-        openings.add(asked.split()[0])
-    assert len(openings) >= 5  # the first word varies with the request

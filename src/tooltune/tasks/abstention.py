@@ -27,8 +27,12 @@ from tooltune.tasks.templates.facts import fact_check
 from tooltune.tasks.templates.plan import fmt_value
 from tooltune.tasks.templates.wording import MONTHS, long_date, money
 
-REFUSE_THINK = "no offered tool can help with this, so I make no call."
-ANSWER_THINK = "the question itself holds the answer, so I make no call."
+# Fixed sentences on purpose. The world's calling thoughts open with a few fixed words too
+# ("One lookup: ..."), and greedy decoding decides at the first one. Opening these with the
+# request restated instead (as the schema tasks' thoughts do) split "No" into many first words
+# that each lost to "One lookup": no-tool accuracy after SFT fell from 72% to 46% (2026-12-07).
+REFUSE_THINK = "No offered tool can help with this, so I make no call."
+ANSWER_THINK = "The question itself holds the answer, so I make no call."
 RELATED = {  # tool families that look relevant to a question about each kind of thing
     "company": [["database"], ["search"], ["database", "search"]],
     "person": [["database"], ["search"], ["search", "files"]],
@@ -36,28 +40,22 @@ RELATED = {  # tool families that look relevant to a question about each kind of
 }
 
 
-def refuse(
-    prompt: str, asked: str, families: list[str], reason: str, verb: str = "answer"
-) -> Draft:
-    """A question out of the offered tools' reach: no call, and say so. `asked` restates the
-    request ("find the weather in Oslo"); the thought opens with it (see `_plan`)."""
+def refuse(prompt: str, families: list[str], reason: str, verb: str = "answer") -> Draft:
+    """A question out of the offered tools' reach: no call, and say so."""
     answer = f"I cannot {verb} this with the tools I have: {reason}."
     check = {"type": "no_call", "check": {"type": "refusal"}}
-    return Draft(prompt, families, answer, check, _plan(asked, REFUSE_THINK, answer), truth={})
+    return Draft(prompt, families, answer, check, _plan(REFUSE_THINK, answer), truth={})
 
 
-def answer_directly(prompt: str, asked: str, families: list[str], value: object, check: dict,
+def answer_directly(prompt: str, families: list[str], value: object, check: dict,
                     answer: str) -> Draft:  # fmt: skip
     """A question whose answer is in the prompt: no call, and answer it."""
     check = {"type": "no_call", "check": check}
-    return Draft(prompt, families, value, check, _plan(asked, ANSWER_THINK, answer), truth={})
+    return Draft(prompt, families, value, check, _plan(ANSWER_THINK, answer), truth={})
 
 
-def _plan(asked: str, decision: str, answer: str) -> dict:
-    """The expert's plan: no step, one answering turn (see `expert.run_plan`). The thought
-    names the request before it decides, as the schema tasks' thoughts do: the decision is then
-    read off the restated request, not guessed at the thought's first word."""
-    think = f"{asked[0].upper()}{asked[1:]}: {decision}"
+def _plan(think: str, answer: str) -> dict:
+    """The expert's plan: no step, one answering turn (see `expert.run_plan`)."""
     return {"steps": [], "think": think, "answer": answer}
 
 
@@ -68,80 +66,74 @@ def _plan(asked: str, decision: str, answer: str) -> dict:
 
 def t_weather(ctx: Ctx) -> Draft:
     place = ctx.place()["name"]
-    prompt, asked = ctx.choice([
-        (f"What will the weather be like in {place} tomorrow?", f"forecast tomorrow's weather in {place}"),
-        (f"Will it rain in {place} this weekend?", f"forecast rain in {place} this weekend"),
-        (f"What is the temperature in {place} right now?", f"find the temperature in {place} now"),
-        (f"Should I pack an umbrella for a trip to {place} next week?", f"forecast next week's weather in {place}"),
-    ])  # fmt: skip
+    prompt = ctx.choice([f"What will the weather be like in {place} tomorrow?",
+                         f"Will it rain in {place} this weekend?",
+                         f"What is the temperature in {place} right now?",
+                         f"Should I pack an umbrella for a trip to {place} next week?"])  # fmt: skip
     reason = "none of them gives weather forecasts or current conditions"
-    return refuse(prompt, asked, ctx.choice(RELATED["place"]), reason)
+    return refuse(prompt, ctx.choice(RELATED["place"]), reason)
 
 
 def t_contact(ctx: Ctx) -> Draft:
     if ctx.rng.random() < 0.5:
         who = ctx.person()["name"]
-        prompt, asked = ctx.choice([(f"What is {who}'s phone number?", f"find {who}'s phone number"),
-                                    (f"Give me the e-mail address of {who}.", f"find {who}'s e-mail address"),
-                                    (f"How can I reach {who} by phone?", f"find {who}'s phone number")])  # fmt: skip
+        prompt = ctx.choice([f"What is {who}'s phone number?",
+                             f"Give me the e-mail address of {who}.",
+                             f"How can I reach {who} by phone?"])  # fmt: skip
         families = ctx.choice(RELATED["person"])
     else:
         company = ctx.company()
         name, ceo = company["name"], company["ceo"]
-        prompt, asked = ctx.choice([
-            (f"What is the phone number of {name}'s head office?", f"find the phone number of {name}"),
-            (f"What is the e-mail address of {ceo}, the chief executive of {name}?", f"find {ceo}'s e-mail address"),
-            (f"What is the address of {name}'s website?", f"find the website of {name}"),
-        ])  # fmt: skip
+        prompt = ctx.choice([f"What is the phone number of {name}'s head office?",
+                             f"What is the e-mail address of {ceo}, the chief executive of {name}?",
+                             f"What is the address of {name}'s website?"])  # fmt: skip
         families = ctx.choice(RELATED["company"])
     reason = "their records hold no phone numbers, e-mail or web addresses"
-    return refuse(prompt, asked, families, reason)
+    return refuse(prompt, families, reason)
 
 
 def t_opinion(ctx: Ctx) -> Draft:
     if ctx.rng.random() < 0.5:
         name = ctx.company()["name"]
-        prompt, asked = ctx.choice([(f"Is {name} a good company to work for?", f"judge {name} as an employer"),
-                                    (f"Should I buy shares in {name}?", f"advise on shares in {name}"),
-                                    (f"Do people like the products of {name}?", f"judge the products of {name}")])  # fmt: skip
+        prompt = ctx.choice([f"Is {name} a good company to work for?",
+                             f"Should I buy shares in {name}?",
+                             f"Do people like the products of {name}?"])  # fmt: skip
         families = ctx.choice(RELATED["company"])
     else:
         a, b = (p["name"] for p in ctx.places(2))
-        prompt, asked = ctx.choice([(f"Which city is nicer to live in, {a} or {b}?", f"judge whether {a} or {b} is nicer"),
-                                    (f"Is {a} worth a visit?", f"judge whether {a} is worth a visit"),
-                                    (f"Would you rather spend a holiday in {a} or in {b}?", f"choose between holidays in {a} and {b}")])  # fmt: skip
+        prompt = ctx.choice([f"Which city is nicer to live in, {a} or {b}?",
+                             f"Is {a} worth a visit?",
+                             f"Would you rather spend a holiday in {a} or in {b}?"])  # fmt: skip
         families = ctx.choice(RELATED["place"])
-    return refuse(prompt, asked, families, "they return facts, not opinions or advice")
+    return refuse(prompt, families, "they return facts, not opinions or advice")
 
 
 def t_forecast(ctx: Ctx) -> Draft:
     """The tools know today's figures, which makes the question about the future tempting."""
     company, place = ctx.company(), ctx.place()["name"]
     name, year = company["name"], ctx.rng.randrange(2030, 2051, 5)
-    prompt, asked, kind = ctx.choice([
-        (f"What will {name}'s revenue be in {year}?", f"forecast {name}'s revenue in {year}", "company"),
-        (f"Who will be the next chief executive of {name}?", f"predict the next chief executive of {name}", "company"),
-        (f"How many employees will {name} have in {year}?", f"forecast {name}'s employees in {year}", "company"),
-        (f"How many people will live in {place} in {year}?", f"forecast the population of {place} in {year}", "place"),
-    ])  # fmt: skip
+    prompt, kind = ctx.choice([(f"What will {name}'s revenue be in {year}?", "company"),
+                               (f"Who will be the next chief executive of {name}?", "company"),
+                               (f"How many employees will {name} have in {year}?", "company"),
+                               (f"How many people will live in {place} in {year}?", "place")])  # fmt: skip
     reason = "they hold today's figures, not forecasts"
-    return refuse(prompt, asked, ctx.choice(RELATED[kind]), reason)
+    return refuse(prompt, ctx.choice(RELATED[kind]), reason)
 
 
 def t_errand(ctx: Ctx) -> Draft:
     """Something to do that no offered tool does (the flight tools book flights, not hotels)."""
     person, place = ctx.person()["name"], ctx.place()["name"]
-    prompt, asked, families, reason = ctx.choice([
+    prompt, families, reason = ctx.choice([
         (f"Send an e-mail to {person} saying the meeting has moved to Friday.",
-         f"send an e-mail to {person}", ["files", "database"], "none of them sends e-mail"),
-        (f"Book a hotel room in {place} for two nights.", f"book a hotel room in {place}",
-         ["flights", "search"], "they book flights, not hotels"),
-        (f"Order a taxi to take me to the centre of {place}.", f"order a taxi in {place}",
-         ["flights", "browser"], "none of them orders taxis"),
-        (f"Set a reminder to call {person} tomorrow at nine.", f"set a reminder to call {person}",
-         ["files"], "none of them sets reminders"),
+         ["files", "database"], "none of them sends e-mail"),
+        (f"Book a hotel room in {place} for two nights.", ["flights", "search"],
+         "they book flights, not hotels"),
+        (f"Order a taxi to take me to the centre of {place}.", ["flights", "browser"],
+         "none of them orders taxis"),
+        (f"Set a reminder to call {person} tomorrow at nine.", ["files"],
+         "none of them sets reminders"),
     ])  # fmt: skip
-    return refuse(prompt, asked, families, reason, verb="do")
+    return refuse(prompt, families, reason, verb="do")
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,8 +156,8 @@ def t_larger(ctx: Ctx) -> Draft:
                        f"Which number is {word}: {a} or {b}? Answer with the number only.",
                        f"Of {a} and {b}, which one is {word}? Give only the number."])  # fmt: skip
     check = {"type": "choice", "value": str(best), "options": [str(a), str(b)]}
-    return answer_directly(prompt, f"pick the {word} of {a} and {b}",
-                           ctx.choice([["math"], ["python"], ["math", "python"]]), best, check, str(best))  # fmt: skip
+    return answer_directly(prompt, ctx.choice([["math"], ["python"], ["math", "python"]]),
+                           best, check, str(best))  # fmt: skip
 
 
 def t_quoted_fact(ctx: Ctx) -> Draft:
@@ -195,23 +187,20 @@ def t_quoted_fact(ctx: Ctx) -> Draft:
                          f'From this morning\'s report: "{note}" Based on it, {question}',
                          f'"{note}" Going by that sentence, {question}'])  # fmt: skip
     shown = money(value) if fact == "revenue" else fmt_value(value)
-    whose = {"revenue": f"{c}'s revenue", "hq": f"{c}'s headquarters",
-             "employees": f"{c}'s employees", "age": f"{p}'s age", "city": f"{p}'s city",
-             "place_founded": f"{pl}'s founding year"}[fact]  # fmt: skip
-    return answer_directly(prompt, f"read {whose} from the quoted text", ctx.choice(RELATED[kind]),
-                           value, fact_check(fact, value), answer.replace("<v>", shown))  # fmt: skip
+    return answer_directly(prompt, ctx.choice(RELATED[kind]), value, fact_check(fact, value),
+                           answer.replace("<v>", shown))  # fmt: skip
 
 
 def t_iso_date(ctx: Ctx) -> Draft:
     r = ctx.rng
     d = date(r.randrange(2023, 2029), r.randrange(1, 13), r.randrange(1, 29))
     month = MONTHS[d.month - 1]
-    prompt, written = r.choice([(f"Write {long_date(d)} as an ISO 8601 date (YYYY-MM-DD).", long_date(d)),
-                                (f"What is {month} {d.day}, {d.year} in YYYY-MM-DD form?", f"{month} {d.day}, {d.year}"),
-                                (f"Convert {d.day} {month} {d.year} to the format YYYY-MM-DD.", f"{d.day} {month} {d.year}")])  # fmt: skip
+    prompt = r.choice([f"Write {long_date(d)} as an ISO 8601 date (YYYY-MM-DD).",
+                       f"What is {month} {d.day}, {d.year} in YYYY-MM-DD form?",
+                       f"Convert {d.day} {month} {d.year} to the format YYYY-MM-DD."])  # fmt: skip
     families = ctx.choice([["flights"], ["python"], ["math"], ["files"]])
-    return answer_directly(prompt, f"write {written} as YYYY-MM-DD", families, d.isoformat(),
-                           text_check(d.isoformat()), d.isoformat())  # fmt: skip
+    return answer_directly(prompt, families, d.isoformat(), text_check(d.isoformat()),
+                           d.isoformat())  # fmt: skip
 
 
 def t_clock_time(ctx: Ctx) -> Draft:
@@ -223,8 +212,7 @@ def t_clock_time(ctx: Ctx) -> Draft:
                        f"What is {hour:02d}:{minute:02d} in 12-hour time (AM/PM)?",
                        f"Convert the 24-hour time {hour:02d}:{minute:02d} to 12-hour form with AM or PM."])  # fmt: skip
     families = ctx.choice([["flights"], ["python"], ["math"], ["files"]])
-    asked = f"write {hour:02d}:{minute:02d} on the 12-hour clock"
-    return answer_directly(prompt, asked, families, answer, text_check(answer), answer)
+    return answer_directly(prompt, families, answer, text_check(answer), answer)
 
 
 N = TaskTier.NO_TOOL
