@@ -30,7 +30,8 @@ from tooltune.tasks.templates.wording import MONTHS, long_date, money
 # Fixed sentences on purpose. The world's calling thoughts open with a few fixed words too
 # ("One lookup: ..."), and greedy decoding decides at the first one. Opening these with the
 # request restated instead (as the schema tasks' thoughts do) split "No" into many first words
-# that each lost to "One lookup": no-tool accuracy after SFT fell from 72% to 46% (2026-12-07).
+# that lost to "One lookup": `no_tool_opinion` 7/7 -> 0/7 after SFT, every episode "One lookup:
+# the job of ..." (2026-12-07; the tier's other losses that run came back with these sentences).
 REFUSE_THINK = "No offered tool can help with this, so I make no call."
 ANSWER_THINK = "The question itself holds the answer, so I make no call."
 RELATED = {  # tool families that look relevant to a question about each kind of thing

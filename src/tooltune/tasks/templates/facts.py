@@ -352,8 +352,8 @@ def t_sum(ctx: Ctx) -> Draft:
 
 def t_hq_pair(ctx: Ctx) -> Draft:
     # "Two independent lookups in one turn." stays fixed: the held-out `t_mixed_sources` borrows
-    # it. Naming the entities in these thoughts instead lost that (5 of 9 -> 0 after SFT, the
-    # model opened with "One lookup:" and made one call) and gained nothing elsewhere (2026-12-07).
+    # it. Naming the entities in these thoughts instead lost that (0 of 9 after SFT against 5 and
+    # 3 in two runs with it: "One lookup:", one call) and gained nothing elsewhere (2026-12-07).
     source = ctx.choice(["search", "database"])
     comps = ctx.companies(2)
     names = [c["name"] for c in comps]
