@@ -243,6 +243,8 @@ def _schema_for(hint: Any) -> dict[str, Any]:
             schema = _schema_for(options[0])
             if type(None) in args and "type" in schema and isinstance(schema["type"], str):
                 schema = {**schema, "type": [schema["type"], "null"]}
+            if type(None) in args and "enum" in schema:  # an optional choice may be null too
+                schema = {**schema, "enum": [*schema["enum"], None]}
             return schema
         return {"anyOf": [_schema_for(a) for a in args]}
     if origin in (list, tuple, set, frozenset, Iterable) or hint in (list, tuple, set):

@@ -224,10 +224,12 @@ def test_detect_shapes_filters_by_colour_and_kind(registry: ToolRegistry) -> Non
     assert none.success and none.result["count"] == 0 and none.result["shapes"] == []
     squares = run(registry, "detect_shapes", path="images/shapes.png", kind="square")
     assert [s["color"] for s in squares.result["shapes"]] == ["blue"]
+    unset = run(registry, "detect_shapes", path="images/shapes.png", color=None, kind=None)
+    assert unset.success and unset.result["count"] == 3  # null is "no filter", as the schema says
     bad = run(registry, "detect_shapes", path="images/shapes.png", color="pink")
     assert not bad.success and "red" in bad.error  # the error lists the colours it knows
     schema = registry.get("detect_shapes").parameters["properties"]["color"]
-    assert set(schema["enum"]) == set(PALETTE)  # every colour the detector can name
+    assert set(schema["enum"]) == {*PALETTE, None}  # every colour the detector can name, or none
 
 
 @pytest.mark.parametrize(
