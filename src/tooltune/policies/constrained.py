@@ -67,7 +67,9 @@ def best_allowed(grammar: CallGrammar, text: str, logits: torch.Tensor, pieces: 
     """The most likely token of ``logits`` [V] that the grammar allows after ``text`` (the
     most likely token of all where it allows none, which a grammar with every single
     character in the vocabulary never does). With `TokenPieces`, the tokens whose first
-    character the grammar allows are read first."""
+    character the grammar allows are read first. The search runs on the CPU, where the groups'
+    ids are: indexing them with a CUDA tensor of positions would fail."""
+    logits = logits.cpu()  # a no-op on the CPU; one row's copy on CUDA, only where refused
     if isinstance(pieces, TokenPieces):
         groups = [ids for first, ids in pieces.groups().items()
                   if first == "" or grammar.allows(text + first, len(text))]  # fmt: skip
