@@ -280,6 +280,21 @@ def test_resolve_dtype():
         resolve_dtype("int3")
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["ampere-or-later", "emulated"])
+def test_auto_dtype_on_cuda_is_bf16_only_where_native(monkeypatch, native):
+    """On CUDA "auto" is bf16 on a GPU with bf16 units (Ampere and later: an H100) and fp32
+    where bf16 is only emulated (a T4): torch's `is_bf16_supported()` says yes to both unless
+    asked without emulation."""
+    from tooltune.policies.hf import fast_bf16, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: native or including_emulation)  # fmt: skip
+    assert fast_bf16("cuda") is native and fast_bf16("cuda:0") is native
+    assert resolve_dtype("auto", "cuda") == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("fp32", "cuda") == torch.float32
+
+
 @pytest.mark.parametrize("marker_tokens", [False, True], ids=["text-markers", "marker-tokens"])
 def test_bf16_base_trains_fp32_adapters(model_dir, marker_tokens):
     """Frozen weights in bf16, every trainable parameter (LoRA, added token rows) in fp32;

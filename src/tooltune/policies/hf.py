@@ -83,8 +83,8 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 matrix products are fast on ``device``: a CUDA device that supports bf16,
     or a CPU with AVX-512 BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # compute capability 8.0 (Ampere) or later; emulated is slow
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
     try:
