@@ -39,8 +39,8 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 # and value projections as one product, and the MLP's gate and up as another (see
 # `_stacked_weights`); larger models read their weights for longer than a call's overhead.
 STACK_MAX_BYTES = 64 * 2**20
-# Attention with at most this many scores per head (queries x keys) in bf16/fp16 is computed
-# eagerly, above it by the fused kernel (see `_attention`).
+# Attention on the CPU with at most this many scores per head (queries x keys) in bf16/fp16 is
+# computed eagerly, above it by the fused kernel (see `_attention`).
 EAGER_MAX_SCORES = 64 * 1024
 
 
@@ -239,9 +239,16 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     axis. There the fused kernel's backward is the slow part: SmolLM2-135M's heads, bf16, 2
     threads, forward and backward of 8 rows of 85 queries over 330 keys took 24.5 ms fused and
     15 ms eager, 2 rows of 128 causal 5.8 against 1.8 ms, while at 4 rows of 600 the fused
-    kernel is twice as fast (96 against 182 ms). The rest, fp32 and dropout use the kernel."""
+    kernel is twice as fast (96 against 182 ms). The rest, fp32, dropout and every device but
+    the CPU (those timings are the CPU's) use the kernel."""
     T, S = q.shape[2], k.shape[2]
-    if q.dtype == torch.float32 or dropout > 0 or T * S > EAGER_MAX_SCORES:
+    fused = q.device.type != "cpu" or q.dtype == torch.float32 or dropout > 0
+    if fused or T * S > EAGER_MAX_SCORES:
+        group = q.shape[1] // k.shape[1]
+        if mask is not None and group > 1 and q.device.type == "cuda":
+            # CUDA's memory-efficient kernel, the fused one that takes a mask, takes no grouped
+            # heads (the math kernel would run): repeat the key/value heads, as transformers does
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout,
             enable_gqa=True,
