@@ -90,8 +90,8 @@ def first_pass(
     beginning once (`common_beginning`)."""
     if cache is None or not hasattr(backend, "prefill"):
         return backend.forward_last(ids, mask, cache)
-    width = ids.shape[1]
-    prompts = [tuple(ids[r, width - n :].tolist()) for r, n in enumerate(mask.sum(dim=1).tolist())]
+    width, every = ids.shape[1], ids.tolist()  # one copy to the host, not one a row
+    prompts = [tuple(every[r][width - n :]) for r, n in enumerate(mask.sum(dim=1).tolist())]
     if openings is not None and turn_ends:
         for row, prompt in enumerate(prompts):
             n = next((i + 1 for i, t in enumerate(prompt) if t in turn_ends), 0)

@@ -94,14 +94,14 @@ def plan_shared_prefix(batch: Any) -> PrefixPlan | None:
     grouping computes fewer positions than the plain batch (padding included), or when a row
     is too short to split.
     """
-    ids = batch.input_ids.cpu()
-    lengths = [int(n) for n in batch.attention_mask.sum(dim=1).cpu().tolist()]
+    ids, attention = batch.input_ids.cpu(), batch.attention_mask.cpu()  # read row by row below
+    lengths = [int(n) for n in attention.sum(dim=1).tolist()]
     scored = batch.loss_mask.cpu() > 0
     has_target = scored.any(dim=1).tolist()
     first = scored.float().argmax(dim=1).tolist()  # loss index t refers to token t + 1
     rows = []
     for b, n in enumerate(lengths):
-        if n < 3 or not batch.attention_mask[b, :n].all():
+        if n < 3 or not attention[b, :n].all():
             return None  # right padding only, and room for a prefix and a 2-token continuation
         shareable = first[b] if has_target[b] else n - 2  # f_b - 1 = (first + 1) - 1
         rows.append(ids[b, :shareable].tolist())
