@@ -541,9 +541,10 @@ class AgentTrainingPipeline:
         optimizer = AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, s.grpo_steps, cfg.warmup_ratio)
         if resumed:
-            saved = torch.load(
-                self.run.dir / state["checkpoint"] / "trainer.pt", weights_only=False
-            )
+            saved = torch.load(  # optimizer state moves to its parameters' device on load
+                self.run.dir / state["checkpoint"] / "trainer.pt", map_location="cpu",
+                weights_only=False,
+            )  # fmt: skip
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
         baseline = reward_stage.baseline_fn(self) if cfg.reward_baseline == "learned" else None
