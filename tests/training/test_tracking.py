@@ -188,3 +188,18 @@ def test_a_demo_run_reports_to_tensorboard_what_metrics_jsonl_holds(tmp_path):
     assert json.loads((run / "config.json").read_text())["pipeline"]["report_to"] == "tensorboard"
     # where metrics go is no part of a run's identity: it resumes (here: finishes) with another
     assert main(args) == 0
+
+
+def test_peak_gpu_memory_is_reported_only_where_cuda_was_used(monkeypatch):
+    """The stage lines' GPU peak: None in a process that never used CUDA (every CPU run, whose
+    lines stay as they were), else torch's peak of allocated CUDA memory in GB."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert tracking.peak_gpu_memory_gb() is None
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**29)
+    assert tracking.peak_gpu_memory_gb() == 1.5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tracking.peak_gpu_memory_gb() is None

@@ -36,7 +36,12 @@ from tooltune.rollout import (
 )
 from tooltune.training import reward_stage
 from tooltune.training.run_dir import RunDirectory, load_policy, write_atomic
-from tooltune.training.tracking import check_report_to, make_tracker, peak_memory_gb
+from tooltune.training.tracking import (
+    check_report_to,
+    make_tracker,
+    peak_gpu_memory_gb,
+    peak_memory_gb,
+)
 
 STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
 
@@ -182,8 +187,10 @@ class AgentTrainingPipeline:
             state["checkpoint"] = self.run.checkpoint("latest", self.policy)
             self.run.save_state(state)
             release_free_memory()  # what this stage's sizes kept would add to the next one's peak
-            peak = peak_memory_gb()
-            memory = f" (peak memory so far {peak:.1f} GB)" if peak else ""
+            peak, gpu = peak_memory_gb(), peak_gpu_memory_gb()  # gpu: None without CUDA
+            parts = [f"peak memory so far {peak:.1f} GB"] if peak else []
+            parts += [f"GPU peak {gpu:.1f} GB"] if gpu is not None else []
+            memory = f" ({', '.join(parts)})" if parts else ""
             self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s{memory}")
         if self.run.tracker is not None:
             self.run.tracker.close()

@@ -156,3 +156,12 @@ def peak_memory_gb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
+def peak_gpu_memory_gb() -> float | None:
+    """The peak of the CUDA memory torch allocated so far (current device), in GB; None where
+    this process has not used CUDA (the resident memory above does not count GPU memory)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
