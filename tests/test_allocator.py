@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from importlib.machinery import ModuleSpec
 
 import pytest
 
@@ -26,11 +27,30 @@ def calls(monkeypatch, tmp_path):
 def test_restarts_the_same_command_with_jemalloc_preloaded(calls, monkeypatch):
     made, library = calls
     monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)  # a script: `tooltune demo`
     allocator.restart_with_jemalloc()
     ((executable, argv, env),) = made
     assert executable == sys.executable and argv == [sys.executable, *sys.argv]
     assert env["LD_PRELOAD"] == f"{library} /opt/other.so"
     assert env[allocator.ENV] == "jemalloc"  # the restarted process does not restart again
+
+
+def test_a_module_run_restarts_as_a_module(calls, monkeypatch):
+    """`python -m tooltune demo` restarts as `python -m tooltune demo`: run as a script,
+    tooltune/__main__.py would put src/tooltune first on sys.path, where its types.py hides
+    the standard library's."""
+    made, _ = calls
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", ModuleSpec("tooltune.__main__", None))
+    monkeypatch.setattr(sys, "argv", ["/src/tooltune/__main__.py", "demo", "--fresh"])
+    allocator.restart_with_jemalloc()
+    ((_, argv, _),) = made
+    assert argv == [sys.executable, "-m", "tooltune", "demo", "--fresh"]
+
+
+def test_python_m_tooltune_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "tooltune", "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(__file__))  # fmt: skip
+    assert done.returncode == 0 and "demo" in done.stdout
 
 
 @pytest.mark.parametrize("case", ["turned off", "restarted", "preloaded", "absent", "macOS"])

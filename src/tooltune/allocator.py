@@ -74,7 +74,18 @@ def restart_with_jemalloc() -> None:
     env[ENV] = "jemalloc"  # never restarts twice, even if the preload did not take
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, same_command(), env)
+
+
+def same_command() -> list[str]:
+    """This process's command line, to start it again: `python -m tooltune ...` where it was
+    started with -m (its argv[0] is then the path of `__main__.py`, and that file run as a
+    script would put the package's own folder first on sys.path, where `tooltune/types.py`
+    hides the standard library's `types`), else the script and its arguments."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return [sys.executable, *sys.argv]
 
 
 def release_free_memory(keep_bytes: int = 0) -> bool:
