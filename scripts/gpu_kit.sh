@@ -15,7 +15,8 @@
 #   there:  bash scripts/gpu_kit.sh device [demo|bench]   # what each call runs
 #
 # Everything the checks write that matters comes back under $OUT: the demo's log, report and
-# metrics, the benchmark's JSON, and env.txt (GPU, versions, wheels installed).
+# state (each finished stage's metrics), the CUDA tests' log, the benchmark's JSON, and env.txt (GPU,
+# versions, wheels installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=.devkit
@@ -180,7 +181,7 @@ device() {
     timeout 420 python3 -m tooltune demo --out "$run" --set pipeline.saved_trajectories=50 \
       ${DEMO_ARGS:-} 2>&1 | tee "$out/demo.log"
     set -e
-    for f in report.md metrics.json; do
+    for f in report.md state.json; do  # state.json: every finished stage's metrics
       if [ -f "$run/$f" ]; then cp "$run/$f" "$out/"; fi
     done
   fi
