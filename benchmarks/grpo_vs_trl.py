@@ -90,6 +90,37 @@ def log(*args: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Timing: the CPU's clock, after the GPU's queued work where the benchmark runs on CUDA
+# --------------------------------------------------------------------------------------------
+
+SYNC_CUDA = False  # set by `time_device`: `now()` waits for the GPU before reading the clock
+
+
+def time_device(device: str | torch.device) -> None:
+    """Time the work of `device`: on CUDA, `now()` first waits for every queued kernel
+    (`torch.cuda.synchronize()`), and `reset_peak_memory` / `peak_memory_mib` follow the GPU's
+    peak of allocated memory; on the CPU, `now()` is `time.perf_counter()` and nothing else."""
+    global SYNC_CUDA
+    SYNC_CUDA = torch.device(device).type == "cuda"
+
+
+def now() -> float:
+    if SYNC_CUDA:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def reset_peak_memory() -> None:
+    if SYNC_CUDA:
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib() -> float:
+    """The GPU's peak of allocated memory since `reset_peak_memory`, MiB (CUDA only)."""
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+# --------------------------------------------------------------------------------------------
 # Shared workload: tokenizer, model, prompts, reward
 # --------------------------------------------------------------------------------------------
 
@@ -193,6 +224,7 @@ def run_trl(
     dtype: torch.dtype = torch.float32,
     peft_config: Any = None,
     overrides: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
     """TRL's GRPO for `steps` steps; `between()` runs after each timed step (outside it).
 
@@ -200,7 +232,8 @@ def run_trl(
     is `completion_reward`. With `tools`, prompts are conversations, episodes end when the model
     stops (up to `TOOL_TURNS` assistant turns of at most `TOOL_TURN_TOKENS` each) and `reward`
     scores (prompt, completion messages). `dtype` is the weights' (bf16 also turns on TRL's
-    `bf16` autocast), `peft_config` TRL's LoRA, `overrides` further `GRPOConfig` fields."""
+    `bf16` autocast), `peft_config` TRL's LoRA, `overrides` further `GRPOConfig` fields.
+    `device` "cuda": no `use_cpu`, the Trainer moves the model to the GPU (checked)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -217,15 +250,19 @@ def run_trl(
     times: list[float] = []
     tokens: list[float] = []
     calls: list[int] = []
+    memory: list[float] = []
     counts = {"tokens": 0, "calls": 0}
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             counts.update(tokens=0, calls=0)
-            self.t0 = time.perf_counter()
+            reset_peak_memory()
+            self.t0 = now()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
+            times.append(now() - self.t0)
+            if SYNC_CUDA:
+                memory.append(peak_memory_mib())
             tokens.append(float(counts["tokens"]))
             calls.append(counts["calls"])
             if between is not None:
@@ -238,7 +275,8 @@ def run_trl(
         length = dict(max_completion_length=args.max_new_tokens,
                       generation_kwargs={"min_new_tokens": args.max_new_tokens})  # fmt: skip
     config = GRPOConfig(
-        output_dir=str(model_dir / "trl-out"), use_cpu=True, report_to="none",
+        output_dir=str(model_dir / "trl-out"), use_cpu=torch.device(device).type == "cpu",
+        report_to="none",
         save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
         learning_rate=LR, max_steps=steps, per_device_train_batch_size=n * args.group,
         gradient_accumulation_steps=1, num_generations=args.group, num_iterations=1,
@@ -251,6 +289,7 @@ def run_trl(
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=config,
                               train_dataset=data, processing_class=tokenizer,
                               callbacks=[Timer()], tools=tools, peft_config=peft_config)  # fmt: skip
+        check_placed(trainer.model, device, "TRL's GRPOTrainer")
         generate, tool_loop = trainer._generate_single_turn, trainer._tool_call_loop
 
         def counting_generate(*a, **k):  # once per step, plus once per round of tool results
@@ -267,7 +306,17 @@ def run_trl(
         trainer._tool_call_loop = counting_tool_loop
         with contextlib.redirect_stdout(sys.stderr):  # TRL prints its metrics on stdout
             trainer.train()
-    return {"times": times, "generated_tokens": tokens, "tool_calls": calls}
+    out = {"times": times, "generated_tokens": tokens, "tool_calls": calls}
+    return {**out, "peak_memory_mib": memory} if SYNC_CUDA else out
+
+
+def check_placed(model: Any, device: str | torch.device, who: str) -> None:
+    """Stop, with one clear line, where `model`'s weights are not all on `device`'s kind."""
+    wanted = torch.device(device).type
+    found = {p.device.type for p in model.parameters()}
+    if found != {wanted}:
+        raise SystemExit(f"{who} left the model's weights on {', '.join(sorted(found))}, "
+                         f"not on {wanted}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,11 +335,11 @@ class Phases:
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*a, **k):
-            t0 = time.perf_counter()
+            t0 = now()
             try:
                 return fn(*a, **k)
             finally:
-                self.add(name, time.perf_counter() - t0)
+                self.add(name, now() - t0)
 
         return timed
 
@@ -395,18 +444,20 @@ def tooltune_setup(
 
 def tooltune_step(collector, trainer, sampling, tasks: list[str], group: int, seed: int) -> dict:
     sampling.seed = seed
-    t0 = time.perf_counter()
+    reset_peak_memory()
+    t0 = now()
     trajectories = collector.collect(tasks, num_samples=group)
     groups = [trajectories[i : i + group] for i in range(0, len(trajectories), group)]
     metrics = trainer.train_step(groups)
-    seconds = time.perf_counter() - t0
+    seconds = now() - t0
+    memory = {"peak_memory_mib": peak_memory_mib()} if SYNC_CUDA else {}
     generated = sum(sum(t.tokens.mask) for t in trajectories)
     total = sum(len(t.tokens.ids) for t in trajectories)
     calls = sum(len(t.tool_calls) for t in trajectories)
     # (prompt tokens, tokens up to the last generated one, generated tokens) of each episode
     shapes = [episode_shape(t.tokens.mask) for t in trajectories]
     return {"seconds": seconds, "generated_tokens": generated, "sequence_tokens": total,
-            "tool_calls": calls, "loss": metrics["loss"], "shapes": shapes}  # fmt: skip
+            "tool_calls": calls, "loss": metrics["loss"], "shapes": shapes, **memory}  # fmt: skip
 
 
 def episode_shape(mask: list[int]) -> tuple[int, int, int]:
@@ -698,6 +749,10 @@ def compare_tools(
     log(f"[tools] tooltune step times {[round(r['seconds'], 3) for r in tt]}")
     trl_s = statistics.median(trl["times"][args.warmup :])
     tt_s = statistics.median(r["seconds"] for r in tt[args.warmup :])
+    memory = {}
+    if SYNC_CUDA:  # the GPU's peak of allocated memory in each side's timed steps (MiB)
+        memory = {"trl_peak_memory_mib": max(trl["peak_memory_mib"]),
+                  "tooltune_peak_memory_mib": max(r["peak_memory_mib"] for r in tt)}  # fmt: skip
     return {
         "trl_s_per_step": trl_s,
         "tooltune_s_per_step": tt_s,
@@ -712,6 +767,7 @@ def compare_tools(
         "tooltune_step_times": [r["seconds"] for r in tt],
         "tooltune_profile_s": phases,
         "tooltune_profile_step": profile,
+        **memory,
     }
 
 

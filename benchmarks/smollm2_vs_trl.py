@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct with LoRA: tooltune against TRL (trl==1.16.0) and `transformers`, CPU.
+"""SmolLM2-135M-Instruct with LoRA: tooltune against TRL (trl==1.16.0) and `transformers`, CPU/GPU.
 
 One process, the same model on every side: SmolLM2-135M-Instruct from tooltune's offline copy
 (`tooltune.policies.smollm2.load_smollm2`, nothing is downloaded), with TRL's Qwen2.5 chat
@@ -29,8 +29,9 @@ medians after `--warmup` runs.
    model, greedy: tooltune's collector against `transformers` `generate`, batched, one call per
    turn (the conversation re-rendered with the template, left-padded; tool calls parsed from
    the text, results appended). Generated tokens per second.
-4. Utilisation: the bf16 (or fp32) matmul peak of this machine, measured in the run (square
-   matmuls of 1024 and 2048, best of both, before and after the benchmarks), against the model
+4. Utilisation: the bf16 (or fp32) matmul peak of this machine, measured in the run (on the
+   CPU square matmuls of 1024 and 2048, best of both, before and after the benchmarks; on a
+   GPU see `--device` below), against the model
    FLOPs of the SFT step (both sides) and of tooltune's GRPO scoring (reference log-probs, policy
    log-probs and backward of one profiled step, over each group's prompt once plus every
    continuation). Counted two ways: `6nt`, 6 x parameters (decoder + LM head) x tokens plus
@@ -42,8 +43,25 @@ medians after `--warmup` runs.
 `--quick`: 2 SFT rows, GRPO 2 prompts x 4 samples, 3 timed runs; else 8 rows, 4 x 4, 5 runs;
 rollouts at batch 32 either way. The first run fits the tool model; later runs read it back.
 
+`--device` (default `cpu`, as above; `--threads` counts only there): `cuda` runs everything on
+one NVIDIA GPU, `auto` on the GPU where torch sees one, else on the CPU. On the GPU, `--dtype
+auto` is bf16 where the GPU has it natively (compute capability 8.0 or later), tooltune's
+policies (`HFPolicy.from_pretrained(device="cuda")`, the fitted model too) and `generate`'s
+model and inputs live there, and TRL runs without `use_cpu` (its Trainer moves the model to
+the GPU; the script checks it did) with `bf16=True` autocast for bf16 weights. Every timed region
+starts and ends with `torch.cuda.synchronize()` (`grpo_vs_trl.now`), so times count the GPU's
+work, not its queueing; each side's peak of allocated GPU memory in its timed runs
+(`torch.cuda.max_memory_allocated()`, both sides' models resident) is printed as
+`peak_memory_mib`. The peak for utilisation is then the GPU's: square matmuls of 4096 and 8192
+in the weights' dtype, 10 products between two synchronisations, best of 5 per size, best
+size, before and after the benchmarks; the JSON's `device` gives the GPU's name and that
+method (the CPU's output has no `device` key). Where CUDA cannot be used (no GPU visible, more
+than one visible, bf16 asked of a GPU without it, TRL leaving the model off the GPU) the script
+stops with one line.
+
     python benchmarks/smollm2_vs_trl.py --quick --json
     python benchmarks/smollm2_vs_trl.py --only sft,rollout
+    python benchmarks/smollm2_vs_trl.py --quick --json --device cuda
 """
 
 from __future__ import annotations
@@ -59,10 +77,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,10 +130,11 @@ def peft_lora() -> Any:
                       task_type="CAUSAL_LM")  # fmt: skip
 
 
-def tooltune_policy(directory: Path, dtype: torch.dtype, lora: bool = True) -> Any:
+def tooltune_policy(directory: Path, args: argparse.Namespace, lora: bool = True) -> Any:
     from tooltune.policies.hf import HFPolicy
 
-    return HFPolicy.from_pretrained(directory, lora=lora_settings() if lora else None, dtype=dtype)
+    return HFPolicy.from_pretrained(directory, lora=lora_settings() if lora else None,
+                                    dtype=args.dtype, device=args.device)  # fmt: skip
 
 
 def trainable(model: Any) -> int:
@@ -164,6 +182,31 @@ def bf16_peak(dtype: torch.dtype) -> float:
     return max(base.matmul_peak_gflops(n, dtype=dtype) for n in (1024, 2048))
 
 
+GPU_PEAK = dict(sizes=(4096, 8192), products=10, repeats=5)
+
+
+def gpu_peak(dtype: torch.dtype, device: str) -> float:
+    """GFLOP/s of square `dtype` matmuls on the GPU: `GPU_PEAK["products"]` products between two
+    synchronisations, best of `GPU_PEAK["repeats"]`, after three unmeasured ones, best size."""
+    best = 0.0
+    for n in GPU_PEAK["sizes"]:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        for _ in range(3):
+            torch.mm(a, b)
+        for _ in range(GPU_PEAK["repeats"]):
+            t0 = base.now()
+            for _ in range(GPU_PEAK["products"]):
+                torch.mm(a, b)
+            best = max(best, GPU_PEAK["products"] * 2 * n**3 / (base.now() - t0) / 1e9)
+        del a, b
+    torch.cuda.empty_cache()
+    return best
+
+
+def matmul_peak(args: argparse.Namespace) -> float:
+    return gpu_peak(args.dtype, args.device) if args.device == "cuda" else bf16_peak(args.dtype)
+
+
 def mfu(gflop: dict[str, float], seconds: float, peak: float) -> dict[str, float]:
     return {k: v / seconds / peak for k, v in gflop.items()}
 
@@ -207,19 +250,22 @@ def trl_sft(directory: Path, rows: list[dict], args: argparse.Namespace, steps: 
     data = Dataset.from_list(
         rows, features=Features({"messages": Json(), "tools": Value("string")})
     )
-    result: dict[str, Any] = {"times": [], "work": [], "autocast": set()}
+    result: dict[str, Any] = {"times": [], "work": [], "autocast": set(), "memory": []}
     fetch = {"s": 0.0}
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0 = base.now()
 
         def on_step_end(self, *a, **k):
-            result["times"].append(time.perf_counter() - self.t0 + fetch["s"])
+            result["times"].append(base.now() - self.t0 + fetch["s"])
+            if base.SYNC_CUDA:  # from the batch fetch on
+                result["memory"].append(base.peak_memory_mib())
             between()
 
     config = SFTConfig(
-        output_dir=str(directory / "trl-sft"), use_cpu=True, report_to="none", save_strategy="no",
+        output_dir=str(directory / "trl-sft"), use_cpu=args.device == "cpu", report_to="none",
+        save_strategy="no",
         logging_strategy="no", disable_tqdm=True, seed=0, learning_rate=SFT_LR, max_steps=steps,
         per_device_train_batch_size=len(rows), gradient_accumulation_steps=1,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
@@ -232,12 +278,14 @@ def trl_sft(directory: Path, rows: list[dict], args: argparse.Namespace, steps: 
         trainer = SFTTrainer(model=model, args=config, train_dataset=data,
                              processing_class=AutoTokenizer.from_pretrained(directory),
                              peft_config=peft_lora(), callbacks=[Timer()])  # fmt: skip
+    base.check_placed(trainer.model, args.device, "TRL's SFTTrainer")
     fetch_batches, compute_loss = trainer.get_batch_samples, trainer.compute_loss
 
     def timed_fetch(*a, **k):
-        t0 = time.perf_counter()
+        base.reset_peak_memory()
+        t0 = base.now()
         out = fetch_batches(*a, **k)
-        fetch["s"] = time.perf_counter() - t0
+        fetch["s"] = base.now() - t0
         return out
 
     def counting_loss(model, inputs, *a, **k):
@@ -250,7 +298,7 @@ def trl_sft(directory: Path, rows: list[dict], args: argparse.Namespace, steps: 
     trainer.get_batch_samples, trainer.compute_loss = timed_fetch, counting_loss
     embed = trainer.model.get_input_embeddings()
     embed.register_forward_pre_hook(
-        lambda m, i: result["autocast"].add(torch.is_autocast_enabled("cpu"))
+        lambda m, i: result["autocast"].add(torch.is_autocast_enabled(args.device))
     )
     result["trainable"], result["dtypes"] = trainable(trainer.model), dtypes(trainer.model)
     return trainer, result
@@ -260,17 +308,21 @@ def bench_sft(args: argparse.Namespace, directory: Path) -> dict:
     from tooltune.training.sft import train_sft
 
     rows = sft_rows(args.sft_rows)
-    policy = tooltune_policy(directory, args.dtype)
+    policy = tooltune_policy(directory, args)
     config = AgentConfig(sft_learning_rate=SFT_LR, sft_batch_size=len(rows), grad_accum_steps=1,
                          micro_batch_tokens=0, warmup_ratio=0.0, max_grad_norm=1.0,
                          weight_decay=0.0)  # fmt: skip
     records: list[TokenRecord] = []
     tt_times: list[float] = []
+    tt_memory: list[float] = []
 
     def tooltune_step() -> None:
-        t0 = time.perf_counter()
+        base.reset_peak_memory()
+        t0 = base.now()
         train_sft(policy, records, config, epochs=1)
-        tt_times.append(time.perf_counter() - t0)
+        tt_times.append(base.now() - t0)
+        if base.SYNC_CUDA:
+            tt_memory.append(base.peak_memory_mib())
 
     trainer, trl = trl_sft(directory, rows, args, args.warmup + args.repeats, tooltune_step)
     for row in trainer.train_dataset:  # the ids and labels TRL trains on, in the rows' order
@@ -290,6 +342,9 @@ def bench_sft(args: argparse.Namespace, directory: Path) -> dict:
     shape = Shape(policy.model.config)
     attention = sum(shape.attention(n) for n in lengths)
     flops = shape.train(work["tokens"], work["supervised_tokens"], attention)
+    memory = {}
+    if base.SYNC_CUDA:  # the GPU's peak of allocated memory in each side's timed steps (MiB)
+        memory = {"peak_memory_mib": {"trl": max(trl["memory"]), "tooltune": max(tt_memory)}}
     return {
         "rows": len(rows),
         "tooltune_work_per_step": work,
@@ -309,6 +364,7 @@ def bench_sft(args: argparse.Namespace, directory: Path) -> dict:
             "trl": f"{trl['dtypes']}, autocast bf16 {sorted(trl['autocast'])}",
         },  # fmt: skip
         "model_gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
+        **memory,
     }
 
 
@@ -343,8 +399,8 @@ def fitted_model(directory: Path, args: argparse.Namespace) -> tuple[Path, dict]
     if (target / "model.safetensors").exists() and not args.refit:
         return target, {"fit": "cached", "path": str(target)}
     log(f"[fit] fitting SmolLM2 (LoRA) to call add_numbers on {FIT['prompts']} prompts ...")
-    t0 = time.perf_counter()
-    policy = tooltune_policy(directory, args.dtype)
+    t0 = base.now()
+    policy = tooltune_policy(directory, args)
     records = [base.trl_record(policy.tokenizer, u) for u in base.prompt_texts(FIT["prompts"])]
     config = AgentConfig(sft_epochs=FIT["epochs"], sft_learning_rate=FIT["lr"], warmup_ratio=0.0,
                          sft_batch_size=FIT["batch"], grad_accum_steps=1, micro_batch_tokens=0)  # fmt: skip
@@ -356,7 +412,7 @@ def fitted_model(directory: Path, args: argparse.Namespace) -> tuple[Path, dict]
     policy.tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    return target, {"fit": "fitted", "fit_seconds": time.perf_counter() - t0,
+    return target, {"fit": "fitted", "fit_seconds": base.now() - t0,
                     "fit_loss": history.train_loss[-1], "path": str(target)}  # fmt: skip
 
 
@@ -369,8 +425,10 @@ def bench_grpo(args: argparse.Namespace, fitted: Path) -> dict:
     overrides = {"gradient_checkpointing": args.trl_gradient_checkpointing}
     out = base.compare_tools(
         fitted, users, tool_registry(), ns,
-        trl_options=dict(dtype=args.dtype, peft_config=peft_lora(), overrides=overrides),
-        tooltune_options=dict(load=dict(lora=lora_settings(), dtype=args.dtype), tool_style="native"),
+        trl_options=dict(dtype=args.dtype, peft_config=peft_lora(), overrides=overrides,
+                         device=args.device),
+        tooltune_options=dict(load=dict(lora=lora_settings(), dtype=args.dtype, device=args.device),
+                              tool_style="native"),
     )  # fmt: skip
     profile, phases = out.pop("tooltune_profile_step"), out["tooltune_profile_s"]
     trl_prompt = AutoTokenizer.from_pretrained(fitted).apply_chat_template(
@@ -417,6 +475,7 @@ def generate_episodes(model: Any, tokenizer: Any, users: list[str]) -> dict:
         texts = [tokenizer.apply_chat_template(chats[i], tools=[add_numbers], tokenize=False,
                                                add_generation_prompt=True) for i in active]  # fmt: skip
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(model.device)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=TOOL_TURN_TOKENS, do_sample=False,
                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
@@ -450,7 +509,7 @@ def generate_episodes(model: Any, tokenizer: Any, users: list[str]) -> dict:
 def bench_rollout(args: argparse.Namespace, fitted: Path) -> dict:
     from transformers import AutoTokenizer
 
-    policy = tooltune_policy(fitted, args.dtype, lora=False).eval()
+    policy = tooltune_policy(fitted, args, lora=False).eval()
     users = base.prompt_texts(args.rollout_batch)
     config = AgentConfig(max_turns=TOOL_TURNS, max_new_tokens=TOOL_TURN_TOKENS)
     sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=TOOL_TURN_TOKENS)
@@ -469,13 +528,17 @@ def bench_rollout(args: argparse.Namespace, fitted: Path) -> dict:
         "generate": lambda: generate_episodes(policy.model, tokenizer, users),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
+    memory: dict[str, list[float]] = {k: [] for k in runs}
     last: dict[str, dict] = {}
     log(f"[rollout] {len(users)} episodes, greedy, up to {TOOL_TURNS} turns, interleaved ...")
     for _ in range(args.warmup + args.repeats):
         for name, run in runs.items():
-            t0 = time.perf_counter()
+            base.reset_peak_memory()
+            t0 = base.now()
             last[name] = run()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(base.now() - t0)
+            if base.SYNC_CUDA:
+                memory[name].append(base.peak_memory_mib())
     log(f"[rollout] step times { {k: [round(t, 2) for t in v] for k, v in times.items()} }")
     out: dict[str, Any] = {"episodes": len(users)}
     for name, result in last.items():
@@ -485,6 +548,8 @@ def bench_rollout(args: argparse.Namespace, fitted: Path) -> dict:
                      "generated_tokens": result["generated"], "tool_calls": result["calls"],
                      "verified": sum(a == t for a, t in zip(result["answers"], truth, strict=True)),
                      "tokens_per_s": result["generated"] / seconds}  # fmt: skip
+        if base.SYNC_CUDA:  # the GPU's peak of allocated memory in the side's runs (MiB)
+            out[name]["peak_memory_mib"] = max(memory[name])
     out["same_answers"] = sum(
         a == b
         for a, b in zip(last["tooltune"]["answers"], last["generate"]["answers"], strict=True)
@@ -508,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="where both sides run: cpu, cuda (one GPU), auto (cuda if present)")  # fmt: skip
     parser.add_argument("--dtype", default="auto", help="frozen weights: auto | bf16 | fp32")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default (off here: tooltune does not checkpoint)")  # fmt: skip
@@ -519,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     args.sft_rows = args.sft_rows or (2 if args.quick else 8)
     args.prompts = args.prompts or (2 if args.quick else 4)
     args.repeats = args.repeats or (3 if args.quick else 5)
+    args.device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
 
     import datasets
@@ -528,11 +596,31 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
-    from tooltune.policies.hf import resolve_dtype
+    from tooltune.policies.hf import fast_bf16, resolve_dtype
 
-    args.dtype = resolve_dtype(args.dtype)
-    peaks = [bf16_peak(args.dtype)]
-    log(f"{args.dtype} matmul peak: {peaks[0]:.0f} GFLOP/s ({args.threads} threads)")
+    args.dtype = resolve_dtype(args.dtype, args.device)
+    if args.device == "cuda" and args.dtype == torch.bfloat16 and not fast_bf16("cuda"):
+        fail(f"--dtype bf16 needs a GPU with native bf16 (compute capability 8.0 or later; "
+             f"{torch.cuda.get_device_name()} has "
+             f"{'.'.join(map(str, torch.cuda.get_device_capability()))}, and TRL's bf16 refuses "
+             "it); use --dtype auto or fp32")  # fmt: skip
+    base.time_device(args.device)
+    peaks = [matmul_peak(args)]
+    gpu: dict[str, Any] = {}
+    if args.device == "cuda":
+        gpu = {"type": "cuda", "name": torch.cuda.get_device_name(),
+               "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+               "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+               "cuda": torch.version.cuda,
+               "peak": f"{str(args.dtype).removeprefix('torch.')} square matmuls of "
+                       f"{' and '.join(map(str, GPU_PEAK['sizes']))} on the GPU, "
+                       f"{GPU_PEAK['products']} products between synchronisations, best of "
+                       f"{GPU_PEAK['repeats']}, before and after the benchmarks"}  # fmt: skip
+        log(f"device: cuda, {gpu['name']} (compute capability {gpu['capability']}, "
+            f"{gpu['memory_gib']} GiB); {args.dtype} matmul peak: {peaks[0]:.0f} GFLOP/s "
+            f"({gpu['peak']})")  # fmt: skip
+    else:
+        log(f"{args.dtype} matmul peak: {peaks[0]:.0f} GFLOP/s ({args.threads} threads)")
     out: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}",
@@ -549,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
         },  # fmt: skip
     }
+    if args.device == "cuda":  # the CPU's output has no such key, as before the option
+        out["device"] = gpu
     with tempfile.TemporaryDirectory(prefix="smollm2-vs-trl-") as tmp:
         directory = smollm2_dir(Path(tmp))
         if "sft" in parts:
@@ -562,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         if "rollout" in parts:
             out["rollout"] = bench_rollout(args, fitted)
             out["speedup_rollout_vs_generate"] = out["rollout"]["speedup"]
-    peaks.append(bf16_peak(args.dtype))
+    peaks.append(matmul_peak(args))
     peak = max(peaks)  # the machine is shared: the better of two measurements
     out["matmul_peak_gflops"] = {"before": peaks[0], "after": peaks[1], "used": peak}
     out["mfu"] = {}
@@ -580,10 +670,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def fail(message: str) -> NoReturn:
+    """Stop with one line on stderr (exit status 1), no traceback."""
+    raise SystemExit(f"{Path(__file__).name}: {message}")
+
+
+def resolve_device(name: str) -> str:
+    """`--device`: "cpu" or "cuda" (one GPU there); `fail`s where CUDA cannot be used."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+        fail(f"--device cuda, but torch {torch.__version__} ({build}) sees no CUDA GPU; "
+             "use --device cpu or auto")  # fmt: skip
+    if torch.cuda.device_count() > 1:  # the Trainer would spread TRL's batch over every GPU
+        fail(f"--device cuda runs on one GPU and {torch.cuda.device_count()} are visible "
+             "(TRL's Trainer would use them all); set CUDA_VISIBLE_DEVICES=0")  # fmt: skip
+    return name
+
+
 def print_table(out: dict) -> None:
     p, s, g, r = (out.get(k) for k in ("matmul_peak_gflops", "sft", "grpo", "rollout"))
     lines = [f"machine: {out['machine']}; {out['dtype']} matmul peak {p['used']:.0f} GFLOP/s",
              f"workload: {out['workload']}"]  # fmt: skip
+    if "device" in out:
+        d = out["device"]
+        lines.insert(1, f"device: cuda, {d['name']} ({d['memory_gib']} GiB); peak of {d['peak']}")
     if s:
         lines += [f"[sft] {s['speedup_vs_trl']:.2f}x: TRL {s['trl_s_per_step']:.2f} s/step, "
                   f"tooltune {s['tooltune_s_per_step']:.2f} s/step",
