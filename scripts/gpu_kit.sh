@@ -109,9 +109,11 @@ install_wheels() {  # the bundles' wheels whose distribution the machine lacks, 
       wanted+=("$w")
     fi
   done
-  if [ ${#wanted[@]} -gt 0 ]; then
+  if [ ${#wanted[@]} -gt 0 ] && python3 -m pip --version >/dev/null 2>&1; then
     python3 -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile \
       --no-cache-dir --upgrade --target "$KIT/site" "${wanted[@]}"
+  elif [ ${#wanted[@]} -gt 0 ]; then  # no pip there: a wheel is a zip of its files in place
+    for w in "${wanted[@]}"; do python3 -m zipfile -e "$w" "$KIT/site"; done
   fi
   echo "installed into $KIT/site: ${#wanted[@]} of $# wheels: $(for w in "${wanted[@]}"; do basename "$w" | cut -d- -f1-2; done | tr '\n' ' ')"
 }
@@ -151,7 +153,8 @@ device() {
     echo "gpu_kit: the wheels still need bundle(s) $missing: the next call carries .devkit/${missing%% *}"
     return 0
   fi
-  export PYTHONPATH="$PWD/src:$PWD/$KIT/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  export PYTHONPATH="$PWD/src:$PWD/$KIT/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing to reach: fail at once, never wait
   if [ ! -f "$KIT/installed.core" ]; then
     {
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -193,7 +196,8 @@ device() {
   if [ -z "$check" ] || [ "$check" = bench ]; then
     [ -f "$KIT/installed.bench" ] || { install_wheels "$KIT"/[0-9]*/whl/*.whl | tee -a "$out/env.txt"; touch "$KIT/installed.bench"; }
     set +e
-    timeout 240 python3 benchmarks/smollm2_vs_trl.py --quick --json 2>"$out/bench.log" | tee "$out/bench.json"
+    timeout 300 python3 benchmarks/smollm2_vs_trl.py --quick --json --device "${BENCH_DEVICE:-cuda}" \
+      2>"$out/bench.log" | tee "$out/bench.json"
     set -e
   fi
 }
