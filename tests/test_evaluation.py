@@ -4,6 +4,7 @@ from tooltune.config import TaskTier
 from tooltune.environment import Environment
 from tooltune.evaluation import (
     compute_metrics,
+    default_batch_size,
     evaluate,
     format_metrics,
     summary_line,
@@ -204,3 +205,11 @@ def test_accuracy_on_seen_and_new_task_shapes():
     for task in tasks:
         del task.metadata["new_shape"]
     assert "by_shape" not in compute_metrics(tasks, runs)
+
+
+def test_an_evaluation_runs_more_episodes_at_once_on_a_gpu():
+    import torch
+
+    on = lambda kind: type("P", (), {"device": torch.device(kind)})()  # noqa: E731
+    assert default_batch_size(on("cpu")) == 32 and default_batch_size(on("cuda")) == 128
+    assert default_batch_size(ScriptedPolicy([])) == 32  # a policy without a device

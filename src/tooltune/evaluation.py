@@ -194,6 +194,14 @@ def _rates(counts: dict[str, list[int]], order: tuple[str, ...]) -> dict[str, di
     }
 
 
+def default_batch_size(policy: Any) -> int:
+    """Episodes an evaluation runs at once: 32 on a CPU, where a decoding step's time grows with
+    its rows; 128 on a GPU, where a step of a small model costs about the same for 32 rows as
+    for 128 (its kernels' launches, not their arithmetic, set the time)."""
+    device = getattr(policy, "device", None)
+    return 128 if getattr(device, "type", None) == "cuda" else 32
+
+
 def run_evaluation(
     policy: Any,
     tasks: list,
@@ -201,7 +209,7 @@ def run_evaluation(
     config: AgentConfig | None = None,
     *,
     groups: list[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,  # None: `default_batch_size(policy)`
     sampling: SamplingParams | None = None,
     tool_style: str | None = None,  # None: the style the policy was trained with
     progress: Any = None,  # True for a progress bar, or a callable(done, total)
@@ -216,6 +224,7 @@ def run_evaluation(
     Without `tool_style`, a model is prompted as it was trained (its `prompt_format`).
     At most `batch_size` episodes run at once, and each finished one hands its place to the
     next task (`TrajectoryCollector.collect(max_active=...)`)."""
+    batch_size = default_batch_size(policy) if batch_size is None else batch_size
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
         prepare(tasks)

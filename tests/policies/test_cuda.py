@@ -75,6 +75,9 @@ def test_generation_on_the_device_is_the_cpus(model_dir, same_greedy, guesses):
 def test_bf16_generation_runs_on_the_device(model_dir):
     policy = load(model_dir, DEVICE, dtype="bf16")
     assert policy.compute_dtype == torch.bfloat16
+    if DEVICE.type == "cuda":  # a GPU's batches get a quarter of its memory for keys/values
+        total = torch.cuda.get_device_properties(policy.device).total_memory
+        assert policy.max_cache_bytes == total // 4
     for sampling in (SamplingParams(temperature=0.0, max_new_tokens=16, stop=[]),
                      SamplingParams(temperature=1.0, max_new_tokens=16, stop=[], seed=1)):  # fmt: skip
         out = policy.generate(prompts(), sampling)

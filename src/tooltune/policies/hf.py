@@ -209,6 +209,8 @@ class HFPolicy(ModulePolicy):
             stops.add(tokenizer.eos_token_id)
         unk = tokenizer.unk_token_id
         self._stop_ids = sorted(int(i) for i in stops if i is not None and i != unk)
+        if self.device.type == "cuda":  # room for a GPU's batches: a quarter of its memory
+            self.max_cache_bytes = torch.cuda.get_device_properties(self.device).total_memory // 4
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
