@@ -195,6 +195,49 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(tmp_path, distinct_gr
     assert json.loads((run / "state.json").read_text())["completed"][-1] == "after_grpo"
 
 
+# `tooltune demo`, killed with SIGKILL right after the SFT checkpoint of step argv[1] is saved.
+KILLED_IN_SFT = """
+import os, signal, sys
+from tooltune.training import pipeline
+save_state = pipeline.RunDirectory.save_state
+def save_then_die(run, state):
+    save_state(run, state)
+    if state.get("sft_step") == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+pipeline.RunDirectory.save_state = save_then_die
+from tooltune.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@RUNS_THE_PIPELINE
+def test_a_run_killed_in_sft_resumes_at_its_last_sft_checkpoint(tmp_path, capsys):
+    # 8 SFT steps (16 tasks, batches of 4, 2 epochs), a checkpoint after each
+    sets = ["pipeline.sft_tasks=16", "sft_epochs=2", "sft_batch_size=4", "pipeline.val_tasks=0",
+            "pipeline.eval_tasks_per_tier=1", "pipeline.copy_drill_steps=4",
+            "pipeline.grpo_steps=0", "pipeline.sft_checkpoint_minutes=0"]  # fmt: skip
+    args = _demo_args(tmp_path, "run", *[a for s in sets for a in ("--set", s)])
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_SFT, "5", *args], capture_output=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"] == ["data", "before"] and state["sft_step"] == 5  # killed in epoch 2
+    saved = torch.load(run / state["checkpoint"] / "trainer.pt", weights_only=False)["sft"]
+    assert len(saved["history"]["step_loss"]) == 5 and saved["history"]["train_loss"] != []
+
+    assert main(args) == 0
+    assert "[sft] resuming after step 5" in capsys.readouterr().out
+    _check_run(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows].count("copy_drill") == 1  # not run again, its row kept
+    sft = [r for r in rows if r["stage"] == "sft"]
+    steps = [loss for r in sft for loss in r["step_loss"]]
+    assert [r["epoch"] for r in sft] == [1, 2] and len(steps) == 8
+    assert steps[:5] == saved["history"]["step_loss"]  # the killed run's steps, kept
+    assert "sft_step" not in json.loads((run / "state.json").read_text())
+
+
 def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():
     """SmolLM2: compact tool listings, turns as long as the expert's, capped micro-batches."""
     from tooltune.cli import build_parser

@@ -1,5 +1,7 @@
 """AdamW with fp32 master weights: bf16 parameters keep the updates bf16 alone would round away."""
 
+import copy
+
 import torch
 
 from tooltune.training.optim import AdamW
@@ -48,3 +50,23 @@ def test_zero_grad_clears_the_model_parameters_gradients():
     optimizer.zero_grad()
     assert param.grad is None
     assert optimizer.masters[0].grad is None
+
+
+def test_a_resumed_bf16_parameter_steps_from_its_saved_master_not_the_rounded_weight():
+    straight = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    optimizer = AdamW([straight], lr=1e-4, weight_decay=0.0)
+    _steps(optimizer, straight, 30)
+    saved, weights = copy.deepcopy(optimizer.state_dict()), straight.detach().clone()
+    _steps(optimizer, straight, 30)
+
+    resumed = torch.nn.Parameter(weights)  # what a checkpoint holds: the rounded weights
+    again = AdamW([resumed], lr=1e-4, weight_decay=0.0)
+    again.load_state_dict(saved)
+    _steps(again, resumed, 30)
+    assert torch.equal(again.masters[0], optimizer.masters[0])
+    assert torch.equal(resumed, straight)
+
+    rebuilt = AdamW([torch.nn.Parameter(weights.clone())], lr=1e-4, weight_decay=0.0)
+    rebuilt.load_state_dict({k: v for k, v in saved.items() if k != "masters"})  # older states
+    assert torch.equal(rebuilt.masters[0], weights.float())  # what resuming used to step from
+    assert not torch.equal(rebuilt.masters[0], saved["masters"][0])

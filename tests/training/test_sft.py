@@ -1,4 +1,6 @@
+import copy
 import json
+import random
 
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch
 from tooltune.chat_format import IM_END
 from tooltune.training.schedule import make_scheduler, warmup_cosine
 from tooltune.training.sft import (
+    SFTProgress,
     collate,
     evaluate_loss,
     load_chat_jsonl,
@@ -290,3 +293,46 @@ def test_turns_longer_than_the_generation_budget_are_reported(policy, make_confi
     assert history.turns_over_budget == 1
     assert "1 of 4 training conversations" in logged[0] and "max_new_tokens" in logged[0]
     assert train_sft(policy, dataset(4), config).turns_over_budget == 0  # turns of 2 tokens
+
+
+def test_a_resumed_run_takes_the_steps_an_unstopped_one_takes(toy_policy_cls, make_config):
+    """Stopped mid-epoch after any checkpoint, SFT resumes with the same batches, renames and
+    updates: the same step losses and the same weights as a run never stopped."""
+    config = sft_config(make_config, sft_epochs=3, sft_batch_size=4)  # 8 steps an epoch
+
+    def renamer():  # random renames, drawn afresh each epoch as `tasks.augment`'s are
+        rng = random.Random(5)
+
+        def rename(record):
+            ids = list(record.ids)
+            ids[4] += rng.choice([0, 1, 2])  # the answer: a scored token
+            return TokenRecord(ids=ids, mask=record.mask, logprobs=record.logprobs)
+
+        return rename
+
+    saved = {}
+
+    def checkpoint(progress):
+        saved[progress.step] = copy.deepcopy((policy.model.state_dict(), progress.to_dict()))
+
+    policy = toy_policy_cls(seed=2)
+    straight = train_sft(policy, dataset(32), config, augment=renamer(), checkpoint=checkpoint,
+                         checkpoint_minutes=0)  # fmt: skip
+    assert sorted(saved) == list(range(1, 24))  # after every step but the last
+    assert len(straight.step_loss) == 24
+    for stop in (5, 8, 13):  # mid-epoch, at an epoch's end, in a later epoch
+        weights, progress = saved[stop]
+        resumed = toy_policy_cls(seed=0)
+        resumed.model.load_state_dict(weights)
+        history = train_sft(resumed, dataset(32), config, augment=renamer(),
+                            resume=SFTProgress.from_dict(progress))  # fmt: skip
+        assert history.step_loss == pytest.approx(straight.step_loss, abs=1e-6)
+        assert history.train_loss == pytest.approx(straight.train_loss, abs=1e-6)
+        assert torch.allclose(resumed.params(), policy.params(), atol=1e-6)
+
+
+def test_checkpoints_wait_for_their_minutes(policy, make_config):
+    saved = []
+    config = sft_config(make_config, sft_epochs=1, sft_batch_size=4)
+    train_sft(policy, dataset(32), config, checkpoint=saved.append, checkpoint_minutes=5)
+    assert saved == []  # 8 steps of a toy model take far less than 5 minutes

@@ -7,7 +7,8 @@ often smaller than bf16's resolution (8 bits of mantissa: 1.0 + 1e-3 rounds back
 stepping the bf16 weights directly would lose most of them. `AdamW` here steps fp32 copies of
 such parameters and rounds the result into the model after every step (the "master weights"
 of mixed-precision training). fp32 parameters (LoRA adapters) are stepped in place as usual.
-A resumed run rebuilds the masters from the saved (rounded) weights.
+The masters travel in the optimizer's `state_dict`, so a resumed run steps the fp32 values
+an unstopped one would, not the rounded weights a checkpoint holds.
 
 The step is torch's fused kernel wherever it has one (CPU and CUDA): over SmolLM2's 135M
 parameters the per-tensor loop took ~0.6 s of a ~5.5 s full fine-tuning step on a 2-core CPU,
@@ -17,6 +18,7 @@ the fused kernel a fraction of that (benchmarks/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -46,6 +48,22 @@ class AdamW(torch.optim.AdamW):
             param.copy_(master)  # rounds to the model's dtype
             master.grad = None
         return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {**super().state_dict(), "masters": [m for _, m in self._low_precision()]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Also the fp32 masters where saved (a state from before they were saved keeps the
+        masters rebuilt from the model's rounded weights)."""
+        state_dict = dict(state_dict)
+        masters = state_dict.pop("masters", None)
+        super().load_state_dict(state_dict)
+        pairs = list(self._low_precision())
+        if masters is not None and len(masters) == len(pairs):
+            for (param, master), saved in zip(pairs, masters, strict=True):
+                master.copy_(saved)
+                param.copy_(master)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)

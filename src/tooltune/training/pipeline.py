@@ -5,26 +5,26 @@ model learns from the SFT'd policy's verified episodes on training tasks (see `r
 with `reward_baseline = "learned"` it is GRPO's baseline.
 
 Every stage ends with an atomic checkpoint (`state.json` is replaced only after the files it
-points to are complete), and GRPO also checkpoints every `checkpoint_every` steps, so a run that is
-killed resumes where its last checkpoint left off: no step is lost from the record or repeated in
-it. Evaluation always runs on held-out test tasks, greedily, through the real tools.
+points to are complete); SFT also checkpoints every `sft_checkpoint_minutes` and GRPO every
+`checkpoint_every` steps, so a run that is killed resumes where its last checkpoint left off: no
+step is lost from the record or repeated in it, and the resumed steps are those an unstopped run
+takes. Evaluation always runs on held-out test tasks, greedily, through the real tools.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tooltune.allocator import release_free_memory
-from tooltune.chat_format import IM_END, TOOL_STYLES
+from tooltune.chat_format import IM_END
 from tooltune.config import AgentConfig, ConfigError, data_seed_of
 from tooltune.messages import read_trajectories, write_trajectories
 from tooltune.prompt_format import PromptFormat, missing_message
@@ -36,73 +36,14 @@ from tooltune.rollout import (
 )
 from tooltune.training import reward_stage
 from tooltune.training.run_dir import RunDirectory, load_policy, write_atomic
+from tooltune.training.settings import PipelineSettings
 from tooltune.training.tracking import (
-    check_report_to,
     make_tracker,
     peak_gpu_memory_gb,
     peak_memory_gb,
 )
 
 STAGES = ("data", "before", "sft", "after_sft", "reward_model", "grpo", "after_grpo")
-
-
-@dataclass
-class PipelineSettings:
-    """What the demo trains and on how much data (the `[pipeline]` table of a preset)."""
-
-    model: str = "builtin"  # builtin | smollm2-135m | a local Hugging Face model directory
-    model_size: str = "tiny"  # built-in model only
-    vocab_size: int = 2048  # built-in tokenizer only
-    copy_head: bool = False  # built-in model only: a pointer-generator output (see transformer)
-    max_seq_len: int = 1024
-    tool_style: str = "names"  # how tools are listed in the system prompt (json for HF models)
-    lora: bool = True  # Hugging Face models: train LoRA adapters, not all weights
-    train_layers: int = 0  # only the last N decoder layers train (LoRA or all weights); 0: all
-    lora_dropout: float = 0.05
-    dtype: str = "auto"  # Hugging Face models' frozen weights: auto (bf16 where fast) | bf16 | fp32
-    device: str = ""  # Hugging Face models: cpu | cuda | cuda:N; empty: cuda where present
-    marker_tokens: bool = False  # Hugging Face models: <tool_call> etc. as new single tokens
-    # Hugging Face models: the layers' element-wise parts compiled (tooltune.policies.pointwise)
-    torch_compile: bool = False
-    rename_entities: bool = True  # SFT on demonstrations with fresh names each epoch
-    copy_drill_steps: int = 0  # copy drills before SFT; built-in model only (pretrained ones copy)
-    sft_tasks: int = 1600
-    val_tasks: int = 60
-    eval_tasks_per_tier: int = 50
-    # also evaluated each stage: tasks whose tools training never offers
-    heldout_tools_tasks: int = 0
-    # the untrained model's evaluation: the first N of each tier (0: all)
-    before_tasks_per_tier: int = 0
-    grpo_steps: int = 30
-    reward_model_tasks: int = 0  # training tasks the reward model learns from; 0: no reward model
-    checkpoint_every: int = 5
-    saved_trajectories: int = 8  # per tier and stage, into trajectories.jsonl
-    # evaluations decode calls under the offered tools' schemas (tooltune.call_grammar)
-    constrained_calls: bool = False
-    backend: str = "local"  # GRPO rollouts: local (batched, in process) or ray (actors)
-    ray_address: str = ""  # an existing Ray cluster; empty: start a local one
-    ray_workers: int = 2
-    report_to: str = "none"  # metrics.jsonl's rows also to tensorboard | wandb (see tracking)
-
-    def __post_init__(self) -> None:
-        for key in ("sft_tasks", "eval_tasks_per_tier", "checkpoint_every", "max_seq_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"pipeline.{key} must be at least 1")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError("pipeline.lora_dropout must be in [0, 1)")
-        for key in ("val_tasks", "grpo_steps", "saved_trajectories", "copy_drill_steps",
-                    "train_layers", "before_tasks_per_tier", "heldout_tools_tasks"):  # fmt: skip
-            if getattr(self, key) < 0:
-                raise ConfigError(f"pipeline.{key} must be >= 0")
-        if self.reward_model_tasks == 1 or self.reward_model_tasks < 0:
-            raise ConfigError("pipeline.reward_model_tasks must be 0 (off) or at least 2")
-        if self.tool_style not in TOOL_STYLES:
-            raise ConfigError(f"pipeline.tool_style must be one of {', '.join(TOOL_STYLES)}")
-        if self.device and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"pipeline.device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.backend not in ("local", "ray"):
-            raise ConfigError("pipeline.backend must be local or ray")
-        check_report_to(self.report_to)
 
 
 class AgentTrainingPipeline:
@@ -156,9 +97,10 @@ class AgentTrainingPipeline:
             self._check_same_run(state)
             self.history = state["history"]
             done, step = set(state["completed"]), state["grpo_step"]
+            in_sft = "sft" in done or state.get("sft_step", 0) > 0
             # the copy drill's row belongs to the SFT stage it runs in
             self.run.trim("metrics.jsonl", lambda r: r["stage"] in done
-                          or (r["stage"] == "copy_drill" and "sft" in done)
+                          or (r["stage"] == "copy_drill" and in_sft)
                           or (r["stage"] == "grpo" and r["step"] < step))  # fmt: skip
             self.run.trim("trajectories.jsonl", lambda r: r["metadata"].get("stage") in done)
             self.log(
@@ -177,7 +119,7 @@ class AgentTrainingPipeline:
             elif stage in ("before", "after_sft", "after_grpo"):
                 state["metrics"][stage] = self._evaluate(stage)
             elif stage == "sft":
-                self._sft(demos)
+                self._sft(demos, state)
             elif stage == "reward_model" and self.settings.reward_model_tasks:
                 state["metrics"][stage] = reward_stage.run_stage(self)
             elif stage == "grpo":
@@ -441,10 +383,16 @@ class AgentTrainingPipeline:
         self.run.log_metrics({"stage": "copy_drill", "steps": len(history.step_loss),
                               "loss_start": start, "loss_end": end})  # fmt: skip
 
-    def _sft(self, demos: list[Any]) -> None:
-        from tooltune.training.sft import train_sft
+    def _sft(self, demos: list[Any], state: dict[str, Any]) -> None:
+        from tooltune.training.sft import SFTProgress, train_sft
 
-        if self.settings.copy_drill_steps and self.settings.model == "builtin":
+        resume = None
+        if state.get("sft_step", 0) > 0:  # the weights are the checkpoint's already
+            saved = torch.load(self.run.dir / state["checkpoint"] / "trainer.pt",
+                               map_location="cpu", weights_only=False)  # fmt: skip
+            resume = SFTProgress.from_dict(saved["sft"])
+            self.log(f"[sft] resuming after step {resume.step}")
+        elif self.settings.copy_drill_steps and self.settings.model == "builtin":
             self._copy_drill()
         val_tasks = self._tasks("validation", self.settings.val_tasks, self.config.seed + 2)
         expert = val_tasks and self.env.expert() is not None
@@ -463,10 +411,18 @@ class AgentTrainingPipeline:
                 metrics = {"val_accuracy": result["accuracy"]}
             return metrics
 
+        def checkpoint(progress: SFTProgress) -> None:
+            state["sft_step"] = progress.step
+            state["checkpoint"] = self.run.checkpoint("latest", self.policy,
+                                                      {"sft": progress.to_dict()})  # fmt: skip
+            self.run.save_state(state)
+
         history = train_sft(self.policy, demos, self.config, val_records,
                             max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log,
                             progress=self.progress, tool_style=self.settings.tool_style,
-                            augment=self._rename())  # fmt: skip
+                            augment=self._rename(), checkpoint=checkpoint,
+                            checkpoint_minutes=self.settings.sft_checkpoint_minutes, resume=resume)  # fmt: skip
+        state.pop("sft_step", None)  # the stage's own checkpoint follows
         per = len(history.step_loss) // max(1, len(history.train_loss))  # the report plots steps
         for epoch, loss in enumerate(history.train_loss):
             last = epoch + 1 == len(history.train_loss)

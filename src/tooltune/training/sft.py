@@ -9,6 +9,7 @@ context tokens back at a small weight, an option for models trained from scratch
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,37 @@ class SFTHistory:
             "turns_over_budget": self.turns_over_budget,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SFTHistory:
+        lists = {k: list(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **lists})
+
+
+@dataclass
+class SFTProgress:
+    """Where SFT stands after `step` optimizer steps: what `train_sft(resume=...)` needs to take
+    the remaining steps an unstopped run takes (the same batches, the same updates)."""
+
+    step: int
+    epoch: int
+    epoch_step: int  # steps of `epoch` done
+    epoch_generator: torch.Tensor  # the batch order's generator as `epoch` began
+    torch_rng: torch.Tensor  # torch's global generator (dropout), now
+    optimizer: dict[str, Any]  # with AdamW's fp32 master weights
+    scheduler: dict[str, Any]
+    history: SFTHistory
+    epoch_nll: float  # the epoch's sums so far
+    epoch_tokens: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (no class of ours), so a checkpoint outlives a renamed module."""
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__},
+                "history": self.history.to_dict()}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SFTProgress:
+        return cls(**{**data, "history": SFTHistory.from_dict(data["history"])})
+
 
 def scored_token_logprobs(policy: Any, batch: TokenBatch) -> torch.Tensor:
     """`policy.token_logprobs` of the batch, computed at its loss-mask positions only where the
@@ -295,6 +327,9 @@ def train_sft(
     progress: bool = False,
     augment: Callable[[Any], Any] | None = None,
     share_prefix: bool | None = None,
+    checkpoint: Callable[[SFTProgress], None] | None = None,
+    checkpoint_minutes: float = 10.0,
+    resume: SFTProgress | None = None,
 ) -> SFTHistory:
     """Fine-tune `policy` on token records or trajectories, in place.
 
@@ -315,6 +350,11 @@ def train_sft(
 
     `augment(trajectory) -> trajectory` (e.g. `tasks.augment.rename_entities`) is applied to
     every training trajectory afresh each epoch, so no epoch repeats the same text.
+
+    `checkpoint(progress)` is called after a step once `checkpoint_minutes` have passed since
+    the last call (or the start), never after the last step; the caller saves the weights with
+    the `SFTProgress`. `resume=progress` (the weights loaded into `policy` first, a fresh
+    `augment` as at the start) takes the steps that remain, the same ones an unstopped run takes.
 
     With `share_prefix` (never with a context weight) the beginnings that rows of a
     micro-batch share (at least the system prompt's instructions, ~100 of SmolLM2's ~770 tokens
@@ -374,18 +414,39 @@ def train_sft(
     generator = torch.Generator().manual_seed(data_seed_of(config))
     clip = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
 
+    total_steps = steps_per_epoch * epochs
+    start_epoch, done = 0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        history = resume.history
+        start_epoch, done = resume.epoch, resume.step
+        generator.set_state(resume.epoch_generator)
+        torch.set_rng_state(resume.torch_rng)
+    last_checkpoint = time.monotonic()
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps_per_epoch * epochs, desc="SFT", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=done, desc="SFT", unit="step", dynamic_ncols=True)
     policy.model.train()
     for epoch in range(epochs):
+        if epoch < start_epoch:  # resumed: draw the renames the stopped run drew, unused
+            if augment is not None:
+                for item in train_records:
+                    augment(item)
+            continue
+        epoch_generator = generator.get_state()
         if augment is not None:
             records = epoch_records([augment(item) for item in train_records])
         order = torch.randperm(len(records), generator=generator).tolist()
-        epoch_nll, epoch_tokens = 0.0, 0.0
-        for batch_records in _batches(records, order, batch_size, generator):
+        epoch_step, epoch_nll, epoch_tokens = 0, 0.0, 0.0
+        if resume is not None and epoch == start_epoch:  # the stopped epoch's steps and sums
+            r = resume
+            epoch_step, epoch_nll, epoch_tokens = r.epoch_step, r.epoch_nll, r.epoch_tokens
+        batches = _batches(records, order, batch_size, generator)
+        for batch_records in batches[epoch_step:]:
             lengths = [min(len(record_of(r).ids), max_len or math.inf) for r in batch_records]
             ids = [record_of(r).ids for r in batch_records]
             shared = min(common_prefix_length(ids[0], row) for row in ids) if share_prefix else 0
@@ -411,9 +472,16 @@ def train_sft(
             history.grad_norm.append(float(grad_norm))
             epoch_nll += batch_nll
             epoch_tokens += batch_tokens
+            done, epoch_step = done + 1, epoch_step + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
+            due = time.monotonic() - last_checkpoint >= 60 * checkpoint_minutes
+            if checkpoint is not None and due and done < total_steps:
+                checkpoint(SFTProgress(done, epoch, epoch_step, epoch_generator,
+                                       torch.get_rng_state(), optimizer.state_dict(),
+                                       scheduler.state_dict(), history, epoch_nll, epoch_tokens))  # fmt: skip
+                last_checkpoint = time.monotonic()
         history.num_train_tokens += int(epoch_tokens)
         history.train_loss.append(epoch_nll / epoch_tokens)
         history.val_loss.append(evaluate_loss(policy, val, batch_size, max_len) if val else None)
