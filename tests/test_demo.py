@@ -235,7 +235,9 @@ def test_a_run_killed_in_sft_resumes_at_its_last_sft_checkpoint(tmp_path, capsys
     steps = [loss for r in sft for loss in r["step_loss"]]
     assert [r["epoch"] for r in sft] == [1, 2] and len(steps) == 8
     assert steps[:5] == saved["history"]["step_loss"]  # the killed run's steps, kept
-    assert "sft_step" not in json.loads((run / "state.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    assert "sft_step" not in state and state["processes"] == 2
+    assert "in 2 processes (resumed once;" in (run / "report.md").read_text()
 
 
 def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_batches():

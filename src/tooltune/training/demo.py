@@ -171,11 +171,13 @@ def run_training(args: Any, command: str, make_env: Any, label: str = "") -> int
         pipeline = AgentTrainingPipeline(env, config, settings, run_dir)
         metrics = pipeline.run_all()
         test_n = len(pipeline.test_tasks())
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started + pipeline.earlier_seconds
     # the demonstrations SFT really had (the expert's failures are left out), not the tasks asked
     report = write_report(run_dir, metrics, pipeline.history, settings, config, test_n, elapsed,
                           sft_source=pipeline.sft_source or None,
-                          per="tier" if command == "demo" else "group")  # fmt: skip
+                          per="tier" if command == "demo" else "group",
+                          processes=pipeline.processes)  # fmt: skip
     print(f"report: {report}")
-    print(f"total time: {elapsed / 60:.1f} min")
+    resumed = f" in {pipeline.processes} processes" if pipeline.processes > 1 else ""
+    print(f"total time: {elapsed / 60:.1f} min{resumed}")
     return 0

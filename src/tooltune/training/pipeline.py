@@ -73,6 +73,9 @@ class AgentTrainingPipeline:
         self.policy: Any = None
         self.compile_failed = False  # `torch_compile` tried and failed: not tried again
         self.sft_source = ""  # what SFT learned from, for the report ("40 expert demonstrations")
+        # a resumed run's time: its earlier processes' (each to its last checkpoint), and how many
+        self.earlier_seconds, self.processes = 0.0, 1
+        self._started = time.perf_counter()
         self.history: dict[str, list[float]] = {"loss": [], "reward": [], "success_rate": []}
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ class AgentTrainingPipeline:
     # -- the run ----------------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
         """Run (or resume) every stage; returns the metrics of the three evaluations."""
+        self._started = time.perf_counter()
         state = self.run.load_state()
         if state is None:
             state = {"completed": [], "metrics": {}, "history": self.history, "grpo_step": 0,
@@ -106,6 +110,10 @@ class AgentTrainingPipeline:
             self.log(
                 f"resuming {self.run.dir} after stage {state['completed'][-1] if state['completed'] else 'start'}"
             )
+        self.earlier_seconds = state.get("seconds", 0.0)
+        if set(STAGES) - set(state["completed"]):  # one that only rewrites the report: not counted
+            state["processes"] = state.get("processes", 0) + 1
+        self.processes = state.get("processes", 1)
         write_atomic(self.run.dir / "config.json", json.dumps(
             {"config": self.config.to_dict(), "pipeline": asdict(self.settings)}, indent=2))  # fmt: skip
 
@@ -127,7 +135,7 @@ class AgentTrainingPipeline:
             state["completed"].append(stage)
             state["history"] = self.history
             state["checkpoint"] = self.run.checkpoint("latest", self.policy)
-            self.run.save_state(state)
+            self._save_state(state)
             release_free_memory()  # what this stage's sizes kept would add to the next one's peak
             peak, gpu = peak_memory_gb(), peak_gpu_memory_gb()  # gpu: None without CUDA
             parts = [f"peak memory so far {peak:.1f} GB"] if peak else []
@@ -137,6 +145,11 @@ class AgentTrainingPipeline:
         if self.run.tracker is not None:
             self.run.tracker.close()
         return state["metrics"]
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        """state.json with the run's time so far: its earlier processes' and this one's."""
+        state["seconds"] = self.earlier_seconds + time.perf_counter() - self._started
+        self.run.save_state(state)
 
     def _check_same_run(self, state: dict[str, Any]) -> None:
         """A run resumes only with its own configuration. A setting the saved run does not
@@ -183,7 +196,7 @@ class AgentTrainingPipeline:
         self.sft_source = state["sft_source"] = f"{len(demos)} {source}"
         state["completed"].append("data")
         state["checkpoint"] = self.run.checkpoint("latest", self.policy)
-        self.run.save_state(state)
+        self._save_state(state)
         self.log(f"[data] {len(demos)} {source}, model with "
                  f"{sum(p.numel() for p in self.policy.parameters()):,} parameters "
                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
@@ -415,7 +428,7 @@ class AgentTrainingPipeline:
             state["sft_step"] = progress.step
             state["checkpoint"] = self.run.checkpoint("latest", self.policy,
                                                       {"sft": progress.to_dict()})  # fmt: skip
-            self.run.save_state(state)
+            self._save_state(state)
 
         history = train_sft(self.policy, demos, self.config, val_records,
                             max_len=self.settings.max_seq_len, callback=after_epoch, log=self.log,
@@ -473,7 +486,7 @@ class AgentTrainingPipeline:
             extra = {"optimizer": trainer.optimizer.state_dict(),
                      "scheduler": trainer.scheduler.state_dict()}  # fmt: skip
             state["checkpoint"] = self.run.checkpoint("latest", self.policy, extra)
-            self.run.save_state(state)
+            self._save_state(state)
 
         try:
             train_grpo(trainer, self._grpo_tasks, rollout, s.grpo_steps, start=state["grpo_step"],

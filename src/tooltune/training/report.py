@@ -169,6 +169,14 @@ def _figure_html(figure: Figure) -> str:
             f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
 
 
+def _resumed_text(processes: int) -> str:
+    if processes <= 1:
+        return ""
+    times = "once" if processes == 2 else f"{processes - 1} times"
+    return (f" in {processes} processes (resumed {times}; the time a stopped process spent after"
+            " its last checkpoint is not counted)")  # fmt: skip
+
+
 def write_report(
     run_dir: str | Path,
     metrics: dict[str, Any],
@@ -179,12 +187,14 @@ def write_report(
     elapsed_s: float,
     sft_source: str | None = None,
     per: str = "tier",
+    processes: int = 1,
 ) -> Path:
     """Write metrics.json, report.md, report.html and the figures. The curves come from the run's
     `metrics.jsonl`; `history` (the pipeline's one list of SFT epochs then GRPO steps) is not
     read any more and stays in the signature for callers. `sft_source` says what SFT learned
     from (default: the built-in world's expert demonstrations); `per` names what the test tasks
-    are counted per ("tier", or a user environment's "group")."""
+    are counted per ("tier", or a user environment's "group"); `processes`, how many processes
+    a resumed run took (`elapsed_s` is their time together)."""
     run_dir = Path(run_dir)
     summary = summarise(metrics, n_test)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -210,7 +220,7 @@ def write_report(
              f" real tools; {sft_source or f'{settings.sft_tasks} expert demonstrations'};"
              f" {settings.grpo_steps} GRPO steps of"
              f" {config.batch_size} tasks x {config.num_generations} samples ({config.reward_baseline} baseline);"
-             f" wall time {elapsed_s / 60:.1f} min.")  # fmt: skip
+             f" wall time {elapsed_s / 60:.1f} min{_resumed_text(processes)}.")  # fmt: skip
     reward_model = _reward_model_text(summary)
     sections = [("Tool use accuracy", acc, figures.get("accuracy")), ("Efficiency", eff, None)]
     if failed := failures_table(summary):
