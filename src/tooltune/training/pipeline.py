@@ -293,7 +293,7 @@ class AgentTrainingPipeline:
     def _load_checkpoint(self, relative: str) -> Any:
         """The policy of a checkpoint, with the prompt format it was saved with (one saved
         before formats were recorded gets this run's, which trained it)."""
-        directory = self.run.dir / relative
+        directory = self.run.checkpoint_dir(relative)
         if not (directory / "COMPLETE").exists():
             raise ConfigError(f"checkpoint {directory} is incomplete; rerun with --fresh")
         policy = load_policy(directory / "policy", self.settings.dtype, self._device())

@@ -59,6 +59,16 @@ class RunDirectory:
         shutil.rmtree(old, ignore_errors=True)
         return str(final.relative_to(self.dir))
 
+    def checkpoint_dir(self, relative: str) -> Path:
+        """The directory of a checkpoint `state.json` names. A process killed between
+        `checkpoint`'s two renames left it as `.<name>.old` (the new one, never named by
+        `state.json`, is still `.<name>.tmp`): it is put back."""
+        final = self.dir / relative
+        old = final.with_name(f".{final.name}.old")
+        if not final.exists() and (old / "COMPLETE").exists():
+            old.rename(final)
+        return final
+
     def log_metrics(self, row: dict[str, Any]) -> None:
         with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
