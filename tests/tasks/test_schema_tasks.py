@@ -4,6 +4,7 @@ the expert through the real loop, and absent unless asked for."""
 import itertools
 import json
 import random
+import re
 
 import pytest
 
@@ -255,23 +256,28 @@ def _think(task):
 
 
 def test_thoughts_name_the_request_before_the_decision():
-    """Calling and abstaining open alike, with what is asked; the call's name (or the refusal)
-    comes after it, and several calls of one function list the values that vary."""
+    """A call's thought opens with what is asked, then the call's name; a refusal opens with
+    "No" (as the world's refusals do) and names what is asked after it; several calls of one
+    function list the values that vary."""
     rng = random.Random(3)
     by_name = {f.name: f for f in pool_of("train")}
     for tier in (TaskTier.SIMPLE, TaskTier.NO_TOOL):
         for i in range(40):
             task = make_schema_task(tier, "train", rng, f"t{i}")
-            asked, decision = _think(task).split(": ", 1)
-            verb, noun = asked.lower().split(" the ", 1)
-            assert f"{verb} " in task.prompt.lower() and noun in task.prompt, task.prompt
             if tier is TaskTier.NO_TOOL:
-                assert decision.startswith("no offered function does this")
+                refusal = re.fullmatch(
+                    r"No offered function can (.+) the (.+), so I make no call\.", _think(task)
+                )
+                assert refusal, _think(task)
+                verb, noun = refusal.groups()
                 assert all(by_name[n].noun != noun for n in task.tools)
             else:
+                asked, decision = _think(task).split(": ", 1)
+                verb, noun = asked.lower().split(" the ", 1)
                 called = by_name[task.minimal_calls[0]["name"]]
                 assert (called.verb, called.noun) == (verb, noun)
                 assert decision.startswith(called.name + " does this")
+            assert f"{verb} " in task.prompt.lower() and noun in task.prompt, task.prompt
     checked = 0
     for i in range(200):
         task = make_schema_task(TaskTier.MULTI_TOOL_PAR, "train", rng, f"p{i}")

@@ -351,8 +351,10 @@ def _irrelevant_task(split: str, rng: random.Random, task_id: str, world_seed: i
     prompt = _sentence(request, rng)
     answer = (f"I cannot {wanted.verb} the {wanted.noun} with the tools I have: none of the "
               "offered functions does that.")  # fmt: skip
-    asked = _capital(f"{wanted.verb} the {wanted.noun}")
-    think = f"{asked}: no offered function does this, so I make no call."
+    # "No" first, as the world's refusals (`abstention.REFUSE_THINK`): opened with the request
+    # like a call's thought, refusals taught the model no first word of their own, and world
+    # questions no tool answers drew "One lookup: ..." calls (unnecessary calls 6% -> 15%).
+    think = f"No offered function can {wanted.verb} the {wanted.noun}, so I make no call."
     return Task(
         id=task_id,
         prompt=prompt,
@@ -428,8 +430,8 @@ def _think(calls: list[tuple]) -> str:
     """The plan: what is asked first (in the question's words), then which call does it.
 
     Naming the request before the decision lets the function name be copied next to the words
-    that match it, and gives calling and abstaining (`_irrelevant_task`) the same opening, so
-    the first token does not decide between one fixed refusal and many possible names."""
+    that match it. Refusals (`_irrelevant_task`) open with "No" instead, so that abstaining is
+    one first word the model can learn, as in the world's tasks."""
     groups: dict[str, list[tuple]] = {}
     for function, call in calls:
         groups.setdefault(function.name, []).append((function, call))
