@@ -251,7 +251,7 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     config, settings = resolve("--model", "smollm2-135m")
     assert settings.model == "smollm2-135m" and settings.tool_style == "compact"
     assert config.max_trajectory_len == 3072 and settings.max_seq_len == 3072
-    assert config.max_new_tokens >= 349  # the longest demonstrated turn (SmolLM2 tokens)
+    assert config.max_new_tokens >= 397  # the longest demonstrated turn (SmolLM2 tokens)
     assert config.micro_batch_tokens == 4096  # activations, not rows, set the memory
     config, settings = resolve("--model", "smollm2-135m", "--set", "max_trajectory_len=4096",
                                "--set", "pipeline.tool_style=json")  # fmt: skip
@@ -304,6 +304,35 @@ def test_the_default_demo_leaves_room_for_every_expert_solution(tmp_path):
         assert len(tokenizer(text).input_ids) <= settings.max_seq_len, task.id
         longest = max(longest, context)
     assert longest + config.max_new_tokens > 2048  # the long bookings this is about are here
+
+
+def test_every_demonstrated_turn_of_the_default_demo_fits_its_max_new_tokens(tmp_path):
+    """SFT on a turn longer than `max_new_tokens` teaches one the model cannot finish when it
+    runs: the default demo's limit holds the longest turn of its own demonstrations, in SmolLM2's
+    tokens (schema tasks' parallel calls with their listed values: 397 since 80aa05c)."""
+    transformers = pytest.importorskip("transformers")
+    from tooltune.cli import build_parser
+    from tooltune.env_data import collect_successes
+    from tooltune.environment import BuiltinWorld
+    from tooltune.policies.smollm2 import smollm2_gguf_path
+    from tooltune.rollout import tokenize_trajectory
+    from tooltune.training.demo import resolve_demo
+    from tooltune.training.sft import longest_turn
+
+    try:
+        gguf = smollm2_gguf_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config, settings = resolve_demo(build_parser().parse_args(["demo"]))
+    with BuiltinWorld(tmp_path / "world", seed=config.seed, config=config) as env:
+        tasks = env.sample_tasks("train", settings.sft_tasks, seed=config.seed)
+        demos, _ = collect_successes(env.expert(), env, tasks, config, settings.tool_style)
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    turns = [longest_turn(tokenize_trajectory(d, encode, settings.tool_style)) for d in demos]
+    assert len(demos) > 0.99 * len(tasks)
+    assert max(turns) <= config.max_new_tokens
+    assert max(turns) > 352  # the long parallel turns this is about are here
 
 
 def test_the_default_demo_trains_smollm2_and_the_builtin_model_keeps_its_own_preset():

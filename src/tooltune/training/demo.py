@@ -87,9 +87,9 @@ def resolve_demo(args: Any) -> tuple[AgentConfig, PipelineSettings]:
         config_table.pop("sft_context_weight", None)
         pipeline_table.pop("copy_head", None)
         # Room for every demonstrated turn (the world's tasks need at most 147 SmolLM2 tokens,
-        # schema tasks' parallel calls up to 349): a shorter limit cuts demonstrated calls off,
+        # schema tasks' parallel calls up to 397): a shorter limit cuts demonstrated calls off,
         # and SFT would teach turns the model cannot finish when it runs.
-        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 352)
+        config_table["max_new_tokens"] = max(int(config_table.get("max_new_tokens", 0)), 416)
         # Room for every expert solution: a booking that searches again after a sold-out flight
         # in a list cut short needs up to ~2,330 SmolLM2 tokens before its answer turn, and
         # the answer turn its `max_new_tokens` (at 2,048, 4 of the 250 test tasks could not be
