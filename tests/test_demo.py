@@ -265,6 +265,22 @@ def test_hugging_face_models_get_compact_tools_room_for_turns_and_small_micro_ba
     assert config.grad_accum_steps == 1 and config.max_new_tokens == 48
 
 
+def _smollm2_tokenizer_and_default_demo():
+    """SmolLM2's tokenizer (read from the bundled GGUF; skipped where it is not installed) and
+    the default demo's config and settings."""
+    transformers = pytest.importorskip("transformers")
+    from tooltune.cli import build_parser
+    from tooltune.policies.smollm2 import smollm2_gguf_path
+    from tooltune.training.demo import resolve_demo
+
+    try:
+        gguf = smollm2_gguf_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return tokenizer, *resolve_demo(build_parser().parse_args(["demo"]))
+
+
 def test_the_default_demo_leaves_room_for_every_expert_solution(tmp_path):
     """Every test and held-out-tools task of the default demo can be finished within its limits
     the way the expert solves it, counted in SmolLM2's own tokens: the context before the
@@ -273,20 +289,11 @@ def test_the_default_demo_leaves_room_for_every_expert_solution(tmp_path):
     cut short, could not be finished: no model could solve them.)"""
     import dataclasses
 
-    transformers = pytest.importorskip("transformers")
-    from tooltune.cli import build_parser
     from tooltune.environment import BuiltinWorld
     from tooltune.evaluation import run_evaluation
-    from tooltune.policies.smollm2 import smollm2_gguf_path
     from tooltune.tasks.expert import ExpertPolicy
-    from tooltune.training.demo import resolve_demo
 
-    try:
-        gguf = smollm2_gguf_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config, settings = resolve_demo(build_parser().parse_args(["demo"]))
+    tokenizer, config, settings = _smollm2_tokenizer_and_default_demo()
     roomy = dataclasses.replace(config, max_trajectory_len=100_000)
     with BuiltinWorld(tmp_path / "world", seed=config.seed, config=roomy) as env:
         tasks = env.sample_tasks("test", settings.eval_tasks_per_tier, seed=config.seed + 1,
@@ -310,21 +317,12 @@ def test_every_demonstrated_turn_of_the_default_demo_fits_its_max_new_tokens(tmp
     """SFT on a turn longer than `max_new_tokens` teaches one the model cannot finish when it
     runs: the default demo's limit holds the longest turn of its own demonstrations, in SmolLM2's
     tokens (schema tasks' parallel calls with their listed values: 397 since 80aa05c)."""
-    transformers = pytest.importorskip("transformers")
-    from tooltune.cli import build_parser
     from tooltune.env_data import collect_successes
     from tooltune.environment import BuiltinWorld
-    from tooltune.policies.smollm2 import smollm2_gguf_path
     from tooltune.rollout import tokenize_trajectory
-    from tooltune.training.demo import resolve_demo
     from tooltune.training.sft import longest_turn
 
-    try:
-        gguf = smollm2_gguf_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config, settings = resolve_demo(build_parser().parse_args(["demo"]))
+    tokenizer, config, settings = _smollm2_tokenizer_and_default_demo()
     with BuiltinWorld(tmp_path / "world", seed=config.seed, config=config) as env:
         tasks = env.sample_tasks("train", settings.sft_tasks, seed=config.seed)
         demos, _ = collect_successes(env.expert(), env, tasks, config, settings.tool_style)
