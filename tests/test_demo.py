@@ -223,8 +223,16 @@ def test_a_run_killed_in_sft_resumes_at_its_last_sft_checkpoint(tmp_path, capsys
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
     state = json.loads((run / "state.json").read_text())
     assert state["completed"] == ["data", "before"] and state["sft_step"] == 5  # killed in epoch 2
-    saved = torch.load(run / state["checkpoint"] / "trainer.pt", weights_only=False)["sft"]
+    trainer = run / state["checkpoint"] / "trainer.pt"
+    saved = torch.load(trainer, weights_only=False)["sft"]
     assert len(saved["history"]["step_loss"]) == 5 and saved["history"]["train_loss"] != []
+
+    good = trainer.read_bytes()  # a damaged progress file: a clear error, and nothing lost
+    trainer.write_bytes(good[: len(good) // 2])
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "cannot read SFT's progress from" in error and "--fresh" in error, error
+    trainer.write_bytes(good)
 
     assert main(args) == 0
     assert "[sft] resuming after step 5" in capsys.readouterr().out

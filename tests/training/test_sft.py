@@ -331,8 +331,15 @@ def test_a_resumed_run_takes_the_steps_an_unstopped_one_takes(toy_policy_cls, ma
         assert torch.allclose(resumed.params(), policy.params(), atol=1e-6)
 
 
-def test_checkpoints_wait_for_their_minutes(policy, make_config):
+def test_checkpoints_wait_for_their_minutes(policy, make_config, monkeypatch):
+    """A checkpoint once `checkpoint_minutes` have passed since the last one, never after the
+    last step. The clock is a fake one that moves 100 s each time it is read (the start, each
+    step's check, each checkpoint's reset)."""
+    import tooltune.training.sft as sft
+
+    reads = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(sft.time, "monotonic", lambda: next(reads))
     saved = []
-    config = sft_config(make_config, sft_epochs=1, sft_batch_size=4)
+    config = sft_config(make_config, sft_epochs=1, sft_batch_size=4)  # 8 steps
     train_sft(policy, dataset(32), config, checkpoint=saved.append, checkpoint_minutes=5)
-    assert saved == []  # 8 steps of a toy model take far less than 5 minutes
+    assert [p.step for p in saved] == [3, 6]  # 300 s after the start, then after its reset

@@ -401,9 +401,13 @@ class AgentTrainingPipeline:
 
         resume = None
         if state.get("sft_step", 0) > 0:  # the weights are the checkpoint's already
-            saved = torch.load(self.run.dir / state["checkpoint"] / "trainer.pt",
-                               map_location="cpu", weights_only=False)  # fmt: skip
-            resume = SFTProgress.from_dict(saved["sft"])
+            path = self.run.dir / state["checkpoint"] / "trainer.pt"
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=False)
+                resume = SFTProgress.from_dict(saved["sft"])
+            except Exception as exc:  # a damaged file: say which, and how to go on
+                raise ConfigError(f"cannot read SFT's progress from {path} ({exc!r}); "
+                                  "rerun with --fresh to start over") from exc  # fmt: skip
             self.log(f"[sft] resuming after step {resume.step}")
         elif self.settings.copy_drill_steps and self.settings.model == "builtin":
             self._copy_drill()
