@@ -37,6 +37,13 @@ def to_number(text: Any) -> int | float:
     return int(value) if value.is_integer() and "." not in match.group() else value
 
 
+def _as_written(value: int | float, text: str) -> int | float:
+    """A tool's number as its text wrote it: 5234 where the calculator wrote "5234" beside
+    its float 5234.0 (see `plan.written`: the expert writes what it read)."""
+    whole = isinstance(value, float) and value.is_integer() and abs(value) < 1e15
+    return int(value) if whole and re.fullmatch(r"-?\d+", text.strip()) else value
+
+
 def field_text(text: str, name: str) -> str:
     """The text after `Name:` in an article, a memo or a page (`- Name: value`)."""
     match = re.search(rf"{re.escape(name)}:\s*(.+?)(?:\.\s|\.$|\.\.\.|\n|$)", text)
@@ -96,10 +103,12 @@ def extract(spec: dict, result: Any, values: dict) -> Any:
         return field_value(text, spec["field"])
     if kind == "numeric":
         number = result.get("numeric") if isinstance(result, dict) else None
-        value = number if number is not None else to_number(result.get("result"))
+        text = str(result.get("result", "")) if isinstance(result, dict) else ""
+        value = _as_written(number if number is not None else to_number(text), text)
         return round(value, 10) if isinstance(value, float) else value
     if kind == "solve":
-        return to_number(result["numeric"][0][spec["var"]])
+        text = str(result["solutions"][0].get(spec["var"], ""))
+        return _as_written(to_number(result["numeric"][0][spec["var"]]), text)
     if kind == "stdout":
         return to_number(result["stdout"].strip())
     if kind == "csv":

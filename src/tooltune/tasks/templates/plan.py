@@ -53,16 +53,20 @@ def fmt_value(value: Any, grouped: bool = True) -> str:
 
 def written(value: Any) -> str:
     """How the expert writes a value it read from a tool into a thought, a call or an answer:
-    whole numbers in plain digits, as SQL and the calculator give them. A 135M model copies
-    digits well but does not insert separators reliably: taught "808,491" for SQL's 808491, it
-    wrote "80,849,1" (7 of the 106 failed test tasks after the default demo's SFT)."""
+    as the tool wrote it, less thousands separators. A 135M model copies digits well but does
+    not insert separators reliably: taught "808,491" for SQL's 808491, it wrote "80,849,1" (7 of
+    the 106 failed test tasks after the default demo's SFT). Nor does it drop only some
+    decimals: taught "784" for a file's "784.0", it wrote "1248" for "1248.4" (3 of the 4 failed
+    `quarter_sum` tasks), so a float keeps its decimal point (`reading.extract` keeps whole
+    numbers whole where the tool's text has no point)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{int(value)}.0"
     return fmt_value(value, grouped=False)
 
 
 def plain_number(value: Any) -> str:
-    """A number as it goes into an expression: no thousands separators."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    """A number as it goes into an expression: no thousands separators, every digit, a float's
+    decimal point kept (see `written`)."""
     return str(value)
 
 
