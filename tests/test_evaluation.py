@@ -197,14 +197,25 @@ def test_accuracy_on_seen_and_new_task_shapes():
     answer = AgentStep(AgentAction("respond", "1"))
     runs = [AgentTrajectory("q", TaskTier.SIMPLE, [answer], "1", success=ok)
             for ok in (True, True, False)]  # fmt: skip
-    shapes = compute_metrics(tasks, runs)["by_shape"]
-    assert shapes == {
+    for task, template in zip(tasks, ["old", "new", "new"], strict=True):
+        task.metadata["template"] = template
+    metrics = compute_metrics(tasks, runs)
+    assert metrics["by_shape"] == {
         "seen": {"correct": 1, "n": 1, "accuracy": 1.0},
         "new": {"correct": 1, "n": 2, "accuracy": 0.5},
+    }
+    assert metrics["by_template"] == {  # the report's table of the shapes that fail most
+        "new": {"correct": 1, "n": 2, "tier": "simple", "new_shape": True},
+        "old": {"correct": 1, "n": 1, "tier": "simple", "new_shape": False},
     }
     for task in tasks:
         del task.metadata["new_shape"]
     assert "by_shape" not in compute_metrics(tasks, runs)
+    assert compute_metrics(tasks, runs)["by_template"]["old"] == {
+        "correct": 1,
+        "n": 1,
+        "tier": "simple",
+    }
 
 
 def test_an_evaluation_runs_more_episodes_at_once_on_a_gpu():

@@ -10,6 +10,8 @@ reward). The efficiency table is computed from the trajectories:
                             whose minimal solution is known; None when no task's is; a no-tool
                             task's minimal solution is empty: every call made on one counts)
     parallel_call_rate      MULTI_TOOL_PAR tasks whose independent calls came in one turn
+    by_template             tasks solved per template (`metadata["template"]`), with its tier
+                            and, where known, whether it is new
     by_shape                accuracy on tasks of templates training also draws from ("seen")
                             and of templates only the test split has ("new"), when the tasks
                             say which (`metadata["new_shape"]`, the built-in world's do)
@@ -133,6 +135,7 @@ def compute_metrics(
     correct: Counter = Counter()
     counts: Counter = Counter()
     by_template: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    template_facts: dict[str, dict[str, Any]] = {}  # each template's tier, and whether it is new
     by_shape: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     steps = calls = failed = planted = extra = judged = (
         0  # judged: calls of tasks with a known minimum
@@ -147,7 +150,9 @@ def compute_metrics(
         template = task.metadata.get("template", "")
         by_template[template][0] += bool(traj.success)
         by_template[template][1] += 1
+        template_facts.setdefault(template, {"tier": tier})
         if "new_shape" in task.metadata:
+            template_facts[template]["new_shape"] = bool(task.metadata["new_shape"])
             shape = "new" if task.metadata["new_shape"] else "seen"
             by_shape[shape][0] += bool(traj.success)
             by_shape[shape][1] += 1
@@ -180,7 +185,10 @@ def compute_metrics(
         "unplanned_failure_rate": (failed - planted) / calls if calls else 0.0,
         "unnecessary_call_rate": extra / judged if judged else (0.0 if calls == judged else None),
         "parallel_call_rate": par_done / par_total if par_total else None,
-        "by_template": {k: {"correct": v[0], "n": v[1]} for k, v in sorted(by_template.items())},
+        "by_template": {
+            k: {"correct": v[0], "n": v[1], **template_facts[k]}
+            for k, v in sorted(by_template.items())
+        },
         **({"by_shape": _rates(by_shape, ("seen", "new"))} if by_shape else {}),
         "failures": {k: failures[k] for k in FAILURES if failures[k]},
     }

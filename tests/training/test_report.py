@@ -2,7 +2,13 @@
 
 from tooltune.config import AgentConfig
 from tooltune.training.pipeline import PipelineSettings
-from tooltune.training.report import accuracy_table, failures_table, summarise, write_report
+from tooltune.training.report import (
+    accuracy_table,
+    failures_table,
+    shapes_table,
+    summarise,
+    write_report,
+)
 
 TIER_ROWS = ["Simple", "Multi-Tool Seq", "Multi-Tool Par", "Complex", "No tool needed"]
 
@@ -69,3 +75,28 @@ def test_failed_tasks_get_a_table_by_why_they_failed(tmp_path):
     write_report(tmp_path, metrics, {}, PipelineSettings(), AgentConfig(), 20, 60.0)
     assert "## Why test tasks failed" in (tmp_path / "report.md").read_text()
     assert failures_table(summarise({"before": _stage(0.0)}, 20)) == []  # older metrics: none
+
+
+def test_the_task_shapes_that_fail_most_get_a_table(tmp_path):
+    """Per template, the last stage's failures first: where the model still fails, and whether
+    training ever showed that shape."""
+    before, after = _stage(0.0), _stage(0.5)
+    before["by_template"] = {"calc": {"correct": 0, "n": 2, "tier": "simple", "new_shape": False}}
+    after["by_template"] = {
+        "calc": {"correct": 2, "n": 2, "tier": "simple", "new_shape": False},
+        "book": {"correct": 1, "n": 4, "tier": "complex", "new_shape": False},
+        "hq_mayor": {"correct": 0, "n": 3, "tier": "complex", "new_shape": True},
+        "weather": {"correct": 1, "n": 2, "tier": "my_group"},  # a user's group, new unknown
+    }
+    rows = shapes_table(summarise({"before": before, "after_sft": after}, 20))
+    assert rows == [
+        ["Task shape", "Tier", "In training", "Before Training", "After SFT"],
+        ["book", "Complex", "yes", "-", "1 of 4"],
+        ["hq_mayor", "Complex", "no (test only)", "-", "0 of 3"],
+        ["weather", "my_group", "-", "-", "1 of 2"],
+    ]  # calc solved everywhere: not listed
+    write_report(tmp_path, {"before": before, "after_sft": after}, {}, PipelineSettings(),
+                 AgentConfig(), 20, 60.0)  # fmt: skip
+    assert "| book | Complex | yes | - | 1 of 4 |" in (tmp_path / "report.md").read_text()
+    assert "<td>hq_mayor</td>" in (tmp_path / "report.html").read_text()
+    assert shapes_table(summarise({"after_sft": _stage(0.5)}, 20)) == []  # older metrics: none

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.config import TIER_LABELS, AgentConfig, TaskTier
-from tooltune.evaluation import FAILURES
+from tooltune.evaluation import FAILURES, TIERS
 from tooltune.training.report_plots import (
     Figure,
     data_uri,
@@ -50,6 +50,8 @@ def summarise(metrics: dict[str, Any], n_test: int) -> dict[str, Any]:
             row["by_shape"] = m["by_shape"]
         if "failures" in m:
             row["failures"] = m["failures"]
+        if "by_template" in m:
+            row["by_template"] = m["by_template"]
         out[stage] = row
     if metrics.get("reward_model"):  # scalars only: the split's task ids stay in state.json
         lists = ("tasks", "train_loss", "val_loss")
@@ -120,6 +122,26 @@ def failures_table(summary: dict[str, Any]) -> list[list[str]]:
             rows.append([label, *(str(summary[s]["failures"].get(key, 0)) for s in stages)])
     if len(rows) > 1:
         rows.append(["All failed", *(str(sum(summary[s]["failures"].values())) for s in stages)])
+    return rows if len(rows) > 1 else []
+
+
+def shapes_table(summary: dict[str, Any], top: int = 10) -> list[list[str]]:
+    """The `top` task shapes (templates) with the most failed test tasks at the last stage, and
+    how each stage did on them: where the model still fails, at a glance. Empty where the
+    tasks name no templates, or only one."""
+    stages = [s for s in STAGE_NAMES if summary.get(s, {}).get("by_template")]
+    if not stages or len(summary[stages[-1]]["by_template"]) < 2:
+        return []
+    last = summary[stages[-1]]["by_template"]
+    failing = sorted((t for t in last if last[t]["n"] > last[t]["correct"]),
+                     key=lambda t: (last[t]["correct"] - last[t]["n"], t))[:top]  # fmt: skip
+    rows = [["Task shape", "Tier", "In training", *(STAGE_NAMES[s] for s in stages)]]
+    for t in failing:
+        tier = last[t].get("tier") or "-"
+        trained = {True: "no (test only)", False: "yes"}.get(last[t].get("new_shape"), "-")
+        cells = [summary[s]["by_template"].get(t) for s in stages]
+        rows.append([t or "-", TIER_LABELS[TaskTier(tier)] if tier in TIERS else tier,
+                     trained, *(f"{c['correct']} of {c['n']}" if c else "-" for c in cells)])  # fmt: skip
     return rows if len(rows) > 1 else []
 
 
@@ -225,6 +247,8 @@ def write_report(
     sections = [("Tool use accuracy", acc, figures.get("accuracy")), ("Efficiency", eff, None)]
     if failed := failures_table(summary):
         sections.append(("Why test tasks failed", failed, None))
+    if shapes := shapes_table(summary):
+        sections.append(("Task shapes with the most failed test tasks", shapes, None))
     footer = ("Configuration: `config.json`; per-step log: `metrics.jsonl`; sample episodes: "
               "`trajectories.jsonl`.")  # fmt: skip
 
