@@ -338,7 +338,7 @@ def test_checkpoints_wait_for_their_minutes(policy, make_config, monkeypatch):
     import tooltune.training.sft as sft
 
     reads = iter(range(0, 10**6, 100))
-    monkeypatch.setattr(sft.time, "monotonic", lambda: next(reads))
+    monkeypatch.setattr(sft, "_clock", lambda: next(reads))  # SFT's reads only
     saved = []
     config = sft_config(make_config, sft_epochs=1, sft_batch_size=4)  # 8 steps
     train_sft(policy, dataset(32), config, checkpoint=saved.append, checkpoint_minutes=5)

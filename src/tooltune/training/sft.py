@@ -25,6 +25,9 @@ from tooltune.training.optim import AdamW
 from tooltune.training.schedule import make_scheduler
 from tooltune.training.shared_prefix import common_prefix_length, prefix_logprobs
 
+_clock = time.monotonic  # SFT's checkpoint clock (a test gives it a fake one; patching
+# `time.monotonic` itself would also move every thread's timeouts)
+
 
 @dataclass
 class TokenBatch:
@@ -423,7 +426,7 @@ def train_sft(
         start_epoch, done = resume.epoch, resume.step
         generator.set_state(resume.epoch_generator)
         torch.set_rng_state(resume.torch_rng)
-    last_checkpoint = time.monotonic()
+    last_checkpoint = _clock()
 
     bar = None
     if progress:
@@ -476,12 +479,12 @@ def train_sft(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}")
-            due = time.monotonic() - last_checkpoint >= 60 * checkpoint_minutes
+            due = _clock() - last_checkpoint >= 60 * checkpoint_minutes
             if checkpoint is not None and due and done < total_steps:
                 checkpoint(SFTProgress(done, epoch, epoch_step, epoch_generator,
                                        torch.get_rng_state(), optimizer.state_dict(),
                                        scheduler.state_dict(), history, epoch_nll, epoch_tokens))  # fmt: skip
-                last_checkpoint = time.monotonic()
+                last_checkpoint = _clock()
         history.num_train_tokens += int(epoch_tokens)
         history.train_loss.append(epoch_nll / epoch_tokens)
         history.val_loss.append(evaluate_loss(policy, val, batch_size, max_len) if val else None)
