@@ -169,6 +169,11 @@ class AgentConfig:
     # 68.8 -> 79.2% of the test tasks, new task shapes 15 -> 41%; at 800 they cost the seen
     # shapes more than they give; benchmarks/RESULTS.md). The test split never changes.
     composition_tasks: bool = False
+    # Recovery demonstrations (`tasks.slips`): this share of the training tasks that look
+    # something up in the database or a file are demonstrated with a slip first (a column
+    # name guessed, a file name misspelt; that turn shown, not taught), then the repair.
+    # The tasks are the same; the test split never changes.
+    recovery_share: float = 0.0
 
     # --- beyond the seed: what a correct trainer needs -------------------------------------
     seed: int = 0
@@ -237,10 +242,9 @@ class AgentConfig:
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{key} must be >= 0 and finite, got {value!r}")
-        if not 0 <= self.schema_task_share <= 1:
-            raise ConfigError(
-                f"schema_task_share must be in [0, 1], got {self.schema_task_share!r}"
-            )
+        for key in ["schema_task_share", "recovery_share"]:
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)!r}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not 0 <= self.warmup_ratio < 1:

@@ -40,6 +40,8 @@ def trajectory_to_messages(
             message["reasoning_content"] = action.thinking
         if action.tool_calls:
             message["tool_calls"] = [_call_to_openai(c) for c in action.tool_calls]
+        if step.weight != 1.0:  # OpenAI's fine-tuning format: `weight` 0 is shown, not learned
+            message["weight"] = step.weight
         messages.append(message)
         for response in step.tool_responses:
             messages.append(
@@ -90,7 +92,7 @@ def trajectory_from_messages(
             content = _content_text(message.get("content"))
             kind = "tool_call" if calls else ("respond" if content.strip() else "think")
             action = AgentAction(kind, content, calls, message.get("reasoning_content") or "")
-            trajectory.steps.append(AgentStep(action=action))
+            trajectory.steps.append(AgentStep(action=action, weight=_weight(message)))
         elif role == "tool":
             if not trajectory.steps:
                 raise ValueError("a tool message comes before any assistant message")
@@ -107,6 +109,14 @@ def trajectory_from_messages(
     if trajectory.steps and trajectory.steps[-1].action.type == "respond":
         trajectory.final_answer = trajectory.steps[-1].action.content
     return trajectory
+
+
+def _weight(message: dict[str, Any]) -> float:
+    """An assistant message's `weight` (OpenAI's fine-tuning format: 0 or 1; default 1)."""
+    weight = message.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise ValueError(f"an assistant message's weight must be 0 or 1, got {weight!r}")
+    return float(weight)
 
 
 def _content_text(content: Any) -> str:

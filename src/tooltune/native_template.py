@@ -252,14 +252,14 @@ class NativeTemplate:
         return self.family.parse(text, known_tools, id_prefix)
 
     def segments(self, trajectory: AgentTrajectory) -> list[tuple[str, bool]]:
-        """(text, written_by_the_model) pieces of an episode, as the collector extends them:
-        each model piece is the turn (what the model wrote, or the template's rendering of a
-        demonstration's action) and the end-of-turn marker."""
+        """(text, taught) pieces of an episode, as the collector extends them: each model piece
+        is the turn (what the model wrote, or the template's rendering of a demonstration's
+        action) and the end-of-turn marker, taught unless the step's `weight` is 0."""
         pieces = [(self.opening(trajectory), False)]
         for step in trajectory.steps:
             action = step.action
             text = action.raw if action.raw is not None else self.assistant_text(trajectory, action)
-            pieces.append((text + self.end_of_turn, True))
+            pieces.append((text + self.end_of_turn, step.weight > 0))
             if action.type == "respond":
                 break
             pieces.append((self.follow(trajectory, step.tool_responses), False))

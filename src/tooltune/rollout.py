@@ -76,6 +76,9 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" or "length"
+    # How much SFT learns from the turn: 0 shows it without teaching it (an expert's
+    # deliberate slip, `tasks.slips`), as OpenAI's fine-tuning format's per-message `weight`.
+    weight: float = 1.0
 
 
 @runtime_checkable
@@ -392,7 +395,7 @@ class TrajectoryCollector:
         """The episodes whose turn ended: record the turns, run their tool calls (all of them
         concurrently), and open the next turn with the results."""
         active = [episode for episode, _ in ended]
-        actions = []
+        actions, weights = [], []
         for episode, completion in ended:
             turn = episode.turns
             episode.turns += 1
@@ -416,6 +419,7 @@ class TrajectoryCollector:
                 if text != render_action(action):
                     action.raw = text
             actions.append(action)
+            weights.append(completion.weight)
             episode.text += text + self._end
             episode.cutoffs = episode.cutoffs + 1 if completion.finish_reason == "length" else 0
 
@@ -424,12 +428,14 @@ class TrajectoryCollector:
         waits = [episode.registry.start_many(action.tool_calls) for episode, action in pairs]
         all_responses = [wait() for wait in waits]
 
-        for (episode, action), responses in zip(pairs, all_responses, strict=True):
+        for (episode, action), responses, weight in zip(pairs, all_responses, weights, strict=True):
             observation = None
             if responses:
                 observation = format_observation(responses, self.config.max_observation_chars)
             episode.trajectory.steps.append(
-                AgentStep(action=action, observation=observation, tool_responses=responses)
+                AgentStep(
+                    action=action, observation=observation, tool_responses=responses, weight=weight
+                )
             )
             if action.type == "respond":
                 episode.trajectory.final_answer = action.content
@@ -493,9 +499,10 @@ def follow_text(observation: str | None) -> str:
 def trajectory_segments(
     trajectory: AgentTrajectory, tool_style: str = "json", template: NativeTemplate | None = None
 ) -> list[tuple[str, bool]]:
-    """(text, written_by_the_model) pieces whose concatenation is the episode's text as the
-    collector built it. The model's pieces are each turn's text plus the closing `<|im_end|>`
-    (the template's end of turn for the native style, which needs the model's `template`)."""
+    """(text, taught) pieces whose concatenation is the episode's text as the collector built
+    it. The model's pieces are each turn's text plus the closing `<|im_end|>` (the template's
+    end of turn for the native style, which needs the model's `template`), taught unless the
+    step's `weight` is 0."""
     if tool_style == NATIVE:
         if template is None:
             raise TemplateError(
@@ -508,7 +515,7 @@ def trajectory_segments(
     for step in trajectory.steps:
         action = step.action
         text = action.raw if action.raw is not None else render_action(action)
-        pieces.append((text + IM_END, True))
+        pieces.append((text + IM_END, step.weight > 0))
         if action.type == "respond":
             break
         pieces.append((follow_text(step.observation), False))

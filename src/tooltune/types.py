@@ -73,6 +73,7 @@ class AgentStep:
     observation: str | None = None
     tool_responses: list[ToolResponse] = field(default_factory=list)
     reward: float = 0.0
+    weight: float = 1.0  # how much SFT learns from the turn (0: shown, not taught)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentStep:
@@ -81,6 +82,7 @@ class AgentStep:
             observation=data.get("observation"),
             tool_responses=[ToolResponse.from_dict(r) for r in data.get("tool_responses", [])],
             reward=data.get("reward", 0.0),
+            weight=data.get("weight", 1.0),
         )
 
 

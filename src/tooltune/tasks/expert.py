@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import posixpath
 import re
 from collections import OrderedDict
 from collections.abc import Generator
@@ -65,6 +66,7 @@ class Turn:
     think: str = ""
     calls: list[dict] = field(default_factory=list)
     answer: str | None = None
+    taught: bool = True  # False: a slip shown in the demonstration but not taught (`tasks.slips`)
 
     def render(self) -> str:
         calls = [
@@ -321,6 +323,26 @@ def closest_column(wrong: str, columns: list[str]) -> str | None:
     return close[0] if close else None
 
 
+def _columns(desc: Result) -> list[str]:
+    """The column names a `describe_table` result shows (all, or those a clipped one shows)."""
+    if not desc.ok:
+        raise ExpertError(f"describe_table failed: {desc.error}")
+    if isinstance(desc.value, dict):
+        return [c["name"] for c in desc.value.get("columns", [])]
+    return re.findall(r'"name": "(\w+)"', str(desc.value))
+
+
+def _look_at_columns(wrong: str, table: str) -> Plan:
+    """The turn after a query named a column that does not exist: the table's columns."""
+    think = f"Column {wrong} does not exist. Check the columns of {table}."
+    describe = {"name": "describe_table", "arguments": {"table": table}}
+    (desc,) = _checked((yield Turn(think, [describe])), 1)
+    return _columns(desc)
+
+
+CORRECTED_QUERY = "The column is called {}. Run the corrected query."
+
+
 def _sql_fix(step: dict, values: dict) -> Plan:
     query = step["query"]
     (first,) = _checked(
@@ -337,32 +359,51 @@ def _sql_fix(step: dict, values: dict) -> Plan:
         table = re.search(r"\bFROM\s+(\w+)", query, re.IGNORECASE)
         if not wrong or not table:
             raise ExpertError(f"cannot repair: {first.error}")
-        think = f"Column {wrong.group(1)} does not exist. Check the columns of {table.group(1)}."
-        (desc,) = _checked(
-            (
-                yield Turn(
-                    think, [{"name": "describe_table", "arguments": {"table": table.group(1)}}]
-                )
-            ),
-            1,
-        )
-        if not desc.ok:
-            raise ExpertError(f"describe_table failed: {desc.error}")
-        if isinstance(desc.value, dict):
-            columns = [c["name"] for c in desc.value.get("columns", [])]
-        else:  # a clipped result: the names that are visible
-            columns = re.findall(r'"name": "(\w+)"', str(desc.value))
+        columns = yield from _look_at_columns(wrong.group(1), table.group(1))
         right = closest_column(wrong.group(1), columns)
         if right is None:
             raise ExpertError(f"no column like {wrong.group(1)!r}")
         fixed = re.sub(rf"\b{re.escape(wrong.group(1))}\b", right, query)
-        think = f"The column is called {right}. Run the corrected query."
         (first,) = _checked(
-            (yield Turn(think, [{"name": "sql_query", "arguments": {"query": fixed}}])), 1
+            (
+                yield Turn(
+                    CORRECTED_QUERY.format(right),
+                    [{"name": "sql_query", "arguments": {"query": fixed}}],
+                )
+            ),
+            1,
         )
         if not first.ok:
             raise ExpertError(f"the corrected query failed: {first.error}")
     values[step["as"]] = extract(step["extract"], first.value, values)
+
+
+def _slip(step: dict, values: dict) -> Plan:
+    """A step whose one call is first made as a model might slip (`tasks.slips`: a column
+    guessed, a file name misspelt; that turn untaught), then looked into and made right."""
+    fix = step["fix"]
+    slipped = expand_slots(step["slip"], values)
+    (first,) = _checked(
+        (yield Turn(expand_slots(step["think"], values), [slipped], taught=False)), 1
+    )
+    if first.ok:
+        raise ExpertError(f"the slipped call {slipped} did not fail")
+    if fix["kind"] == "column":
+        columns = yield from _look_at_columns(fix["wrong"], fix["table"])
+        if fix["right"] not in columns:
+            raise ExpertError(f"{fix['table']} has no column {fix['right']!r}")
+        think = CORRECTED_QUERY.format(fix["right"])
+    else:
+        folder = posixpath.dirname(fix["right"]) or "."
+        think = f"There is no {fix['wrong']}. List {folder} to find the file's name."
+        listing = {"name": "list_files", "arguments": {"path": folder}}
+        (listed,) = _checked((yield Turn(think, [listing])), 1)
+        name = posixpath.basename(fix["right"])
+        if not listed.ok or name not in str(listed.value):
+            raise ExpertError(f"list_files does not show {name}: {listed.error or listed.value}")
+        think = f"The file is {fix['right']}. Read it."
+    plain = {k: v for k, v in step.items() if k not in ("macro", "slip", "fix")}
+    yield from _plain_step({**plain, "think": think}, values)
 
 
 ANSWER_THINK = "The results answer the question."
@@ -381,6 +422,8 @@ def run_plan(plan: dict, today: date) -> Plan:
             steps = _read_or_find(step, values)
         elif macro == "sql_fix":
             steps = _sql_fix(step, values)
+        elif macro == "slip":
+            steps = _slip(step, values)
         else:
             steps = _plain_step(step, values)
         yield from _noted(steps, values)
@@ -479,5 +522,5 @@ class ExpertPolicy:
                 out.append(Completion("I have no plan for this task."))
                 continue
             turn = next_turn(task.metadata["plan"], self._today(task), history)
-            out.append(Completion(turn.render()))
+            out.append(Completion(turn.render(), weight=1.0 if turn.taught else 0.0))
         return out

@@ -23,6 +23,7 @@ from tooltune.config import DEFAULT_TIER_WEIGHTS, TaskTier
 from tooltune.tasks.abstention import NO_TOOL_TEMPLATES
 from tooltune.tasks.expert import remember
 from tooltune.tasks.schema_tasks import SCHEMA_SPLITS, SCHEMA_TIERS, make_schema_task
+from tooltune.tasks.slips import listable_folders, with_slip
 from tooltune.tasks.task import Task
 from tooltune.tasks.templates.catalogue import TEMPLATES
 from tooltune.tasks.templates.draft import Ctx, Draft, Template
@@ -136,6 +137,7 @@ def sample_tasks(
     unique: bool = True,
     schema_share: float | None = None,
     compositions: bool | None = None,
+    recovery_share: float | None = None,
 ) -> list[Task]:
     """`n` tasks of `split`, tiers drawn by `tier_weights` (default `DEFAULT_TIER_WEIGHTS`),
     optionally only `tiers`. A weighted tier the split has no templates of is left out of the
@@ -147,7 +149,9 @@ def sample_tasks(
     of the environment given as `world` for the training splits only (the test split stays the
     same whatever a run trains on), else 0. At 0 the sample is what it always was.
     `compositions` adds the training-only templates to the train and validation splits; None
-    reads `composition_tasks` from that config, else False."""
+    reads `composition_tasks` from that config, else False. `recovery_share` of the tasks that
+    look something up are demonstrated with a slip and its repair (`slips`); None reads it from
+    that config for the training splits, else 0."""
     if n < 0:
         raise ValueError("n must be >= 0")
     share = _schema_share(schema_share, world if split in CONFIG_SPLITS else None)
@@ -155,6 +159,8 @@ def sample_tasks(
     if compositions is None:
         compositions = _config_of(world, "composition_tasks", False)
     compositions = split in CONFIG_SPLITS and compositions
+    if recovery_share is None:
+        recovery_share = _config_of(world, "recovery_share", 0.0) if split in CONFIG_SPLITS else 0.0
     by_tier = {t: templates_for(split, t, compositions) for t in weights}  # checks the split name
     if tiers is None:
         weights = {t: w for t, w in weights.items() if by_tier[t]}
@@ -162,6 +168,7 @@ def sample_tasks(
     if not tier_list:
         raise ValueError(f"split {split!r} has no templates of the tiers weighted")
     w = get_world(world)
+    listable = listable_folders(w.sandbox_dir) if recovery_share else set()
     tasks: list[Task] = []
     seen: set[str] = set()
     for i in range(n):
@@ -188,6 +195,7 @@ def sample_tasks(
                 f"could not generate task {i} of split {split!r} (tier {tier.value})"
             )
         seen.add(task.prompt)
+        task = with_slip(task, recovery_share, listable)
         remember(task)
         tasks.append(task)
     return tasks
