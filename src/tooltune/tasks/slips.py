@@ -127,12 +127,28 @@ def _slip_step(step: dict, rng: random.Random, listable: Container[str]) -> dict
     return {**step, "macro": "slip", "slip": slipped, "fix": fix}
 
 
-def with_slip(task: Any, share: float, listable: Container[str] = ()) -> Any:
+# The most turns a macro step can take (a booking: search, book, a sold-out flight or two,
+# confirm; a file or query repaired: three)
+_MACRO_TURNS = {"book": 5, "read_or_find": 3, "sql_fix": 3}
+
+
+def _most_turns(plan: dict) -> int:
+    """The most turns the expert's episode of `plan` can take, its answer included (a plain
+    step one, two where a search snippet may not show the fact and its document is opened)."""
+    turns = 1
+    for step in plan["steps"]:
+        searches = any(c.get("extract", {}).get("kind") == "search" for c in step.get("calls", []))
+        turns += _MACRO_TURNS.get(step.get("macro"), 3) if step.get("macro") else 1 + searches
+    return turns
+
+
+def with_slip(task: Any, share: float, listable: Container[str] = (), max_turns: int = 6) -> Any:
     """`task` with, in `share` of the tasks that look something up, a plan whose first lookup
-    slips (`listable`: the folders whose file names may slip); other tasks as they were. Drawn
-    from the task's own stream, so the sample around it does not change."""
+    slips (`listable`: the folders whose file names may slip); other tasks as they were, and
+    those whose episode might not fit `max_turns` with the slip's two more turns. Drawn from
+    the task's own stream, so the sample around it does not change."""
     plan = task.metadata.get("plan")
-    if share <= 0 or not plan or not plan.get("steps"):
+    if share <= 0 or not plan or not plan.get("steps") or _most_turns(plan) + 2 > max_turns:
         return task
     rng = random.Random(f"slip:{task.id}")
     if rng.random() >= share:

@@ -195,7 +195,7 @@ def sample_tasks(
                 f"could not generate task {i} of split {split!r} (tier {tier.value})"
             )
         seen.add(task.prompt)
-        task = with_slip(task, recovery_share, listable)
+        task = with_slip(task, recovery_share, listable, _config_of(world, "max_turns", 6))
         remember(task)
         tasks.append(task)
     return tasks
