@@ -171,8 +171,9 @@ class AgentConfig:
     composition_tasks: bool = False
     # Recovery demonstrations (`tasks.slips`): this share of the training tasks that look
     # something up in the database or a file are demonstrated with a slip first (a column
-    # name guessed, a file name misspelt; that turn shown, not taught), then the repair.
-    # The tasks are the same; the test split never changes.
+    # name guessed, a file name misspelt; that turn shown, not taught: context, weighted as
+    # the prompt is by `sft_context_weight`), then the repair. The tasks are the same; the
+    # test split never changes.
     recovery_share: float = 0.0
 
     # --- beyond the seed: what a correct trainer needs -------------------------------------
