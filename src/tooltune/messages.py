@@ -114,7 +114,7 @@ def trajectory_from_messages(
 def _weight(message: dict[str, Any]) -> float:
     """An assistant message's `weight` (OpenAI's fine-tuning format: 0 or 1; default 1)."""
     weight = message.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+    if isinstance(weight, bool) or weight not in (0, 1):  # SFT teaches a turn or does not
         raise ValueError(f"an assistant message's weight must be 0 or 1, got {weight!r}")
     return float(weight)
 

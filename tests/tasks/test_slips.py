@@ -77,7 +77,7 @@ def test_weights_survive_chat_messages(slipped):
     assert [m.get("weight") for m in messages if m["role"] == "assistant"].count(0.0) == 1
     back = trajectory_from_messages(messages)
     assert [s.weight for s in back.steps] == [s.weight for s in traj.steps]
-    messages[1]["weight"] = 2
+    messages[1]["weight"] = 0.5  # SFT has no half-taught turns: refused, not rounded
     with pytest.raises(ValueError, match="weight must be 0 or 1"):
         trajectory_from_messages(messages)
 
