@@ -130,6 +130,31 @@ def test_list_and_describe_tables(db):
 
 
 @pytest.mark.parametrize(
+    ("query", "hint"),
+    [
+        # the column of another table: where it is, and what the named table has
+        ("SELECT city_id FROM cities", "(cities has id, name, population; city_id is a column "
+                                       "of people)"),
+        ("SELECT c.nope FROM cities c", "(cities has id, name, population)"),
+        ("SELECT nope FROM people JOIN cities ON cities.id = people.city_id",
+         "(cities has id, name, population; people has id, name, city_id, photo)"),
+        ("SELECT name FROM towns", "(tables: cities, people, big_cities)"),
+    ],
+)  # fmt: skip
+def test_a_missing_name_is_answered_with_where_names_are(db, query, hint):
+    """As PostgreSQL's HINT: a model that guessed a column reads the real ones in the error."""
+    response = call(make_registry(db), "sql_query", query=query)
+    assert not response.success
+    assert response.error.startswith("SQL error: no such ")
+    assert response.error.endswith(hint)
+
+
+def test_other_errors_carry_no_hint(db):
+    response = call(make_registry(db), "sql_query", query="SELEC name FROM cities")
+    assert "(" not in response.error
+
+
+@pytest.mark.parametrize(
     ("query", "message"),
     [
         ("SELEC name FROM cities", "syntax error"),

@@ -70,6 +70,8 @@ SAME_CALLS = [
                             "WHERE n < 5) SELECT sum(n) FROM r"}),
     ("sql_query", {"query": "VALUES (1, 'a'), (2, 'b')"}),
     ("sql_query", {"query": "SELECT nope FROM cities"}),
+    ("sql_query", {"query": "SELECT city_id FROM cities"}),  # the hint: where city_id is
+    ("sql_query", {"query": "SELECT name FROM towns"}),  # the hint: the tables there are
     ("list_tables", {}),
     ("describe_table", {"table": "cities"}),
     ("describe_table", {"table": "people"}),

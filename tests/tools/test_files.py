@@ -84,6 +84,18 @@ def test_read_file_errors(root, arguments, message):
     assert message in response.error
 
 
+def test_a_missing_file_names_the_closest_in_its_folder(root):
+    reg = make_registry(root)
+    slipped = call(reg, "read_file", path="notes/tdo.txt")
+    assert slipped.error == (
+        "no such file: 'notes/tdo.txt' (did you mean 'notes/todo.txt'?); "
+        "use list_files to see what exists"
+    )
+    # nothing like it, more than a slip away, or no such folder
+    for far in ["notes/budget.csv", "notes/todo_list.txt", "nowhere/todo.txt"]:
+        assert "did you mean" not in call(reg, "read_file", path=far).error
+
+
 def test_read_is_truncated(root):
     (root / "big.txt").write_text("a" * 500)
     result = call(make_registry(root, max_read_chars=100), "read_file", path="big.txt").result

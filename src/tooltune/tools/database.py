@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,32 @@ from tooltune.tools.sql_guard import (
 
 MAX_VALUE_CHARS = 1_000
 COUNT_LIMIT = 10_000  # rows counted beyond the shown ones, for "50 of N rows"
+# A missing column or table as SQLite, PostgreSQL and MySQL/MariaDB word it: (pattern, kind)
+MISSING_NAMES = [(re.compile(p), kind) for p, kind in [
+    (r"no such column: (?:\w+\.)?(\w+)", "column"), (r"no such table: (?:\w+\.)?(\w+)", "table"),
+    (r'column "(?:\w+\.)?(\w+)" does not exist', "column"),
+    (r'relation "(?:\w+\.)?(\w+)" does not exist', "table"),
+    (r"Unknown column '(?:\w+\.)?(\w+)'", "column"), (r"Table '(?:\w+\.)?(\w+)' doesn't exist", "table"),
+]]  # fmt: skip
+
+
+def missing_name_hint(error: str, query: str, columns_of: dict[str, list[str]]) -> str:
+    """What a query that named a missing column or table needs to be repaired, as PostgreSQL's
+    HINT gives it: the columns of the tables the query names and which other table has the
+    column, or the tables there are. "" for any other error. (A model that guessed
+    `population` of `companies` reads where it is instead of guessing again.)"""
+    found = next(((m, kind) for p, kind in MISSING_NAMES if (m := p.search(error))), None)
+    if found is None or not columns_of:
+        return ""
+    name, kind = found[0].group(1), found[1]
+    if kind == "table":
+        return f"tables: {', '.join(columns_of) or 'none'}"
+    named = [t for t in columns_of if re.search(rf"\b{re.escape(t)}\b", query, re.IGNORECASE)]
+    parts = [f"{t} has {', '.join(columns_of[t])}" for t in named]
+    elsewhere = [t for t, columns in columns_of.items() if name in columns and t not in named]
+    if elsewhere:
+        parts.append(f"{name} is a column of {' and '.join(elsewhere)}")
+    return "; ".join(parts)
 
 
 def _cell(value: object) -> object:
@@ -113,6 +140,17 @@ def _sqlite_tools(db_path: str | Path, *, max_rows: int, time_limit: float) -> l
         finally:
             conn.close()
 
+    def columns_of(conn: sqlite3.Connection) -> dict[str, list[str]]:
+        """table or view -> its column names, tables first (as `list_tables`), read through the
+        same guarded connection; {} where that cannot be read."""
+        try:
+            names = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                 "AND name NOT LIKE 'sqlite_%' ORDER BY type = 'view', name").fetchall()  # fmt: skip
+            return {n: [c[1] for c in conn.execute(f"PRAGMA table_info({_quote(n)})")]
+                    for (n,) in names}  # fmt: skip
+        except sqlite3.Error:
+            return {}
+
     def run(
         query: str, params: tuple = (), limit: int | None = None
     ) -> tuple[list, list, int, bool]:
@@ -125,7 +163,9 @@ def _sqlite_tools(db_path: str | Path, *, max_rows: int, time_limit: float) -> l
                 rows = cursor.fetchmany(limit)
                 columns = [d[0] for d in cursor.description or []]
             except sqlite3.Error as e:
-                raise ToolError(explain_sqlite_error(e, guard, time_limit, query)) from None
+                message = explain_sqlite_error(e, guard, time_limit, query)
+                hint = missing_name_hint(message, query, columns_of(conn)) if not params else ""
+                raise ToolError(f"{message} ({hint})" if hint else message) from None
             counted, complete = len(rows), True
             if len(rows) == limit:
                 try:
@@ -350,10 +390,24 @@ def _sqlalchemy_tools(url: str, *, max_rows: int, time_limit: float) -> list[Too
             except sa.exc.DBAPIError as e:
                 raise ToolError(explain(e, guard, "")) from None
 
+    def columns_of(insp: Any) -> dict[str, list[str]]:
+        names = sorted(insp.get_table_names()) + sorted(insp.get_view_names())
+        return {n: [c["name"] for c in insp.get_columns(n)] for n in names}
+
     def sql_query(query: str) -> dict:
         _check_query_argument(query)
         check_read_only_sql(query, dialect)
-        return _query_result(*run(query))
+        try:
+            return _query_result(*run(query))
+        except ToolError as e:
+            message = str(e)
+            if not any(p.search(message) for p, _ in MISSING_NAMES):
+                raise
+            try:
+                hint = missing_name_hint(message, query, inspect(columns_of))
+            except ToolError:
+                hint = ""
+            raise ToolError(f"{message} ({hint})" if hint else message) from None
 
     sql_query.__doc__ = f"""Run one read-only SQL query ({label} dialect) and return the rows.
 

@@ -211,6 +211,33 @@ def _walk(sandbox: Sandbox, path: str) -> list[tuple[str, Path]]:
     return sorted(files.items())
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: letters inserted, dropped or replaced to turn `a` into `b`."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def _closest(sandbox: Sandbox, path: str) -> str:
+    """The " (did you mean 'a/b.csv'?)" of a missing file, where one file in its folder is its name
+    with a slip (at most two letters inserted, dropped or replaced), "" otherwise. Only a slip:
+    a looser match (`difflib`'s) named the budget of another team or company in the world's
+    folders of look-alike names, a wrong file that reads as the answer."""
+    parts = _clean_parts(path)
+    if not parts:
+        return ""
+    folder = "/".join(parts[:-1])
+    try:
+        names = [n for n, e in _entries(sandbox, folder or ".").items() if _kind(e) == "file"]
+    except ToolError:
+        return ""
+    close = [n for n in names if abs(len(n) - len(parts[-1])) <= 2 and _edits(n, parts[-1]) <= 2]
+    return f" (did you mean {'/'.join([*parts[:-1], close[0]])!r}?)" if len(close) == 1 else ""
+
+
 def make_file_tools(
     root: str | Path,
     *,
@@ -249,7 +276,8 @@ def make_file_tools(
         """
         target = sandbox.find(path)
         if target is None:
-            raise ToolError(f"no such file: {path!r}; use list_files to see what exists")
+            raise ToolError(f"no such file: {path!r}{_closest(sandbox, path)}; "
+                            "use list_files to see what exists")  # fmt: skip
         if _kind(target) != "file":
             raise ToolError(f"{path!r} is not a regular file")
         data = _read_bytes(target, path, MAX_READ_BYTES)
