@@ -47,6 +47,10 @@ MISSING_NAMES = [(re.compile(p), kind) for p, kind in [
 ]]  # fmt: skip
 
 
+def names_missing(error: str) -> bool:
+    return any(pattern.search(error) for pattern, _ in MISSING_NAMES)
+
+
 def missing_name_hint(error: str, query: str, columns_of: dict[str, list[str]]) -> str:
     """What a query that named a missing column or table needs to be repaired, as PostgreSQL's
     HINT gives it: the columns of the tables the query names and which other table has the
@@ -164,8 +168,10 @@ def _sqlite_tools(db_path: str | Path, *, max_rows: int, time_limit: float) -> l
                 columns = [d[0] for d in cursor.description or []]
             except sqlite3.Error as e:
                 message = explain_sqlite_error(e, guard, time_limit, query)
-                hint = missing_name_hint(message, query, columns_of(conn)) if not params else ""
-                raise ToolError(f"{message} ({hint})" if hint else message) from None
+                if not params and names_missing(message):
+                    hint = missing_name_hint(message, query, columns_of(conn))
+                    message = f"{message} ({hint})" if hint else message
+                raise ToolError(message) from None
             counted, complete = len(rows), True
             if len(rows) == limit:
                 try:
@@ -401,7 +407,7 @@ def _sqlalchemy_tools(url: str, *, max_rows: int, time_limit: float) -> list[Too
             return _query_result(*run(query))
         except ToolError as e:
             message = str(e)
-            if not any(p.search(message) for p, _ in MISSING_NAMES):
+            if not names_missing(message):
                 raise
             try:
                 hint = missing_name_hint(message, query, inspect(columns_of))
