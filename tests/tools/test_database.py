@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tooltune.registry import ToolRegistry
-from tooltune.tools.database import make_database_tools
+from tooltune.tools.database import make_database_tools, missing_name_hint
 from tooltune.types import ToolCall
 
 
@@ -147,6 +147,23 @@ def test_a_missing_name_is_answered_with_where_names_are(db, query, hint):
     assert not response.success
     assert response.error.startswith("SQL error: no such ")
     assert response.error.endswith(hint)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        'SQL error: column "population" does not exist',  # PostgreSQL
+        "SQL error: (1054, \"Unknown column 'population' in 'field list'\")",  # MySQL, MariaDB
+    ],
+)
+def test_the_hint_reads_other_servers_wordings(error):
+    schema = {"companies": ["name", "ceo"], "places": ["name", "population"]}
+    hint = missing_name_hint(error, "SELECT population FROM companies", schema)
+    assert hint == "companies has name, ceo; population is a column of places"
+    missing_table = 'SQL error: relation "towns" does not exist'
+    assert missing_name_hint(missing_table, "SELECT 1 FROM towns", schema) == (
+        "tables: companies, places"
+    )
 
 
 def test_other_errors_carry_no_hint(db):
