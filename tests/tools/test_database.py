@@ -166,6 +166,13 @@ def test_the_hint_reads_other_servers_wordings(error):
     )
 
 
+def test_the_hint_of_a_large_schema_is_clipped():
+    schema = {f"table_{i}": ["id", "name"] for i in range(500)}
+    hint = missing_name_hint("no such table: towns", "SELECT 1 FROM towns", schema)
+    assert hint.startswith("tables: table_0, table_1,") and hint.endswith("...")
+    assert len(hint) == 400
+
+
 def test_other_errors_carry_no_hint(db):
     response = call(make_registry(db), "sql_query", query="SELEC name FROM cities")
     assert "(" not in response.error

@@ -38,6 +38,7 @@ from tooltune.tools.sql_guard import (
 
 MAX_VALUE_CHARS = 1_000
 COUNT_LIMIT = 10_000  # rows counted beyond the shown ones, for "50 of N rows"
+MAX_HINT_CHARS = 400  # the names a missing-name error lists (`missing_name_hint`)
 # A missing column or table as SQLite, PostgreSQL and MySQL/MariaDB word it: (pattern, kind)
 MISSING_NAMES = [(re.compile(p), kind) for p, kind in [
     (r"no such column: (?:\w+\.)?(\w+)", "column"), (r"no such table: (?:\w+\.)?(\w+)", "table"),
@@ -61,13 +62,17 @@ def missing_name_hint(error: str, query: str, columns_of: dict[str, list[str]]) 
         return ""
     name, kind = found[0].group(1), found[1]
     if kind == "table":
-        return f"tables: {', '.join(columns_of) or 'none'}"
-    named = [t for t in columns_of if re.search(rf"\b{re.escape(t)}\b", query, re.IGNORECASE)]
-    parts = [f"{t} has {', '.join(columns_of[t])}" for t in named]
-    elsewhere = [t for t, columns in columns_of.items() if name in columns and t not in named]
-    if elsewhere:
-        parts.append(f"{name} is a column of {' and '.join(elsewhere)}")
-    return "; ".join(parts)
+        hint = f"tables: {', '.join(columns_of) or 'none'}"
+    else:
+        named = [t for t in columns_of
+                 if re.search(rf"\b{re.escape(t)}\b", query, re.IGNORECASE)]  # fmt: skip
+        parts = [f"{t} has {', '.join(columns_of[t])}" for t in named]
+        elsewhere = [t for t, columns in columns_of.items() if name in columns and t not in named]
+        if elsewhere:
+            parts.append(f"{name} is a column of {' and '.join(elsewhere)}")
+        hint = "; ".join(parts)
+    # a database of hundreds of tables must not flood the observation: describe_table has it all
+    return hint if len(hint) <= MAX_HINT_CHARS else hint[: MAX_HINT_CHARS - 3] + "..."
 
 
 def _cell(value: object) -> object:
